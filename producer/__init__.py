@@ -1,0 +1,7 @@
+"""Client side of the classify queue: what a web backend imports (no torch)."""
+
+from .client import JobOptions, Producer, Subscription
+from .errors import JobFailed, JobTimeout, ProducerError
+from .serializer import MsgpackSerializer
+
+__all__ = ["JobFailed", "JobOptions", "JobTimeout", "MsgpackSerializer", "Producer", "ProducerError", "Subscription"]

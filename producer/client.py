@@ -1,0 +1,206 @@
+"""``Producer``: what a web backend uses to submit images and read results (no torch here)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.job import Job
+from rq.results import Result
+
+from .errors import JobFailed, JobTimeout
+from .protocol import DEFAULT_QUEUE, TASK_NAME, job_kwargs, parse_exc_string, results_channel
+from .serializer import MsgpackSerializer, SerializationError, loads
+
+log = logging.getLogger(__name__)
+
+ImageInput = bytes | bytearray | str | os.PathLike
+_FINAL = {Result.Type.SUCCESSFUL, Result.Type.FAILED, Result.Type.STOPPED, Result.Type.MAX_RETRIES_EXCEEDED}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How jobs are enqueued; units in names."""
+
+    job_timeout_s: int = 300
+    result_ttl_s: int = 3600
+    failure_ttl_s: int = 86400
+    retries: int = 2
+
+
+def read_image(image: ImageInput) -> bytes:
+    """Bytes as they are; a path is read from disk."""
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    return Path(image).read_bytes()
+
+
+class Producer:
+    """Submit images to the classify queue and read their results.
+
+    ``redis_url`` may carry credentials and ``rediss://`` for TLS. Jobs are RQ jobs (msgpack
+    serializer, function ``worker.tasks.classify``) with an RQ ``Retry`` so that the jobs of a
+    worker that died run again.
+    """
+
+    def __init__(
+        self,
+        redis_url: str = "redis://localhost:6379/0",
+        queue: str = DEFAULT_QUEUE,
+        *,
+        connection: redis.Redis | None = None,
+        options: JobOptions | None = None,
+    ) -> None:
+        self.connection = connection or redis.Redis.from_url(redis_url)
+        self.options = options or JobOptions()
+        self.queue = Queue(queue, connection=self.connection, serializer=MsgpackSerializer)
+        self.channel = results_channel(queue)
+
+    def _job_data(self, image: ImageInput, job_id: str | None, meta: dict | None) -> Any:
+        data = read_image(image)
+        name = image if isinstance(image, str | os.PathLike) else f"{len(data)} bytes"
+        opts = self.options
+        return Queue.prepare_data(
+            TASK_NAME,
+            kwargs=job_kwargs(data, meta),
+            timeout=opts.job_timeout_s,
+            result_ttl=opts.result_ttl_s,
+            failure_ttl=opts.failure_ttl_s,
+            description=f"classify {os.fspath(name) if not isinstance(name, str) else name}",
+            job_id=job_id,
+            retry=Retry(max=opts.retries) if opts.retries > 0 else None,
+        )
+
+    def enqueue(self, image: ImageInput, *, job_id: str | None = None, meta: dict | None = None) -> str:
+        """Enqueue one image (bytes or a path); return its job id.
+
+        With a caller-chosen ``job_id`` the call is idempotent: a job that already exists is kept.
+        """
+        return self.enqueue_many([image], job_ids=[job_id], metas=[meta])[0]
+
+    def enqueue_many(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        job_ids: Iterable[str | None] | None = None,
+        metas: Iterable[dict | None] | None = None,
+    ) -> list[str]:
+        """Enqueue many images in one round trip (two when caller-chosen ids are checked)."""
+        images = list(images)
+        ids = list(job_ids) if job_ids is not None else [None] * len(images)
+        meta_list = list(metas) if metas is not None else [None] * len(images)
+        if not len(images) == len(ids) == len(meta_list):
+            raise ValueError("images, job_ids and metas must have the same length")
+        existing = self._existing(ids)
+        datas = [
+            self._job_data(image, job_id, meta)
+            for image, job_id, meta in zip(images, ids, meta_list)
+            if job_id is None or job_id not in existing
+        ]
+        with self.connection.pipeline() as pipe:
+            jobs = self.queue.enqueue_many(datas, pipeline=pipe)
+            pipe.execute()
+        fresh = iter(job.id for job in jobs)
+        return [job_id if job_id in existing else next(fresh) for job_id in ids]
+
+    def _existing(self, ids: list[str | None]) -> set[str]:
+        chosen = [job_id for job_id in ids if job_id is not None]
+        if not chosen:
+            return set()
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job_id in chosen:
+                pipe.exists(Job.key_for(job_id))
+            found = pipe.execute()
+        return {job_id for job_id, hit in zip(chosen, found) if hit}
+
+    def result(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait for a job's final result; raise ``JobFailed`` or ``JobTimeout``.
+
+        Reads RQ's durable result stream (XREAD BLOCK), so there is no pub/sub race.
+        """
+        deadline = time.monotonic() + timeout
+        key, last_id = Result.get_key(job_id), "0-0"
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                detail = "" if Job.exists(job_id, self.connection) else " (no such job)"
+                raise JobTimeout(job_id, timeout, detail)
+            response = self.connection.xread({key: last_id}, block=left_ms)
+            for result_id, payload in (response[0][1] if response else []):
+                last_id = result_id
+                final = self._final(job_id, result_id, payload)
+                if final is not None:
+                    return final
+
+    def _final(self, job_id: str, result_id: bytes, payload: dict) -> dict[str, Any] | None:
+        res = Result.restore(
+            job_id, result_id.decode(), payload, connection=self.connection, serializer=MsgpackSerializer
+        )
+        if res.type not in _FINAL:
+            return None
+        if res.type == Result.Type.SUCCESSFUL and isinstance(res.return_value, dict):
+            value = res.return_value
+            if value.get("ok", True):
+                return value
+            raise JobFailed(job_id, value.get("error") or {}, value)
+        raise JobFailed(job_id, parse_exc_string(res.exc_string))
+
+    def classify(self, image: ImageInput, timeout: float = 30.0, *, meta: dict | None = None) -> dict:
+        """Enqueue one image and wait for its result."""
+        return self.result(self.enqueue(image, meta=meta), timeout=timeout)
+
+    def subscribe(self) -> Subscription:
+        """Subscribe to the results channel now; iterate the returned object for results."""
+        return Subscription(self.connection, self.channel)
+
+    def close(self) -> None:
+        """Close the Redis connections."""
+        self.connection.close()
+
+
+class Subscription:
+    """Results published on the channel, as they arrive (at-least-once: de-duplicate on job_id)."""
+
+    def __init__(self, connection: redis.Redis, channel: str) -> None:
+        self._pubsub = connection.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(channel)
+        # Wait for the subscription to be confirmed so that nothing published after we return is missed.
+        self._pubsub.get_message(timeout=5.0, ignore_subscribe_messages=False)
+
+    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next result, or None when none came within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message = self._pubsub.get_message(timeout=left if left is not None else 3600.0)
+            if message is not None and message.get("type") == "message":
+                try:
+                    return loads(message["data"])
+                except SerializationError:
+                    log.warning("ignoring a message on the results channel that is not msgpack")
+                    continue
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            result = self.get(timeout=None)
+            if result is not None:
+                yield result
+
+    def close(self) -> None:
+        """Unsubscribe and close the connection."""
+        self._pubsub.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

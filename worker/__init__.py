@@ -1,0 +1,1 @@
+"""GPU side: the batch worker, its model loading, decoding and RQ bookkeeping."""

@@ -1,0 +1,112 @@
+"""The worker's settings: one frozen dataclass, built from CLI flags with environment twins."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from producer.protocol import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_QUEUE
+
+from .images import DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker process needs; units in names."""
+
+    model: str
+    redis_url: str = "redis://localhost:6379/0"
+    queue: str = DEFAULT_QUEUE
+    batch_size: int = 8
+    max_wait_ms: float = 5.0
+    device: str = "cpu"
+    precision: str = "fp32"
+    decode_threads: int = 4
+    topk: int = 5
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    idle_wait_ms: float = 1000.0
+    name: str = ""
+    burst: bool = False
+    log_level: str = "INFO"
+
+    @property
+    def worker_name(self) -> str:
+        """``host:device:pid`` unless a name was given (``cuda:K`` reads as ``gpuK``)."""
+        if self.name:
+            return self.name
+        device = self.device.replace("cuda:", "gpu").replace(":", "")
+        return f"{socket.gethostname()}:{device}:{os.getpid()}"
+
+    def public(self) -> dict:
+        """The settings without secrets (the Redis password is masked), for the start-up log."""
+        values = asdict(self)
+        values["redis_url"] = mask_url(self.redis_url)
+        return values
+
+
+def mask_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# flag, env twin, type, help. Defaults come from WorkerSettings.
+FLAGS: list[tuple[str, str, type, str]] = [
+    ("--model", "WORKER_MODEL", str, "model file (TorchScript + metadata, see docs/model-format.md)"),
+    ("--redis-url", "REDIS_URL", str, "Redis URL; redis://, rediss:// (TLS) or unix://, may carry user:password"),
+    ("--queue", "WORKER_QUEUE", str, "RQ queue to drain; results go to channel <queue>:results"),
+    ("--batch-size", "WORKER_BATCH_SIZE", int, "most jobs per batch (buckets up to this are warmed at start)"),
+    ("--max-wait-ms", "WORKER_MAX_WAIT_MS", float, "wait at most this long after a batch's first job for more"),
+    ("--device", "WORKER_DEVICE", str, "cpu, cuda or cuda:K"),
+    ("--precision", "WORKER_PRECISION", str, "fp32, fp16 or bf16 (half precisions are for GPUs)"),
+    ("--decode-threads", "WORKER_DECODE_THREADS", int, "threads decoding images (Pillow releases the GIL)"),
+    ("--topk", "WORKER_TOPK", int, "labels per result"),
+    ("--max-image-bytes", "WORKER_MAX_IMAGE_BYTES", int, "refuse larger payloads"),
+    ("--max-pixels", "WORKER_MAX_PIXELS", int, "refuse images with more pixels (decompression bombs)"),
+    ("--idle-wait-ms", "WORKER_IDLE_WAIT_MS", float, "longest single blocking wait for a first job"),
+    ("--name", "WORKER_NAME", str, "worker name shown by rq info (default host:device:pid)"),
+    ("--log-level", "WORKER_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every flag; each shows its environment twin and default in --help."""
+    defaults = WorkerSettings(model="")
+    for flag, env, kind, text in FLAGS:
+        dest = flag[2:].replace("-", "_")
+        default = getattr(defaults, dest)
+        shown = f" (default: {default})" if default not in ("", None) else ""
+        parser.add_argument(flag, dest=dest, type=kind, default=None, help=f"{text}; env {env}{shown}")
+    parser.add_argument(
+        "--burst", action="store_true", default=None, help="exit when the queue is empty; env WORKER_BURST=1"
+    )
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> WorkerSettings:
+    """Flags win over environment variables, which win over defaults."""
+    env = os.environ if environ is None else environ
+    values: dict = {}
+    for flag, name, kind, _ in FLAGS:
+        dest = flag[2:].replace("-", "_")
+        value = getattr(args, dest, None)
+        if value is None and env.get(name):
+            value = kind(env[name])
+        if value is not None:
+            values[dest] = value
+    burst = getattr(args, "burst", None)
+    values["burst"] = bool(burst) if burst is not None else env.get("WORKER_BURST", "") in ("1", "true", "yes")
+    if not values.get("model"):
+        raise SystemExit("worker: a model file is required: --model PATH or WORKER_MODEL")
+    settings = WorkerSettings(**values)
+    if settings.batch_size < 1 or settings.max_wait_ms < 0 or settings.decode_threads < 1:
+        raise SystemExit("worker: --batch-size and --decode-threads must be >= 1, --max-wait-ms >= 0")
+    return settings

@@ -1,0 +1,151 @@
+"""The worker's main loop: collect -> decode -> predict -> publish -> acknowledge."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import torch
+from rq import Queue
+from rq.utils import now
+
+from producer.protocol import make_result
+from producer.serializer import MsgpackSerializer
+
+from .config import WorkerSettings
+from .errors import JobError
+from .images import Limits
+from .model import Classifier, load_model
+from .rqbatch import BatchWorker, Outcome, RQBatch, Taken
+from .tasks import decode_image, job_inputs, ms_since
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class Decoded:
+    """One job after validation and decoding: a tensor, or the error that stopped it."""
+
+    taken: Taken
+    meta: dict[str, Any] = field(default_factory=dict)
+    tensor: torch.Tensor | None = None
+    error: JobError | None = None
+    decode_ms: float = 0.0
+    topk: list[tuple[str, float]] | None = None
+
+
+class BatchRunner:
+    """Runs one batch of taken jobs through the model and builds each job's outcome."""
+
+    def __init__(self, model: Classifier, settings: WorkerSettings, pool: ThreadPoolExecutor) -> None:
+        self.model = model
+        self.settings = settings
+        self.pool = pool
+        self.limits = Limits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
+
+    def decode(self, taken: Taken) -> Decoded:
+        """Validate and decode one job (runs in the thread pool); never raises for bad input."""
+        start = time.perf_counter()
+        item = Decoded(taken)
+        try:
+            if taken.read_error is not None or taken.job is None:
+                raise JobError("bad_job_data", f"unreadable job hash: {taken.read_error}")
+            image, item.meta = job_inputs(taken.job)
+            item.tensor = decode_image(image, self.model.info.preprocess, self.limits)
+        except JobError as err:
+            item.error = err
+            log.warning("job %s failed: %s", taken.job_id, err)
+        item.decode_ms = (time.perf_counter() - start) * 1000
+        return item
+
+    def predict(self, items: list[Decoded]) -> tuple[list[list[tuple[str, float]] | JobError], float]:
+        """Top-k for every decoded item (one forward pass), and the inference time in ms."""
+        if not items:
+            return [], 0.0
+        start = time.perf_counter()
+        try:
+            preds: list = self.model.predict(torch.stack([i.tensor for i in items]), k=self.settings.topk)
+        except (RuntimeError, ValueError) as exc:
+            log.exception("model forward failed on a batch of %d", len(items))
+            preds = [JobError("model_error", f"{type(exc).__name__}: {exc}", retryable=True)] * len(items)
+        return preds, (time.perf_counter() - start) * 1000
+
+    def run(self, taken: list[Taken], worker_name: str) -> list[Outcome]:
+        """Decode in parallel, predict the good ones together, build every outcome."""
+        started = now()
+        decoded = list(self.pool.map(self.decode, taken))
+        good = [item for item in decoded if item.error is None]
+        preds, infer_ms = self.predict(good)
+        for item, pred in zip(good, preds):
+            if isinstance(pred, JobError):
+                item.error = pred
+            else:
+                item.tensor, item.topk = None, pred
+        outcomes = []
+        for item in decoded:
+            job = item.taken.job
+            queue_ms = ms_since(job.enqueued_at if job else None, started)
+            timings = {"queue": queue_ms, "decode": item.decode_ms, "infer": 0.0 if item.error else infer_ms}
+            timings["total"] = queue_ms + ms_since(started, now())
+            result = make_result(
+                item.taken.job_id, model=self.model.info.tag, worker=worker_name, timings_ms=timings,
+                meta=item.meta, topk=item.topk, error=item.error.as_error() if item.error else None,
+            )  # fmt: skip
+            outcomes.append(Outcome(item.taken, result, retry=bool(item.error and item.error.retryable)))
+        return outcomes
+
+
+def run(settings: WorkerSettings, stop: threading.Event) -> int:
+    """Load and warm the model, register with RQ, then process batches until ``stop`` is set."""
+    model = load_model(settings.model, settings.device, settings.batch_size, settings.precision)
+    warm = model.warm_up()
+    log.info("warmed up buckets=%s ms=%s", model.buckets, {k: round(v * 1000, 1) for k, v in warm.items()})
+    connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    queue = Queue(settings.queue, connection=connection, serializer=MsgpackSerializer)
+    worker = BatchWorker([queue], connection=connection, name=settings.worker_name, serializer=MsgpackSerializer)
+    batches = RQBatch(worker, queue)
+    worker.register_birth()
+    log.info("worker %s listening on queue=%s", worker.name, queue.name)
+    processed = 0
+    try:
+        with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode") as pool:
+            runner = BatchRunner(model, settings, pool)
+            processed = _serve(settings, stop, batches, runner)
+    finally:
+        worker.register_death()
+        log.info("worker %s stopped after %d jobs", worker.name, processed)
+    return processed
+
+
+def _serve(settings: WorkerSettings, stop: threading.Event, batches: RQBatch, runner: BatchRunner) -> int:
+    processed, backoff_s = 0, 0.5
+    while not stop.is_set():
+        try:
+            ids = batches.take(settings.batch_size, settings.max_wait_ms / 1000, settings.idle_wait_ms / 1000)
+            if not ids:
+                batches.worker.heartbeat()
+                if settings.burst:
+                    break
+                continue
+            taken = batches.start(ids)
+            outcomes = runner.run(taken, batches.worker.name)
+            batches.finish(outcomes, started_at=_started(taken))
+            processed += len(outcomes)
+            backoff_s = 0.5
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("redis unavailable (%s); retrying in %.1f s", exc, backoff_s)
+            stop.wait(backoff_s)
+            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+    return processed
+
+
+def _started(taken: list[Taken]) -> Any:
+    times = [t.job.started_at for t in taken if t.job is not None and t.job.started_at]
+    return min(times) if times else now()

@@ -1,0 +1,159 @@
+"""Load a TorchScript classifier with its metadata, warm it up, and predict whole batches.
+
+Loading sits behind ``load_model`` so a ``torch.export``/AOTInductor package can be added later
+without touching the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .images import Preprocess
+
+log = logging.getLogger(__name__)
+
+EXTRA_FILES = ("labels.json", "preprocess.json", "model.json")
+
+
+class ModelError(RuntimeError):
+    """A model file that cannot be used (missing metadata, wrong outputs)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The metadata embedded in a model file."""
+
+    name: str
+    version: str
+    labels: tuple[str, ...]
+    preprocess: Preprocess
+
+    @property
+    def tag(self) -> str:
+        """``name@version``, as results report it."""
+        return f"{self.name}@{self.version}"
+
+
+def read_extra_files(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.jit.ScriptModule, ModelInfo]:
+    """Load a TorchScript file onto ``device`` with its ``_extra_files``; raise ``ModelError`` if incomplete."""
+    extra = dict.fromkeys(EXTRA_FILES, "")
+    module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    missing = [name for name, text in extra.items() if not text]
+    if missing:
+        raise ModelError(f"{path}: model file lacks {', '.join(missing)} (see docs/model-format.md)")
+    try:
+        labels = tuple(str(x) for x in json.loads(extra["labels.json"]))
+        preprocess = Preprocess.from_dict(json.loads(extra["preprocess.json"]))
+        ident = json.loads(extra["model.json"])
+        info = ModelInfo(str(ident["name"]), str(ident["version"]), labels, preprocess)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: malformed metadata: {exc}") from exc
+    return module, info
+
+
+def bucket_sizes(max_batch: int) -> list[int]:
+    """Batch sizes we pad to: powers of two below ``max_batch``, and ``max_batch`` itself."""
+    sizes, n = [], 1
+    while n < max_batch:
+        sizes.append(n)
+        n *= 2
+    return [*sizes, max_batch]
+
+
+@dataclass
+class Classifier:
+    """A loaded model on one device; ``predict`` takes a uint8 ``[B, H, W, 3]`` batch."""
+
+    module: torch.nn.Module
+    info: ModelInfo
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    buckets: list[int] = field(default_factory=lambda: [1])
+
+    def __post_init__(self) -> None:
+        pre = self.info.preprocess
+        shape = (1, 3, 1, 1)
+        # Fold [0, 1] scaling into the normalisation: x * scale + shift == (x / 255 - mean) / std.
+        self._scale = torch.tensor([1.0 / (255.0 * s) for s in pre.std], device=self.device).view(shape)
+        self._shift = torch.tensor([-m / s for m, s in zip(pre.mean, pre.std)], device=self.device).view(shape)
+
+    def bucket_for(self, n: int) -> int:
+        """The smallest warmed batch size that holds ``n`` images."""
+        return next((b for b in self.buckets if b >= n), n)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Run the model on a uint8 ``[B, H, W, 3]`` batch (padded to a bucket); float32 logits."""
+        n = batch.shape[0]
+        padded = self.bucket_for(n)
+        if padded > n:
+            batch = torch.cat([batch, batch.new_zeros((padded - n, *batch.shape[1:]))])
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            x = batch.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
+            x = x.contiguous().to(self.dtype)
+            out = self.module(x)
+            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != padded:
+                raise ModelError(f"model must map [B, 3, H, W] to logits [B, C], got {_shape(out)}")
+            return out[:n].float()
+
+    def predict(self, batch: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k ``(label, probability)`` per image of the batch."""
+        with torch.inference_mode():
+            probs = torch.softmax(self.logits(batch), dim=1)
+            scores, idx = probs.topk(min(k, probs.shape[1]), dim=1)
+            scores, idx = scores.cpu().tolist(), idx.cpu().tolist()
+        labels = self.info.labels
+        return [
+            [(labels[i] if i < len(labels) else str(i), s) for i, s in zip(row_i, row_s)]
+            for row_i, row_s in zip(idx, scores)
+        ]
+
+    def warm_up(self, rounds: int = 2) -> dict[int, float]:
+        """Run every bucket size so cuDNN tunes before traffic; return seconds per batch by size."""
+        height, width = self.info.preprocess.size
+        timings: dict[int, float] = {}
+        for size in self.buckets:
+            batch = torch.randint(0, 256, (size, height, width, 3), dtype=torch.uint8)
+            for _ in range(rounds):
+                start = time.perf_counter()
+                self.logits(batch)
+                self._sync()
+                timings[size] = time.perf_counter() - start
+        return timings
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def _shape(out: object) -> str:
+    return str(tuple(out.shape)) if isinstance(out, torch.Tensor) else type(out).__name__
+
+
+def configure_torch(device: torch.device) -> None:
+    """The process-wide switches: cuDNN on and autotuning (inputs always have fixed shapes)."""
+    torch.backends.cudnn.enabled = True
+    torch.backends.cudnn.benchmark = True
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def load_model(path: str | Path, device: str = "cpu", max_batch: int = 1, precision: str = "fp32") -> Classifier:
+    """Load a model file onto ``device`` in eval mode, with buckets up to ``max_batch``."""
+    dev = torch.device(device)
+    configure_torch(dev)
+    module, info = read_extra_files(path, dev)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    module = module.to(dev).to(dtype).eval()
+    log.info("loaded model=%s path=%s device=%s precision=%s", info.tag, path, dev, precision)
+    return Classifier(module=module, info=info, device=dev, dtype=dtype, buckets=bucket_sizes(max_batch))
