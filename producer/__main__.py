@@ -1,0 +1,110 @@
+"""``python -m producer``: push images to the classify queue, or listen to the results channel."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .client import Producer
+from .errors import JobFailed, JobTimeout
+from .protocol import DEFAULT_QUEUE
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+
+
+def expand(patterns: list[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns, in the order given."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) or [pattern]
+        for match in map(Path, matches):
+            if match.is_dir():
+                paths += sorted(p for p in match.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            elif match.is_file():
+                paths.append(match)
+            else:
+                raise SystemExit(f"push: no such file: {match}")
+    return paths
+
+
+def format_result(name: str, result: dict) -> str:
+    """One line: name, top-3 labels with scores, and the time from enqueue to result."""
+    top = ", ".join(f"{label} {score:.3f}" for label, score in result["topk"][:3])
+    return f"{name:<28} {top}  ({result['timings_ms']['total']:.0f} ms)"
+
+
+def push(producer: Producer, args: argparse.Namespace) -> int:
+    """Enqueue the images in one round trip; with --wait print each result and a summary."""
+    paths = expand(args.paths)
+    if not paths:
+        raise SystemExit("push: no images found")
+    start = time.monotonic()
+    ids = producer.enqueue_many(paths, metas=[{"path": str(p)} for p in paths])
+    print(f"enqueued {len(ids)} image(s) on queue {producer.queue.name}", file=sys.stderr)
+    if not args.wait:
+        for job_id, path in zip(ids, paths):
+            print(f"{job_id} {path}")
+        return 0
+    failed = 0
+    for job_id, path in zip(ids, paths):
+        try:
+            print(format_result(path.name, producer.result(job_id, timeout=args.timeout)), flush=True)
+        except JobFailed as exc:
+            failed += 1
+            print(f"{path.name:<28} FAILED {exc.error.get('type')}: {exc.error.get('message')}", flush=True)
+        except JobTimeout as exc:
+            failed += 1
+            print(f"{path.name:<28} TIMEOUT {exc}", flush=True)
+    elapsed = time.monotonic() - start
+    print(f"{len(ids)} sent, {len(ids) - failed} ok, {failed} failed in {elapsed:.2f} s: "
+          f"{len(ids) / elapsed:.1f} images/s end to end")  # fmt: skip
+    return 1 if failed else 0
+
+
+def listen(producer: Producer, args: argparse.Namespace) -> int:
+    """Print results as they are published (one JSON line each with --json)."""
+    with producer.subscribe() as sub:
+        print(f"listening on {producer.channel}", file=sys.stderr, flush=True)
+        for count, result in enumerate(sub, start=1):
+            if args.json:
+                print(json.dumps(result), flush=True)
+            elif result["ok"]:
+                print(format_result(result["job_id"], result), flush=True)
+            else:
+                print(f"{result['job_id']:<28} FAILED {result['error']['type']}: {result['error']['message']}",
+                      flush=True)  # fmt: skip
+            if args.count and count >= args.count:
+                return 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m producer", description="Send images, read results.")
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"),
+                        help="Redis URL (env REDIS_URL)")  # fmt: skip
+    parser.add_argument("--queue", default=os.environ.get("WORKER_QUEUE", DEFAULT_QUEUE), help="env WORKER_QUEUE")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_push = sub.add_parser("push", help="enqueue image files, folders or globs")
+    p_push.add_argument("paths", nargs="+")
+    p_push.add_argument("--wait", action="store_true", help="wait and print each result (top-3 labels)")
+    p_push.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per result")
+    p_listen = sub.add_parser("listen", help="print results as they are published")
+    p_listen.add_argument("--json", action="store_true", help="one JSON object per line")
+    p_listen.add_argument("--count", type=int, default=0, help="exit after this many results")
+    args = parser.parse_args(argv)
+    producer = Producer(args.redis_url, queue=args.queue)
+    try:
+        return push(producer, args) if args.command == "push" else listen(producer, args)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        producer.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

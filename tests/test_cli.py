@@ -1,0 +1,30 @@
+"""The producer CLI against a real worker: push --wait prints top-3 per image; listen prints results."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from .conftest import IMAGES, ROOT, wait_for_workers
+
+
+def test_push_wait_prints_top3_for_each_image_and_listen_sees_them(redis_url, conn, start_worker):
+    start_worker("--batch-size", "8")
+    wait_for_workers(conn)
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "producer", "--redis-url", redis_url, "listen", "--count", "3", "--json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert "listening on classify:results" in listener.stderr.readline()
+    pushed = subprocess.run(
+        [sys.executable, "-m", "producer", "--redis-url", redis_url, "push", "--wait",
+         str(IMAGES / "coffee.jpg"), str(IMAGES / "cat.jpg"), str(IMAGES / "odd*.webp")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    lines = pushed.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines[:3]] == ["coffee.jpg", "cat.jpg", "odd.webp"]
+    assert all(line.count("class") == 3 for line in lines[:3])
+    assert "3 sent, 3 ok, 0 failed" in lines[-1]
+    out, _ = listener.communicate(timeout=30)
+    assert listener.returncode == 0 and len(out.strip().splitlines()) == 3
