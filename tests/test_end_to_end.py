@@ -90,3 +90,23 @@ def test_function_outside_the_allow_list_is_refused_and_never_run(redis_url, con
     assert failed.value.error["type"] == "forbidden_function"
     assert "os.system" in failed.value.error["message"]
     assert not marker.exists()
+
+
+def test_rq_info_shows_the_queue_and_the_batch_worker(redis_url, conn, start_worker):
+    import subprocess
+    import sys
+
+    from rq import Worker
+
+    from .conftest import ROOT
+
+    Producer(redis_url).enqueue_many([image_bytes("cat.jpg")] * 3)
+    start_worker("--name", "host-a:cpu:1")
+    wait_for_workers(conn)
+    assert [w.name for w in Worker.all(connection=conn)] == ["host-a:cpu:1"]
+    info = subprocess.run(
+        [sys.executable, "-m", "rq.cli", "info", "-S", "producer.serializer.MsgpackSerializer", "--url", redis_url],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert info.returncode == 0, info.stderr
+    assert "classify" in info.stdout and "host-a:cpu:1" in info.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -38,7 +37,7 @@ def test_export_refuses_a_model_that_is_not_a_classifier(tmp_path):
 def test_a_torchscript_file_without_metadata_is_refused(tmp_path):
     path = tmp_path / "bare.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
-    with pytest.raises(ModelError, match="lacks labels.json"):
+    with pytest.raises(ModelError, match=r"lacks labels.json"):
         load_model(path)
 
 
@@ -77,4 +76,32 @@ def test_demo_model_sees_espresso_in_coffee_and_batches_match(demo_model_path):
     assert top5[0][0][0] == top5[1][0][0] == top5[2][0][0] == "espresso"
     assert top5[3][0][0] in ("Egyptian cat", "tiger cat", "tabby")
     alone = torch.cat([model.logits(batch[i : i + 1]) for i in range(4)])
-    assert (model.logits(batch) - alone).abs().max().item() <= 1e-4
+    assert (model.logits(batch) - alone).abs().max().item() <= 1e-5
+
+
+def test_export_cli_builds_from_a_factory_with_weights_labels_and_preprocessing(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+    from .tinymodels import tiny_cnn
+
+    weights = tmp_path / "w.pt"
+    state = tiny_cnn().state_dict()
+    state["head.bias"] = torch.arange(10, dtype=torch.float32)  # weights that differ from the factory's
+    torch.save(state, weights)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"thing {i}" for i in range(10)) + "\n")
+    out = tmp_path / "custom.pt"
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "export", "--factory", "tests.tinymodels:tiny_cnn", "--weights",
+         str(weights), "--labels", str(labels), "--size", "16", "24", "--resize", "stretch", "--mean", "0.5",
+         "0.5", "0.5", "--std", "0.25", "0.25", "0.25", "--name", "custom", "--version", "2", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "custom@2, 10 classes" in done.stdout
+    module, info = read_extra_files(out)
+    assert info.labels[9] == "thing 9"
+    assert info.preprocess == Preprocess(size=(16, 24), resize="stretch", mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert torch.equal(module.state_dict()["head.bias"], torch.arange(10, dtype=torch.float32))

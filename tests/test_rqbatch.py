@@ -80,7 +80,7 @@ def test_one_batch_holds_every_sample_file_and_all_succeed(batch_setup, redis_ur
 
 
 def test_round_trips_per_batch_do_not_grow_with_batch_size(batch_setup, redis_url):
-    conn, rqb, runner = batch_setup
+    _, rqb, runner = batch_setup
     producer = Producer(redis_url)
     image = all_images()[0].read_bytes()
     trips = {}

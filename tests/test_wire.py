@@ -73,7 +73,7 @@ def test_job_arguments_that_break_the_contract_are_named(args, kwargs, message):
 
 
 def test_oversized_meta_is_a_bad_request():
-    with pytest.raises(JobError, match="meta is .* over the limit"):
+    with pytest.raises(JobError, match=r"meta is .* over the limit"):
         checked_args((), {"image": b"x", "meta": {"blob": "x" * 100_000}})
 
 

@@ -85,7 +85,7 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
         raise ImageTooLarge(f"decompression bomb refused: {exc}") from exc
     except (Image.DecompressionBombWarning, UnidentifiedImageError) as exc:
         raise UnsupportedImage(f"not a supported image ({'/'.join(ALLOWED_FORMATS)}): {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise any type on hostile bytes
+    except Exception as exc:  # Pillow's parsers raise any type on hostile bytes
         raise UnsupportedImage(f"corrupt image header: {type(exc).__name__}: {exc}") from exc
     width, height = img.size
     if width < 1 or height < 1:
@@ -148,7 +148,7 @@ def decode(data: bytes, spec: Preprocess, limits: Limits) -> torch.Tensor:
         img = resize(to_rgb(img), spec)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"decompression bomb refused: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise any type on hostile bytes
+    except Exception as exc:  # Pillow's decoders raise any type on hostile bytes
         raise UnsupportedImage(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from exc
     buf = bytearray(img.tobytes())
     return torch.frombuffer(buf, dtype=torch.uint8).view(spec.size[0], spec.size[1], 3)
