@@ -110,3 +110,16 @@ def test_rq_info_shows_the_queue_and_the_batch_worker(redis_url, conn, start_wor
     )  # fmt: skip
     assert info.returncode == 0, info.stderr
     assert "classify" in info.stdout and "host-a:cpu:1" in info.stdout
+
+
+def test_sigterm_stops_the_worker_cleanly_and_unregisters_it(redis_url, conn, start_worker):
+    import signal
+
+    from rq import Worker
+
+    proc = start_worker()
+    wait_for_workers(conn)
+    assert Producer(redis_url).classify(image_bytes("cat.jpg"), timeout=60)["ok"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert Worker.all(connection=conn) == []
