@@ -65,7 +65,8 @@ class Producer:
 
     def _job_data(self, image: ImageInput, job_id: str | None, meta: dict | None) -> Any:
         data = read_image(image)
-        name = image if isinstance(image, str | os.PathLike) else f"{len(data)} bytes"
+        # An explicit description: RQ would otherwise build one from repr() of the whole image.
+        name = os.fspath(image) if isinstance(image, str | os.PathLike) else f"{len(data)} bytes"
         opts = self.options
         return Queue.prepare_data(
             TASK_NAME,
@@ -73,7 +74,7 @@ class Producer:
             timeout=opts.job_timeout_s,
             result_ttl=opts.result_ttl_s,
             failure_ttl=opts.failure_ttl_s,
-            description=f"classify {os.fspath(name) if not isinstance(name, str) else name}",
+            description=f"classify {name}",
             job_id=job_id,
             retry=Retry(max=opts.retries) if opts.retries > 0 else None,
         )
