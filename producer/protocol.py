@@ -70,8 +70,9 @@ def make_result(
     meta: dict[str, Any] | None,
     topk: list[tuple[str, float]] | None = None,
     error: dict[str, str] | None = None,
+    batch: int = 1,
 ) -> dict[str, Any]:
-    """Build the result map; ``ok`` is true exactly when there is no error."""
+    """Build the result map; ``ok`` is true exactly when there is no error; ``batch`` is the batch's size."""
     ok = error is None
     pairs = [[label, float(score)] for label, score in (topk or [])]
     return {
@@ -85,6 +86,7 @@ def make_result(
         "timings_ms": {k: round(float(timings_ms.get(k, 0.0)), 3) for k in TIMING_KEYS},
         "error": error,
         "meta": meta or {},
+        "batch": batch,
     }
 
 

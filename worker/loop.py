@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,29 +77,54 @@ class BatchRunner:
             preds = [JobError("model_error", f"{type(exc).__name__}: {exc}", retryable=True)] * len(items)
         return preds, (time.perf_counter() - start) * 1000
 
-    def run(self, taken: list[Taken], worker_name: str) -> list[Outcome]:
-        """Decode in parallel, predict the good ones together, build every outcome."""
-        started = now()
-        decoded = list(self.pool.map(self.decode, taken))
-        good = [item for item in decoded if item.error is None]
-        preds, infer_ms = self.predict(good)
+    def decode_all(self, taken: list[Taken]) -> InFlight:
+        """Decode a batch in the thread pool; the result is ready for ``predict``."""
+        return InFlight(now(), list(self.pool.map(self.decode, taken)))
+
+    def submit(self, batch: InFlight, infer: ThreadPoolExecutor) -> InFlight:
+        """Start the forward pass of a decoded batch on the inference thread."""
+        good = [item for item in batch.decoded if item.error is None]
+        batch.future = infer.submit(self.predict, good)
+        return batch
+
+    def outcomes(self, batch: InFlight, worker_name: str) -> list[Outcome]:
+        """Wait for the batch's forward pass and build every job's outcome."""
+        good = [item for item in batch.decoded if item.error is None]
+        preds, infer_ms = batch.future.result() if batch.future is not None else self.predict(good)
         for item, pred in zip(good, preds):
             if isinstance(pred, JobError):
                 item.error = pred
             else:
                 item.tensor, item.topk = None, pred
-        outcomes = []
-        for item in decoded:
+        size, outcomes = len(batch.decoded), []
+        for item in batch.decoded:
             job = item.taken.job
-            queue_ms = ms_since(job.enqueued_at if job else None, started)
+            queue_ms = ms_since(job.enqueued_at if job else None, batch.started)
             timings = {"queue": queue_ms, "decode": item.decode_ms, "infer": 0.0 if item.error else infer_ms}
-            timings["total"] = queue_ms + ms_since(started, now())
+            timings["total"] = queue_ms + ms_since(batch.started, now())
             result = make_result(
                 item.taken.job_id, model=self.model.info.tag, worker=worker_name, timings_ms=timings,
-                meta=item.meta, topk=item.topk, error=item.error.as_error() if item.error else None,
+                meta=item.meta, topk=item.topk, error=item.error.as_error() if item.error else None, batch=size,
             )  # fmt: skip
             outcomes.append(Outcome(item.taken, result, retry=bool(item.error and item.error.retryable)))
         return outcomes
+
+    def run(self, taken: list[Taken], worker_name: str) -> list[Outcome]:
+        """Decode in parallel, predict the good ones together, build every outcome (no overlap)."""
+        return self.outcomes(self.decode_all(taken), worker_name)
+
+
+@dataclass
+class InFlight:
+    """A decoded batch, and its forward pass once submitted."""
+
+    started: Any
+    decoded: list[Decoded]
+    future: Future | None = None
+
+    @property
+    def taken(self) -> list[Taken]:
+        return [item.taken for item in self.decoded]
 
 
 def run(settings: WorkerSettings, stop: threading.Event) -> int:
@@ -125,25 +150,45 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
 
 
 def _serve(settings: WorkerSettings, stop: threading.Event, batches: RQBatch, runner: BatchRunner) -> int:
+    """Double-buffered: batch k+1 is taken and decoded while batch k runs on the inference thread.
+
+    With a batch in flight the next one takes only what is queued now, so results are never held
+    back waiting for traffic. On stop, the batch in hand is finished and acknowledged first.
+    """
     processed, backoff_s = 0, 0.5
-    while not stop.is_set():
-        try:
-            ids = batches.take(settings.batch_size, settings.max_wait_ms / 1000, settings.idle_wait_ms / 1000)
-            if not ids:
-                batches.worker.heartbeat()
-                if settings.burst:
-                    break
-                continue
-            taken = batches.start(ids)
-            outcomes = runner.run(taken, batches.worker.name)
-            batches.finish(outcomes, started_at=_started(taken))
-            processed += len(outcomes)
-            backoff_s = 0.5
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("redis unavailable (%s); retrying in %.1f s", exc, backoff_s)
-            stop.wait(backoff_s)
-            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+    inflight: InFlight | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="infer") as infer:
+        while not (stop.is_set() and inflight is None):
+            try:
+                nxt = None if stop.is_set() else _next_batch(settings, batches, runner, busy=inflight is not None)
+                if nxt is not None:
+                    runner.submit(nxt, infer)
+                if inflight is not None:
+                    batches.finish(runner.outcomes(inflight, batches.worker.name), started_at=_started(inflight.taken))
+                    processed += len(inflight.decoded)
+                elif nxt is None:
+                    batches.worker.heartbeat()
+                    if settings.burst:
+                        break
+                inflight, backoff_s = nxt, 0.5
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # Jobs of a batch we could not acknowledge stay in RQ's started registry: the reaper re-queues them.
+                log.warning("redis unavailable (%s); retrying in %.1f s", exc, backoff_s)
+                inflight = None
+                stop.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
     return processed
+
+
+def _next_batch(settings: WorkerSettings, batches: RQBatch, runner: BatchRunner, *, busy: bool) -> InFlight | None:
+    """Take (without waiting when ``busy``), start and decode the next batch; None when the queue is empty."""
+    if busy:
+        ids = batches.take_now(settings.batch_size)
+    else:
+        ids = batches.take(settings.batch_size, settings.max_wait_ms / 1000, settings.idle_wait_ms / 1000)
+    if not ids:
+        return None
+    return runner.decode_all(batches.start(ids))
 
 
 def _started(taken: list[Taken]) -> Any:

@@ -77,6 +77,10 @@ class RQBatch:
             self._move_blocking, self._move_now, max_items=max_jobs, max_wait_s=max_wait_s, idle_wait_s=idle_wait_s
         )
 
+    def take_now(self, max_jobs: int) -> list[str]:
+        """Move whatever is queued now, up to ``max_jobs``, without waiting (one round trip)."""
+        return self._move_now(max_jobs)
+
     def _move_blocking(self, timeout_s: float) -> str | None:
         if timeout_s < 0.001:
             return None
