@@ -93,10 +93,14 @@ def export_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch: ``export`` builds a model file; anything else runs a worker."""
+    """Dispatch: ``export`` builds a model file, ``bench`` reports the five practices; else run a worker."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "export":
         return export_main(argv[1:])
+    if argv and argv[0] == "bench":
+        from .practices import main as bench_main
+
+        return bench_main(argv[1:])
     return run_main(argv)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from producer.protocol import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_QUEUE
@@ -20,7 +22,9 @@ class WorkerSettings:
     model: str
     redis_url: str = "redis://localhost:6379/0"
     queue: str = DEFAULT_QUEUE
-    batch_size: int = 8
+    batch_size: int | str = 8
+    max_batch_size: int = 64
+    max_batch_latency_ms: float = 0.0
     max_wait_ms: float = 5.0
     device: str = "cpu"
     precision: str = "fp32"
@@ -59,12 +63,26 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def batch_size_arg(text: str) -> int | str:
+    """``auto`` or a positive integer."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch size must be a number or 'auto', got {text!r}") from None
+
+
 # flag, env twin, type, help. Defaults come from WorkerSettings.
-FLAGS: list[tuple[str, str, type, str]] = [
+FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--model", "WORKER_MODEL", str, "model file (TorchScript + metadata, see docs/model-format.md)"),
     ("--redis-url", "REDIS_URL", str, "Redis URL; redis://, rediss:// (TLS) or unix://, may carry user:password"),
     ("--queue", "WORKER_QUEUE", str, "RQ queue to drain; results go to channel <queue>:results"),
-    ("--batch-size", "WORKER_BATCH_SIZE", int, "most jobs per batch (buckets up to this are warmed at start)"),
+    ("--batch-size", "WORKER_BATCH_SIZE", batch_size_arg,
+     "most jobs per batch (buckets up to it are warmed at start), or 'auto': time the buckets, take the fastest"),
+    ("--max-batch-size", "WORKER_MAX_BATCH_SIZE", int, "with --batch-size auto: the largest size tried"),
+    ("--max-batch-latency-ms", "WORKER_MAX_BATCH_LATENCY_MS", float,
+     "with --batch-size auto: ignore sizes whose forward pass takes longer (0: no limit)"),
     ("--max-wait-ms", "WORKER_MAX_WAIT_MS", float, "wait at most this long after a batch's first job for more"),
     ("--device", "WORKER_DEVICE", str, "cpu, cuda or cuda:K"),
     ("--precision", "WORKER_PRECISION", str, "fp32, fp16 or bf16 (half precisions are for GPUs)"),
@@ -107,6 +125,9 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     if not values.get("model"):
         raise SystemExit("worker: a model file is required: --model PATH or WORKER_MODEL")
     settings = WorkerSettings(**values)
-    if settings.batch_size < 1 or settings.max_wait_ms < 0 or settings.decode_threads < 1:
-        raise SystemExit("worker: --batch-size and --decode-threads must be >= 1, --max-wait-ms >= 0")
+    sizes = [settings.max_batch_size, settings.decode_threads]
+    if settings.batch_size != "auto":
+        sizes.append(int(settings.batch_size))
+    if min(sizes) < 1 or settings.max_wait_ms < 0:
+        raise SystemExit("worker: batch sizes and --decode-threads must be >= 1, --max-wait-ms >= 0")
     return settings

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -21,6 +21,7 @@ from .config import WorkerSettings
 from .errors import JobError
 from .images import Limits
 from .model import Classifier, load_model
+from .perf import autotune
 from .rqbatch import BatchWorker, Outcome, RQBatch, Taken
 from .tasks import decode_image, job_inputs, ms_since
 
@@ -127,11 +128,22 @@ class InFlight:
         return [item.taken for item in self.decoded]
 
 
-def run(settings: WorkerSettings, stop: threading.Event) -> int:
-    """Load and warm the model, register with RQ, then process batches until ``stop`` is set."""
-    model = load_model(settings.model, settings.device, settings.batch_size, settings.precision)
+def prepare_model(settings: WorkerSettings) -> tuple[Classifier, WorkerSettings]:
+    """Load and warm the model; with ``--batch-size auto`` time the buckets and settle the batch size."""
+    auto = settings.batch_size == "auto"
+    max_batch = settings.max_batch_size if auto else int(settings.batch_size)
+    model = load_model(settings.model, settings.device, max_batch, settings.precision)
     warm = model.warm_up()
     log.info("warmed up buckets=%s ms=%s", model.buckets, {k: round(v * 1000, 1) for k, v in warm.items()})
+    if auto:
+        chosen, _ = autotune(model, max_batch, settings.max_batch_latency_ms or None)
+        settings = replace(settings, batch_size=chosen)
+    return model, settings
+
+
+def run(settings: WorkerSettings, stop: threading.Event) -> int:
+    """Load and warm the model, register with RQ, then process batches until ``stop`` is set."""
+    model, settings = prepare_model(settings)
     connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     queue = Queue(settings.queue, connection=connection, serializer=MsgpackSerializer)
     worker = BatchWorker([queue], connection=connection, name=settings.worker_name, serializer=MsgpackSerializer)

@@ -1,0 +1,182 @@
+"""``python -m worker bench``: the five-practices report for any model file.
+
+Each practice is measured with and without, on the same model, device and batch, in one run:
+inference mode, cuDNN autotuning (GPU), TorchScript (vs eager when a factory is given, else vs
+freeze / optimize_for_inference), GPU vs CPU (when there is a GPU), batching (batch N vs 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .model import Classifier, bucket_sizes, load_model
+from .perf import Timing, choose_batch_size, time_batches, time_buckets
+
+
+def _inputs(model: Classifier, size: int, device: torch.device) -> torch.Tensor:
+    height, width = model.info.preprocess.size
+    return torch.randn(size, 3, height, width, device=device, dtype=model.dtype)
+
+
+def _runner(module: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
+    contexts = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad, "grad": contextlib.nullcontext}
+
+    def call() -> object:
+        with contexts[mode]():
+            return module(x)
+
+    return call
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool) -> Iterator[None]:
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def _time(module: torch.nn.Module, x: torch.Tensor, mode: str = "inference_mode", budget_s: float = 1.0) -> Timing:
+    return time_batches(_runner(module, x, mode), x.shape[0], x.device, budget_s=budget_s)
+
+
+def _row(practice: str, with_: str, without: str, on: Timing | None, off: Timing | None) -> dict:
+    gain = on.images_per_s / off.images_per_s if on and off else None
+    return {
+        "practice": practice, "with": with_, "without": without,
+        "with_images_per_s": on.images_per_s if on else None, "without_images_per_s": off.images_per_s if off else None,
+        "gain": gain,
+    }  # fmt: skip
+
+
+def _script_rows(model: Classifier, x: torch.Tensor, base: Timing, eager: str | None, budget_s: float) -> list[dict]:
+    rows = []
+    if eager:
+        module_name, _, fn = eager.partition(":")
+        eager_module = getattr(importlib.import_module(module_name), fn)().to(model.device).to(model.dtype).eval()
+        rows.append(_row("TorchScript", "TorchScript", "eager", base, _time(eager_module, x, budget_s=budget_s)))
+    frozen = torch.jit.freeze(model.module) if isinstance(model.module, torch.jit.ScriptModule) else None
+    if frozen is None:
+        return rows
+    rows += [_row("TorchScript freeze", "frozen", "scripted", _time(frozen, x, budget_s=budget_s), base)]
+    try:
+        optimized = torch.jit.optimize_for_inference(torch.jit.freeze(model.module))
+        rows.append(_row("optimize_for_inference", "optimized", "scripted", _time(optimized, x, budget_s=budget_s), base))
+    except RuntimeError as exc:  # some graphs cannot be optimised (e.g. without MKLDNN)
+        rows.append({**_row("optimize_for_inference", "optimized", "scripted", None, base), "note": str(exc)[:80]})
+    return rows
+
+
+def report(
+    path: str, device: str, max_batch: int, eager: str | None = None, budget_s: float = 1.0,
+    max_latency_ms: float | None = None,
+) -> dict:  # fmt: skip
+    """Measure every practice; return ``{"device", "model", "batch", "sweep", "practices"}``."""
+    model = load_model(path, device, max_batch)
+    model.warm_up(rounds=1)
+    sweep = time_buckets(model, bucket_sizes(max_batch), budget_s=budget_s)
+    n = max(choose_batch_size(sweep, max_latency_ms), 2)
+    x = _inputs(model, n, model.device)
+    base = _time(model.module, x, budget_s=budget_s)
+    rows = [
+        _row("inference mode", "inference_mode", "autograd on", base, _time(model.module, x, "grad", budget_s)),
+        _row("inference mode", "inference_mode", "no_grad", base, _time(model.module, x, "no_grad", budget_s)),
+    ]
+    if model.device.type == "cuda":
+        with _cudnn_benchmark(False):
+            off = _time(model.module, x, budget_s=budget_s)
+        rows.append(_row("cuDNN autotune", "benchmark=True", "benchmark=False", _time(model.module, x, budget_s=budget_s), off))
+        cpu = load_model(path, "cpu", n)
+        cpu_timing = _time(cpu.module, _inputs(cpu, n, cpu.device), budget_s=max(budget_s, 1.0))
+        rows.append(_row("GPU vs CPU", str(model.device), "cpu", base, cpu_timing))
+    else:
+        rows.append({**_row("cuDNN autotune", "benchmark=True", "benchmark=False", None, None), "note": "no GPU"})
+        rows.append({**_row("GPU vs CPU", "cuda", "cpu", None, base), "note": "no GPU"})
+    rows.extend(_script_rows(model, x, base, eager, budget_s))
+    one = _time(model.module, _inputs(model, 1, model.device), budget_s=budget_s)
+    rows.append(_row("batching", f"batch {n}", "batch 1", base, one))
+    return {
+        "device": _device_name(model.device), "model": model.info.tag, "batch": n,
+        "sweep": [asdict(t) for t in sweep], "practices": rows,
+    }  # fmt: skip
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def render(result: dict) -> str:
+    """The report as Markdown tables a user can read."""
+    lines = [f"model {result['model']} on {result['device']}; practices measured at batch {result['batch']}", ""]
+    lines += ["| practice | with | without | with img/s | without img/s | gain |", "|---|---|---|---:|---:|---:|"]
+    for r in result["practices"]:
+        gain = _fmt(r["gain"], ".2f") + ("x" if r["gain"] else f" ({r.get('note', '')})")
+        lines.append(f"| {r['practice']} | {r['with']} | {r['without']} | {_fmt(r['with_images_per_s'], '.1f')} "
+                     f"| {_fmt(r['without_images_per_s'], '.1f')} | {gain} |")  # fmt: skip
+    lines += ["", "| batch | ms/batch | images/s |", "|---:|---:|---:|"]
+    lines += [f"| {t['batch']} | {t['ms_per_batch']:.2f} | {t['images_per_s']:.1f} |" for t in result["sweep"]]
+    return "\n".join(lines)
+
+
+def plot(result: dict, out: Path) -> Path | None:
+    """A PNG: gain per practice, and images/s by batch size. None without matplotlib (the ``bench`` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in result["practices"] if r["gain"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.barh([f"{r['practice']}\n{r['with']} vs {r['without']}" for r in rows], [r["gain"] for r in rows])
+    left.axvline(1.0, color="grey", lw=1)
+    left.set_xlabel("speed-up (x)")
+    left.set_title(f"{result['model']} on {result['device']}", fontsize=9)
+    sweep = result["sweep"]
+    right.plot([t["batch"] for t in sweep], [t["images_per_s"] for t in sweep], marker="o")
+    right.set_xscale("log", base=2)
+    right.set_xlabel("batch size")
+    right.set_ylabel("images/s")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """CLI of ``python -m worker bench``."""
+    parser = argparse.ArgumentParser(prog="python -m worker bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model file")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-batch", type=int, default=64 if torch.cuda.is_available() else 16)
+    parser.add_argument("--max-batch-latency-ms", type=float, help="ignore batch sizes slower than this")
+    parser.add_argument("--eager", help="module:factory building the eager model, to compare with TorchScript")
+    parser.add_argument("--budget-s", type=float, default=1.0, help="timing budget per configuration")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--plot", type=Path, help="also draw a PNG here (needs matplotlib: the bench extra)")
+    args = parser.parse_args(argv)
+    result = report(args.model, args.device, args.max_batch, args.eager, args.budget_s, args.max_batch_latency_ms)
+    print(render(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.plot and plot(result, args.plot) is None:
+        print("no plot: matplotlib is not installed (pip install '.[bench]')", file=sys.stderr)
+    return 0
