@@ -72,7 +72,8 @@ def _script_rows(model: Classifier, x: torch.Tensor, base: Timing, eager: str | 
     rows += [_row("TorchScript freeze", "frozen", "scripted", _time(frozen, x, budget_s=budget_s), base)]
     try:
         optimized = torch.jit.optimize_for_inference(torch.jit.freeze(model.module))
-        rows.append(_row("optimize_for_inference", "optimized", "scripted", _time(optimized, x, budget_s=budget_s), base))
+        timing = _time(optimized, x, budget_s=budget_s)
+        rows.append(_row("optimize_for_inference", "optimized", "scripted", timing, base))
     except RuntimeError as exc:  # some graphs cannot be optimised (e.g. without MKLDNN)
         rows.append({**_row("optimize_for_inference", "optimized", "scripted", None, base), "note": str(exc)[:80]})
     return rows
@@ -96,7 +97,8 @@ def report(
     if model.device.type == "cuda":
         with _cudnn_benchmark(False):
             off = _time(model.module, x, budget_s=budget_s)
-        rows.append(_row("cuDNN autotune", "benchmark=True", "benchmark=False", _time(model.module, x, budget_s=budget_s), off))
+        on = _time(model.module, x, budget_s=budget_s)
+        rows.append(_row("cuDNN autotune", "benchmark=True", "benchmark=False", on, off))
         cpu = load_model(path, "cpu", n)
         cpu_timing = _time(cpu.module, _inputs(cpu, n, cpu.device), budget_s=max(budget_s, 1.0))
         rows.append(_row("GPU vs CPU", str(model.device), "cpu", base, cpu_timing))
