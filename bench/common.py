@@ -1,0 +1,127 @@
+"""Shared helpers for the benchmarks: tables, BENCHMARKS.md sections, machine facts, Redis and models."""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+PHOTOS = ("astronaut.jpg", "cat.jpg", "china.jpg", "coffee.jpg", "flower.jpg", "grace_hopper.jpg",
+          "motorcycle.jpg", "rocket.jpg", "retina_large.jpg")  # fmt: skip
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table; floats get sensible precision."""
+
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """One line naming the machine: CPU, cores, GPU, torch."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
+    """Replace (or append) the section between ``<!-- bench:name -->`` markers in BENCHMARKS.md."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    block = f"<!-- bench:{name} -->\n_{stamp}; {machine()}_\n\n{body.strip()}\n<!-- /bench:{name} -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def report(name: str, title: str, body: str, write: bool) -> None:
+    """Print a result table, and record it in BENCHMARKS.md when ``write``."""
+    print(f"\n## {title}\n\n{body}\n", flush=True)
+    if write:
+        write_section(name, body)
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02) -> object:
+    """Poll ``condition`` until truthy; raise ``TimeoutError`` naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def commands_total(conn: redis.Redis) -> int:
+    """Commands the server has run (sum of INFO commandstats calls)."""
+    stats = conn.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values())
+
+
+def photos() -> list[bytes]:
+    """The real photos in examples/images."""
+    return [(ROOT / "examples" / "images" / name).read_bytes() for name in PHOTOS]
+
+
+def small_jpegs(count: int = 8, size: int = 48) -> list[bytes]:
+    """Small JPEGs (``size`` px) made from the photos: the overhead regime's inputs."""
+    from PIL import Image
+
+    out = []
+    for data in photos()[:count]:
+        image = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size))
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=85)
+        out.append(buf.getvalue())
+    return out
+
+
+def ensure_model(kind: str) -> Path:
+    """``tiny`` (the test CNN, 32x32) or ``lite0`` (the demo EfficientNet-Lite0), exported under bench/out."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{kind}.pt"
+    if path.exists():
+        return path
+    args = ["export", "--out", str(path)]
+    if kind == "lite0":
+        args.append("--demo")
+    else:
+        args += ["--factory", "tests.tinymodels:tiny_cnn", "--name", "tiny", "--size", "32", "32", "--resize", "stretch"]
+    subprocess.run([sys.executable, "-m", "worker", *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return path
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) by nearest rank; nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]

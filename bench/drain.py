@@ -1,0 +1,77 @@
+"""Drain one pre-filled queue with a worker process and measure it: images/s, round trips and commands per job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+
+import redis
+
+from producer import Producer
+
+from .common import OUT, ROOT, commands_total
+
+SERIALIZER = "producer.serializer.MsgpackSerializer"
+
+
+@dataclass
+class Drain:
+    """What one drain measured."""
+
+    runner: str
+    jobs: int
+    ok: int
+    images_per_s: float
+    round_trips_per_job: float
+    commands_per_job: float
+
+
+def worker_args(kind: str, url: str, model: str, batch: int, device: str) -> list[str]:
+    """The module and arguments of ``ours`` (the batch worker) or ``rq`` (a plain SimpleWorker)."""
+    if kind == "ours":
+        return ["worker", "--model", model, "--redis-url", url, "--batch-size", str(batch), "--device", device,
+                "--max-wait-ms", "5", "--burst", "--log-level", "WARNING"]  # fmt: skip
+    return ["rq.cli", "worker", "--burst", "--quiet", "-w", "rq.SimpleWorker", "-S", SERIALIZER, "--url", url, "classify"]
+
+
+def _ended(conn: redis.Redis, ids: list[str]) -> tuple[list[datetime], int]:
+    with conn.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(f"rq:job:{job_id}", "ended_at", "status")
+        rows = pipe.execute()
+    ended = [datetime.fromisoformat(e.decode().replace("Z", "+00:00")) for e, _ in rows if e]
+    ok = sum(1 for _, s in rows if s == b"finished")
+    return ended, ok
+
+
+def rate_from_end_times(ended: list[datetime]) -> float:
+    """Jobs per second after the first completion: excludes start-up (model load, first-batch warm-up)."""
+    ended = sorted(ended)
+    if len(ended) < 2:
+        return float("nan")
+    first, last = ended[0], ended[-1]
+    after = sum(1 for e in ended if e > first)
+    span = (last - first).total_seconds()
+    return after / span if span > 0 else float("nan")
+
+
+def drain(kind: str, url: str, model: str, payloads: list[bytes], *, batch: int = 8, device: str = "cpu",
+          timeout_s: float = 600) -> Drain:  # fmt: skip
+    """Fill the queue with ``payloads`` (one job each), run a burst worker to empty it, measure."""
+    conn = redis.Redis.from_url(url)
+    conn.flushdb()
+    ids = Producer(url).enqueue_many(payloads)
+    OUT.mkdir(parents=True, exist_ok=True)
+    counts = OUT / f"round-trips-{kind}.json"
+    before = commands_total(conn)
+    env = {**os.environ, "WORKER_MODEL": model, "WORKER_DEVICE": device, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "bench.counted", str(counts), *worker_args(kind, url, model, batch, device)]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=timeout_s, stdout=subprocess.DEVNULL)
+    commands = commands_total(conn) - before - 1
+    ended, ok = _ended(conn, ids)
+    round_trips = json.loads(counts.read_text())["round_trips"]
+    return Drain(kind, len(ids), ok, rate_from_end_times(ended), round_trips / len(ids), commands / len(ids))
