@@ -113,7 +113,8 @@ def ensure_model(kind: str) -> Path:
     if kind == "lite0":
         args.append("--demo")
     else:
-        args += ["--factory", "tests.tinymodels:tiny_cnn", "--name", "tiny", "--size", "32", "32", "--resize", "stretch"]
+        args += ["--factory", "tests.tinymodels:tiny_cnn", "--name", "tiny", "--size", "32", "32"]
+        args += ["--resize", "stretch"]
     subprocess.run([sys.executable, "-m", "worker", *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return path
 

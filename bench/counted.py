@@ -10,6 +10,7 @@ import atexit
 import json
 import runpy
 import sys
+from pathlib import Path
 
 from redis.connection import AbstractConnection
 
@@ -29,7 +30,7 @@ def _patch() -> None:
 def main() -> None:
     out, module, *args = sys.argv[1:]
     _patch()
-    atexit.register(lambda: open(out, "w").write(json.dumps(COUNTS)))
+    atexit.register(lambda: Path(out).write_text(json.dumps(COUNTS)))
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

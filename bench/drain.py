@@ -35,7 +35,8 @@ def worker_args(kind: str, url: str, model: str, batch: int, device: str) -> lis
     if kind == "ours":
         return ["worker", "--model", model, "--redis-url", url, "--batch-size", str(batch), "--device", device,
                 "--max-wait-ms", "5", "--burst", "--log-level", "WARNING"]  # fmt: skip
-    return ["rq.cli", "worker", "--burst", "--quiet", "-w", "rq.SimpleWorker", "-S", SERIALIZER, "--url", url, "classify"]
+    return ["rq.cli", "worker", "--burst", "--quiet", "-w", "rq.SimpleWorker", "-S", SERIALIZER, "--url", url,
+            "classify"]  # fmt: skip
 
 
 def _ended(conn: redis.Redis, ids: list[str]) -> tuple[list[datetime], int]:

@@ -149,6 +149,7 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
     worker = BatchWorker([queue], connection=connection, name=settings.worker_name, serializer=MsgpackSerializer)
     batches = RQBatch(worker, queue)
     worker.register_birth()
+    batches.scripts.load()
     log.info("worker %s listening on queue=%s", worker.name, queue.name)
     processed = 0
     try:

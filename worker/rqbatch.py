@@ -1,32 +1,39 @@
 """The only code that knows RQ's keys and internals: take many jobs, start them, finish them.
 
 Per batch, whatever its size: one blocking move plus one pipelined run of moves (more only while
-waiting for a fuller batch), one pipelined read of the job hashes, one pipeline that starts every
-job, one pipeline that finishes every job (status, result stream, registries, execution records,
-worker counters) and publishes every result. Round trips do not grow with the batch size.
+waiting for a fuller batch), one script call that reads and starts every job, one pipeline that
+finishes every job (a script for the successes: status, result stream, registries, execution
+records, worker counters, PUBLISH; RQ's own calls for failures and retries). Round trips do not
+grow with the batch size, and the per-job work is done by Redis, not by Python packing commands.
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
+from base64 import b64encode
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import uuid4
 
 import redis
 from rq import Queue, SimpleWorker
-from rq.defaults import DEFAULT_WORKER_TTL
-from rq.executions import Execution
+from rq.defaults import RQ_KEY_PREFIX
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.results import Result
-from rq.utils import now, utcformat
-from rq.worker import WorkerStatus
+from rq.utils import current_timestamp, now, utcformat
 
 from producer.protocol import exc_string_for, results_channel
 from producer.serializer import MsgpackSerializer, dumps
 
 from .batching import collect
+from .rqscripts import Scripts
+
+# How long a started job's entries live (RQ's started registry, execution records) without a heartbeat.
+STARTED_TTL_S = 360
+EXECUTION_PREFIX = f"{RQ_KEY_PREFIX}:execution:"
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,7 @@ class RQBatch:
         self.connection: redis.Redis = worker.connection
         self.channel = results_channel(queue.name)
         self.intermediate_key = queue.intermediate_queue_key
+        self.scripts = Scripts(self.connection)
 
     # -- take ---------------------------------------------------------------------------------
     def take(self, max_jobs: int, max_wait_s: float, idle_wait_s: float) -> list[str]:
@@ -96,51 +104,47 @@ class RQBatch:
 
     # -- start --------------------------------------------------------------------------------
     def start(self, job_ids: list[str]) -> list[Taken]:
-        """Read the jobs (one round trip) and mark them started (one round trip)."""
-        taken = self._read(job_ids)
-        ttl = _heartbeat_ttl(taken)
-        with self.connection.pipeline() as pipe:
-            for item in taken:
-                pipe.lrem(self.intermediate_key, 1, item.job_id)
-                if item.job is None:
-                    continue
-                item.execution = Execution.create(item.job, ttl, pipeline=pipe, worker_name=self.worker.name)
-                item.job.prepare_for_execution(self.worker.name, pipeline=pipe)
-                pipe.persist(item.job.key)
-            self.worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            self.worker.heartbeat(ttl, pipeline=pipe)
-            pipe.execute()
-        gone = [item.job_id for item in taken if item.job is None and item.read_error is None]
+        """Read and mark every job started in one script call (one round trip)."""
+        started = now()
+        executions = [uuid4().hex for _ in job_ids]
+        args: list[Any] = [self.intermediate_key, self.queue.started_job_registry.key, self.worker.key,
+                           self._worker_executions_key, self.worker.name, STARTED_TTL_S,
+                           repr(started.timestamp()), utcformat(started)]  # fmt: skip
+        for job_id, execution_id in zip(job_ids, executions):
+            args += [Job.key_for(job_id), job_id, f"{EXECUTION_PREFIX}{job_id}:{execution_id}",
+                     ExecutionRegistry(job_id=job_id, connection=self.connection).key, execution_id]  # fmt: skip
+        hashes = self.scripts.call("start", args)
+        self.worker.last_heartbeat = started
+        taken = [self._restore(job_id, raw, eid, started) for job_id, raw, eid in zip(job_ids, hashes, executions)]
+        gone = [t.job_id for t in taken if t.job is None]
         if gone:
             log.warning("dropped %d queued id(s) whose job hash is gone: %s", len(gone), ", ".join(gone))
-        return [item for item in taken if item.job is not None or item.read_error is not None]
+        return [t for t in taken if t.job is not None]
 
-    def _read(self, job_ids: list[str]) -> list[Taken]:
-        with self.connection.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hgetall(Job.key_for(job_id))
-            hashes = pipe.execute()
-        taken = []
-        for job_id, raw in zip(job_ids, hashes):
-            if not raw:
-                taken.append(Taken(job_id, None))
-                continue
-            job = Job(job_id, connection=self.connection, serializer=MsgpackSerializer)
-            try:
-                job.restore(raw)
-            except (ValueError, TypeError, KeyError, zlib.error) as exc:
-                log.warning("job %s has an unreadable hash: %s", job_id, exc)
-                job.origin = self.queue.name
-                taken.append(Taken(job_id, job, read_error=str(exc)))
-                continue
-            taken.append(Taken(job_id, job))
-        return taken
+    def _restore(self, job_id: str, raw: list[bytes] | None, execution_id: str, started: datetime) -> Taken:
+        if not raw:
+            return Taken(job_id, None)
+        job = Job(job_id, connection=self.connection, serializer=MsgpackSerializer)
+        execution = Execution(execution_id, job_id, self.connection, worker_name=self.worker.name)
+        try:
+            job.restore(dict(zip(raw[::2], raw[1::2])))
+        except (ValueError, TypeError, KeyError, zlib.error) as exc:
+            log.warning("job %s has an unreadable hash: %s", job_id, exc)
+            job.origin = self.queue.name
+            return Taken(job_id, job, execution, read_error=str(exc))
+        job.worker_name, job.started_at, job.last_heartbeat, job._status = (
+            self.worker.name, started, started, JobStatus.STARTED)  # fmt: skip
+        return Taken(job_id, job, execution)
 
     # -- finish -------------------------------------------------------------------------------
     def finish(self, outcomes: list[Outcome], started_at: datetime) -> None:
-        """Record every job's end and publish every result, in one pipelined round trip."""
+        """Record every job's end and publish every result, in one pipelined round trip.
+
+        Successes (nearly all jobs) are recorded by the ``finish`` script; failures and retries
+        use RQ's own calls on the same pipeline.
+        """
         ended = now()
-        counts = {"ok": 0, "failed": 0}
+        counts, fast = {"ok": 0, "failed": 0}, []
         with self.connection.pipeline() as pipe:
             for outcome in outcomes:
                 job = outcome.taken.job
@@ -148,19 +152,37 @@ class RQBatch:
                     continue
                 job.ended_at = ended
                 if outcome.result["ok"]:
-                    self._succeed(pipe, outcome, started_at)
                     counts["ok"] += 1
-                elif outcome.retry and job.should_retry:
+                    if not self._succeed_fast(fast, outcome, started_at):
+                        self._succeed(pipe, outcome, started_at)
+                    continue
+                counts["failed"] += 1
+                if outcome.retry and job.should_retry:
                     self._retry(pipe, outcome)
-                    counts["failed"] += 1
                 else:
                     self._fail(pipe, outcome, started_at)
-                    counts["failed"] += 1
                 if outcome.taken.execution is not None:
                     outcome.taken.execution.delete(job=job, pipeline=pipe)
-                    self.worker.executions.pop(outcome.taken.execution.id, None)
-            self._count(pipe, counts, (ended - started_at).total_seconds())
-            pipe.execute()
+            args = [self.queue.started_job_registry.key, self.worker.key, self._worker_executions_key,
+                    self.worker.name, self.channel, utcformat(ended), counts["ok"], counts["failed"],
+                    repr((ended - started_at).total_seconds()), *fast]  # fmt: skip
+            self.scripts.queue(pipe, "finish", args)
+            self.scripts.retry_missing(pipe.execute(raise_on_error=False), "finish", args)
+
+    def _succeed_fast(self, args: list[Any], outcome: Outcome, started_at: datetime) -> bool:
+        """Append a success's arguments for the ``finish`` script; False if it needs RQ's own path."""
+        job, execution = outcome.taken.job, outcome.taken.execution
+        assert job is not None and job.ended_at is not None
+        ttl = job.get_result_ttl(self.worker.default_result_ttl)
+        if execution is None or ttl is None or ttl <= 0:
+            return False
+        message = dumps(outcome.result)
+        job._status = JobStatus.FINISHED
+        args += [job.key, job.dependencies_key, job.dependents_key, Result.get_key(job.id),
+                 job.finished_job_registry.key, ttl, current_timestamp() + ttl, job.id, execution.key,
+                 ExecutionRegistry(job_id=job.id, connection=self.connection).key, execution.id,
+                 b64encode(message), message, repr(started_at.timestamp()), repr(job.ended_at.timestamp())]  # fmt: skip
+        return True
 
     def _succeed(self, pipe: Any, outcome: Outcome, started_at: datetime) -> None:
         job, execution = outcome.taken.job, outcome.taken.execution
@@ -177,6 +199,8 @@ class RQBatch:
             job.finished_job_registry.add(job, ttl, pipe)
         job.cleanup(ttl, pipeline=pipe, remove_from_queue=False)
         pipe.publish(self.channel, dumps(outcome.result))
+        if execution is not None:
+            execution.delete(job=job, pipeline=pipe)
 
     def _fail(self, pipe: Any, outcome: Outcome, started_at: datetime) -> None:
         job, execution = outcome.taken.job, outcome.taken.execution
@@ -202,16 +226,6 @@ class RQBatch:
         log.info("job %s re-queued after %s (%s retries left)", job.id, outcome.result["error"], job.retries_left)
         job.retry(self.queue, pipe)
 
-    def _count(self, pipe: Any, counts: dict[str, int], seconds: float) -> None:
-        if counts["ok"]:
-            pipe.hincrby(self.worker.key, "successful_job_count", counts["ok"])
-        if counts["failed"]:
-            pipe.hincrby(self.worker.key, "failed_job_count", counts["failed"])
-        pipe.hincrbyfloat(self.worker.key, "total_working_time", seconds)
-        self.worker.set_state(WorkerStatus.IDLE, pipeline=pipe)
-
-
-def _heartbeat_ttl(taken: list[Taken]) -> int:
-    """How long the started jobs may go without a heartbeat: the longest job timeout + 60 s."""
-    timeouts = [item.job.timeout for item in taken if item.job is not None and item.job.timeout]
-    return int(max(timeouts, default=DEFAULT_WORKER_TTL - 60)) + 60
+    @property
+    def _worker_executions_key(self) -> str:
+        return WORKER_EXECUTIONS_KEY_TEMPLATE.format(self.worker.name)
