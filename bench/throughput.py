@@ -21,7 +21,7 @@ from worker.model import load_model
 from worker.tasks import decode_image
 
 from .common import ensure_model, photos, report, small_jpegs, table
-from .drain import drain
+from .drain import Drain, drain
 
 
 def in_process(model_path: str, payloads: list[bytes], batch: int, device: str, threads: int = 4) -> float:
@@ -49,15 +49,14 @@ def regime(name: str, url: str, args: argparse.Namespace) -> tuple[list[list], d
     sources = small_jpegs() if name == "overhead" else photos()
     payloads = [sources[i % len(sources)] for i in range(jobs)]
     plain_jobs = payloads[: max(len(sources), jobs // args.plain_fraction)]
-    ours = drain("ours", url, model, payloads, batch=batch, device=args.device)
-    plain = drain("rq", url, model, plain_jobs, device=args.device)
+    ours, plain, ratios = alternate(url, model, payloads, plain_jobs, batch, args)
     rows = [
         [name, "ours (batch worker)", ours.jobs, ours.images_per_s, ours.images_per_s / plain.images_per_s,
          ours.round_trips_per_job, ours.commands_per_job],
         [name, "plain rq SimpleWorker", plain.jobs, plain.images_per_s, 1.0, plain.round_trips_per_job,
          plain.commands_per_job],
     ]  # fmt: skip
-    extra = {"ours": ours.images_per_s, "plain": plain.images_per_s, "ok": ours.ok == ours.jobs}
+    extra = {"ours": ours.images_per_s, "plain": plain.images_per_s, "ratios": ratios, "ok": ours.ok == ours.jobs}
     if name == "compute":
         inproc = in_process(model, payloads, batch, args.device)
         extra["in_process"], extra["efficiency"] = inproc, ours.images_per_s / inproc
@@ -66,6 +65,21 @@ def regime(name: str, url: str, args: argparse.Namespace) -> tuple[list[list], d
         if not args.no_litserve:
             extra["litserve"] = litserve_rows(model, payloads, args, rows, plain.images_per_s)
     return rows, extra
+
+
+def alternate(url: str, model: str, payloads: list[bytes], plain_jobs: list[bytes], batch: int,
+              args: argparse.Namespace) -> tuple[Drain, Drain, list[float]]:  # fmt: skip
+    """Drain with ours and plain RQ in turn, ``--repeats`` times; the median run of each, and every ratio."""
+    ours, plain = [], []
+    for _ in range(args.repeats):
+        ours.append(drain("ours", url, model, payloads, batch=batch, device=args.device))
+        plain.append(drain("rq", url, model, plain_jobs, device=args.device))
+    ratios = [o.images_per_s / p.images_per_s for o, p in zip(ours, plain)]
+    return _median(ours), _median(plain), ratios
+
+
+def _median(runs: list[Drain]) -> Drain:
+    return sorted(runs, key=lambda d: d.images_per_s)[len(runs) // 2]
 
 
 def litserve_rows(model: str, payloads: list[bytes], args: argparse.Namespace, rows: list, plain: float) -> float:
@@ -92,6 +106,7 @@ def main() -> None:
     parser.add_argument("--plain-fraction", type=int, default=3, help="the plain worker drains jobs/this")
     parser.add_argument("--litserve-requests", type=int, default=160)
     parser.add_argument("--no-litserve", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="alternate ours/plain this many times; medians")
     parser.add_argument("--write", action="store_true", help="record the tables in BENCHMARKS.md")
     args = parser.parse_args()
     server = RedisServer(binary=find_redis_server(prefer_embedded=False)).start()
@@ -111,7 +126,9 @@ def main() -> None:
 def summarize(summary: list[tuple[str, dict]]) -> str:
     lines = []
     for name, extra in summary:
-        lines.append(f"- {name}: ours / plain RQ = **{extra['ours'] / extra['plain']:.1f}x**")
+        each = ", ".join(f"{r:.1f}" for r in extra["ratios"])
+        ratio = extra["ours"] / extra["plain"]
+        lines.append(f"- {name}: ours / plain RQ = **{ratio:.1f}x** (medians; each run: {each})")
         if "efficiency" in extra:
             lines.append(f"- compute: pipeline efficiency (end to end / in-process) = **{extra['efficiency']:.2f}**")
         if "litserve" in extra:

@@ -130,3 +130,18 @@ def test_scripts_are_reloaded_after_script_flush(redis_url, conn):
     _, finished = ours(redis_url, flush_scripts=True)
     assert Job.fetch("job-1", connection=conn, serializer=MsgpackSerializer).get_status() == JobStatus.FINISHED
     assert finished[b"rq:finished:classify"][2][0][0] == b"J"
+
+
+def test_restore_job_matches_rq_restore(redis_url, conn):
+    from worker.rqbatch import restore_job
+
+    Producer(redis_url).enqueue_many([b"img"], job_ids=["job-2"], metas=[{"k": 1}])
+    times = {"started_at": "2026-11-28T14:34:39.106913Z", "last_heartbeat": "2026-11-28T14:34:39Z"}
+    conn.hset("rq:job:job-2", mapping=times)
+    raw = conn.hgetall("rq:job:job-2")
+    theirs = Job("job-2", connection=conn, serializer=MsgpackSerializer)
+    theirs.restore(dict(raw))
+    ours_ = Job("job-2", connection=conn, serializer=MsgpackSerializer)
+    restore_job(ours_, dict(raw))
+    assert vars(ours_) == vars(theirs) | {"log": ours_.log}
+    assert ours_.kwargs == {"image": b"img", "meta": {"k": 1}} and ours_.started_at.microsecond == 106913

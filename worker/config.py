@@ -29,6 +29,7 @@ class WorkerSettings:
     device: str = "cpu"
     precision: str = "fp32"
     decode_threads: int = 4
+    torch_threads: int = 0
     topk: int = 5
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -87,6 +88,8 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--device", "WORKER_DEVICE", str, "cpu, cuda or cuda:K"),
     ("--precision", "WORKER_PRECISION", str, "fp32, fp16 or bf16 (half precisions are for GPUs)"),
     ("--decode-threads", "WORKER_DECODE_THREADS", int, "threads decoding images (Pillow releases the GIL)"),
+    ("--torch-threads", "WORKER_TORCH_THREADS", int,
+     "torch intra-op threads; 0: on a CPU, time 1 vs all cores at start and keep the faster"),
     ("--topk", "WORKER_TOPK", int, "labels per result"),
     ("--max-image-bytes", "WORKER_MAX_IMAGE_BYTES", int, "refuse larger payloads"),
     ("--max-pixels", "WORKER_MAX_PIXELS", int, "refuse images with more pixels (decompression bombs)"),

@@ -141,10 +141,12 @@ def decode(data: bytes, spec: Preprocess, limits: Limits) -> torch.Tensor:
     """Bytes to a uint8 ``[H, W, 3]`` tensor at the model's size; raise ``ImageError`` on bad input."""
     img = open_image(data, limits)
     try:
-        if img.format == "JPEG" and not _exif_rotated(img):
+        rotated = _exif_rotated(img)
+        if img.format == "JPEG" and not rotated:
             img.draft("RGB", draft_size(img, spec))
         img.seek(0)  # first frame of an animation
-        img = ImageOps.exif_transpose(img)
+        if rotated:
+            img = ImageOps.exif_transpose(img)
         img = resize(to_rgb(img), spec)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"decompression bomb refused: {exc}") from exc
@@ -155,6 +157,6 @@ def decode(data: bytes, spec: Preprocess, limits: Limits) -> torch.Tensor:
 
 
 def _exif_rotated(img: Image.Image) -> bool:
-    # draft() keeps the aspect of the stored (unrotated) image, which is still fine; we skip it only
-    # to keep the size maths simple for rotated images, which are rare.
+    # One EXIF read per image (it costs more than decoding a small JPEG): only rotated images are
+    # transposed. draft() is skipped for them to keep the size maths simple; they are rare.
     return img.getexif().get(0x0112, 1) not in (1, None)

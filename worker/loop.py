@@ -12,6 +12,7 @@ from typing import Any
 import redis
 import torch
 from rq import Queue
+from rq.job import UNEVALUATED
 from rq.utils import now
 
 from producer.protocol import make_result
@@ -21,13 +22,14 @@ from .config import WorkerSettings
 from .errors import JobError
 from .images import Limits
 from .model import Classifier, load_model
-from .perf import autotune
+from .perf import autotune, choose_threads
 from .rqbatch import BatchWorker, Outcome, RQBatch, Taken
 from .tasks import decode_image, job_inputs, ms_since
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+SMALL_PAYLOAD_BYTES = 16 * 1024
 
 
 @dataclass
@@ -79,8 +81,17 @@ class BatchRunner:
         return preds, (time.perf_counter() - start) * 1000
 
     def decode_all(self, taken: list[Taken]) -> InFlight:
-        """Decode a batch in the thread pool; the result is ready for ``predict``."""
-        return InFlight(now(), list(self.pool.map(self.decode, taken)))
+        """Decode a batch; the result is ready for ``predict``.
+
+        Big images go to the thread pool (Pillow releases the GIL while decoding); small ones are
+        decoded here, where a thread hand-off would cost more than the decode (measured: 300 us
+        serial vs 430 us pooled per 48 px JPEG).
+        """
+        started = now()
+        sizes = [len(t.job.data) for t in taken if t.job is not None and t.job._data is not UNEVALUATED]
+        if len(taken) > 1 and sizes and sum(sizes) / len(sizes) > SMALL_PAYLOAD_BYTES:
+            return InFlight(started, list(self.pool.map(self.decode, taken)))
+        return InFlight(started, [self.decode(t) for t in taken])
 
     def submit(self, batch: InFlight, infer: ThreadPoolExecutor) -> InFlight:
         """Start the forward pass of a decoded batch on the inference thread."""
@@ -135,6 +146,10 @@ def prepare_model(settings: WorkerSettings) -> tuple[Classifier, WorkerSettings]
     model = load_model(settings.model, settings.device, max_batch, settings.precision)
     warm = model.warm_up()
     log.info("warmed up buckets=%s ms=%s", model.buckets, {k: round(v * 1000, 1) for k, v in warm.items()})
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    elif model.device.type == "cpu":
+        choose_threads(model, max_batch)
     if auto:
         chosen, _ = autotune(model, max_batch, settings.max_batch_latency_ms or None)
         settings = replace(settings, batch_size=chosen)
@@ -163,22 +178,33 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
 
 
 def _serve(settings: WorkerSettings, stop: threading.Event, batches: RQBatch, runner: BatchRunner) -> int:
-    """Double-buffered: batch k+1 is taken and decoded while batch k runs on the inference thread.
+    """A three-stage pipeline: this thread talks to Redis (take, start, finish); a prep thread decodes
+    each batch and hands it to the inference thread.
 
-    With a batch in flight the next one takes only what is queued now, so results are never held
-    back waiting for traffic. On stop, the batch in hand is finished and acknowledged first.
+    While batch k+1 decodes and batch k runs its forward pass, this thread acknowledges batch k and
+    takes the next one. With a batch in hand the next take does not wait for traffic, so results are
+    never held back. On stop, the batches in hand are finished and acknowledged first.
     """
     processed, backoff_s = 0, 0.5
-    inflight: InFlight | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="infer") as infer:
+    inflight: Future[InFlight] | None = None
+    # OpenMP's thread count is per calling thread: give the inference thread the one chosen at start.
+    threads = (torch.get_num_threads(),)
+    with (
+        ThreadPoolExecutor(1, "prep") as prep,
+        ThreadPoolExecutor(1, "infer", initializer=torch.set_num_threads, initargs=threads) as infer,
+    ):
+
+        def prepare(taken: list[Taken]) -> InFlight:
+            return runner.submit(runner.decode_all(taken), infer)
+
         while not (stop.is_set() and inflight is None):
             try:
-                nxt = None if stop.is_set() else _next_batch(settings, batches, runner, busy=inflight is not None)
-                if nxt is not None:
-                    runner.submit(nxt, infer)
+                ids = [] if stop.is_set() else _take(settings, batches, busy=inflight is not None)
+                nxt = prep.submit(prepare, batches.start(ids)) if ids else None
                 if inflight is not None:
-                    batches.finish(runner.outcomes(inflight, batches.worker.name), started_at=_started(inflight.taken))
-                    processed += len(inflight.decoded)
+                    batch = inflight.result()
+                    batches.finish(runner.outcomes(batch, batches.worker.name), started_at=_started(batch.taken))
+                    processed += len(batch.decoded)
                 elif nxt is None:
                     batches.worker.heartbeat()
                     if settings.burst:
@@ -193,15 +219,11 @@ def _serve(settings: WorkerSettings, stop: threading.Event, batches: RQBatch, ru
     return processed
 
 
-def _next_batch(settings: WorkerSettings, batches: RQBatch, runner: BatchRunner, *, busy: bool) -> InFlight | None:
-    """Take (without waiting when ``busy``), start and decode the next batch; None when the queue is empty."""
+def _take(settings: WorkerSettings, batches: RQBatch, *, busy: bool) -> list[str]:
+    """The next batch's ids: what is queued now when ``busy``, else wait for traffic (see ``batching``)."""
     if busy:
-        ids = batches.take_now(settings.batch_size)
-    else:
-        ids = batches.take(settings.batch_size, settings.max_wait_ms / 1000, settings.idle_wait_ms / 1000)
-    if not ids:
-        return None
-    return runner.decode_all(batches.start(ids))
+        return batches.take_now(settings.batch_size)
+    return batches.take(settings.batch_size, settings.max_wait_ms / 1000, settings.idle_wait_ms / 1000)
 
 
 def _started(taken: list[Taken]) -> Any:

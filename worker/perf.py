@@ -86,6 +86,24 @@ def autotune(model: Classifier, max_batch: int, max_latency_ms: float | None = N
     return chosen, timings
 
 
+def choose_threads(model: Classifier, batch: int, budget_s: float = 0.5) -> tuple[int, dict[int, float]]:
+    """On a CPU, time ``batch`` with 1 intra-op thread and with torch's default; keep the faster.
+
+    A small model on few cores often runs faster on one thread: the others' synchronisation costs
+    more than they add, and they take CPU from decoding and Redis.
+    """
+    default = torch.get_num_threads()
+    rates: dict[int, float] = {}
+    x = random_batch(model, batch)
+    for threads in sorted({1, default}):
+        torch.set_num_threads(threads)
+        rates[threads] = time_batches(lambda: model.logits(x), batch, model.device, budget_s=budget_s).images_per_s
+    best = max(rates, key=lambda t: rates[t])
+    torch.set_num_threads(best)
+    log.info("intra-op threads: chose %d of %s", best, {t: round(r, 1) for t, r in rates.items()})
+    return best, rates
+
+
 def format_timings(timings: list[Timing]) -> str:
     """``b=1 12.3ms 81.3/s, b=2 ...`` for a log line."""
     return ", ".join(f"b={t.batch} {t.ms_per_batch:.1f}ms {t.images_per_s:.1f}/s" for t in timings)

@@ -9,11 +9,12 @@ grow with the batch size, and the per-job work is done by Redis, not by Python p
 
 from __future__ import annotations
 
+import copy
 import logging
 import zlib
 from base64 import b64encode
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 from uuid import uuid4
 
@@ -77,6 +78,8 @@ class RQBatch:
         self.channel = results_channel(queue.name)
         self.intermediate_key = queue.intermediate_queue_key
         self.scripts = Scripts(self.connection)
+        self.finished_key = queue.finished_job_registry.key
+        self._template: Job | None = None
 
     # -- take ---------------------------------------------------------------------------------
     def take(self, max_jobs: int, max_wait_s: float, idle_wait_s: float) -> list[str]:
@@ -124,10 +127,10 @@ class RQBatch:
     def _restore(self, job_id: str, raw: list[bytes] | None, execution_id: str, started: datetime) -> Taken:
         if not raw:
             return Taken(job_id, None)
-        job = Job(job_id, connection=self.connection, serializer=MsgpackSerializer)
+        job = self._new_job(job_id)
         execution = Execution(execution_id, job_id, self.connection, worker_name=self.worker.name)
         try:
-            job.restore(dict(zip(raw[::2], raw[1::2])))
+            restore_job(job, dict(zip(raw[::2], raw[1::2])))
         except (ValueError, TypeError, KeyError, zlib.error) as exc:
             log.warning("job %s has an unreadable hash: %s", job_id, exc)
             job.origin = self.queue.name
@@ -179,7 +182,7 @@ class RQBatch:
         message = dumps(outcome.result)
         job._status = JobStatus.FINISHED
         args += [job.key, job.dependencies_key, job.dependents_key, Result.get_key(job.id),
-                 job.finished_job_registry.key, ttl, current_timestamp() + ttl, job.id, execution.key,
+                 self.finished_key, ttl, current_timestamp() + ttl, job.id, execution.key,
                  ExecutionRegistry(job_id=job.id, connection=self.connection).key, execution.id,
                  b64encode(message), message, repr(started_at.timestamp()), repr(job.ended_at.timestamp())]  # fmt: skip
         return True
@@ -226,6 +229,32 @@ class RQBatch:
         log.info("job %s re-queued after %s (%s retries left)", job.id, outcome.result["error"], job.retries_left)
         job.retry(self.queue, pipe)
 
+    def _new_job(self, job_id: str) -> Job:
+        """A blank ``Job``: a copy of a template (``Job.__init__`` costs ~20 us, a copy ~3 us)."""
+        if self._template is None:
+            self._template = Job("template", connection=self.connection, serializer=MsgpackSerializer)
+        job = copy.copy(self._template)
+        job._id, job.webhooks = job_id, []
+        return job
+
     @property
     def _worker_executions_key(self) -> str:
         return WORKER_EXECUTIONS_KEY_TEMPLATE.format(self.worker.name)
+
+
+_DATES = ("created_at", "enqueued_at", "started_at", "ended_at", "last_heartbeat")
+
+
+def restore_job(job: Job, fields: dict[bytes, bytes]) -> None:
+    """``Job.restore``, with the timestamps parsed by ``fromisoformat`` (RQ's strptime is ~15x slower)."""
+    dates = {name: fields.pop(name.encode(), None) for name in _DATES}
+    job.restore(fields)
+    for name, value in dates.items():
+        if value:
+            setattr(job, name, _parse_time(value))
+
+
+def _parse_time(value: bytes) -> datetime:
+    text = value.decode()
+    parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
