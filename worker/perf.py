@@ -92,10 +92,9 @@ def choose_threads(model: Classifier, batch: int, budget_s: float = 0.5) -> tupl
     A small model on few cores often runs faster on one thread: the others' synchronisation costs
     more than they add, and they take CPU from decoding and Redis.
     """
-    default = torch.get_num_threads()
     rates: dict[int, float] = {}
     x = random_batch(model, batch)
-    for threads in sorted({1, default}):
+    for threads in sorted({1, torch.get_num_threads()}):
         torch.set_num_threads(threads)
         rates[threads] = time_batches(lambda: model.logits(x), batch, model.device, budget_s=budget_s).images_per_s
     best = max(rates, key=lambda t: rates[t])
