@@ -51,9 +51,9 @@ def regime(name: str, url: str, args: argparse.Namespace) -> tuple[list[list], d
     plain_jobs = payloads[: max(len(sources), jobs // args.plain_fraction)]
     ours, plain, ratios = alternate(url, model, payloads, plain_jobs, batch, args)
     rows = [
-        [name, "ours (batch worker)", ours.jobs, ours.images_per_s, ours.images_per_s / plain.images_per_s,
-         ours.round_trips_per_job, ours.commands_per_job],
-        [name, "plain rq SimpleWorker", plain.jobs, plain.images_per_s, 1.0, plain.round_trips_per_job,
+        [name, "ours (batch worker)", f"{ours.ok}/{ours.jobs}", ours.images_per_s,
+         ours.images_per_s / plain.images_per_s, ours.round_trips_per_job, ours.commands_per_job],
+        [name, "plain rq SimpleWorker", f"{plain.ok}/{plain.jobs}", plain.images_per_s, 1.0, plain.round_trips_per_job,
          plain.commands_per_job],
     ]  # fmt: skip
     extra = {"ours": ours.images_per_s, "plain": plain.images_per_s, "ratios": ratios, "ok": ours.ok == ours.jobs}
@@ -118,7 +118,7 @@ def main() -> None:
             summary.append((name, extra))
     finally:
         server.stop()
-    headers = ["regime", "runner", "jobs", "images/s", "x plain RQ", "round trips/job", "commands/job"]
+    headers = ["regime", "runner", "ok/jobs", "images/s", "x plain RQ", "round trips/job", "commands/job"]
     body = table(headers, rows) + "\n\n" + summarize(summary)
     report(f"throughput-{args.device.split(':')[0]}", f"Throughput on {args.device}", body, args.write)
 
