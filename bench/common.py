@@ -126,3 +126,29 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
     return ordered[rank]
+
+
+def pythonpath() -> str:
+    """PYTHONPATH for child processes: the repository first, then whatever the parent had (carried wheels)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
+def import_sections(source: Path, suffix: str, target: Path = BENCHMARKS) -> list[str]:
+    """Copy every ``<!-- bench:*suffix -->`` section of ``source`` (e.g. a GPU run's BENCHMARKS.md) into ``target``."""
+    pattern = re.compile(r"<!-- bench:([\w-]+) -->\n(.*?)<!-- /bench:\1 -->", re.S)
+    names = []
+    text = target.read_text() if target.exists() else "# Benchmarks\n"
+    for match in pattern.finditer(source.read_text()):
+        name = match.group(1)
+        if not name.endswith(suffix):
+            continue
+        block = match.group(0)
+        mine = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+        text = mine.sub(lambda _: block, text) if mine.search(text) else text.rstrip() + "\n\n" + block + "\n"
+        names.append(name)
+    target.write_text(text)
+    return names
+
+
+if __name__ == "__main__":
+    print(import_sections(Path(sys.argv[1]), sys.argv[2]))

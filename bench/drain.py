@@ -13,7 +13,7 @@ import redis
 
 from producer import Producer
 
-from .common import OUT, ROOT, commands_total
+from .common import OUT, ROOT, commands_total, pythonpath
 
 SERIALIZER = "producer.serializer.MsgpackSerializer"
 
@@ -69,7 +69,7 @@ def drain(kind: str, url: str, model: str, payloads: list[bytes], *, batch: int 
     OUT.mkdir(parents=True, exist_ok=True)
     counts = OUT / f"round-trips-{kind}.json"
     before = commands_total(conn)
-    env = {**os.environ, "WORKER_MODEL": model, "WORKER_DEVICE": device, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "WORKER_MODEL": model, "WORKER_DEVICE": device, "PYTHONPATH": pythonpath()}
     cmd = [sys.executable, "-m", "bench.counted", str(counts), *worker_args(kind, url, model, batch, device)]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=timeout_s, stdout=subprocess.DEVNULL)
     commands = commands_total(conn) - before - 1

@@ -33,10 +33,10 @@ step() {  # name, timeout seconds, command...: a failing step is logged and the 
   if [ -n "${OUT:-}" ]; then cp BENCHMARKS.md bench/plots/*-"$DEV".png "$OUT"/ 2>/dev/null; fi  # keep what is done
 }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; } | tee -a "$LOG"
-step versions 60 "$PY" -c "import torch, rq, redis, PIL; print(torch.__version__, rq.__version__, redis.__version__, PIL.__version__, torch.cuda.is_available())"
-step models 120 "$PY" -c "from bench.common import ensure_model as e; print(e('tiny'), e('lite0'))"
-step practices 80 "$PY" -m bench.practices --device "$DEVICE" "${Q_BATCH[@]}" --write
-step roofline 80 "$PY" -m bench.roofline --device "$DEVICE" "${Q_BATCH[@]}" --write
+[ -n "${BENCH_ONLY:-}" ] || step versions 60 "$PY" -c "import torch, rq, redis, PIL; print(torch.__version__, rq.__version__, redis.__version__, PIL.__version__, torch.cuda.is_available())"
+[ -n "${BENCH_ONLY:-}" ] || step models 120 "$PY" -c "from bench.common import ensure_model as e; print(e('tiny'), e('lite0'))"
+[ -n "${BENCH_ONLY:-}" ] || step practices 80 "$PY" -m bench.practices --device "$DEVICE" "${Q_BATCH[@]}" --write
+[ -n "${BENCH_ONLY:-}" ] || step roofline 80 "$PY" -m bench.roofline --device "$DEVICE" "${Q_BATCH[@]}" --write
 step throughput 210 "$PY" -m bench.throughput --device "$DEVICE" "${Q_TP[@]}" --write
 step latency 120 "$PY" -m bench.latency --device "$DEVICE" "${Q_LAT[@]}" --write
 echo "done $(date -u)" | tee -a "$LOG"

@@ -22,7 +22,7 @@ from collections import Counter
 from producer import Producer
 from producer.devserver import RedisServer, find_redis_server
 
-from .common import ROOT, ensure_model, percentile, photos, report, table, wait_until
+from .common import ROOT, ensure_model, percentile, photos, pythonpath, report, table, wait_until
 from .plots import latency_plot
 
 LEVELS = (0.25, 0.5, 0.75, 0.9)
@@ -91,7 +91,7 @@ def open_loop(producer: Producer, collector: Collector, payloads: list[bytes], r
 def start_worker(url: str, model: str, args: argparse.Namespace) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "worker", "--model", model, "--redis-url", url, "--device", args.device,
            "--batch-size", str(args.batch_size), "--max-wait-ms", str(args.max_wait_ms)]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath()})
 
 
 def main() -> None:

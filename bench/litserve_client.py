@@ -14,7 +14,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .common import ROOT, wait_until
+from .common import ROOT, pythonpath, wait_until
 
 
 def _free_port() -> int:
@@ -48,7 +48,7 @@ def _healthy(port: int) -> bool:
 def measure(model: str, payloads: list[bytes], max_batch: int, device: str = "cpu", concurrency: int = 16) -> float:
     """Images/s of LitServe at ``max_batch``, ``concurrency`` requests in flight, after a warm-up round."""
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     cmd = [sys.executable, "-m", "bench.litserve_app", "--model", model, "--max-batch", str(max_batch),
            "--port", str(port), "--device", device]  # fmt: skip
     # Its own process group: LitServe spawns API and inference processes that must all go at the end.
