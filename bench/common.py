@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import platform
 import re
@@ -124,7 +125,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
     return ordered[rank]
 
 
@@ -144,7 +145,7 @@ def import_sections(source: Path, suffix: str, target: Path = BENCHMARKS) -> lis
             continue
         block = match.group(0)
         mine = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
-        text = mine.sub(lambda _: block, text) if mine.search(text) else text.rstrip() + "\n\n" + block + "\n"
+        text = mine.sub(lambda _, b=block: b, text) if mine.search(text) else text.rstrip() + "\n\n" + block + "\n"
         names.append(name)
     target.write_text(text)
     return names
