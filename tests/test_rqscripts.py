@@ -73,7 +73,7 @@ def rq_reference(url: str) -> tuple[dict, dict]:
         job.prepare_for_execution("w1", pipeline=pipe)
         pipe.persist(job.key)
         rqb.worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
-        rqb.worker.heartbeat(STARTED_TTL_S, pipeline=pipe)
+        rqb.worker.heartbeat(rqb.worker.worker_ttl, pipeline=pipe)
         pipe.execute()
     ids = {job_id.encode(): b"J", execution.id.encode(): b"E"}
     started = snapshot(conn, ids)
@@ -96,7 +96,7 @@ def rq_reference(url: str) -> tuple[dict, dict]:
 def ours(url: str, flush_scripts: bool = False) -> tuple[dict, dict]:
     conn, rqb, job_id = setup(url)
     if flush_scripts:
-        rqb.scripts.call("start", [rqb.intermediate_key, "x", "x", "x", "x", 1, "0", "x"])  # load, then lose them
+        rqb.scripts.call("start", [rqb.intermediate_key, "x", "x", "x", "x", 1, "0", "x", 1])  # load, then lose them
         conn.script_flush()
     (taken,) = rqb.start([job_id])
     ids = {job_id.encode(): b"J", taken.execution.id.encode(): b"E"}

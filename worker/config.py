@@ -34,6 +34,8 @@ class WorkerSettings:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     idle_wait_ms: float = 1000.0
+    worker_ttl_s: int = 20
+    max_deliveries: int = 3
     name: str = ""
     burst: bool = False
     log_level: str = "INFO"
@@ -94,6 +96,11 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--max-image-bytes", "WORKER_MAX_IMAGE_BYTES", int, "refuse larger payloads"),
     ("--max-pixels", "WORKER_MAX_PIXELS", int, "refuse images with more pixels (decompression bombs)"),
     ("--idle-wait-ms", "WORKER_IDLE_WAIT_MS", float, "longest single blocking wait for a first job"),
+    ("--worker-ttl-s", "WORKER_TTL_S", int,
+     "the worker key lives this long without a heartbeat (sent every third of it); a dead worker's jobs "
+     "are re-queued by the others within about this plus 5 s"),
+    ("--max-deliveries", "WORKER_MAX_DELIVERIES", int,
+     "a job lost with its worker this many times fails as 'poison' instead of being re-queued"),
     ("--name", "WORKER_NAME", str, "worker name shown by rq info (default host:device:pid)"),
     ("--log-level", "WORKER_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
 ]

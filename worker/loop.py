@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,12 +25,16 @@ from .errors import JobError
 from .images import Limits
 from .model import Classifier, load_model
 from .perf import autotune, choose_threads
+from .reaper import Heartbeat, Reaper
 from .rqbatch import BatchWorker, Outcome, RQBatch, Taken
+from .serve import Server
 from .tasks import decode_image, job_inputs, ms_since
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+# Test-only hook: an image containing these bytes makes the worker exit at once, like a decoder crash.
+CRASH_MARKER = os.environ.get("WORKER_TEST_CRASH_MARKER", "").encode()
 SMALL_PAYLOAD_BYTES = 16 * 1024
 
 
@@ -62,6 +67,9 @@ class BatchRunner:
             if taken.read_error is not None or taken.job is None:
                 raise JobError("bad_job_data", f"unreadable job hash: {taken.read_error}")
             image, item.meta = job_inputs(taken.job)
+            if CRASH_MARKER and CRASH_MARKER in image:  # test-only: a job that kills the worker (poison tests)
+                log.error("job %s carries the test crash marker: exiting at once", taken.job_id)
+                os._exit(86)
             item.tensor = decode_image(image, self.model.info.preprocess, self.limits)
         except JobError as err:
             item.error = err
@@ -162,74 +170,37 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
     model, settings = prepare_model(settings)
     connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     queue = Queue(settings.queue, connection=connection, serializer=MsgpackSerializer)
-    worker = BatchWorker([queue], connection=connection, name=settings.worker_name, serializer=MsgpackSerializer)
+    worker = BatchWorker([queue], connection=connection, name=settings.worker_name, serializer=MsgpackSerializer,
+                         worker_ttl=settings.worker_ttl_s)  # fmt: skip
     batches = RQBatch(worker, queue)
-    worker.register_birth()
-    batches.scripts.load()
+    if not _register(worker, batches, stop):
+        return 0
+    reaper = Reaper(batches, settings.max_deliveries)
+    heartbeat = Heartbeat(worker, redis.Redis.from_url(settings.redis_url), reaper, settings.worker_ttl_s)
+    heartbeat.start()
     log.info("worker %s listening on queue=%s", worker.name, queue.name)
     processed = 0
     try:
         with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode") as pool:
-            runner = BatchRunner(model, settings, pool)
-            processed = _serve(settings, stop, batches, runner)
+            processed = Server(settings, stop, batches, BatchRunner(model, settings, pool)).serve()
     finally:
-        worker.register_death()
+        heartbeat.stop()
+        with contextlib.suppress(redis.RedisError):
+            worker.register_death()
         log.info("worker %s stopped after %d jobs", worker.name, processed)
     return processed
 
 
-def _serve(settings: WorkerSettings, stop: threading.Event, batches: RQBatch, runner: BatchRunner) -> int:
-    """A pipeline: this thread talks to Redis (take, start, finish); a prep thread decodes each batch
-    and hands it to the inference thread.
-
-    While batch k+1 decodes and batch k runs its forward pass, this thread acknowledges batch k and
-    takes the next one. With a batch in hand the next take does not wait for traffic, so results are
-    never held back. On stop, the batches in hand are finished and acknowledged first.
-
-    On a CPU device, decoding runs on the inference thread, between forward passes: overlapping
-    them oversubscribes the cores the forward pass's OpenMP team needs, and its barriers stall
-    (on 2 cores, EfficientNet-Lite0 at batch 4 ran ~1.7x slower beside the decoders).
-    """
-    processed, backoff_s = 0, 0.5
-    inflight: Future[InFlight] | None = None
-    # OpenMP's thread count is per calling thread: give the inference thread the one chosen at start.
-    threads = (torch.get_num_threads(),)
-    with contextlib.ExitStack() as stack:
-        infer = stack.enter_context(ThreadPoolExecutor(1, "infer", initializer=torch.set_num_threads, initargs=threads))
-        prep = infer if runner.model.device.type == "cpu" else stack.enter_context(ThreadPoolExecutor(1, "prep"))
-
-        def prepare(taken: list[Taken]) -> InFlight:
-            return runner.submit(runner.decode_all(taken), infer)
-
-        while not (stop.is_set() and inflight is None):
-            try:
-                ids = [] if stop.is_set() else _take(settings, batches, busy=inflight is not None)
-                nxt = prep.submit(prepare, batches.start(ids)) if ids else None
-                if inflight is not None:
-                    batch = inflight.result()
-                    batches.finish(runner.outcomes(batch, batches.worker.name), started_at=_started(batch.taken))
-                    processed += len(batch.decoded)
-                elif nxt is None:
-                    batches.worker.heartbeat()
-                    if settings.burst:
-                        break
-                inflight, backoff_s = nxt, 0.5
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                # Jobs of a batch we could not acknowledge stay in RQ's started registry: the reaper re-queues them.
-                log.warning("redis unavailable (%s); retrying in %.1f s", exc, backoff_s)
-                inflight = None
-                stop.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
-    return processed
-
-
-def _take(settings: WorkerSettings, batches: RQBatch, *, busy: bool) -> list[str]:
-    """The next batch's ids: what is queued now when ``busy``, else wait for traffic (see ``batching``)."""
-    if busy:
-        return batches.take_now(settings.batch_size)
-    return batches.take(settings.batch_size, settings.max_wait_ms / 1000, settings.idle_wait_ms / 1000)
-
-
-def _started(taken: list[Taken]) -> Any:
-    times = [t.job.started_at for t in taken if t.job is not None and t.job.started_at]
-    return min(times) if times else now()
+def _register(worker: BatchWorker, batches: RQBatch, stop: threading.Event) -> bool:
+    """Register with RQ and load the scripts, waiting out a Redis that is down (capped back-off)."""
+    backoff_s = 0.5
+    while not stop.is_set():
+        try:
+            worker.register_birth()
+            batches.scripts.load()
+            return True
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("redis unavailable at start (%s); retrying in %.1f s", exc, backoff_s)
+            stop.wait(backoff_s)
+            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+    return False

@@ -57,6 +57,7 @@ class Taken:
     job: Job | None
     execution: Execution | None = None
     read_error: str | None = None
+    lost: int = 0  # times this job was lost with a dead worker before (see worker.reaper)
 
 
 @dataclass
@@ -112,7 +113,7 @@ class RQBatch:
         executions = [uuid4().hex for _ in job_ids]
         args: list[Any] = [self.intermediate_key, self.queue.started_job_registry.key, self.worker.key,
                            self._worker_executions_key, self.worker.name, STARTED_TTL_S,
-                           repr(started.timestamp()), utcformat(started)]  # fmt: skip
+                           repr(started.timestamp()), utcformat(started), self.worker.worker_ttl]  # fmt: skip
         for job_id, execution_id in zip(job_ids, executions):
             args += [Job.key_for(job_id), job_id, f"{EXECUTION_PREFIX}{job_id}:{execution_id}",
                      ExecutionRegistry(job_id=job_id, connection=self.connection).key, execution_id]  # fmt: skip
@@ -137,7 +138,8 @@ class RQBatch:
             return Taken(job_id, job, execution, read_error=str(exc))
         job.worker_name, job.started_at, job.last_heartbeat, job._status = (
             self.worker.name, started, started, JobStatus.STARTED)  # fmt: skip
-        return Taken(job_id, job, execution)
+        fields = dict(zip(raw[::2], raw[1::2]))
+        return Taken(job_id, job, execution, lost=int(fields.get(b"lost_deliveries", 0) or 0))
 
     # -- finish -------------------------------------------------------------------------------
     def finish(self, outcomes: list[Outcome], started_at: datetime) -> None:
@@ -148,6 +150,7 @@ class RQBatch:
         """
         ended = now()
         counts, fast = {"ok": 0, "failed": 0}, []
+        outcomes = self._drop_reaped_failures(outcomes)
         with self.connection.pipeline() as pipe:
             for outcome in outcomes:
                 job = outcome.taken.job
@@ -170,7 +173,25 @@ class RQBatch:
                     self.worker.name, self.channel, utcformat(ended), counts["ok"], counts["failed"],
                     repr((ended - started_at).total_seconds()), *fast]  # fmt: skip
             self.scripts.queue(pipe, "finish", args)
-            self.scripts.retry_missing(pipe.execute(raise_on_error=False), "finish", args)
+            replies = pipe.execute(raise_on_error=False)
+        self.scripts.retry_missing(replies, "finish", args)
+        skipped = replies[-1] if isinstance(replies[-1], list) else []
+        if skipped:
+            log.warning("not recording %d job(s) re-queued by a reaper meanwhile: %s", len(skipped),
+                        ", ".join(s.decode() for s in skipped))  # fmt: skip
+
+    def _drop_reaped_failures(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Failures of jobs a reaper took back meanwhile are not written (one round trip, only if any fail)."""
+        failing = [o for o in outcomes if not o.result["ok"] and o.taken.execution is not None]
+        if not failing:
+            return outcomes
+        with self.connection.pipeline(transaction=False) as pipe:
+            for o in failing:
+                pipe.zscore(self.queue.started_job_registry.key, o.taken.execution.composite_key)
+            gone = {o.taken.job_id for o, score in zip(failing, pipe.execute()) if score is None}
+        if gone:
+            log.warning("not recording failures of jobs re-queued by a reaper meanwhile: %s", ", ".join(gone))
+        return [o for o in outcomes if o.taken.job_id not in gone]
 
     def _succeed_fast(self, args: list[Any], outcome: Outcome, started_at: datetime) -> bool:
         """Append a success's arguments for the ``finish`` script; False if it needs RQ's own path."""

@@ -15,13 +15,14 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-# ARGV: intermediate, wip, worker_key, worker_executions, worker_name, ttl, now_ts, now_iso, then per job
+# ARGV: intermediate, wip, worker_key, worker_executions, worker_name, ttl, now_ts, now_iso, worker_ttl, then per job
 # (job_key, job_id, execution_key, executions_key, execution_id). Returns, per job, its hash or false.
 START = """
 local intermediate, wip, wkey, wexec = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local wname, ttl, now_ts, now_iso = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local out = {}
-for i = 9, #ARGV, 5 do
+local worker_ttl = tonumber(ARGV[9])
+for i = 10, #ARGV, 5 do
   local job_key, job_id, ekey, eset, eid = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   redis.call('LREM', intermediate, 1, job_id)
   local hash = redis.call('HGETALL', job_key)
@@ -42,8 +43,8 @@ for i = 9, #ARGV, 5 do
   end
 end
 redis.call('HSET', wkey, 'state', 'busy', 'last_heartbeat', now_iso)
-redis.call('EXPIRE', wkey, ttl)
-redis.call('EXPIRE', wexec, ttl)
+redis.call('EXPIRE', wkey, worker_ttl)
+redis.call('EXPIRE', wexec, worker_ttl)
 return out
 """
 
@@ -52,10 +53,14 @@ return out
 # execution_key, executions_key, execution_id, return_value_b64, message, started_ts, ended_ts).
 FINISH = """
 local wip, wkey, wexec, wname, channel, ended_iso = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local skipped = {}
 for i = 10, #ARGV, 15 do
   local job_key, deps, dependents, results, finished = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local ttl, score, job_id = tonumber(ARGV[i + 5]), ARGV[i + 6], ARGV[i + 7]
   local ekey, eset, eid = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10]
+  if redis.call('ZSCORE', wip, job_id .. ':' .. eid) == false then
+    skipped[#skipped + 1] = job_id  -- re-queued by a reaper meanwhile: its next run writes the result
+  else
   redis.call('HSET', job_key, 'status', 'finished', 'ended_at', ended_iso)
   redis.call('XADD', results, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', wname,
              'return_value', ARGV[i + 11], 'execution_id', eid, 'execution_started_at', ARGV[i + 13],
@@ -70,12 +75,13 @@ for i = 10, #ARGV, 15 do
   redis.call('ZREM', wip, job_id .. ':' .. eid)
   redis.call('ZREM', eset, eid)
   redis.call('SREM', wexec, job_id .. ':' .. eid)
+  end
 end
 if tonumber(ARGV[7]) > 0 then redis.call('HINCRBY', wkey, 'successful_job_count', ARGV[7]) end
 if tonumber(ARGV[8]) > 0 then redis.call('HINCRBY', wkey, 'failed_job_count', ARGV[8]) end
 redis.call('HINCRBYFLOAT', wkey, 'total_working_time', ARGV[9])
 redis.call('HSET', wkey, 'state', 'idle')
-return #ARGV
+return skipped
 """
 
 
