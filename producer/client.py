@@ -133,7 +133,11 @@ class Producer:
             if left_ms <= 0:
                 detail = "" if Job.exists(job_id, self.connection) else " (no such job)"
                 raise JobTimeout(job_id, timeout, detail)
-            response = self.connection.xread({key: last_id}, block=left_ms)
+            try:  # short blocks: a client's socket timeout (redis-py's default is 5 s) must not cut one off
+                response = self.connection.xread({key: last_id}, block=min(left_ms, 1000))
+            except (redis.ConnectionError, redis.TimeoutError):  # Redis restarting: wait, then read again
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                continue
             for result_id, payload in (response[0][1] if response else []):
                 last_id = result_id
                 final = self._final(job_id, result_id, payload)

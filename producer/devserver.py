@@ -61,12 +61,12 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers PING."""
-        self.dir = Path(tempfile.mkdtemp(prefix="redis-"))
-        self.port = free_port()
+        """Start the server and wait until it answers PING (a restart keeps the port and the folder)."""
+        self.dir = self.dir or Path(tempfile.mkdtemp(prefix="redis-"))
+        self.port = self.port or free_port()
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--appendonly", "no", "--daemonize", "no", *self.extra_args]  # fmt: skip
-        log_file = open(self.dir / "redis.log", "wb")  # noqa: SIM115 - owned by the process
+        log_file = open(self.dir / "redis.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
@@ -80,6 +80,13 @@ class RedisServer:
                 time.sleep(0.02)
         self.stop()
         raise RedisServerError(f"{self.binary} did not answer PING within {timeout_s} s")
+
+    def restart(self) -> RedisServer:
+        """Stop the process (a clean shutdown writes its append-only file, if on) and start it again."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        return self.start()
 
     def version(self) -> str:
         """The server's ``redis_version``."""

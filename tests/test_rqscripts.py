@@ -96,7 +96,7 @@ def rq_reference(url: str) -> tuple[dict, dict]:
 def ours(url: str, flush_scripts: bool = False) -> tuple[dict, dict]:
     conn, rqb, job_id = setup(url)
     if flush_scripts:
-        rqb.scripts.call("start", [rqb.intermediate_key, "x", "x", "x", "x", 1, "0", "x", 1])  # load, then lose them
+        rqb.scripts.load()  # load, then lose them
         conn.script_flush()
     (taken,) = rqb.start([job_id])
     ids = {job_id.encode(): b"J", taken.execution.id.encode(): b"E"}

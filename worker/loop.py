@@ -58,6 +58,7 @@ class BatchRunner:
         self.settings = settings
         self.pool = pool
         self.limits = Limits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
+        self.cap = int(settings.batch_size)  # lowered for good after an out-of-memory error
 
     def decode(self, taken: Taken) -> Decoded:
         """Validate and decode one job (runs in the thread pool); never raises for bad input."""
@@ -83,11 +84,28 @@ class BatchRunner:
             return [], 0.0
         start = time.perf_counter()
         try:
-            preds: list = self.model.predict(torch.stack([i.tensor for i in items]), k=self.settings.topk)
+            preds: list = self._forward(torch.stack([i.tensor for i in items]))
         except (RuntimeError, ValueError) as exc:
             log.exception("model forward failed on a batch of %d", len(items))
             preds = [JobError("model_error", f"{type(exc).__name__}: {exc}", retryable=True)] * len(items)
         return preds, (time.perf_counter() - start) * 1000
+
+    def _forward(self, batch: torch.Tensor) -> list[list[tuple[str, float]]]:
+        """Top-k for a batch; on out-of-memory, split it in halves and lower the batch cap for good."""
+        try:
+            return self.model.predict(batch, k=self.settings.topk)
+        except torch.OutOfMemoryError:
+            n = batch.shape[0]
+            if n == 1:
+                raise
+            half = (n + 1) // 2
+            if half < self.cap:
+                self.cap = half
+                self.model.buckets = [b for b in self.model.buckets if b < half] + [half]
+                log.warning("out of memory at batch %d: batch cap lowered to %d", n, half)
+            if self.model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return self._forward(batch[:half]) + self._forward(batch[half:])
 
     def decode_all(self, taken: list[Taken]) -> InFlight:
         """Decode a batch; the result is ready for ``predict``.
@@ -168,21 +186,22 @@ def prepare_model(settings: WorkerSettings) -> tuple[Classifier, WorkerSettings]
 def run(settings: WorkerSettings, stop: threading.Event) -> int:
     """Load and warm the model, register with RQ, then process batches until ``stop`` is set."""
     model, settings = prepare_model(settings)
-    connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    queue = Queue(settings.queue, connection=connection, serializer=MsgpackSerializer)
-    worker = BatchWorker([queue], connection=connection, name=settings.worker_name, serializer=MsgpackSerializer,
-                         worker_ttl=settings.worker_ttl_s)  # fmt: skip
-    batches = RQBatch(worker, queue)
-    if not _register(worker, batches, stop):
+    registered = _register(settings, stop)
+    if registered is None:
         return 0
+    worker, batches = registered
+    queue = batches.queue
     reaper = Reaper(batches, settings.max_deliveries)
-    heartbeat = Heartbeat(worker, redis.Redis.from_url(settings.redis_url), reaper, settings.worker_ttl_s)
+    heartbeat = Heartbeat(worker, redis.Redis.from_url(settings.redis_url), reaper, settings.worker_ttl_s,
+                          reap_s=min(5.0, settings.worker_ttl_s / 2))  # fmt: skip
     heartbeat.start()
     log.info("worker %s listening on queue=%s", worker.name, queue.name)
     processed = 0
     try:
         with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode") as pool:
-            processed = Server(settings, stop, batches, BatchRunner(model, settings, pool)).serve()
+            server = Server(settings, stop, batches, BatchRunner(model, settings, pool))
+            heartbeat.in_hand = server.in_hand
+            processed = server.serve()
     finally:
         heartbeat.stop()
         with contextlib.suppress(redis.RedisError):
@@ -191,16 +210,21 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
     return processed
 
 
-def _register(worker: BatchWorker, batches: RQBatch, stop: threading.Event) -> bool:
+def _register(settings: WorkerSettings, stop: threading.Event) -> tuple[BatchWorker, RQBatch] | None:
     """Register with RQ and load the scripts, waiting out a Redis that is down (capped back-off)."""
     backoff_s = 0.5
+    connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     while not stop.is_set():
         try:
+            queue = Queue(settings.queue, connection=connection, serializer=MsgpackSerializer)
+            worker = BatchWorker([queue], connection=connection, name=settings.worker_name,
+                                 serializer=MsgpackSerializer, worker_ttl=settings.worker_ttl_s)  # fmt: skip
+            batches = RQBatch(worker, queue)
             worker.register_birth()
             batches.scripts.load()
-            return True
+            return worker, batches
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("redis unavailable at start (%s); retrying in %.1f s", exc, backoff_s)
             stop.wait(backoff_s)
             backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
-    return False
+    return None

@@ -22,7 +22,7 @@ from rq.utils import now, utcformat
 
 from producer.protocol import make_result
 
-from .rqbatch import BatchWorker, Outcome, RQBatch
+from .rqbatch import SEEN_PREFIX, BatchWorker, Outcome, RQBatch
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,8 @@ for _, job_id in ipairs(redis.call('LRANGE', intermediate, 0, -1)) do
   if not first then
     redis.call('SET', seen .. job_id, now_s, 'EX', math.ceil(stranded_s * 4))
   elseif now_s - first >= stranded_s then
-    redis.call('LREM', intermediate, 1, job_id)
     redis.call('DEL', seen .. job_id)
-    give_back(job_id)
+    if redis.call('LREM', intermediate, 1, job_id) == 1 then give_back(job_id) end
   end
 end
 return {requeued, poison}
@@ -90,7 +89,7 @@ class Reaper:
         queue = self.batches.queue
         args = [queue.started_job_registry.key, queue.key, queue.intermediate_queue_key,
                 f"{RQ_KEY_PREFIX}:execution:", f"{RQ_KEY_PREFIX}:executions:", f"{RQ_KEY_PREFIX}:worker:",
-                Job.redis_job_namespace_prefix, f"{RQ_KEY_PREFIX}:adclassify:seen:", repr(time.time()),
+                Job.redis_job_namespace_prefix, SEEN_PREFIX, repr(time.time()),
                 self.stranded_s, self.max_deliveries]  # fmt: skip
         requeued, poison = ([i.decode() for i in ids] for ids in self.script(args=args))
         if requeued:
@@ -98,6 +97,36 @@ class Reaper:
         if poison:
             self._fail_poison(poison)
         return requeued, poison
+
+    def reap_own(self, in_hand: set[str], min_age_s: float = 10.0) -> list[str]:
+        """Give back jobs started under this worker's name that it does not hold (a start whose reply
+        was lost when the connection dropped); not counted as lost deliveries."""
+        worker = self.batches.worker
+        members = [m.decode() for m in self.connection.smembers(f"{worker.key}:executions")]
+        orphans = [m for m in members if m not in in_hand]
+        if not orphans:
+            return []
+        with self.connection.pipeline(transaction=False) as pipe:
+            for member in orphans:
+                pipe.hget(f"{RQ_KEY_PREFIX}:execution:{member}", "created_at")
+            created = pipe.execute()
+        old = [m for m, c in zip(orphans, created) if c is None or time.time() - float(c) >= min_age_s]
+        given = []
+        for member in old:
+            if member in in_hand:  # taken up meanwhile
+                continue
+            job_id = member.rsplit(":", 1)[0]
+            if self.connection.zrem(self.batches.queue.started_job_registry.key, member):
+                with self.connection.pipeline() as pipe:
+                    pipe.delete(f"{RQ_KEY_PREFIX}:execution:{member}")
+                    pipe.srem(f"{worker.key}:executions", member)
+                    pipe.hset(Job.key_for(job_id), "status", "queued")
+                    pipe.lpush(self.batches.queue.key, job_id)
+                    pipe.execute()
+                given.append(job_id)
+        if given:
+            log.warning("re-queued %d job(s) this worker started but never received: %s", len(given), ", ".join(given))
+        return given
 
     def _fail_poison(self, ids: list[str]) -> None:
         taken = self.batches.start(ids)
@@ -122,6 +151,7 @@ class Heartbeat(threading.Thread):
         self.worker, self.connection, self.reaper = worker, connection, reaper
         self.ttl_s, self.reap_s = ttl_s, reap_s
         self.stopping = threading.Event()
+        self.in_hand: set[str] | None = None  # the serving loop's executions in hand, once it runs
 
     def beat(self) -> None:
         """Refresh the worker key and its executions index (one round trip)."""
@@ -138,6 +168,8 @@ class Heartbeat(threading.Thread):
                 self.beat()
                 if self.reaper is not None and time.monotonic() >= next_reap:
                     self.reaper.reap()
+                    if self.in_hand is not None:
+                        self.reaper.reap_own(set(self.in_hand))
                     next_reap = time.monotonic() + self.reap_s
             except redis.RedisError as exc:
                 log.warning("heartbeat/reaper: redis error: %s", exc)

@@ -26,7 +26,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.utils import current_timestamp, now, utcformat
 
-from producer.protocol import exc_string_for, results_channel
+from producer.protocol import exc_string_for, make_result, results_channel
 from producer.serializer import MsgpackSerializer, dumps
 
 from .batching import collect
@@ -35,6 +35,7 @@ from .rqscripts import Scripts
 # How long a started job's entries live (RQ's started registry, execution records) without a heartbeat.
 STARTED_TTL_S = 360
 EXECUTION_PREFIX = f"{RQ_KEY_PREFIX}:execution:"
+SEEN_PREFIX = f"{RQ_KEY_PREFIX}:adclassify:seen:"  # the reaper's marks on ids in the intermediate list
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ class RQBatch:
         executions = [uuid4().hex for _ in job_ids]
         args: list[Any] = [self.intermediate_key, self.queue.started_job_registry.key, self.worker.key,
                            self._worker_executions_key, self.worker.name, STARTED_TTL_S,
-                           repr(started.timestamp()), utcformat(started), self.worker.worker_ttl]  # fmt: skip
+                           repr(started.timestamp()), utcformat(started), self.worker.worker_ttl,
+                           SEEN_PREFIX]  # fmt: skip
         for job_id, execution_id in zip(job_ids, executions):
             args += [Job.key_for(job_id), job_id, f"{EXECUTION_PREFIX}{job_id}:{execution_id}",
                      ExecutionRegistry(job_id=job_id, connection=self.connection).key, execution_id]  # fmt: skip
@@ -123,7 +125,27 @@ class RQBatch:
         gone = [t.job_id for t in taken if t.job is None]
         if gone:
             log.warning("dropped %d queued id(s) whose job hash is gone: %s", len(gone), ", ".join(gone))
+            self._answer_gone(gone)
         return [t for t in taken if t.job is not None]
+
+    def release(self, items: list[Taken]) -> None:
+        """Give started jobs back to the head of the queue untouched (not counted as lost), in one round trip."""
+        with self.connection.pipeline() as pipe:
+            for item in reversed(items):
+                if item.execution is not None:
+                    item.execution.delete(job=item.job, pipeline=pipe)
+                pipe.hset(Job.key_for(item.job_id), "status", JobStatus.QUEUED)
+                pipe.lpush(self.queue.key, item.job_id)
+            pipe.execute()
+
+    def _answer_gone(self, ids: list[str]) -> None:
+        """Publish ``ok: false`` (``job_gone``) for ids whose job hash is gone: there is no RQ job to fail."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                error = {"type": "job_gone", "message": "the job's data expired or was deleted before it ran"}
+                result = make_result(job_id, model="", worker=self.worker.name, timings_ms={}, meta={}, error=error)
+                pipe.publish(self.channel, dumps(result))
+            pipe.execute()
 
     def _restore(self, job_id: str, raw: list[bytes] | None, execution_id: str, started: datetime) -> Taken:
         if not raw:

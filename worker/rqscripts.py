@@ -15,16 +15,18 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-# ARGV: intermediate, wip, worker_key, worker_executions, worker_name, ttl, now_ts, now_iso, worker_ttl, then per job
+# ARGV: intermediate, wip, worker_key, worker_executions, worker_name, ttl, now_ts, now_iso, worker_ttl,
+# seen prefix (the reaper's marks on the intermediate list), then per job
 # (job_key, job_id, execution_key, executions_key, execution_id). Returns, per job, its hash or false.
 START = """
 local intermediate, wip, wkey, wexec = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local wname, ttl, now_ts, now_iso = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local out = {}
-local worker_ttl = tonumber(ARGV[9])
-for i = 10, #ARGV, 5 do
+local worker_ttl, seen = tonumber(ARGV[9]), ARGV[10]
+for i = 11, #ARGV, 5 do
   local job_key, job_id, ekey, eset, eid = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   redis.call('LREM', intermediate, 1, job_id)
+  redis.call('DEL', seen .. job_id)
   local hash = redis.call('HGETALL', job_key)
   if #hash == 0 then
     out[#out + 1] = false

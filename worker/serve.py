@@ -45,6 +45,7 @@ class Server:
         self.settings, self.stop, self.batches, self.runner = settings, stop, batches, runner
         self.inflight: Future[InFlight] | None = None
         self.unacked: list[tuple[list[Outcome], datetime]] = []
+        self.in_hand: set[str] = set()  # executions started and not yet acknowledged (see Reaper.reap_own)
         self.processed = 0
         self.done = False
 
@@ -74,14 +75,17 @@ class Server:
         taken = self.batches.start(ids) if ids else []
         normal = [t for t in taken if t.lost == 0]
         suspects = [t for t in taken if t.lost > 0]
-        nxt = self.prep.submit(self._prepare, normal) if normal else None
-        self._finish_inflight()
-        self.inflight = nxt
-        if suspects:
+        self.in_hand.update(t.execution.composite_key for t in taken if t.execution is not None)
+        prev, self.inflight = self.inflight, (self.prep.submit(self._prepare, normal) if normal else None)
+        self._finish(prev)
+        if suspects:  # one at a time, alone, with nothing else in hand: the others go back to the queue
             self._finish_inflight()
-            for item in suspects:
-                log.warning("job %s was lost with a worker %d time(s) before: running it alone", item.job_id, item.lost)
-                self._ack(self.runner.run([item], self.batches.worker.name), _started([item]))
+            item, rest = suspects[0], suspects[1:]
+            if rest:
+                self.batches.release(rest)
+                self.in_hand.difference_update(t.execution.composite_key for t in rest if t.execution)
+            log.warning("job %s was lost with a worker %d time(s) before: running it alone", item.job_id, item.lost)
+            self._ack(self.runner.run([item], self.batches.worker.name), _started([item]))
         if not ids and self.inflight is None and self.settings.burst:
             self.done = True
 
@@ -90,16 +94,19 @@ class Server:
 
     def _take(self, *, busy: bool) -> list[str]:
         """What is queued now when ``busy``, else wait for traffic (see ``worker.batching``)."""
-        s = self.settings
+        s, cap = self.settings, self.runner.cap
         if busy:
-            return self.batches.take_now(int(s.batch_size))
-        return self.batches.take(int(s.batch_size), s.max_wait_ms / 1000, s.idle_wait_ms / 1000)
+            return self.batches.take_now(cap)
+        return self.batches.take(cap, s.max_wait_ms / 1000, s.idle_wait_ms / 1000)
 
     def _finish_inflight(self) -> None:
-        if self.inflight is None:
-            return
-        batch, self.inflight = self.inflight.result(), None
-        self._ack(self.runner.outcomes(batch, self.batches.worker.name), _started(batch.taken))
+        prev, self.inflight = self.inflight, None
+        self._finish(prev)
+
+    def _finish(self, inflight: Future[InFlight] | None) -> None:
+        if inflight is not None:
+            batch = inflight.result()
+            self._ack(self.runner.outcomes(batch, self.batches.worker.name), _started(batch.taken))
 
     def _ack(self, outcomes: list[Outcome], started: datetime) -> None:
         self.unacked.append((outcomes, started))
@@ -111,6 +118,7 @@ class Server:
             self.batches.finish(outcomes, started_at=started)
             self.unacked.pop(0)
             self.processed += len(outcomes)
+            self.in_hand.difference_update(o.taken.execution.composite_key for o in outcomes if o.taken.execution)
 
 
 def _started(taken: list[Taken]) -> Any:
