@@ -1,7 +1,10 @@
 """Client side of the classify queue: what a web backend imports (no torch)."""
 
 from .client import JobOptions, Producer, Subscription
-from .errors import JobFailed, JobTimeout, ProducerError
+from .errors import JobFailed, JobTimeout, ProducerError, QueueFull
 from .serializer import MsgpackSerializer
 
-__all__ = ["JobFailed", "JobOptions", "JobTimeout", "MsgpackSerializer", "Producer", "ProducerError", "Subscription"]
+__all__ = [
+    "JobFailed", "JobOptions", "JobTimeout", "MsgpackSerializer", "Producer", "ProducerError", "QueueFull",
+    "Subscription",
+]  # fmt: skip

@@ -15,7 +15,7 @@ from rq import Queue, Retry
 from rq.job import Job
 from rq.results import Result
 
-from .errors import JobFailed, JobTimeout
+from .errors import JobFailed, JobTimeout, QueueFull
 from .protocol import DEFAULT_QUEUE, TASK_NAME, job_kwargs, parse_exc_string, results_channel
 from .serializer import MsgpackSerializer, SerializationError, loads
 
@@ -33,7 +33,8 @@ class JobOptions:
     result_ttl_s: int = 3600
     failure_ttl_s: int = 86400
     retries: int = 2
-
+    max_queue_length: int | None = None  # enqueue raises QueueFull past this many waiting jobs
+    deadline_s: float | None = None  # default per-job deadline, seconds from enqueue
 
 def read_image(image: ImageInput) -> bytes:
     """Bytes as they are; a path is read from disk."""
@@ -63,14 +64,14 @@ class Producer:
         self.queue = Queue(queue, connection=self.connection, serializer=MsgpackSerializer)
         self.channel = results_channel(queue)
 
-    def _job_data(self, image: ImageInput, job_id: str | None, meta: dict | None) -> Any:
+    def _job_data(self, image: ImageInput, job_id: str | None, meta: dict | None, deadline: float | None) -> Any:
         data = read_image(image)
         # An explicit description: RQ would otherwise build one from repr() of the whole image.
         name = os.fspath(image) if isinstance(image, str | os.PathLike) else f"{len(data)} bytes"
         opts = self.options
         return Queue.prepare_data(
             TASK_NAME,
-            kwargs=job_kwargs(data, meta),
+            kwargs=job_kwargs(data, meta, deadline),
             timeout=opts.job_timeout_s,
             result_ttl=opts.result_ttl_s,
             failure_ttl=opts.failure_ttl_s,
@@ -79,12 +80,15 @@ class Producer:
             retry=Retry(max=opts.retries) if opts.retries > 0 else None,
         )
 
-    def enqueue(self, image: ImageInput, *, job_id: str | None = None, meta: dict | None = None) -> str:
+    def enqueue(self, image: ImageInput, *, job_id: str | None = None, meta: dict | None = None,
+                deadline_s: float | None = None) -> str:  # fmt: skip
         """Enqueue one image (bytes or a path); return its job id.
 
         With a caller-chosen ``job_id`` the call is idempotent: a job that already exists is kept.
+        ``deadline_s``: a job still waiting this many seconds after now is answered ``expired``
+        without being classified. Raises ``QueueFull`` past ``JobOptions.max_queue_length``.
         """
-        return self.enqueue_many([image], job_ids=[job_id], metas=[meta])[0]
+        return self.enqueue_many([image], job_ids=[job_id], metas=[meta], deadline_s=deadline_s)[0]
 
     def enqueue_many(
         self,
@@ -92,16 +96,20 @@ class Producer:
         *,
         job_ids: Iterable[str | None] | None = None,
         metas: Iterable[dict | None] | None = None,
+        deadline_s: float | None = None,
     ) -> list[str]:
-        """Enqueue many images in one round trip (two when caller-chosen ids are checked)."""
+        """Enqueue many images in one round trip (one more each to check caller-chosen ids and the queue limit)."""
         images = list(images)
         ids = list(job_ids) if job_ids is not None else [None] * len(images)
         meta_list = list(metas) if metas is not None else [None] * len(images)
         if not len(images) == len(ids) == len(meta_list):
             raise ValueError("images, job_ids and metas must have the same length")
         existing = self._existing(ids)
+        self._check_room(len(images) - len(existing))
+        after = deadline_s if deadline_s is not None else self.options.deadline_s
+        deadline = time.time() + after if after is not None else None
         datas = [
-            self._job_data(image, job_id, meta)
+            self._job_data(image, job_id, meta, deadline)
             for image, job_id, meta in zip(images, ids, meta_list)
             if job_id is None or job_id not in existing
         ]
@@ -110,6 +118,14 @@ class Producer:
             pipe.execute()
         fresh = iter(job.id for job in jobs)
         return [job_id if job_id in existing else next(fresh) for job_id in ids]
+
+    def _check_room(self, adding: int) -> None:
+        limit = self.options.max_queue_length
+        if limit is None or adding <= 0:
+            return
+        length = self.connection.llen(self.queue.key)
+        if length + adding > limit:
+            raise QueueFull(self.queue.name, length, adding, limit)
 
     def _existing(self, ids: list[str | None]) -> set[str]:
         chosen = [job_id for job_id in ids if job_id is not None]

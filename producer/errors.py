@@ -26,3 +26,11 @@ class JobFailed(ProducerError):
         self.error = error
         self.result = result
         super().__init__(f"job {job_id} failed: {error.get('type')}: {error.get('message')}")
+
+
+class QueueFull(ProducerError):
+    """The queue holds ``length`` jobs; adding ``adding`` more would pass the producer's ``limit``."""
+
+    def __init__(self, queue: str, length: int, adding: int, limit: int) -> None:
+        self.queue, self.length, self.adding, self.limit = queue, length, adding, limit
+        super().__init__(f"queue {queue!r} is full: {length} waiting + {adding} > limit {limit}; retry later")

@@ -29,9 +29,12 @@ def results_channel(queue: str) -> str:
     return f"{queue}{RESULTS_SUFFIX}"
 
 
-def job_kwargs(image: bytes, meta: dict[str, Any] | None) -> dict[str, Any]:
-    """The keyword arguments of a classify job."""
-    return {"image": image, "meta": meta or {}}
+def job_kwargs(image: bytes, meta: dict[str, Any] | None, deadline: float | None = None) -> dict[str, Any]:
+    """The keyword arguments of a classify job; ``deadline`` is a Unix time after which it is not worth running."""
+    kwargs = {"image": image, "meta": meta or {}}
+    if deadline is not None:
+        kwargs["deadline"] = float(deadline)
+    return kwargs
 
 
 def parse_job_args(args: Any, kwargs: Any) -> tuple[bytes, dict[str, Any]]:
@@ -40,7 +43,7 @@ def parse_job_args(args: Any, kwargs: Any) -> tuple[bytes, dict[str, Any]]:
         raise ProtocolError("classify takes keyword arguments only (image=..., meta=...)")
     if not isinstance(kwargs, dict):
         raise ProtocolError(f"job kwargs must be a map, got {type(kwargs).__name__}")
-    extra = sorted(str(k) for k in kwargs if k not in ("image", "meta"))
+    extra = sorted(str(k) for k in kwargs if k not in ("image", "meta", "deadline"))
     if extra:
         raise ProtocolError(f"unexpected job arguments: {', '.join(extra)}")
     if "image" not in kwargs:
@@ -51,6 +54,9 @@ def parse_job_args(args: Any, kwargs: Any) -> tuple[bytes, dict[str, Any]]:
     meta = kwargs.get("meta") or {}
     if not isinstance(meta, dict):
         raise ProtocolError(f"meta must be a map, got {type(meta).__name__}")
+    deadline = kwargs.get("deadline")
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
+        raise ProtocolError(f"deadline must be a Unix time in seconds, got {type(deadline).__name__}")
     return bytes(image), meta
 
 

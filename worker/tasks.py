@@ -24,6 +24,7 @@ from producer.protocol import (
     MAX_META_BYTES,
     TASK_NAME,
     ProtocolError,
+    job_kwargs,
     make_result,
     parse_job_args,
     results_channel,
@@ -62,6 +63,10 @@ def checked_args(args: Any, kwargs: Any) -> tuple[bytes, dict[str, Any]]:
         raise JobError("bad_request", str(exc)) from exc
     if meta_bytes > MAX_META_BYTES:
         raise JobError("bad_request", f"meta is {meta_bytes} bytes, over the limit of {MAX_META_BYTES}")
+    deadline = kwargs.get("deadline")
+    if deadline is not None and time.time() > deadline:
+        late = time.time() - deadline
+        raise JobError("expired", f"the job's deadline passed {late:.3f} s before it could run; not classified")
     return image, meta
 
 
@@ -89,7 +94,7 @@ def _process_model(path: str, device: str) -> Classifier:
     return model
 
 
-def classify(image: bytes, meta: dict | None = None) -> dict[str, Any]:
+def classify(image: bytes, meta: dict | None = None, deadline: float | None = None) -> dict[str, Any]:
     """Classify one image (plain ``rq worker`` path); publish and return the result map."""
     job = get_current_job()
     started = datetime.now(timezone.utc)
@@ -100,7 +105,7 @@ def classify(image: bytes, meta: dict | None = None) -> dict[str, Any]:
     worker = f"{socket.gethostname()}:rq:{os.getpid()}"
     job_id = job.id if job else ""
     try:
-        image, meta = checked_args((), {"image": image, "meta": meta})
+        image, meta = checked_args((), job_kwargs(image, meta, deadline))
         batch = decode_image(image, model.info.preprocess, limits)[None]
         timings["decode"] = (time.perf_counter() - t0) * 1000
         topk = model.predict(batch, k=int(os.environ.get("WORKER_TOPK", "5")))[0]
