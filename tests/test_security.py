@@ -12,16 +12,16 @@ from .conftest import image_bytes, wait_for_workers
 # Keep in step with docs/security.md.
 PRODUCER_ACL = ("on >producer-secret resetkeys ~rq:job:* ~rq:queue:classify ~rq:queues ~rq:results:* "
                 "resetchannels &classify:results -@all +ping +hset +hget +hgetall +rpush +sadd +exists +llen "
-                "+xread +xrevrange +multi +exec +subscribe +unsubscribe").split()  # fmt: skip
+                "+xread +xrevrange +multi +exec +subscribe +unsubscribe")  # fmt: skip
 WORKER_ACL = ("on >worker-secret resetkeys ~rq:* resetchannels &classify:results "
-              "+@all -@admin -@dangerous +info +client|setname +script|load").split()  # fmt: skip
+              "+@all -@admin -@dangerous +info +client|setname +script|load")  # fmt: skip
 
 
 @pytest.fixture
 def acl_users(redis_url, conn):
     conn.acl_setuser("producer", reset=True)
-    conn.execute_command("ACL", "SETUSER", "producer", *PRODUCER_ACL)
-    conn.execute_command("ACL", "SETUSER", "worker", "reset", *WORKER_ACL)
+    conn.execute_command("ACL", "SETUSER", "producer", *PRODUCER_ACL.split())
+    conn.execute_command("ACL", "SETUSER", "worker", "reset", *WORKER_ACL.split())
     base = redis_url.removeprefix("redis://")
     yield f"redis://producer:producer-secret@{base}", f"redis://worker:worker-secret@{base}"
     conn.acl_deluser("producer", "worker")

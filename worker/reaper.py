@@ -4,7 +4,7 @@ RQ's own clean-up of abandoned jobs takes about ten minutes. Here every worker k
 key alive from a background thread (``--worker-ttl``, refreshed every third of it), and every few
 seconds one script finds started jobs whose worker key is gone (the worker died: ``kill -9``, OOM,
 lost machine) and ids stranded in the intermediate list, and re-queues them at the head of the
-queue. Each re-delivery is counted in the job hash (``lost_deliveries``); a job lost
+queue. Each loss of a started job is counted in the job hash (``lost_deliveries``); a job lost
 ``max_deliveries`` times is not re-queued but handed back as poison, and the worker fails it.
 The script runs atomically, so several workers may reap at once without re-queuing a job twice.
 """
@@ -35,10 +35,10 @@ local wip, queue, intermediate = ARGV[1], ARGV[2], ARGV[3]
 local eprefix, esprefix, wprefix, jprefix, seen = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local now_s, stranded_s, max_lost = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local requeued, poison = {}, {}
-local function give_back(job_id)
+local function give_back(job_id, count)
   local job_key = jprefix .. job_id
   if redis.call('EXISTS', job_key) == 0 then return end
-  local lost = redis.call('HINCRBY', job_key, 'lost_deliveries', 1)
+  local lost = count and redis.call('HINCRBY', job_key, 'lost_deliveries', 1) or 0
   if lost >= max_lost then
     poison[#poison + 1] = job_id
   else
@@ -57,7 +57,7 @@ for _, member in ipairs(redis.call('ZRANGE', wip, 0, -1)) do
       redis.call('DEL', ekey)
       redis.call('ZREM', esprefix .. job_id, eid)
       if wname then redis.call('SREM', wprefix .. wname .. ':executions', member) end
-      give_back(job_id)
+      give_back(job_id, true)
     end
   end
 end
@@ -67,7 +67,8 @@ for _, job_id in ipairs(redis.call('LRANGE', intermediate, 0, -1)) do
     redis.call('SET', seen .. job_id, now_s, 'EX', math.ceil(stranded_s * 4))
   elseif now_s - first >= stranded_s then
     redis.call('DEL', seen .. job_id)
-    if redis.call('LREM', intermediate, 1, job_id) == 1 then give_back(job_id) end
+    -- never started, so it cannot have crashed anything: not counted as a lost delivery
+    if redis.call('LREM', intermediate, 1, job_id) == 1 then give_back(job_id, false) end
   end
 end
 return {requeued, poison}

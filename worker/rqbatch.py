@@ -115,28 +115,22 @@ class RQBatch:
         args: list[Any] = [self.intermediate_key, self.queue.started_job_registry.key, self.worker.key,
                            self._worker_executions_key, self.worker.name, STARTED_TTL_S,
                            repr(started.timestamp()), utcformat(started), self.worker.worker_ttl,
-                           SEEN_PREFIX]  # fmt: skip
+                           SEEN_PREFIX, self.queue.key]  # fmt: skip
         for job_id, execution_id in zip(job_ids, executions):
             args += [Job.key_for(job_id), job_id, f"{EXECUTION_PREFIX}{job_id}:{execution_id}",
                      ExecutionRegistry(job_id=job_id, connection=self.connection).key, execution_id]  # fmt: skip
         hashes = self.scripts.call("start", args)
         self.worker.last_heartbeat = started
-        taken = [self._restore(job_id, raw, eid, started) for job_id, raw, eid in zip(job_ids, hashes, executions)]
+        taken = [
+            self._restore(job_id, raw, eid, started)
+            for job_id, raw, eid in zip(job_ids, hashes, executions)
+            if raw != 0
+        ]  # 0: sent back (a 2nd suspect)
         gone = [t.job_id for t in taken if t.job is None]
         if gone:
             log.warning("dropped %d queued id(s) whose job hash is gone: %s", len(gone), ", ".join(gone))
             self._answer_gone(gone)
         return [t for t in taken if t.job is not None]
-
-    def release(self, items: list[Taken]) -> None:
-        """Give started jobs back to the head of the queue untouched (not counted as lost), in one round trip."""
-        with self.connection.pipeline() as pipe:
-            for item in reversed(items):
-                if item.execution is not None:
-                    item.execution.delete(job=item.job, pipeline=pipe)
-                pipe.hset(Job.key_for(item.job_id), "status", JobStatus.QUEUED)
-                pipe.lpush(self.queue.key, item.job_id)
-            pipe.execute()
 
     def _answer_gone(self, ids: list[str]) -> None:
         """Publish ``ok: false`` (``job_gone``) for ids whose job hash is gone: there is no RQ job to fail."""

@@ -16,21 +16,28 @@ import redis
 from redis.exceptions import NoScriptError
 
 # ARGV: intermediate, wip, worker_key, worker_executions, worker_name, ttl, now_ts, now_iso, worker_ttl,
-# seen prefix (the reaper's marks on the intermediate list), then per job
+# seen prefix (the reaper's marks on the intermediate list), queue, then per job
 # (job_key, job_id, execution_key, executions_key, execution_id). Returns, per job, its hash or false.
 START = """
 local intermediate, wip, wkey, wexec = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local wname, ttl, now_ts, now_iso = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local out = {}
-local worker_ttl, seen = tonumber(ARGV[9]), ARGV[10]
-for i = 11, #ARGV, 5 do
+local worker_ttl, seen, queue = tonumber(ARGV[9]), ARGV[10], ARGV[11]
+local suspects, bounced = 0, {}
+for i = 12, #ARGV, 5 do
   local job_key, job_id, ekey, eset, eid = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   redis.call('LREM', intermediate, 1, job_id)
   redis.call('DEL', seen .. job_id)
   local hash = redis.call('HGETALL', job_key)
+  local lost = tonumber(redis.call('HGET', job_key, 'lost_deliveries') or '0')
   if #hash == 0 then
     out[#out + 1] = false
+  elseif lost > 0 and suspects >= 1 then
+    -- a job lost with a worker before runs alone: one per batch; the others go back to the queue's head
+    bounced[#bounced + 1] = job_id
+    out[#out + 1] = 0
   else
+    if lost > 0 then suspects = suspects + 1 end
     redis.call('HSET', ekey, 'id', eid, 'job_id', job_id, 'created_at', ARGV[7], 'last_heartbeat', ARGV[7],
                'worker_name', wname)
     redis.call('EXPIRE', ekey, ttl)
@@ -44,6 +51,7 @@ for i = 11, #ARGV, 5 do
     out[#out + 1] = hash
   end
 end
+for j = #bounced, 1, -1 do redis.call('LPUSH', queue, bounced[j]) end
 redis.call('HSET', wkey, 'state', 'busy', 'last_heartbeat', now_iso)
 redis.call('EXPIRE', wkey, worker_ttl)
 redis.call('EXPIRE', wexec, worker_ttl)

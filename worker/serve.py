@@ -75,15 +75,12 @@ class Server:
         taken = self.batches.start(ids) if ids else []
         normal = [t for t in taken if t.lost == 0]
         suspects = [t for t in taken if t.lost > 0]
-        self.in_hand.update(t.execution.composite_key for t in taken if t.execution is not None)
+        self.in_hand.update(t.execution.composite_key for t in [*normal, *suspects] if t.execution is not None)
         prev, self.inflight = self.inflight, (self.prep.submit(self._prepare, normal) if normal else None)
         self._finish(prev)
-        if suspects:  # one at a time, alone, with nothing else in hand: the others go back to the queue
+        if suspects:  # alone, with nothing else in hand
             self._finish_inflight()
-            item, rest = suspects[0], suspects[1:]
-            if rest:
-                self.batches.release(rest)
-                self.in_hand.difference_update(t.execution.composite_key for t in rest if t.execution)
+            item = suspects[0]
             log.warning("job %s was lost with a worker %d time(s) before: running it alone", item.job_id, item.lost)
             self._ack(self.runner.run([item], self.batches.worker.name), _started([item]))
         if not ids and self.inflight is None and self.settings.burst:
