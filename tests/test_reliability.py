@@ -181,3 +181,32 @@ def test_a_worker_started_before_redis_waits_for_it(tiny_model_path, tmp_path):
     finally:
         _stop(proc)
         server.stop()
+
+
+def test_a_slow_worker_does_not_write_a_job_that_was_re_queued(redis_url, conn, tiny_model_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.config import WorkerSettings
+    from worker.loop import BatchRunner
+    from worker.model import load_model
+    from worker.reaper import Reaper
+    from worker.rqbatch import BatchWorker, RQBatch
+
+    queue = Queue("classify", connection=conn, serializer=MsgpackSerializer)
+    slow = RQBatch(BatchWorker([queue], connection=conn, name="slow:cpu:1", serializer=MsgpackSerializer), queue)
+    other = RQBatch(BatchWorker([queue], connection=conn, name="other:cpu:2", serializer=MsgpackSerializer), queue)
+    for rqb in (slow, other):
+        rqb.worker.register_birth()
+    ids = Producer(redis_url).enqueue_many([image_bytes("cat.jpg"), b"not an image"])
+    taken = slow.start(slow.take(2, 0.0, 1.0))
+    runner = BatchRunner(load_model(tiny_model_path), WorkerSettings(model="m"), ThreadPoolExecutor(1))
+    outcomes = runner.run(taken, "slow:cpu:1")  # one success, one failure, computed but not yet written
+    conn.delete(slow.worker.key)  # the slow worker's heartbeat lapsed: to the others it is dead
+    requeued, poison = Reaper(other).reap()
+    assert sorted(requeued) == sorted(ids) and poison == []
+    slow.finish(outcomes, started_at=taken[0].job.started_at)  # it wakes up and tries to write
+    for job_id in ids:
+        job = Job.fetch(job_id, connection=conn, serializer=MsgpackSerializer)
+        assert job.get_status() == JobStatus.QUEUED and job.results() == []
+    assert queue.finished_job_registry.count == 0 and queue.failed_job_registry.count == 0
+    assert sorted(queue.get_job_ids()) == sorted(ids)
