@@ -42,3 +42,53 @@ def test_least_privilege_users_run_the_whole_path(acl_users, conn, start_worker)
         producer.connection.delete("rq:queue:classify")
     with pytest.raises(redis.exceptions.NoPermissionError):
         redis.Redis.from_url(worker_url).flushall()
+
+
+def _certs(folder) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    import subprocess
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.pem",
+        "-days", "2", "-extfile", "ext")  # fmt: skip
+    return str(folder / "ca.pem"), str(folder / "srv.pem"), str(folder / "srv.key")
+
+
+def test_tls_rediss_url_for_worker_and_producer(tmp_path, tiny_model_path):
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from producer.devserver import RedisServer, RedisServerError, find_redis_server, free_port
+
+    from .conftest import ROOT
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl CLI to make test certificates")
+    ca, cert, key = _certs(tmp_path)
+    tls_port = free_port()
+    tls = ["--tls-port", str(tls_port), "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca,
+           "--tls-auth-clients", "no"]  # fmt: skip
+    try:
+        server = RedisServer(binary=find_redis_server(False), extra_args=tls).start()
+    except RedisServerError as exc:
+        pytest.skip(f"this redis-server has no TLS: {exc}")
+    url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}&ssl_cert_reqs=required"
+    proc = subprocess.Popen([sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", url],
+                            cwd=ROOT)  # fmt: skip
+    try:
+        assert Producer(url).classify(image_bytes("cat.jpg"), timeout=60)["ok"]
+        plain = redis.Redis.from_url(f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required")
+        with pytest.raises(redis.ConnectionError):  # an unknown CA is refused: the certificate is checked
+            plain.ping()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        server.stop()
