@@ -96,9 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     p_listen = sub.add_parser("listen", help="print results as they are published")
     p_listen.add_argument("--json", action="store_true", help="one JSON object per line")
     p_listen.add_argument("--count", type=int, default=0, help="exit after this many results")
+    p_status = sub.add_parser("status", help="queue depth, failed count and live workers")
+    p_status.add_argument("--json", action="store_true", help="print JSON for scripts")
     args = parser.parse_args(argv)
     producer = Producer(args.redis_url, queue=args.queue)
     try:
+        if args.command == "status":
+            from .status import gather, render
+
+            status = gather(producer.connection, args.queue)
+            print(json.dumps(status, indent=1) if args.json else render(status))
+            return 0
         return push(producer, args) if args.command == "push" else listen(producer, args)
     except KeyboardInterrupt:
         return 130

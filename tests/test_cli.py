@@ -28,3 +28,33 @@ def test_push_wait_prints_top3_for_each_image_and_listen_sees_them(redis_url, co
     assert "3 sent, 3 ok, 0 failed" in lines[-1]
     out, _ = listener.communicate(timeout=30)
     assert listener.returncode == 0 and len(out.strip().splitlines()) == 3
+
+
+def test_status_shows_queue_failures_and_live_workers(redis_url, conn, start_worker):
+    import json
+    import subprocess
+    import sys
+
+    from producer import Producer
+
+    from .conftest import ROOT, image_bytes, wait_for, wait_for_workers
+
+    start_worker("--name", "gpu-host:cpu:4242", "--worker-ttl-s", "3")
+    wait_for_workers(conn)
+    producer = Producer(redis_url)
+    ids = producer.enqueue_many([image_bytes("cat.jpg")] * 5 + [b"junk"])
+    for job_id in ids[:5]:
+        producer.result(job_id, timeout=60)
+    wait_for(lambda: int(conn.hget("rq:worker:gpu-host:cpu:4242", "batches") or 0) > 0, 30)
+
+    def status(*extra: str) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "producer", "--redis-url", redis_url, "status", *extra]
+        return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    data = json.loads(status("--json").stdout)
+    assert data["queued"] == 0 and data["failed"] == 1 and data["finished"] == 5
+    (worker,) = data["workers"]
+    assert worker["name"] == "gpu-host:cpu:4242" and worker["device"] == "cpu"
+    assert worker["batches"] >= 1 and worker["jobs_ok"] == 5 and worker["last_heartbeat_s_ago"] < 10
+    text = status().stdout
+    assert "gpu-host:cpu:4242" in text and "1 failed" in text and "1 worker(s) alive" in text

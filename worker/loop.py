@@ -201,6 +201,7 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
         with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode") as pool:
             server = Server(settings, stop, batches, BatchRunner(model, settings, pool))
             heartbeat.in_hand = server.in_hand
+            heartbeat.counts = lambda: (server.processed, server.batches_done)
             processed = server.serve()
     finally:
         heartbeat.stop()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 
 import redis
 from rq.defaults import RQ_KEY_PREFIX
@@ -153,14 +155,26 @@ class Heartbeat(threading.Thread):
         self.ttl_s, self.reap_s = ttl_s, reap_s
         self.stopping = threading.Event()
         self.in_hand: set[str] | None = None  # the serving loop's executions in hand, once it runs
+        self.counts: Callable[[], tuple[int, int]] | None = None  # (jobs, batches) done, once it runs
+        self.samples: deque[tuple[float, int]] = deque(maxlen=64)
 
     def beat(self) -> None:
-        """Refresh the worker key and its executions index (one round trip)."""
+        """Refresh the worker key and its executions index, with batches done and images/s over
+        the last minute for ``python -m producer status`` (one round trip)."""
         with self.connection.pipeline() as pipe:
             pipe.hset(self.worker.key, "last_heartbeat", utcformat(now()))
+            if self.counts is not None:
+                jobs, batches = self.counts()
+                pipe.hset(self.worker.key, mapping={"batches": batches, "images_per_s_1m": self._rate(jobs)})
             pipe.expire(self.worker.key, self.ttl_s)
             pipe.expire(f"{self.worker.key}:executions", self.ttl_s)
             pipe.execute()
+
+    def _rate(self, jobs: int) -> float:
+        t = time.monotonic()
+        self.samples.append((t, jobs))
+        old = next(((ts, n) for ts, n in self.samples if t - ts <= 60), (t, jobs))
+        return round((jobs - old[1]) / (t - old[0]), 2) if t > old[0] else 0.0
 
     def run(self) -> None:
         next_reap = time.monotonic()

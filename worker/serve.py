@@ -47,6 +47,7 @@ class Server:
         self.unacked: list[tuple[list[Outcome], datetime]] = []
         self.in_hand: set[str] = set()  # executions started and not yet acknowledged (see Reaper.reap_own)
         self.processed = 0
+        self.batches_done = 0
         self.done = False
 
     def serve(self) -> int:
@@ -115,6 +116,7 @@ class Server:
             self.batches.finish(outcomes, started_at=started)
             self.unacked.pop(0)
             self.processed += len(outcomes)
+            self.batches_done += 1
             self.in_hand.difference_update(o.taken.execution.composite_key for o in outcomes if o.taken.execution)
 
 
