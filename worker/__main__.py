@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .config import add_arguments, settings_from
+from .config import WorkerSettings, add_arguments, settings_from
 
 log = logging.getLogger("worker")
 
@@ -26,10 +26,41 @@ def run_main(argv: list[str]) -> int:
     )
     add_arguments(parser)
     settings = settings_from(parser.parse_args(argv))
+    _logging(settings)
+    log.info("effective configuration %s", json.dumps(settings.public(), sort_keys=True))
+    if settings.devices:
+        return launch(settings)
+    return serve_one(settings)
+
+
+def _logging(settings: WorkerSettings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"
     )
-    log.info("effective configuration %s", json.dumps(settings.public(), sort_keys=True))
+
+
+def launch(settings: WorkerSettings) -> int:
+    """One supervised worker process per device (``--devices``)."""
+    from .launcher import Launcher, parse_devices
+
+    launcher = Launcher(settings, parse_devices(settings.devices))
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if launcher.stop.is_set():
+            log.warning("second signal %s: killing the workers", signum)
+            launcher.kill_children()
+            os._exit(1)
+        log.info("signal %s: stopping the workers gracefully", signum)
+        launcher.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return launcher.run()
+
+
+def serve_one(settings: WorkerSettings) -> int:
+    """Run one worker in this process until a signal stops it."""
+    _logging(settings)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -27,6 +27,7 @@ class WorkerSettings:
     max_batch_latency_ms: float = 0.0
     max_wait_ms: float = 5.0
     device: str = "cpu"
+    devices: str = ""
     precision: str = "fp32"
     decode_threads: int = 4
     torch_threads: int = 0
@@ -88,6 +89,8 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "with --batch-size auto: ignore sizes whose forward pass takes longer (0: no limit)"),
     ("--max-wait-ms", "WORKER_MAX_WAIT_MS", float, "wait at most this long after a batch's first job for more"),
     ("--device", "WORKER_DEVICE", str, "cpu, cuda or cuda:K"),
+    ("--devices", "WORKER_DEVICES", str,
+     "run one supervised worker process per device: all (every GPU), 0,1,3, or cpu:N"),
     ("--precision", "WORKER_PRECISION", str, "fp32, fp16 or bf16 (half precisions are for GPUs)"),
     ("--decode-threads", "WORKER_DECODE_THREADS", int, "threads decoding images (Pillow releases the GIL)"),
     ("--torch-threads", "WORKER_TORCH_THREADS", int,

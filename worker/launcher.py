@@ -1,0 +1,115 @@
+"""``python -m worker --devices all|0,1,3|cpu:N``: one worker process per device, supervised.
+
+Children are started with the ``spawn`` method, and the parent never imports CUDA (it counts GPUs
+with ``nvidia-smi``), so each child initialises its own device cleanly. A child that dies is
+restarted with a capped back-off; SIGTERM/SIGINT stops every child gracefully (each finishes the
+batch in hand), and a second signal kills them.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import asdict, replace
+
+from .config import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+HEALTHY_AFTER_S = 60.0  # a child that ran this long starts over at the shortest back-off
+
+
+def count_gpus() -> int:
+    """NVIDIA GPUs visible to this process, without initialising CUDA here (nvidia-smi, CUDA_VISIBLE_DEVICES)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def parse_devices(spec: str) -> list[str]:
+    """``all`` -> every GPU; ``0,1,3`` -> those GPUs; ``cpu:N`` -> N CPU workers. Raise ``SystemExit``."""
+    spec = spec.strip().lower()
+    if spec.startswith("cpu"):
+        count = int(spec.partition(":")[2] or 1)
+        if count < 1:
+            raise SystemExit("worker: --devices cpu:N needs N >= 1")
+        return ["cpu"] * count
+    if spec == "all":
+        gpus = count_gpus()
+        if gpus == 0:
+            raise SystemExit("worker: --devices all: no NVIDIA GPU found on this machine (nvidia-smi lists none); "
+                             "use --devices cpu:N for CPU workers")  # fmt: skip
+        return [f"cuda:{k}" for k in range(gpus)]
+    try:
+        return [f"cuda:{int(k)}" for k in spec.split(",") if k.strip()]
+    except ValueError:
+        raise SystemExit(f"worker: --devices must be all, a list like 0,1,3, or cpu:N; got {spec!r}") from None
+
+
+def _child(settings: dict) -> None:
+    """Entry point of one spawned worker process."""
+    from .__main__ import serve_one
+
+    serve_one(WorkerSettings(**settings))
+
+
+class Launcher:
+    """Starts, restarts and stops one worker process per device."""
+
+    def __init__(self, settings: WorkerSettings, devices: list[str]) -> None:
+        self.context = multiprocessing.get_context("spawn")
+        self.settings = [asdict(replace(settings, device=d, devices="")) for d in devices]
+        self.procs: list[multiprocessing.process.BaseProcess | None] = [None] * len(devices)
+        self.started = [0.0] * len(devices)
+        self.backoff = [1.0] * len(devices)
+        self.stop = threading.Event()
+
+    def _start(self, i: int) -> None:
+        proc = self.context.Process(target=_child, args=(self.settings[i],), name=f"worker-{i}")
+        proc.start()
+        self.procs[i], self.started[i] = proc, time.monotonic()
+        log.info("started worker %d on %s (pid %d)", i, self.settings[i]["device"], proc.pid)
+
+    def run(self) -> int:
+        """Supervise until stopped; return 0 once every child has exited."""
+        for i in range(len(self.procs)):
+            self._start(i)
+        due: dict[int, float] = {}
+        while not self.stop.wait(0.2):
+            for i, proc in enumerate(self.procs):
+                if proc is not None and not proc.is_alive() and i not in due:
+                    ran = time.monotonic() - self.started[i]
+                    self.backoff[i] = 1.0 if ran > HEALTHY_AFTER_S else min(self.backoff[i] * 2, MAX_BACKOFF_S)
+                    log.warning("worker %d (pid %d) exited with %s; restarting in %.0f s", i, proc.pid,
+                                proc.exitcode, self.backoff[i])  # fmt: skip
+                    due[i] = time.monotonic() + self.backoff[i]
+            for i, when in list(due.items()):
+                if time.monotonic() >= when:
+                    del due[i]
+                    self._start(i)
+        return self._stop_children()
+
+    def _stop_children(self) -> int:
+        alive = [p for p in self.procs if p is not None and p.is_alive()]
+        for proc in alive:
+            os.kill(proc.pid, signal.SIGTERM)
+        for proc in alive:
+            proc.join(timeout=60)
+        return 0
+
+    def kill_children(self) -> None:
+        """Second signal: no grace."""
+        for proc in self.procs:
+            if proc is not None and proc.is_alive():
+                proc.kill()
