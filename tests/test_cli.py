@@ -58,3 +58,26 @@ def test_status_shows_queue_failures_and_live_workers(redis_url, conn, start_wor
     assert worker["batches"] >= 1 and worker["jobs_ok"] == 5 and worker["last_heartbeat_s_ago"] < 10
     text = status().stdout
     assert "gpu-host:cpu:4242" in text and "1 failed" in text and "1 worker(s) alive" in text
+
+
+def test_worker_logs_json_lines_with_its_configuration_and_no_secret(conn, redis_url, tiny_model_path):
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    conn.execute_command("ACL", "SETUSER", "logtest", "on", ">s3cret-pass", "~*", "&*", "+@all")
+    url = redis_url.replace("redis://", "redis://logtest:s3cret-pass@")
+    env = {"WORKER_LOG_JSON": "1", "WORKER_BURST": "1", "PATH": "/usr/bin:/bin"}
+    args = [sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", url]
+    args += ["--idle-wait-ms", "100"]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert lines and all({"ts", "level", "logger", "pid", "msg"} <= set(entry) for entry in lines)
+    (config,) = [e for e in lines if e["msg"].startswith("effective configuration")]
+    settings = json.loads(config["msg"].removeprefix("effective configuration "))
+    assert settings["log_json"] is True and settings["burst"] is True and "logtest:***@" in settings["redis_url"]
+    assert "s3cret-pass" not in proc.stderr
+    conn.acl_deluser("logtest")

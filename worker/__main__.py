@@ -33,10 +33,26 @@ def run_main(argv: list[str]) -> int:
     return serve_one(settings)
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, pid, msg (and exc when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "pid": record.process, "msg": record.getMessage()}  # fmt: skip
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
 def _logging(settings: WorkerSettings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"
-    )
+    if logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    if settings.log_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
 
 
 def launch(settings: WorkerSettings) -> int:

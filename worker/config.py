@@ -40,6 +40,7 @@ class WorkerSettings:
     name: str = ""
     burst: bool = False
     log_level: str = "INFO"
+    log_json: bool = False
 
     @property
     def worker_name(self) -> str:
@@ -120,6 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--burst", action="store_true", default=None, help="exit when the queue is empty; env WORKER_BURST=1"
     )
+    parser.add_argument(
+        "--log-json", action="store_true", default=None, help="log one JSON object per line; env WORKER_LOG_JSON=1"
+    )
 
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> WorkerSettings:
@@ -133,8 +137,9 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
             value = kind(env[name])
         if value is not None:
             values[dest] = value
-    burst = getattr(args, "burst", None)
-    values["burst"] = bool(burst) if burst is not None else env.get("WORKER_BURST", "") in ("1", "true", "yes")
+    for name in ("burst", "log_json"):
+        flag = getattr(args, name, None)
+        values[name] = bool(flag) if flag is not None else env.get(f"WORKER_{name.upper()}", "") in ("1", "true", "yes")
     if not values.get("model"):
         raise SystemExit("worker: a model file is required: --model PATH or WORKER_MODEL")
     settings = WorkerSettings(**values)
