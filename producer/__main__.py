@@ -38,6 +38,27 @@ def format_result(name: str, result: dict) -> str:
     return f"{name:<28} {top}  ({result['timings_ms']['total']:.0f} ms)"
 
 
+class Progress:
+    """A one-line progress bar on stderr: done/total, ok, failed, images/s."""
+
+    def __init__(self, total: int, start: float, width: int = 30) -> None:
+        self.total, self.start, self.width, self.done = total, start, width, 0
+
+    def update(self, failed: int, message: str | None = None) -> None:
+        self.done += 1
+        if message:
+            sys.stderr.write("\r\033[K" + message + "\n")
+        filled = self.width * self.done // max(1, self.total)
+        rate = self.done / max(1e-9, time.monotonic() - self.start)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
+                         f"ok {self.done - failed} failed {failed} {rate:.1f} images/s")  # fmt: skip
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
 def push(producer: Producer, args: argparse.Namespace) -> int:
     """Enqueue the images in one round trip; with --wait print each result and a summary."""
     paths = expand(args.paths)
@@ -50,16 +71,22 @@ def push(producer: Producer, args: argparse.Namespace) -> int:
         for job_id, path in zip(ids, paths):
             print(f"{job_id} {path}")
         return 0
-    failed = 0
+    failed, bar = 0, Progress(len(ids), start) if sys.stderr.isatty() else None
     for job_id, path in zip(ids, paths):
         try:
-            print(format_result(path.name, producer.result(job_id, timeout=args.timeout)), flush=True)
+            line = format_result(path.name, producer.result(job_id, timeout=args.timeout))
         except JobFailed as exc:
             failed += 1
-            print(f"{path.name:<28} FAILED {exc.error.get('type')}: {exc.error.get('message')}", flush=True)
+            line = f"{path.name:<28} FAILED {exc.error.get('type')}: {exc.error.get('message')}"
         except JobTimeout as exc:
             failed += 1
-            print(f"{path.name:<28} TIMEOUT {exc}", flush=True)
+            line = f"{path.name:<28} TIMEOUT {exc}"
+        if bar is None:
+            print(line, flush=True)
+        else:  # a terminal: failures as lines above one progress bar
+            bar.update(failed, line if "FAILED" in line or "TIMEOUT" in line else None)
+    if bar is not None:
+        bar.close()
     elapsed = time.monotonic() - start
     print(f"{len(ids)} sent, {len(ids) - failed} ok, {failed} failed in {elapsed:.2f} s: "
           f"{len(ids) / elapsed:.1f} images/s end to end")  # fmt: skip

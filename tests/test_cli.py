@@ -81,3 +81,34 @@ def test_worker_logs_json_lines_with_its_configuration_and_no_secret(conn, redis
     assert settings["log_json"] is True and settings["burst"] is True and "logtest:***@" in settings["redis_url"]
     assert "s3cret-pass" not in proc.stderr
     conn.acl_deluser("logtest")
+
+
+def test_push_shows_a_progress_bar_on_a_terminal_and_plain_lines_otherwise(redis_url, conn, start_worker):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from .conftest import IMAGES, ROOT
+
+    start_worker("--batch-size", "8")
+    args = [sys.executable, "-m", "producer", "--redis-url", redis_url, "push", str(IMAGES), "--wait"]
+    plain = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "sent," in plain.stdout and "images/s" in plain.stdout and "[#" not in plain.stderr
+    assert sum(1 for line in plain.stdout.splitlines() if "FAILED" in line or " ms)" in line) == 20
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    out, _ = proc.communicate(timeout=120)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert b"[" + b"#" * 30 + b"] 20/20" in seen and b"images/s" in seen
+    assert "sent," in out and " ms)" not in out  # on a terminal, the bar instead of a line per image
