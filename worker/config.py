@@ -41,6 +41,7 @@ class WorkerSettings:
     burst: bool = False
     log_level: str = "INFO"
     log_json: bool = False
+    metrics_port: int = 0
 
     @property
     def worker_name(self) -> str:
@@ -107,6 +108,7 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "a job lost with its worker this many times fails as 'poison' instead of being re-queued"),
     ("--name", "WORKER_NAME", str, "worker name shown by rq info (default host:device:pid)"),
     ("--log-level", "WORKER_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
+    ("--metrics-port", "WORKER_METRICS_PORT", int, "serve Prometheus metrics on this port (0: off; the metrics extra)"),
 ]
 
 

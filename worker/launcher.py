@@ -69,7 +69,9 @@ class Launcher:
 
     def __init__(self, settings: WorkerSettings, devices: list[str]) -> None:
         self.context = multiprocessing.get_context("spawn")
-        self.settings = [asdict(replace(settings, device=d, devices="")) for d in devices]
+        port = settings.metrics_port  # each child serves its metrics on its own port: base + index
+        self.settings = [asdict(replace(settings, device=d, devices="", metrics_port=port + i if port else 0))
+                         for i, d in enumerate(devices)]  # fmt: skip
         self.procs: list[multiprocessing.process.BaseProcess | None] = [None] * len(devices)
         self.started = [0.0] * len(devices)
         self.backoff = [1.0] * len(devices)

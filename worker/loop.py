@@ -185,7 +185,14 @@ def prepare_model(settings: WorkerSettings) -> tuple[Classifier, WorkerSettings]
 
 def run(settings: WorkerSettings, stop: threading.Event) -> int:
     """Load and warm the model, register with RQ, then process batches until ``stop`` is set."""
+    loading = time.perf_counter()
     model, settings = prepare_model(settings)
+    metrics = None
+    if settings.metrics_port:
+        from .metrics import Metrics
+
+        metrics = Metrics(settings.metrics_port, settings.device)
+        metrics.warm_up.set(time.perf_counter() - loading)
     registered = _register(settings, stop)
     if registered is None:
         return 0
@@ -202,6 +209,7 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
             server = Server(settings, stop, batches, BatchRunner(model, settings, pool))
             heartbeat.in_hand = server.in_hand
             heartbeat.counts = lambda: (server.processed, server.batches_done)
+            server.metrics = heartbeat.metrics = metrics
             processed = server.serve()
     finally:
         heartbeat.stop()

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from rq.defaults import RQ_KEY_PREFIX
@@ -157,6 +158,7 @@ class Heartbeat(threading.Thread):
         self.in_hand: set[str] | None = None  # the serving loop's executions in hand, once it runs
         self.counts: Callable[[], tuple[int, int]] | None = None  # (jobs, batches) done, once it runs
         self.samples: deque[tuple[float, int]] = deque(maxlen=64)
+        self.metrics: Any = None  # worker.metrics.Metrics: the backlog gauge is refreshed here
 
     def beat(self) -> None:
         """Refresh the worker key and its executions index, with batches done and images/s over
@@ -168,7 +170,11 @@ class Heartbeat(threading.Thread):
                 pipe.hset(self.worker.key, mapping={"batches": batches, "images_per_s_1m": self._rate(jobs)})
             pipe.expire(self.worker.key, self.ttl_s)
             pipe.expire(f"{self.worker.key}:executions", self.ttl_s)
-            pipe.execute()
+            for queue in self.worker.queues:
+                pipe.llen(queue.key)
+            replies = pipe.execute()
+        if self.metrics is not None:
+            self.metrics.backlog.set(sum(replies[-len(self.worker.queues):]))
 
     def _rate(self, jobs: int) -> float:
         t = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ class Server:
         self.processed = 0
         self.batches_done = 0
         self.done = False
+        self.metrics: Any = None  # worker.metrics.Metrics with --metrics-port
 
     def serve(self) -> int:
         """Run until stopped (or, with ``--burst``, until the queue is empty); return the jobs finished."""
@@ -113,7 +115,10 @@ class Server:
     def _flush_unacked(self) -> None:
         while self.unacked:
             outcomes, started = self.unacked[0]
+            t0 = time.perf_counter()
             self.batches.finish(outcomes, started_at=started)
+            if self.metrics is not None:
+                self.metrics.observe_batch((o.result for o in outcomes), time.perf_counter() - t0)
             self.unacked.pop(0)
             self.processed += len(outcomes)
             self.batches_done += 1

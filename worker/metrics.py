@@ -1,0 +1,58 @@
+"""Prometheus metrics (``--metrics-port``; needs ``prometheus-client``, the ``metrics`` extra).
+
+Names follow Prometheus conventions (``adclassify_`` prefix, base units, ``_total`` for counters);
+docs/metrics.md lists them. Without ``--metrics-port`` nothing is imported and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """The worker's metrics, served on ``port`` from a background thread."""
+
+    def __init__(self, port: int, device: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+        self.registry = registry = CollectorRegistry()
+        self.jobs = Counter("adclassify_jobs_total", "Jobs finished, by outcome (ok, or the error type)",
+                            ["outcome"], registry=registry)  # fmt: skip
+        self.batch_size = Histogram("adclassify_batch_size", "Jobs per batch", buckets=BATCH_BUCKETS,
+                                    registry=registry)  # fmt: skip
+        self.stage = Histogram("adclassify_stage_duration_seconds",
+                               "Per job: queue wait, decode, infer (its batch's forward pass), publish",
+                               ["stage"], buckets=LATENCY_BUCKETS_S, registry=registry)  # fmt: skip
+        self.end_to_end = Histogram("adclassify_job_duration_seconds", "Enqueue to result written",
+                                    buckets=LATENCY_BUCKETS_S, registry=registry)  # fmt: skip
+        self.backlog = Gauge("adclassify_queue_backlog_jobs", "Jobs waiting in the queue", registry=registry)
+        self.warm_up = Gauge("adclassify_model_warmup_seconds", "Model load and warm-up time at start",
+                             registry=registry)  # fmt: skip
+        self.gpu_memory = Gauge("adclassify_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated on the device",
+                                registry=registry)  # fmt: skip
+        self.device = device
+        start_http_server(port, registry=registry)
+        log.info("metrics on http://0.0.0.0:%d/metrics", port)
+
+    def observe_batch(self, results: Iterable[dict[str, Any]], publish_s: float) -> None:
+        """Record one finished batch from its result maps."""
+        results = list(results)
+        self.batch_size.observe(len(results))
+        for result in results:
+            self.jobs.labels("ok" if result["ok"] else result["error"]["type"]).inc()
+            timings = result["timings_ms"]
+            for stage in ("queue", "decode", "infer"):
+                self.stage.labels(stage).observe(timings[stage] / 1000)
+            self.stage.labels("publish").observe(publish_s)
+            self.end_to_end.observe(timings["total"] / 1000 + publish_s)
+        if self.device.startswith("cuda"):
+            import torch
+
+            self.gpu_memory.set(torch.cuda.memory_allocated(self.device))
