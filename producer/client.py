@@ -106,16 +106,23 @@ class Producer:
             raise ValueError("images, job_ids and metas must have the same length")
         existing = self._existing(ids)
         self._check_room(len(images) - len(existing))
+        with self.connection.pipeline() as pipe:
+            ids = self.record(pipe, images, ids, meta_list, deadline_s, existing)
+            pipe.execute()
+        return ids
+
+    def record(self, pipe: Any, images: list[ImageInput], ids: list[str | None], metas: list[dict | None] | None,
+               deadline_s: float | None, existing: set[str]) -> list[str]:  # fmt: skip
+        """Queue RQ's commands for these jobs on ``pipe`` (not executed); return every job's id."""
+        metas = metas if metas is not None else [None] * len(images)
         after = deadline_s if deadline_s is not None else self.options.deadline_s
         deadline = time.time() + after if after is not None else None
         datas = [
             self._job_data(image, job_id, meta, deadline)
-            for image, job_id, meta in zip(images, ids, meta_list)
+            for image, job_id, meta in zip(images, ids, metas)
             if job_id is None or job_id not in existing
         ]
-        with self.connection.pipeline() as pipe:
-            jobs = self.queue.enqueue_many(datas, pipeline=pipe)
-            pipe.execute()
+        jobs = self.queue.enqueue_many(datas, pipeline=pipe) if datas else []
         fresh = iter(job.id for job in jobs)
         return [job_id if job_id in existing else next(fresh) for job_id in ids]
 
@@ -156,22 +163,9 @@ class Producer:
                 continue
             for result_id, payload in (response[0][1] if response else []):
                 last_id = result_id
-                final = self._final(job_id, result_id, payload)
+                final = final_result(job_id, result_id, payload)
                 if final is not None:
                     return final
-
-    def _final(self, job_id: str, result_id: bytes, payload: dict) -> dict[str, Any] | None:
-        res = Result.restore(
-            job_id, result_id.decode(), payload, connection=self.connection, serializer=MsgpackSerializer
-        )
-        if res.type not in _FINAL:
-            return None
-        if res.type == Result.Type.SUCCESSFUL and isinstance(res.return_value, dict):
-            value = res.return_value
-            if value.get("ok", True):
-                return value
-            raise JobFailed(job_id, value.get("error") or {}, value)
-        raise JobFailed(job_id, parse_exc_string(res.exc_string))
 
     def classify(self, image: ImageInput, timeout: float = 30.0, *, meta: dict | None = None) -> dict:
         """Enqueue one image and wait for its result."""
@@ -184,6 +178,22 @@ class Producer:
     def close(self) -> None:
         """Close the Redis connections."""
         self.connection.close()
+
+
+_PARSER = redis.Redis(host="unused.invalid")  # Result.restore wants a client; parsing sends nothing
+
+
+def final_result(job_id: str, result_id: bytes, payload: dict) -> dict[str, Any] | None:
+    """A result-stream entry as the job's final result map; None if not final; ``JobFailed`` if failed."""
+    res = Result.restore(job_id, result_id.decode(), payload, connection=_PARSER, serializer=MsgpackSerializer)
+    if res.type not in _FINAL:
+        return None
+    if res.type == Result.Type.SUCCESSFUL and isinstance(res.return_value, dict):
+        value = res.return_value
+        if value.get("ok", True):
+            return value
+        raise JobFailed(job_id, value.get("error") or {}, value)
+    raise JobFailed(job_id, parse_exc_string(res.exc_string))
 
 
 class Subscription:

@@ -1,0 +1,104 @@
+"""``AsyncProducer``: the asyncio twin of ``Producer`` (redis.asyncio), for async web backends.
+
+Jobs are written exactly as RQ writes them: RQ's own ``Queue.enqueue_many`` runs against a
+recording pipeline on an unconnected client, and the commands it queued are replayed on the async
+connection in one round trip. Results come from RQ's result stream (XREAD), as in ``Producer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from rq.job import Job
+from rq.results import Result
+
+from .client import ImageInput, JobOptions, Producer, final_result
+from .errors import JobTimeout, QueueFull
+from .protocol import DEFAULT_QUEUE
+from .serializer import SerializationError, loads
+
+
+class AsyncProducer:
+    """``await producer.classify(image)``; the same methods as ``Producer``, as coroutines."""
+
+    def __init__(self, redis_url: str = "redis://localhost:6379/0", queue: str = DEFAULT_QUEUE, *,
+                 connection: aioredis.Redis | None = None, options: JobOptions | None = None) -> None:  # fmt: skip
+        self.connection = connection or aioredis.Redis.from_url(redis_url)
+        self.options = options or JobOptions()
+        # An unconnected sync client: RQ builds the jobs on it, nothing is sent through it.
+        self._recorder = Producer(queue=queue, connection=redis.Redis(host="unused.invalid"), options=self.options)
+        self._recorder.queue.redis_server_version = (7, 0, 0)
+        self.queue_name, self.channel = queue, self._recorder.channel
+
+    async def enqueue(self, image: ImageInput, *, job_id: str | None = None, meta: dict | None = None,
+                      deadline_s: float | None = None) -> str:  # fmt: skip
+        """Enqueue one image; return its job id (see ``Producer.enqueue``)."""
+        return (await self.enqueue_many([image], job_ids=[job_id], metas=[meta], deadline_s=deadline_s))[0]
+
+    async def enqueue_many(self, images: Iterable[ImageInput], *, job_ids: Iterable[str | None] | None = None,
+                           metas: Iterable[dict | None] | None = None,
+                           deadline_s: float | None = None) -> list[str]:  # fmt: skip
+        """Enqueue many images in one round trip (one more each for caller ids and the queue limit)."""
+        images = list(images)
+        ids = list(job_ids) if job_ids is not None else [None] * len(images)
+        chosen = [i for i in ids if i is not None]
+        existing = set()
+        if chosen:
+            found = await asyncio.gather(*(self.connection.exists(Job.key_for(i)) for i in chosen))
+            existing = {i for i, hit in zip(chosen, found) if hit}
+        limit = self.options.max_queue_length
+        adding = len(images) - len(existing)
+        if limit is not None and adding > 0:
+            length = await self.connection.llen(self._recorder.queue.key)
+            if length + adding > limit:
+                raise QueueFull(self.queue_name, length, adding, limit)
+        recorder = self._recorder.connection.pipeline()
+        fresh = self._recorder.record(recorder, images, ids, list(metas) if metas is not None else None,
+                                      deadline_s, existing)  # fmt: skip
+        async with self.connection.pipeline() as pipe:
+            for args, options in recorder.command_stack:
+                pipe.execute_command(*args, **options)
+            await pipe.execute()
+        return fresh
+
+    async def result(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait for a job's final result; raise ``JobFailed`` or ``JobTimeout``."""
+        deadline = time.monotonic() + timeout
+        key, last_id = Result.get_key(job_id), "0-0"
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise JobTimeout(job_id, timeout)
+            response = await self.connection.xread({key: last_id}, block=min(left_ms, 1000))
+            for result_id, payload in response[0][1] if response else []:
+                last_id = result_id
+                final = final_result(job_id, result_id, payload)
+                if final is not None:
+                    return final
+
+    async def classify(self, image: ImageInput, timeout: float = 30.0, *, meta: dict | None = None) -> dict:
+        """Enqueue one image and wait for its result."""
+        return await self.result(await self.enqueue(image, meta=meta), timeout=timeout)
+
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """Every result published on the channel, as it arrives (de-duplicate on ``job_id``)."""
+        pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self.channel)
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    try:
+                        yield loads(message["data"])
+                    except SerializationError:
+                        continue
+        finally:
+            await pubsub.aclose()
+
+    async def close(self) -> None:
+        """Close the Redis connections."""
+        await self.connection.aclose()
