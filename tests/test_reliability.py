@@ -43,10 +43,20 @@ def test_kill_9_mid_batch_jobs_are_run_again_by_another_worker(redis_url, conn, 
     ids = producer.enqueue_many([photos()[i % 9] for i in range(120)])
     victim = start_worker("--batch-size", "8", *FAST)
     wip = Queue("classify", connection=conn, serializer=MsgpackSerializer).started_job_registry.key
-    wait_for(lambda: conn.zcard(wip) > 0, 60, 0.001)
+
+    def frozen_holding_jobs() -> bool:  # SIGSTOP it at a moment it holds a started batch
+        if conn.zcard(wip) == 0:
+            return False
+        victim.send_signal(signal.SIGSTOP)
+        if conn.zcard(wip) > 0:
+            return True
+        victim.send_signal(signal.SIGCONT)
+        return False
+
+    wait_for(frozen_holding_jobs, 60, 0.001)
+    held = conn.zcard(wip)
     victim.kill()  # SIGKILL while it holds a started batch
     victim.wait()
-    held = conn.zcard(wip)
     killed_at = time.monotonic()
     start_worker("--batch-size", "8", *FAST)
     for job_id in ids:
