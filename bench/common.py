@@ -9,8 +9,7 @@ import platform
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -67,17 +66,6 @@ def report(name: str, title: str, body: str, write: bool) -> None:
     print(f"\n## {title}\n\n{body}\n", flush=True)
     if write:
         write_section(name, body)
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.02) -> object:
-    """Poll ``condition`` until truthy; raise ``TimeoutError`` naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def commands_total(conn: redis.Redis) -> int:

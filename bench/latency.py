@@ -20,9 +20,9 @@ import time
 from collections import Counter
 
 from producer import Producer
-from producer.devserver import RedisServer, find_redis_server
+from producer.devserver import RedisServer, find_redis_server, wait_until
 
-from .common import ROOT, ensure_model, percentile, photos, pythonpath, report, table, wait_until
+from .common import ROOT, ensure_model, percentile, photos, pythonpath, report, table
 from .plots import latency_plot
 
 LEVELS = (0.25, 0.5, 0.75, 0.9)

@@ -14,7 +14,9 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .common import ROOT, pythonpath, wait_until
+from producer.devserver import wait_until
+
+from .common import ROOT, pythonpath
 
 
 def _free_port() -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .common import ROOT, percentile
 
 PLOTS = ROOT / "bench" / "plots"
@@ -80,7 +78,3 @@ def bars_plot(labels: list[str], values: list[float], name: str, xlabel: str) ->
     ax.invert_yaxis()
     plt.close(fig)
     return _save(fig, name)
-
-
-def exists(path: str | None) -> bool:
-    return bool(path) and Path(ROOT / str(path)).exists()

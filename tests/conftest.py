@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from producer.devserver import RedisServer, RedisServerError, find_redis_server
+from producer.devserver import RedisServer, RedisServerError, find_redis_server, wait_until
 from worker.export import ExportSpec, demo_spec, export
 from worker.images import Preprocess
 
@@ -25,13 +24,10 @@ IMAGES = ROOT / "examples" / "images"
 
 def wait_for(condition: Callable[[], object], timeout_s: float = 20.0, interval_s: float = 0.05) -> object:
     """Poll ``condition`` until it returns something truthy; fail the test on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval_s)
-    pytest.fail(f"condition not met within {timeout_s} s: {condition}")
+    try:
+        return wait_until(condition, timeout_s, interval_s=interval_s)
+    except TimeoutError as exc:
+        pytest.fail(f"condition not met: {exc}")
 
 
 def _server_binaries() -> list[tuple[str, str]]:

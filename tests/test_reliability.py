@@ -220,3 +220,26 @@ def test_a_slow_worker_does_not_write_a_job_that_was_re_queued(redis_url, conn, 
         assert job.get_status() == JobStatus.QUEUED and job.results() == []
     assert queue.finished_job_registry.count == 0 and queue.failed_job_registry.count == 0
     assert sorted(queue.get_job_ids()) == sorted(ids)
+
+
+def test_reaper_gives_back_stranded_ids_and_starts_this_worker_lost(redis_url, conn):
+    from worker.reaper import Reaper
+    from worker.rqbatch import BatchWorker, RQBatch
+
+    queue = Queue("classify", connection=conn, serializer=MsgpackSerializer)
+    rqb = RQBatch(BatchWorker([queue], connection=conn, name="me:cpu:1", serializer=MsgpackSerializer), queue)
+    rqb.worker.register_birth()
+    stranded, unknown = Producer(redis_url).enqueue_many([image_bytes("cat.jpg")] * 2)
+    # one id moved to the intermediate list by a worker that died before starting it
+    conn.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")
+    reaper = Reaper(rqb, stranded_s=0.0)
+    assert reaper.reap() == ([], [])  # first sighting: only marked
+    assert reaper.reap() == ([stranded], [])  # still there: given back, not counted as lost
+    assert conn.llen(queue.intermediate_queue_key) == 0 and conn.hget(Job.key_for(stranded), "lost_deliveries") is None
+    # a start whose reply this (live) worker never received: not in hand, so its own reaper gives it back
+    conn.lrem(queue.key, 0, stranded)
+    rqb.start(rqb.take(1, 0.0, 1.0))
+    assert reaper.reap() == ([], [])  # the worker is alive: other reapers leave its jobs alone
+    assert reaper.reap_own(in_hand=set(), min_age_s=0.0) == [unknown]
+    assert queue.get_job_ids() == [unknown] and queue.started_job_registry.count == 0
+    assert reaper.reap_own(in_hand=set(), min_age_s=0.0) == []

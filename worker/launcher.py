@@ -22,7 +22,7 @@ from .config import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
+MAX_BACKOFF_S = 30.0  # between restarts of a child (this module stays free of torch imports)
 HEALTHY_AFTER_S = 60.0  # a child that ran this long starts over at the shortest back-off
 
 

@@ -27,12 +27,11 @@ from .model import Classifier, load_model
 from .perf import autotune, choose_threads
 from .reaper import Heartbeat, Reaper
 from .rqbatch import BatchWorker, Outcome, RQBatch, Taken
-from .serve import Server
+from .serve import MAX_BACKOFF_S, Server
 from .tasks import decode_image, job_inputs, ms_since
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
 # Test-only hook: an image containing these bytes makes the worker exit at once, like a decoder crash.
 CRASH_MARKER = os.environ.get("WORKER_TEST_CRASH_MARKER", "").encode()
 SMALL_PAYLOAD_BYTES = 16 * 1024

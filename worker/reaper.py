@@ -67,7 +67,7 @@ end
 for _, job_id in ipairs(redis.call('LRANGE', intermediate, 0, -1)) do
   local first = tonumber(redis.call('GET', seen .. job_id))
   if not first then
-    redis.call('SET', seen .. job_id, now_s, 'EX', math.ceil(stranded_s * 4))
+    redis.call('SET', seen .. job_id, now_s, 'EX', math.max(60, math.ceil(stranded_s * 4)))
   elseif now_s - first >= stranded_s then
     redis.call('DEL', seen .. job_id)
     -- never started, so it cannot have crashed anything: not counted as a lost delivery
