@@ -93,7 +93,8 @@ def small_jpegs(count: int = 8, size: int = 48) -> list[bytes]:
 
 
 def ensure_model(kind: str) -> Path:
-    """``tiny`` (the test CNN, 32x32) or ``lite0`` (the demo EfficientNet-Lite0), exported under bench/out."""
+    """``tiny`` (the test CNN, 32x32), ``pool224`` (pool + linear at 224 px: nearly free) or ``lite0`` (the demo
+    EfficientNet-Lite0), exported under bench/out."""
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{kind}.pt"
     if path.exists():
@@ -101,6 +102,8 @@ def ensure_model(kind: str) -> Path:
     args = ["export", "--out", str(path)]
     if kind == "lite0":
         args.append("--demo")
+    elif kind == "pool224":
+        args += ["--factory", "tests.tinymodels:pool_linear", "--name", "pool224", "--size", "224", "224"]
     else:
         args += ["--factory", "tests.tinymodels:tiny_cnn", "--name", "tiny", "--size", "32", "32"]
         args += ["--resize", "stretch"]

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import redis
 
-from producer import Producer
+from producer import Producer, rqkeys
 
 from .common import OUT, ROOT, commands_total, pythonpath
 
@@ -30,11 +30,11 @@ class Drain:
     commands_per_job: float
 
 
-def worker_args(kind: str, url: str, model: str, batch: int, device: str) -> list[str]:
+def worker_args(kind: str, url: str, model: str, batch: int, device: str, extra: list[str] | None = None) -> list[str]:
     """The module and arguments of ``ours`` (the batch worker) or ``rq`` (a plain SimpleWorker)."""
     if kind == "ours":
         return ["worker", "--model", model, "--redis-url", url, "--batch-size", str(batch), "--device", device,
-                "--max-wait-ms", "5", "--burst", "--log-level", "WARNING"]  # fmt: skip
+                "--max-wait-ms", "5", "--burst", "--log-level", "WARNING", *(extra or [])]  # fmt: skip
     return ["rq.cli", "worker", "--burst", "--quiet", "-w", "rq.SimpleWorker", "-S", SERIALIZER, "--url", url,
             "classify"]  # fmt: skip
 
@@ -42,7 +42,7 @@ def worker_args(kind: str, url: str, model: str, batch: int, device: str) -> lis
 def _ended(conn: redis.Redis, ids: list[str]) -> tuple[list[datetime], int]:
     with conn.pipeline(transaction=False) as pipe:
         for job_id in ids:
-            pipe.hmget(f"rq:job:{job_id}", "ended_at", "status")
+            pipe.hmget(rqkeys.job(job_id), "ended_at", "status")
         rows = pipe.execute()
     ended = [datetime.fromisoformat(e.decode().replace("Z", "+00:00")) for e, _ in rows if e]
     ok = sum(1 for _, s in rows if s == b"finished")
@@ -61,7 +61,7 @@ def rate_from_end_times(ended: list[datetime]) -> float:
 
 
 def drain(kind: str, url: str, model: str, payloads: list[bytes], *, batch: int = 8, device: str = "cpu",
-          timeout_s: float = 600) -> Drain:  # fmt: skip
+          timeout_s: float = 600, extra: list[str] | None = None) -> Drain:  # fmt: skip
     """Fill the queue with ``payloads`` (one job each), run a burst worker to empty it, measure."""
     conn = redis.Redis.from_url(url)
     conn.flushdb()
@@ -70,7 +70,7 @@ def drain(kind: str, url: str, model: str, payloads: list[bytes], *, batch: int 
     counts = OUT / f"round-trips-{kind}.json"
     before = commands_total(conn)
     env = {**os.environ, "WORKER_MODEL": model, "WORKER_DEVICE": device, "PYTHONPATH": pythonpath()}
-    cmd = [sys.executable, "-m", "bench.counted", str(counts), *worker_args(kind, url, model, batch, device)]
+    cmd = [sys.executable, "-m", "bench.counted", str(counts), *worker_args(kind, url, model, batch, device, extra)]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=timeout_s, stdout=subprocess.DEVNULL)
     commands = commands_total(conn) - before - 1
     ended, ok = _ended(conn, ids)

@@ -19,8 +19,8 @@ import threading
 import time
 from collections import Counter
 
+from bench.devserver import RedisServer, find_redis_server, wait_until
 from producer import Producer
-from producer.devserver import RedisServer, find_redis_server, wait_until
 
 from .common import ROOT, ensure_model, percentile, photos, pythonpath, report, table
 from .plots import latency_plot

@@ -1,4 +1,8 @@
-"""Start the LitServe app on a free port and drive it with a concurrent client: images/s per max_batch."""
+"""LitServe benchmark client: start bench.litserve_app on a free port and drive it with concurrent clients.
+
+Nothing here imports our ``worker`` or ``producer`` packages: requests are plain HTTP POSTs of
+``{"image": base64}`` JSON, so LitServe is measured exactly as any other client would see it.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-
-from producer.devserver import wait_until
 
 from .common import ROOT, pythonpath
 
@@ -47,29 +50,56 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def measure(model: str, payloads: list[bytes], max_batch: int, device: str = "cpu", concurrency: int = 16) -> float:
-    """Images/s of LitServe at ``max_batch``, ``concurrency`` requests in flight, after a warm-up round."""
+def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@contextlib.contextmanager
+def serve(model: str, max_batch: int, device: str = "cpu", start_timeout_s: float = 180) -> Iterator[int]:
+    """Run ``bench.litserve_app`` on a free port until the block ends; yields the port once /health answers."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": pythonpath()}
-    cmd = [sys.executable, "-m", "bench.litserve_app", "--model", model, "--max-batch", str(max_batch),
+    cmd = [sys.executable, "-m", "bench.litserve_app", "--model", str(model), "--max-batch", str(max_batch),
            "--port", str(port), "--device", device]  # fmt: skip
     # Its own process group: LitServe spawns API and inference processes that must all go at the end.
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
     try:
-        wait_until(lambda: _healthy(port) or proc.poll() is not None, 180, "LitServe to start", 0.2)
+        _wait_until(lambda: _healthy(port) or proc.poll() is not None, start_timeout_s, "LitServe to start")
         if proc.poll() is not None:
             raise RuntimeError(f"LitServe exited with {proc.returncode}")
-        bodies = [json.dumps({"image": base64.b64encode(p).decode()}).encode() for p in payloads]
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda b: _post(port, b), bodies[: concurrency * 2]))  # warm-up
-            start = time.perf_counter()
-            results = list(pool.map(lambda b: _post(port, b), bodies))
-            elapsed = time.perf_counter() - start
-        assert all("label" in r for r in results)
-        return len(bodies) / elapsed
+        yield port
     finally:
         _stop_group(proc)
+
+
+def bodies(payloads: list[bytes]) -> list[bytes]:
+    """The request bodies: ``{"image": base64}`` JSON, one per payload."""
+    return [json.dumps({"image": base64.b64encode(p).decode()}).encode() for p in payloads]
+
+
+def classify(port: int, requests: list[bytes], concurrency: int = 16) -> list[dict]:
+    """POST every body with ``concurrency`` requests in flight; the answers, in request order."""
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(lambda b: _post(port, b), requests))
+
+
+def measure(model: str, payloads: list[bytes], max_batch: int, device: str = "cpu", concurrency: int = 16) -> float:
+    """Images/s of LitServe at ``max_batch``, ``concurrency`` requests in flight, after a warm-up round."""
+    requests = bodies(payloads)
+    with serve(model, max_batch, device) as port, ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda b: _post(port, b), requests[: concurrency * 2]))  # warm-up
+        start = time.perf_counter()
+        results = list(pool.map(lambda b: _post(port, b), requests))
+        elapsed = time.perf_counter() - start
+    bad = [r for r in results if not isinstance(r.get("label"), str) or len(r.get("topk", ())) == 0]
+    if bad:
+        raise RuntimeError(f"LitServe answered {len(bad)} requests without a label, e.g. {bad[0]!r:.200}")
+    return len(requests) / elapsed
 
 
 def _stop_group(proc: subprocess.Popen) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .common import ROOT, percentile
 
 PLOTS = ROOT / "bench" / "plots"
@@ -78,3 +80,25 @@ def bars_plot(labels: list[str], values: list[float], name: str, xlabel: str) ->
     ax.invert_yaxis()
     plt.close(fig)
     return _save(fig, name)
+
+
+def practices_plot(result: dict, out: Path) -> Path | None:
+    """A PNG: gain per practice, and images/s by batch size. None without matplotlib (the ``bench`` extra)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    rows = [r for r in result["practices"] if r["gain"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.barh([f"{r['practice']}\n{r['with']} vs {r['without']}" for r in rows], [r["gain"] for r in rows])
+    left.axvline(1.0, color="grey", lw=1)
+    left.set_xlabel("speed-up (x)")
+    left.set_title(f"{result['model']} on {result['device']}", fontsize=9)
+    sweep = result["sweep"]
+    right.plot([t["batch"] for t in sweep], [t["images_per_s"] for t in sweep], marker="o")
+    right.set_xscale("log", base=2)
+    right.set_xlabel("batch size")
+    right.set_ylabel("images/s")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

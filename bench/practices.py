@@ -9,11 +9,11 @@ import argparse
 
 import torch
 
-from worker.practices import plot, render, report
+from worker.practices import render, report
 
 from .common import ensure_model
 from .common import report as record
-from .plots import PLOTS
+from .plots import PLOTS, practices_plot
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     dev = args.device.split(":")[0]
     body = "`python -m worker bench --model M --eager worker.export:efficientnet_lite0`\n\n" + render(result)
     PLOTS.mkdir(parents=True, exist_ok=True)
-    if plot(result, PLOTS / f"practices-{dev}.png"):
+    if practices_plot(result, PLOTS / f"practices-{dev}.png"):
         body += f"\n\n![five practices](bench/plots/practices-{dev}.png)"
     record(f"practices-{dev}", f"Five practices on {args.device}", body, args.write)
 

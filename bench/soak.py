@@ -21,8 +21,8 @@ from collections import Counter
 
 import redis
 
-from producer import Producer
-from producer.devserver import RedisServer, find_redis_server
+from bench.devserver import RedisServer, find_redis_server
+from producer import Producer, rqkeys
 
 from .common import ROOT, ensure_model, percentile, pythonpath, small_jpegs, table, write_section
 
@@ -62,8 +62,8 @@ class Fleet:
 
 def _held_by_pid(conn: redis.Redis) -> dict[int, set[str]]:
     held: dict[int, set[str]] = {}
-    for member in conn.zrange("rq:wip:classify", 0, -1):
-        name = conn.hget(b"rq:execution:" + member, "worker_name")
+    for member in conn.zrange(rqkeys.started("classify"), 0, -1):
+        name = conn.hget(rqkeys.EXECUTION_PREFIX.encode() + member, "worker_name")
         if name:
             held.setdefault(int(name.decode().rsplit(":", 1)[-1]), set()).add(member.decode().rsplit(":", 1)[0])
     return held
@@ -72,7 +72,7 @@ def _held_by_pid(conn: redis.Redis) -> dict[int, set[str]]:
 def final(conn: redis.Redis, ids: list[str]) -> dict[str, str]:
     with conn.pipeline(transaction=False) as pipe:
         for job_id in ids:
-            pipe.hget(f"rq:job:{job_id}", "status")
+            pipe.hget(rqkeys.job(job_id), "status")
         return {i: (s or b"gone").decode() for i, s in zip(ids, pipe.execute())}
 
 

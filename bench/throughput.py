@@ -1,10 +1,14 @@
-"""Throughput side by side: our batch worker vs a plain RQ worker (and LitServe), plus pipeline efficiency.
+"""Throughput side by side, in one run: our worker vs plain RQ, vs LitServe, and vs the machine's decode capacity.
 
-``python -m bench.throughput [--regime overhead|compute|both] [--device cpu] [--write]``
+``python -m bench.throughput [--regime overhead|compute|decode|all] [--device cpu] [--write]``
 
-- overhead regime: a tiny CNN on small JPEGs: what a GPU looks like, compute nearly free;
-- compute regime: EfficientNet-Lite0 on the real photos; also LitServe (best of max_batch 1/4/8)
-  and pipeline efficiency (end-to-end images/s / the same images decoded and classified in-process).
+- overhead: a tiny CNN on small JPEGs (what a GPU looks like: compute nearly free); ours vs a
+  plain ``rq worker`` (SimpleWorker) on the same jobs, with Redis round trips and commands per job;
+- compute: EfficientNet-Lite0 on the real photos; ours vs LitServe as a user would run it (its own
+  ``torch.jit.load`` and Pillow preprocessing, bench/litserve_app.py) at max_batch 1/4/8, and the
+  same decode + model in-process (no Redis) for pipeline efficiency;
+- decode: a nearly free 224-px model on the real photos, jobs already queued; ours vs the
+  machine's all-core Pillow decode capacity measured in the same run (bench/decode_capacity.py).
 """
 
 from __future__ import annotations
@@ -15,18 +19,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from producer.devserver import RedisServer, find_redis_server
-from worker.images import Limits
+from bench.devserver import RedisServer, find_redis_server
+from worker.decode.cpu import Limits
 from worker.model import load_model
 from worker.tasks import decode_image
 
 from .common import ensure_model, photos, report, small_jpegs, table
 from .drain import Drain, drain
 
+HEADERS = ["regime", "runner", "ok/jobs", "images/s", "ratio", "round trips/job", "commands/job"]
 
-def in_process(model_path: str, payloads: list[bytes], batch: int, device: str, threads: int = 4) -> float:
-    """Images/s decoding (thread pool) and classifying the same images at ``batch``, no Redis."""
-    model = load_model(model_path, device, batch)
+
+def in_process(model_path: str, payloads: list[bytes], batch: int, device: str, threads: int = 2) -> float:
+    """Images/s decoding (thread pool) then classifying the same images at ``batch``, no Redis, no overlap."""
+    model = load_model(model_path, device, batch, optimize="auto")
     model.warm_up(rounds=1)
     limits = Limits()
 
@@ -41,99 +47,113 @@ def in_process(model_path: str, payloads: list[bytes], batch: int, device: str, 
         return len(payloads) / (time.perf_counter() - start)
 
 
-def regime(name: str, url: str, args: argparse.Namespace) -> tuple[list[list], dict]:
-    """Drain the same queue with both workers; in the compute regime add LitServe and in-process."""
-    kind, jobs, batch = ("tiny", args.overhead_jobs, args.overhead_batch) if name == "overhead" else (
-        "lite0", args.compute_jobs, args.compute_batch)  # fmt: skip
-    model = str(ensure_model(kind))
-    sources = small_jpegs() if name == "overhead" else photos()
-    payloads = [sources[i % len(sources)] for i in range(jobs)]
-    plain_jobs = payloads[: max(len(sources), jobs // args.plain_fraction)]
-    ours, plain, ratios = alternate(url, model, payloads, plain_jobs, batch, args)
-    rows = [
-        [name, "ours (batch worker)", f"{ours.ok}/{ours.jobs}", ours.images_per_s,
-         ours.images_per_s / plain.images_per_s, ours.round_trips_per_job, ours.commands_per_job],
-        [name, "plain rq SimpleWorker", f"{plain.ok}/{plain.jobs}", plain.images_per_s, 1.0, plain.round_trips_per_job,
-         plain.commands_per_job],
-    ]  # fmt: skip
-    extra = {"ours": ours.images_per_s, "plain": plain.images_per_s, "ratios": ratios, "ok": ours.ok == ours.jobs}
-    if name == "compute":
-        inproc = in_process(model, payloads, batch, args.device)
-        extra["in_process"], extra["efficiency"] = inproc, ours.images_per_s / inproc
-        rows.append([name, f"in-process, no Redis (batch {batch})", len(payloads), inproc,
-                     inproc / plain.images_per_s, 0.0, 0.0])  # fmt: skip
-        if not args.no_litserve:
-            extra["litserve"] = litserve_rows(model, payloads, args, rows, plain.images_per_s)
-    return rows, extra
-
-
-def alternate(url: str, model: str, payloads: list[bytes], plain_jobs: list[bytes], batch: int,
-              args: argparse.Namespace) -> tuple[Drain, Drain, list[float]]:  # fmt: skip
-    """Drain with ours and plain RQ in turn, ``--repeats`` times; the median run of each, and every ratio."""
-    ours, plain = [], []
-    for _ in range(args.repeats):
-        ours.append(drain("ours", url, model, payloads, batch=batch, device=args.device))
-        plain.append(drain("rq", url, model, plain_jobs, device=args.device))
-    ratios = [o.images_per_s / p.images_per_s for o, p in zip(ours, plain)]
-    return _median(ours), _median(plain), ratios
-
-
 def _median(runs: list[Drain]) -> Drain:
     return sorted(runs, key=lambda d: d.images_per_s)[len(runs) // 2]
 
 
-def litserve_rows(model: str, payloads: list[bytes], args: argparse.Namespace, rows: list, plain: float) -> float:
-    """LitServe at max_batch 1, 4 and 8 on the same photos; returns the best images/s."""
+def _row(regime: str, runner: str, run: Drain, ratio: float) -> list:
+    return [regime, runner, f"{run.ok}/{run.jobs}", run.images_per_s, ratio, run.round_trips_per_job,
+            run.commands_per_job]  # fmt: skip
+
+
+def overhead(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]:
+    """Ours vs plain RQ on a tiny model, alternated ``--repeats`` times; medians and every ratio."""
+    model, sources = str(ensure_model("tiny")), small_jpegs()
+    payloads = [sources[i % len(sources)] for i in range(args.overhead_jobs)]
+    ours, plain = [], []
+    for _ in range(args.repeats):
+        ours.append(drain("ours", url, model, payloads, batch=args.overhead_batch, device=args.device))
+        plain.append(drain("rq", url, model, payloads[: len(payloads) // args.plain_fraction], device=args.device))
+    ratios = [o.images_per_s / p.images_per_s for o, p in zip(ours, plain)]
+    o, p = _median(ours), _median(plain)
+    rows = [_row("overhead", f"ours (batch {args.overhead_batch})", o, o.images_per_s / p.images_per_s),
+            _row("overhead", "plain rq SimpleWorker", p, 1.0)]  # fmt: skip
+    each = ", ".join(f"{r:.1f}" for r in ratios)
+    return rows, [f"- overhead: ours / plain RQ = **{o.images_per_s / p.images_per_s:.1f}x** (medians; each run: "
+                  f"{each}), {o.round_trips_per_job:.3f} round trips/job (target >= 15x, <= 0.25)"]  # fmt: skip
+
+
+def compute(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]:
+    """Ours vs LitServe (its own code) on EfficientNet-Lite0, alternated; plus the in-process reference."""
     from .litserve_client import measure
 
-    best = 0.0
-    for max_batch in (1, 4, 8):
-        rate = measure(model, payloads[: args.litserve_requests], max_batch, args.device)
-        rows.append(["compute", f"LitServe max_batch {max_batch} (HTTP, base64 JSON)", args.litserve_requests, rate,
-                     rate / plain, "n/a", "n/a"])  # fmt: skip
-        best = max(best, rate)
-    return best
+    model, sources = str(ensure_model("lite0")), photos()
+    payloads = [sources[i % len(sources)] for i in range(args.compute_jobs)]
+    ours, lit = [], {1: [], 4: [], 8: []}
+    for _ in range(args.repeats):
+        ours.append(drain("ours", url, model, payloads, batch=args.compute_batch, device=args.device))
+        if not args.no_litserve:
+            for max_batch in lit:
+                lit[max_batch].append(measure(model, payloads[: args.litserve_requests], max_batch, args.device))
+    inproc = in_process(model, payloads, args.compute_batch, args.device)
+    o = _median(ours)
+    rows = [_row("compute", f"ours (batch {args.compute_batch})", o, o.images_per_s / inproc)]
+    rows.append(["compute", f"in-process decode + model (batch {args.compute_batch}, no Redis)", len(payloads),
+                 inproc, 1.0, 0.0, 0.0])  # fmt: skip
+    notes = [f"- compute: pipeline efficiency (ours / in-process) = **{o.images_per_s / inproc:.2f}**"]
+    if not args.no_litserve:
+        medians = {b: sorted(r)[len(r) // 2] for b, r in lit.items()}
+        best = max(medians.values())
+        for max_batch, rate in medians.items():
+            rows.append(["compute", f"LitServe max_batch {max_batch} (its own load + Pillow; HTTP, 16 clients)",
+                         args.litserve_requests, rate, rate / inproc, "n/a", "n/a"])  # fmt: skip
+        each = ", ".join(f"{r.images_per_s / max(lit[b][i] for b in lit):.2f}" for i, r in enumerate(ours))
+        notes.append(f"- compute: ours / LitServe's best = **{o.images_per_s / best:.2f}x** (each round: {each}; "
+                     "target >= 1.1x, floor 1.0x)")  # fmt: skip
+    return rows, notes
+
+
+def decode_bound(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]:
+    """Ours on a nearly free 224-px model vs the all-core Pillow capacity, measured in turn."""
+    from .decode_capacity import capacity
+
+    model, sources = str(ensure_model("pool224")), photos()
+    payloads = [sources[i % len(sources)] for i in range(args.decode_jobs)]
+    ours, caps = [], []
+    for _ in range(args.repeats):
+        ours.append(drain("ours", url, model, payloads, batch=args.decode_batch, device=args.device,
+                          extra=args.worker_flags))  # fmt: skip
+        caps.append(capacity(sources))
+    o, cap = _median(ours), sorted(caps)[len(caps) // 2]
+    rows = [_row("decode", f"ours (batch {args.decode_batch}, jobs queued)", o, o.images_per_s / cap),
+            ["decode", "all-core Pillow decode + resize (process pool, no Redis, no model)", len(sources), cap, 1.0,
+             0.0, 0.0]]  # fmt: skip
+    each = ", ".join(f"{r.images_per_s / c:.2f}" for r, c in zip(ours, caps))
+    return rows, [f"- decode-bound efficiency (ours / all-core decode capacity) = **{o.images_per_s / cap:.2f}** "
+                  f"(each round: {each}; target >= 0.8, floor 0.7)"]  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--regime", choices=["overhead", "compute", "both"], default="both")
+    parser.add_argument("--regime", choices=["overhead", "compute", "decode", "all"], default="all")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overhead-jobs", type=int, default=3000)
     parser.add_argument("--overhead-batch", type=int, default=64)
     parser.add_argument("--compute-jobs", type=int, default=240)
     parser.add_argument("--compute-batch", type=int, default=4)
+    parser.add_argument("--decode-jobs", type=int, default=1500)
+    parser.add_argument("--decode-batch", type=int, default=32)
+    parser.add_argument("--worker-flags", nargs="*", default=[], help="extra flags for our worker (decode regime)")
     parser.add_argument("--plain-fraction", type=int, default=3, help="the plain worker drains jobs/this")
     parser.add_argument("--litserve-requests", type=int, default=160)
     parser.add_argument("--no-litserve", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3, help="alternate ours/plain this many times; medians")
+    parser.add_argument("--repeats", type=int, default=3, help="alternate the runners this many times; medians")
     parser.add_argument("--write", action="store_true", help="record the tables in BENCHMARKS.md")
     args = parser.parse_args()
+    regimes = {"overhead": overhead, "compute": compute, "decode": decode_bound}
+    chosen = list(regimes) if args.regime == "all" else [args.regime]
     server = RedisServer(binary=find_redis_server(prefer_embedded=False)).start()
+    rows, notes = [], []
     try:
-        summary, rows = [], []
-        for name in ("overhead", "compute") if args.regime == "both" else (args.regime,):
-            regime_rows, extra = regime(name, server.url, args)
+        for name in chosen:
+            regime_rows, regime_notes = regimes[name](server.url, args)
             rows += regime_rows
-            summary.append((name, extra))
+            notes += regime_notes
     finally:
         server.stop()
-    headers = ["regime", "runner", "ok/jobs", "images/s", "x plain RQ", "round trips/job", "commands/job"]
-    body = table(headers, rows) + "\n\n" + summarize(summary)
-    report(f"throughput-{args.device.split(':')[0]}", f"Throughput on {args.device}", body, args.write)
-
-
-def summarize(summary: list[tuple[str, dict]]) -> str:
-    lines = []
-    for name, extra in summary:
-        each = ", ".join(f"{r:.1f}" for r in extra["ratios"])
-        ratio = extra["ours"] / extra["plain"]
-        lines.append(f"- {name}: ours / plain RQ = **{ratio:.1f}x** (medians; each run: {each})")
-        if "efficiency" in extra:
-            lines.append(f"- compute: pipeline efficiency (end to end / in-process) = **{extra['efficiency']:.2f}**")
-        if "litserve" in extra:
-            lines.append(f"- compute: ours / LitServe's best = **{extra['ours'] / extra['litserve']:.2f}x**")
-    return "\n".join(lines)
+    body = table(HEADERS, rows) + "\n\n" + "\n".join(notes)
+    suffix = "" if args.regime == "all" else f"-{args.regime}"
+    report(f"throughput-{args.device.split(':')[0]}{suffix}", f"Throughput on {args.device}", body, args.write)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from rq import Worker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.devserver import RedisServer, find_redis_server  # noqa: E402
 from producer import JobFailed, Producer  # noqa: E402
-from producer.devserver import RedisServer, find_redis_server  # noqa: E402
 
 MODEL = ROOT / "models" / "efficientnet_lite0.pt"
 IMAGES = ROOT / "examples" / "images"

@@ -19,7 +19,7 @@ from rq.results import Result
 
 from .client import ImageInput, JobOptions, Producer, final_result
 from .errors import JobTimeout, QueueFull
-from .protocol import DEFAULT_QUEUE
+from .protocol import DEFAULT_QUEUE, ProtocolError, validate_result
 from .serializer import SerializationError, loads
 
 
@@ -93,9 +93,10 @@ class AsyncProducer:
             async for message in pubsub.listen():
                 if message.get("type") == "message":
                     try:
-                        yield loads(message["data"])
-                    except SerializationError:
+                        result = validate_result(loads(message["data"]))
+                    except (SerializationError, ProtocolError):
                         continue
+                    yield result
         finally:
             await pubsub.aclose()
 

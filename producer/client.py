@@ -16,7 +16,15 @@ from rq.job import Job
 from rq.results import Result
 
 from .errors import JobFailed, JobTimeout, QueueFull
-from .protocol import DEFAULT_QUEUE, TASK_NAME, job_kwargs, parse_exc_string, results_channel
+from .protocol import (
+    DEFAULT_QUEUE,
+    TASK_NAME,
+    ProtocolError,
+    job_kwargs,
+    parse_exc_string,
+    results_channel,
+    validate_result,
+)
 from .serializer import MsgpackSerializer, SerializationError, loads
 
 log = logging.getLogger(__name__)
@@ -189,7 +197,7 @@ def final_result(job_id: str, result_id: bytes, payload: dict) -> dict[str, Any]
     if res.type not in _FINAL:
         return None
     if res.type == Result.Type.SUCCESSFUL and isinstance(res.return_value, dict):
-        value = res.return_value
+        value = validate_result(res.return_value)
         if value.get("ok", True):
             return value
         raise JobFailed(job_id, value.get("error") or {}, value)
@@ -213,9 +221,9 @@ class Subscription:
             message = self._pubsub.get_message(timeout=left if left is not None else 3600.0)
             if message is not None and message.get("type") == "message":
                 try:
-                    return loads(message["data"])
-                except SerializationError:
-                    log.warning("ignoring a message on the results channel that is not msgpack")
+                    return validate_result(loads(message["data"]))
+                except (SerializationError, ProtocolError) as exc:
+                    log.warning("ignoring a message on the results channel that is not a result: %s", exc)
                     continue
             if deadline is not None and time.monotonic() >= deadline:
                 return None

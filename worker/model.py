@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .images import Preprocess
+from .decode.cpu import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +148,48 @@ def configure_torch(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def load_model(path: str | Path, device: str = "cpu", max_batch: int = 1, precision: str = "fp32") -> Classifier:
-    """Load a model file onto ``device`` in eval mode, with buckets up to ``max_batch``."""
+def load_model(path: str | Path, device: str = "cpu", max_batch: int = 1, precision: str = "fp32",
+               optimize: str = "off") -> Classifier:  # fmt: skip
+    """Load a model file onto ``device`` in eval mode, with buckets up to ``max_batch``.
+
+    ``optimize="auto"``: use ``torch.jit.optimize_for_inference`` (freeze, fold batch norms, fuse)
+    when its outputs match the plain model's on a warm-up batch; else keep the plain model.
+    """
     dev = torch.device(device)
     configure_torch(dev)
     module, info = read_extra_files(path, dev)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     module = module.to(dev).to(dtype).eval()
-    log.info("loaded model=%s path=%s device=%s precision=%s", info.tag, path, dev, precision)
-    return Classifier(module=module, info=info, device=dev, dtype=dtype, buckets=bucket_sizes(max_batch))
+    classifier = Classifier(module=module, info=info, device=dev, dtype=dtype, buckets=bucket_sizes(max_batch))
+    if optimize == "auto":
+        classifier.module = optimized(classifier)
+    log.info("loaded model=%s path=%s device=%s precision=%s optimized=%s", info.tag, path, dev, precision,
+             classifier.module is not module)  # fmt: skip
+    return classifier
+
+
+def optimized(model: Classifier) -> torch.nn.Module:
+    """``optimize_for_inference`` of the model if it agrees with the plain one (same top-1, logits close)."""
+    plain = model.module
+    if not isinstance(plain, torch.jit.ScriptModule):
+        return plain
+    height, width = model.info.preprocess.size
+    batch = torch.randint(0, 256, (model.buckets[-1], height, width, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    try:
+        with torch.inference_mode():
+            fast = torch.jit.optimize_for_inference(torch.jit.freeze(plain))
+            want = model.logits(batch)
+            model.module = fast
+            got = model.logits(batch)
+    except (RuntimeError, ValueError) as exc:
+        log.warning("optimize_for_inference failed (%s): using the plain model", exc)
+        return plain
+    finally:
+        model.module = plain
+    tol = 1e-3 if model.dtype == torch.float32 else 3e-2
+    diff = (got - want).abs().max().item()
+    same = torch.equal(got.argmax(1), want.argmax(1)) and diff <= tol * max(1.0, want.abs().max().item())
+    log.info("optimize_for_inference vs plain on the warm-up batch: max abs diff %.2e, %s", diff,
+             "using it" if same else "outputs differ: using the plain model")  # fmt: skip
+    return fast if same else plain

@@ -137,32 +137,6 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, out: Path) -> Path | None:
-    """A PNG: gain per practice, and images/s by batch size. None without matplotlib (the ``bench`` extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = [r for r in result["practices"] if r["gain"]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.barh([f"{r['practice']}\n{r['with']} vs {r['without']}" for r in rows], [r["gain"] for r in rows])
-    left.axvline(1.0, color="grey", lw=1)
-    left.set_xlabel("speed-up (x)")
-    left.set_title(f"{result['model']} on {result['device']}", fontsize=9)
-    sweep = result["sweep"]
-    right.plot([t["batch"] for t in sweep], [t["images_per_s"] for t in sweep], marker="o")
-    right.set_xscale("log", base=2)
-    right.set_xlabel("batch size")
-    right.set_ylabel("images/s")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
 def main(argv: list[str]) -> int:
     """CLI of ``python -m worker bench``."""
     parser = argparse.ArgumentParser(prog="python -m worker bench", description=__doc__.splitlines()[0])
@@ -173,12 +147,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--eager", help="module:factory building the eager model, to compare with TorchScript")
     parser.add_argument("--budget-s", type=float, default=1.0, help="timing budget per configuration")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
-    parser.add_argument("--plot", type=Path, help="also draw a PNG here (needs matplotlib: the bench extra)")
+    parser.add_argument("--plot", type=Path, help="also draw a PNG here (from a checkout, bench extra)")
     args = parser.parse_args(argv)
     result = report(args.model, args.device, args.max_batch, args.eager, args.budget_s, args.max_batch_latency_ms)
     print(render(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-    if args.plot and plot(result, args.plot) is None:
-        print("no plot: matplotlib is not installed (pip install '.[bench]')", file=sys.stderr)
+    if args.plot:
+        try:  # plotting lives with the benchmarks (matplotlib is not a worker dependency)
+            from bench.plots import practices_plot
+        except ImportError:
+            print("no plot: run from a checkout with the bench extra (python -m bench.practices)", file=sys.stderr)
+            return 0
+        if practices_plot(result, args.plot) is None:
+            print("no plot: matplotlib is not installed (pip install '.[bench]')", file=sys.stderr)
     return 0

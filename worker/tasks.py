@@ -1,4 +1,4 @@
-"""The allow-list of job functions, job validation, and ``classify`` for a plain ``rq worker``.
+"""``classify`` for a plain ``rq worker``: one job at a time, the same checks and result as the batch worker.
 
 ``classify`` is what a plain ``rq worker -w rq.SimpleWorker -S producer.serializer.MsgpackSerializer``
 runs, one job at a time, with the model loaded once per process from ``WORKER_MODEL``. The batch
@@ -15,67 +15,27 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+import torch
 from rq import get_current_job
-from rq.exceptions import DeserializationError
 from rq.job import Job
 
-from producer.protocol import (
-    DEFAULT_MAX_IMAGE_BYTES,
-    MAX_META_BYTES,
-    TASK_NAME,
-    ProtocolError,
-    job_kwargs,
-    make_result,
-    parse_job_args,
-    results_channel,
-)
-from producer.serializer import SerializationError, dumps
+from producer.protocol import DEFAULT_MAX_IMAGE_BYTES, job_kwargs, make_result, results_channel
+from producer.serializer import dumps
 
+from .decode.cpu import Limits, Preprocess
+from .decode.pool import decode_one
 from .errors import JobError
-from .images import ImageError, Limits, Preprocess, decode
+from .jobs import checked_args
 from .model import Classifier, load_model
 
 log = logging.getLogger(__name__)
 
-ALLOWED_TASKS = frozenset({TASK_NAME})
-
-
-def job_inputs(job: Job) -> tuple[bytes, dict[str, Any]]:
-    """A job's ``(image, meta)`` after checking its function against the allow-list.
-
-    The function name is compared as a string: a name outside the list is never imported.
-    """
-    try:
-        name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
-    except DeserializationError as exc:
-        raise JobError("bad_job_data", f"job data is not msgpack job data: {exc.__cause__ or exc}") from exc
-    if name not in ALLOWED_TASKS or instance is not None:
-        raise JobError("forbidden_function", f"function {name!r} is not allow-listed")
-    return checked_args(args, kwargs)
-
-
-def checked_args(args: Any, kwargs: Any) -> tuple[bytes, dict[str, Any]]:
-    """Validate classify's arguments; raise ``JobError("bad_request")``."""
-    try:
-        image, meta = parse_job_args(args, kwargs)
-        meta_bytes = len(dumps(meta))
-    except (ProtocolError, SerializationError) as exc:
-        raise JobError("bad_request", str(exc)) from exc
-    if meta_bytes > MAX_META_BYTES:
-        raise JobError("bad_request", f"meta is {meta_bytes} bytes, over the limit of {MAX_META_BYTES}")
-    deadline = kwargs.get("deadline")
-    if deadline is not None and time.time() > deadline:
-        late = time.time() - deadline
-        raise JobError("expired", f"the job's deadline passed {late:.3f} s before it could run; not classified")
-    return image, meta
-
-
-def decode_image(data: bytes, spec: Preprocess, limits: Limits) -> Any:
-    """``images.decode`` with its errors as ``JobError`` (deterministic: never retried)."""
-    try:
-        return decode(data, spec, limits)
-    except ImageError as exc:
-        raise JobError(exc.kind, str(exc)) from exc
+def decode_image(data: bytes, spec: Preprocess, limits: Limits) -> torch.Tensor:
+    """One image as a uint8 ``[H, W, 3]`` tensor; bad input raises ``JobError`` (never retried)."""
+    result = decode_one(data, spec, limits)
+    if result.error is not None:
+        raise result.error
+    return torch.frombuffer(bytearray(result.pixels), dtype=torch.uint8).view(spec.size[0], spec.size[1], 3)
 
 
 def ms_since(when: datetime | None, now: datetime) -> float:

@@ -1,0 +1,86 @@
+"""The Redis store's cost per batch: round trips that do not grow with the batch size (real Redis)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+from redis.client import Pipeline
+from rq.job import Job, JobStatus
+
+from producer import Producer
+from producer.protocol import make_result
+from producer.serializer import MsgpackSerializer
+from worker.store import Outcome
+from worker.store.rq import RedisStore
+
+
+class CountingPipeline(Pipeline):
+    def execute(self, raise_on_error: bool = True):
+        self.client_counter["round_trips"] += 1
+        return super().execute(raise_on_error)
+
+
+class CountingRedis(redis.Redis):
+    """A real client that counts round trips: each command, or each pipeline, is one."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.counter = {"round_trips": 0}
+
+    def execute_command(self, *args, **options):
+        self.counter["round_trips"] += 1
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint=None) -> Pipeline:
+        pipe = CountingPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        pipe.client_counter = self.counter
+        return pipe
+
+
+@pytest.fixture
+def store(redis_url):
+    conn = CountingRedis.from_url(redis_url)
+    store = RedisStore(conn, "classify", "test:cpu:1")
+    store.register()
+    yield store
+    store.unregister()
+
+
+def ok(job) -> Outcome:
+    return Outcome(job, make_result(job.job_id, model="m@1", worker="w", timings_ms={}, meta={}, topk=[("a", 1.0)]))
+
+
+def test_a_batch_costs_two_round_trips_whatever_its_size_when_jobs_are_waiting(store, redis_url, conn):
+    producer, trips = Producer(redis_url), {}
+    for n in (2, 8, 32):
+        ids = producer.enqueue_many([b"img"] * n)
+        before = store.connection.counter["round_trips"]
+        jobs = store.take(n, 1.0)
+        store.finish([ok(job) for job in jobs])
+        trips[n] = store.connection.counter["round_trips"] - before
+        assert [j.job_id for j in jobs] == ids
+        assert {Job.fetch(i, connection=conn, serializer=MsgpackSerializer).get_status() for i in ids} == {
+            JobStatus.FINISHED
+        }
+    assert trips[2] == trips[8] == trips[32] == 2, trips
+
+
+def test_a_take_on_an_empty_queue_blocks_then_starts_in_one_more_round_trip(store, redis_url):
+    found: list = []
+    before = store.connection.counter["round_trips"]
+    taker = threading.Thread(target=lambda: found.extend(store.take(8, 5.0)))
+    taker.start()
+    (job_id,) = Producer(redis_url).enqueue_many([b"img"])
+    taker.join(10)
+    assert [j.job_id for j in found] == [job_id]
+    assert store.connection.counter["round_trips"] - before == 3  # the empty script, BLMOVE, the script
+
+
+def test_a_queued_id_whose_job_hash_is_gone_is_dropped_and_answered(store, redis_url, conn):
+    ids = Producer(redis_url).enqueue_many([b"a", b"b", b"c"])
+    conn.delete(Job.key_for(ids[1]))
+    jobs = store.take(8, 1.0)
+    assert [j.job_id for j in jobs] == [ids[0], ids[2]]
+    assert conn.llen("rq:queue:classify") == 0 and conn.llen("rq:queue:classify:intermediate") == 0

@@ -1,0 +1,114 @@
+"""The producer CLI against a real worker: push --wait prints top-3 per image; listen prints results."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from ..conftest import IMAGES, ROOT, wait_for_workers
+
+
+def test_push_wait_prints_top3_for_each_image_and_listen_sees_them(redis_url, conn, start_worker):
+    start_worker("--batch-size", "8")
+    wait_for_workers(conn)
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "producer", "--redis-url", redis_url, "listen", "--count", "3", "--json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert "listening on classify:results" in listener.stderr.readline()
+    pushed = subprocess.run(
+        [sys.executable, "-m", "producer", "--redis-url", redis_url, "push", "--wait",
+         str(IMAGES / "coffee.jpg"), str(IMAGES / "cat.jpg"), str(IMAGES / "odd*.webp")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    lines = pushed.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines[:3]] == ["coffee.jpg", "cat.jpg", "odd.webp"]
+    assert all(line.count("class") == 3 for line in lines[:3])
+    assert "3 sent, 3 ok, 0 failed" in lines[-1]
+    out, _ = listener.communicate(timeout=30)
+    assert listener.returncode == 0 and len(out.strip().splitlines()) == 3
+
+
+def test_status_shows_queue_failures_and_live_workers(redis_url, conn, start_worker):
+    import json
+    import subprocess
+    import sys
+
+    from producer import Producer
+
+    from ..conftest import ROOT, image_bytes, wait_for, wait_for_workers
+
+    start_worker("--name", "gpu-host:cpu:4242", "--worker-ttl-s", "3")
+    wait_for_workers(conn)
+    producer = Producer(redis_url)
+    ids = producer.enqueue_many([image_bytes("cat.jpg")] * 5 + [b"junk"])
+    for job_id in ids[:5]:
+        producer.result(job_id, timeout=60)
+    wait_for(lambda: int(conn.hget("rq:worker:gpu-host:cpu:4242", "batches") or 0) > 0, 30)
+
+    def status(*extra: str) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "producer", "--redis-url", redis_url, "status", *extra]
+        return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    data = json.loads(status("--json").stdout)
+    assert data["queued"] == 0 and data["failed"] == 1 and data["finished"] == 5
+    (worker,) = data["workers"]
+    assert worker["name"] == "gpu-host:cpu:4242" and worker["device"] == "cpu"
+    assert worker["batches"] >= 1 and worker["jobs_ok"] == 5 and worker["last_heartbeat_s_ago"] < 10
+    text = status().stdout
+    assert "gpu-host:cpu:4242" in text and "1 failed" in text and "1 worker(s) alive" in text
+
+
+def test_worker_logs_json_lines_with_its_configuration_and_no_secret(conn, redis_url, tiny_model_path):
+    import json
+    import subprocess
+    import sys
+
+    from ..conftest import ROOT
+
+    conn.execute_command("ACL", "SETUSER", "logtest", "on", ">s3cret-pass", "~*", "&*", "+@all")
+    url = redis_url.replace("redis://", "redis://logtest:s3cret-pass@")
+    env = {"WORKER_LOG_JSON": "1", "WORKER_BURST": "1", "PATH": "/usr/bin:/bin"}
+    args = [sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", url]
+    args += ["--idle-wait-ms", "100"]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert lines and all({"ts", "level", "logger", "pid", "msg"} <= set(entry) for entry in lines)
+    (config,) = [e for e in lines if e["msg"].startswith("effective configuration")]
+    settings = json.loads(config["msg"].removeprefix("effective configuration "))
+    assert settings["log_json"] is True and settings["burst"] is True and "logtest:***@" in settings["redis_url"]
+    assert "s3cret-pass" not in proc.stderr
+    conn.acl_deluser("logtest")
+
+
+def test_push_shows_a_progress_bar_on_a_terminal_and_plain_lines_otherwise(redis_url, conn, start_worker):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from ..conftest import IMAGES, ROOT
+
+    start_worker("--batch-size", "8")
+    args = [sys.executable, "-m", "producer", "--redis-url", redis_url, "push", str(IMAGES), "--wait"]
+    plain = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "sent," in plain.stdout and "images/s" in plain.stdout and "[#" not in plain.stderr
+    assert sum(1 for line in plain.stdout.splitlines() if "FAILED" in line or " ms)" in line) == 20
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    out, _ = proc.communicate(timeout=120)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert b"[" + b"#" * 30 + b"] 20/20" in seen and b"images/s" in seen
+    assert "sent," in out and " ms)" not in out  # on a terminal, the bar instead of a line per image

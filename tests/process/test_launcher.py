@@ -1,0 +1,51 @@
+"""The per-device launcher on CPU: two supervised workers, a crashed one restarted, SIGTERM stops all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from rq import Worker
+
+from producer import Producer
+from worker.launcher import parse_devices
+
+from ..conftest import ROOT, image_bytes, wait_for
+
+
+def test_device_specs():
+    assert parse_devices("cpu:2") == ["cpu", "cpu"]
+    assert parse_devices("0,1,3") == ["cuda:0", "cuda:1", "cuda:3"]
+    with pytest.raises(SystemExit, match="cpu:N"):
+        parse_devices("gpus please")
+
+
+def test_all_without_a_gpu_says_so(tiny_model_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--devices", "all"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode != 0 and "no NVIDIA GPU" in proc.stderr and "cpu:N" in proc.stderr
+
+
+def test_two_cpu_workers_restart_and_stop_together(redis_url, conn, tiny_model_path):
+    args = [sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", redis_url,
+            "--devices", "cpu:2", "--idle-wait-ms", "200"]  # fmt: skip
+    launcher = subprocess.Popen(args, cwd=ROOT)
+    try:
+        wait_for(lambda: len(Worker.all(connection=conn)) == 2, 120)
+        names = {w.name for w in Worker.all(connection=conn)}
+        assert all(n.split(":")[1] == "cpu" for n in names)
+        victim_name = sorted(names)[0]
+        os.kill(int(victim_name.rsplit(":", 1)[1]), signal.SIGKILL)
+        wait_for(lambda: {w.name for w in Worker.all(connection=conn)} - names, 120)  # a new worker took its place
+        assert Producer(redis_url).classify(image_bytes("cat.jpg"), timeout=60)["ok"]
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=90) == 0
+        # every child unregistered on its way out (the SIGKILLed one's key just expires)
+        assert {w.name for w in Worker.all(connection=conn)} <= {victim_name}
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()

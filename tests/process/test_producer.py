@@ -1,0 +1,47 @@
+"""Producer behaviour against a real Redis (no worker needed for these)."""
+
+from __future__ import annotations
+
+import pytest
+from rq import Queue
+from rq.job import Job
+
+from producer import JobTimeout, Producer
+from producer.protocol import TASK_NAME
+from producer.serializer import MsgpackSerializer
+
+from ..conftest import IMAGES, image_bytes, wait_for_workers
+
+
+def test_jobs_are_msgpack_rq_jobs_for_the_classify_task_with_retry(redis_url, conn):
+    job_id = Producer(redis_url).enqueue(IMAGES / "cat.jpg", meta={"ad": 7})
+    job = Job.fetch(job_id, connection=conn, serializer=MsgpackSerializer)
+    assert job.func_name == TASK_NAME and job.kwargs == {"image": image_bytes("cat.jpg"), "meta": {"ad": 7}}
+    assert job.retries_left == 2 and job.origin == "classify"
+    assert Queue("classify", connection=conn).job_ids == [job_id]
+
+
+def test_a_caller_chosen_job_id_makes_enqueue_idempotent(redis_url, conn):
+    producer = Producer(redis_url)
+    assert producer.enqueue(b"one", job_id="ad-1") == "ad-1"
+    assert producer.enqueue_many([b"two", b"three"], job_ids=["ad-1", None])[0] == "ad-1"
+    queue = Queue("classify", connection=conn)
+    assert queue.count == 2 and queue.job_ids[0] == "ad-1"
+    assert Job.fetch("ad-1", connection=conn, serializer=MsgpackSerializer).kwargs["image"] == b"one"
+
+
+def test_result_times_out_clearly(redis_url):
+    producer = Producer(redis_url)
+    with pytest.raises(JobTimeout, match="no such job"):
+        producer.result("never-enqueued", timeout=0.2)
+    job_id = producer.enqueue(b"x")
+    with pytest.raises(JobTimeout) as waited:
+        producer.result(job_id, timeout=0.2)
+    assert "no such job" not in str(waited.value)
+
+
+def test_classify_enqueues_and_waits(redis_url, conn, start_worker):
+    start_worker()
+    wait_for_workers(conn)
+    result = Producer(redis_url).classify(IMAGES / "coffee.jpg", timeout=60, meta={"k": 1})
+    assert result["ok"] and result["meta"] == {"k": 1}

@@ -1,0 +1,94 @@
+"""Redis ACLs: a producer that may only enqueue and read results, a worker without admin commands."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from producer import Producer
+
+from ..conftest import image_bytes, wait_for_workers
+
+# Keep in step with docs/security.md.
+PRODUCER_ACL = ("on >producer-secret resetkeys ~rq:job:* ~rq:queue:classify ~rq:queues ~rq:results:* "
+                "resetchannels &classify:results -@all +ping +hset +hget +hgetall +rpush +sadd +exists +llen "
+                "+xread +xrevrange +multi +exec +subscribe +unsubscribe")  # fmt: skip
+WORKER_ACL = ("on >worker-secret resetkeys ~rq:* resetchannels &classify:results "
+              "+@all -@admin -@dangerous +info +client|setname +script|load")  # fmt: skip
+
+
+@pytest.fixture
+def acl_users(redis_url, conn):
+    conn.acl_setuser("producer", reset=True)
+    conn.execute_command("ACL", "SETUSER", "producer", *PRODUCER_ACL.split())
+    conn.execute_command("ACL", "SETUSER", "worker", "reset", *WORKER_ACL.split())
+    base = redis_url.removeprefix("redis://")
+    yield f"redis://producer:producer-secret@{base}", f"redis://worker:worker-secret@{base}"
+    conn.acl_deluser("producer", "worker")
+
+
+def test_least_privilege_users_run_the_whole_path(acl_users, conn, start_worker):
+    producer_url, worker_url = acl_users
+    start_worker("--redis-url", worker_url)
+    wait_for_workers(conn)
+    producer = Producer(producer_url)
+    assert producer.classify(image_bytes("cat.jpg"), timeout=60)["ok"]
+    with producer.subscribe() as sub:
+        job_id = producer.enqueue(image_bytes("coffee.jpg"))
+        assert sub.get(timeout=60)["job_id"] == job_id
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        producer.connection.flushall()
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        producer.connection.delete("rq:queue:classify")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        redis.Redis.from_url(worker_url).flushall()
+
+
+def _certs(folder) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    import subprocess
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.pem",
+        "-days", "2", "-extfile", "ext")  # fmt: skip
+    return str(folder / "ca.pem"), str(folder / "srv.pem"), str(folder / "srv.key")
+
+
+def test_tls_rediss_url_for_worker_and_producer(tmp_path, tiny_model_path):
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from bench.devserver import RedisServer, RedisServerError, find_redis_server, free_port
+
+    from ..conftest import ROOT
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl CLI to make test certificates")
+    ca, cert, key = _certs(tmp_path)
+    tls_port = free_port()
+    tls = ["--tls-port", str(tls_port), "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca,
+           "--tls-auth-clients", "no"]  # fmt: skip
+    try:
+        server = RedisServer(binary=find_redis_server(False), extra_args=tls).start()
+    except RedisServerError as exc:
+        pytest.skip(f"this redis-server has no TLS: {exc}")
+    url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}&ssl_cert_reqs=required"
+    proc = subprocess.Popen([sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", url],
+                            cwd=ROOT)  # fmt: skip
+    try:
+        assert Producer(url).classify(image_bytes("cat.jpg"), timeout=60)["ok"]
+        plain = redis.Redis.from_url(f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required")
+        with pytest.raises(redis.ConnectionError):  # an unknown CA is refused: the certificate is checked
+            plain.ping()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        server.stop()

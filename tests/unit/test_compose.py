@@ -1,0 +1,52 @@
+"""docker-compose.yml can't run here (no Docker engine): check that it agrees with the CLI instead."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from worker.config import FLAGS, add_arguments
+
+from ..conftest import ROOT
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+WORKERS = {name: s for name, s in SERVICES.items() if s.get("command", [])[:3] == ["python", "-m", "worker"]}
+ENV_TWINS = {env for _, env, _, _ in FLAGS} | {"WORKER_BURST"}
+
+
+def test_redis_is_persistent_and_health_checked():
+    redis = SERVICES["redis"]
+    assert redis["image"].startswith("redis:7") and "--appendonly" in redis["command"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert any(v.endswith(":/data") for v in redis["volumes"]) and "ping" in redis["healthcheck"]["test"]
+
+
+def test_workers_are_configured_by_environment_the_cli_knows():
+    assert {"worker-gpu0", "worker-gpu1", "workers-all-gpus"} <= set(WORKERS)
+    for name, service in WORKERS.items():
+        unknown = set(service["environment"]) - ENV_TWINS
+        assert not unknown, (name, unknown)
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        parser.parse_args(service["command"][3:])  # every flag in the command exists
+        assert service["environment"]["WORKER_MODEL"].startswith("/models/")
+        assert "./models:/models:ro" in service["volumes"]
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def test_one_service_per_gpu_and_one_container_for_all():
+    ids = [WORKERS[f"worker-gpu{k}"]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for k in (0, 1)]
+    assert ids == [["0"], ["1"]]
+    every = WORKERS["workers-all-gpus"]
+    assert every["command"][3:] == ["--devices", "all"] and "all-gpus" in every["profiles"]
+    assert every["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "all"
+
+
+def test_demo_producer_pushes_the_sample_images():
+    producer = SERVICES["producer"]
+    assert producer["command"][:4] == ["python", "-m", "producer", "push"] and "demo" in producer["profiles"]
+    assert producer["environment"]["REDIS_URL"] == WORKERS["worker-gpu0"]["environment"]["REDIS_URL"]

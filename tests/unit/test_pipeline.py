@@ -1,0 +1,205 @@
+"""The streaming pipeline on the in-memory store: milliseconds, no Redis, no model file."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from worker.decode import DecodeResult
+from worker.errors import JobError
+from worker.infer import Predictor
+from worker.pipeline import InHand, Pipeline, PipelineSettings
+from worker.store import StoreUnavailable
+from worker.store.memory import MemoryBroker, MemoryStore
+
+
+class PassThrough:
+    """A decoder whose pixels are the job's bytes; ``b"bad"`` is refused like a corrupt image."""
+
+    def submit(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
+        error = JobError("unsupported_image", "not an image") if data == b"bad" else None
+        done(DecodeResult(None if error else data, error, time.monotonic(), 0.01))
+
+    def close(self) -> None:
+        pass
+
+
+class Recorder:
+    """A model stand-in: records each batch (and how many jobs were in hand then), answers top-1."""
+
+    def __init__(self, cap: int, hand: InHand | None = None, gate: threading.Event | None = None) -> None:
+        self.cap, self.tag, self.hand, self.gate = cap, "fake@1", hand, gate
+        self.batches: list[list[bytes]] = []
+        self.in_hand_at_batch: list[int] = []
+
+    def predict(self, pixels: list[bytes]) -> tuple[list, float]:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.batches.append(pixels)
+        self.in_hand_at_batch.append(len(self.hand.held) if self.hand else -1)
+        return [[(p.decode(), 1.0)] for p in pixels], 0.1
+
+
+def run(store: MemoryStore, predictor, *, hand: InHand | None = None, burst: bool = True,
+        stop: threading.Event | None = None, max_wait_ms: float = 1.0) -> int:  # fmt: skip
+    settings = PipelineSettings("w1", max_wait_ms=max_wait_ms, idle_wait_ms=20, burst=burst)
+    return Pipeline(store, PassThrough(), predictor, settings, stop or threading.Event(), hand=hand).run()
+
+
+def fill(broker: MemoryBroker, images: list[bytes], **kwargs) -> list[str]:
+    return [broker.enqueue({"image": image, "meta": {"i": i}}, **kwargs) for i, image in enumerate(images)]
+
+
+def test_every_job_is_answered_in_batches_no_larger_than_the_cap():
+    broker = MemoryBroker()
+    ids = fill(broker, [f"img{i}".encode() for i in range(50)])
+    predictor = Recorder(cap=8)
+    assert run(MemoryStore(broker, "w1"), predictor) == 50
+    assert all(broker.status(i) == "finished" for i in ids)
+    assert max(len(b) for b in predictor.batches) <= 8 and sum(len(b) for b in predictor.batches) == 50
+    results = {r["job_id"]: r for r in broker.published}
+    assert results[ids[7]]["label"] == "img7" and results[ids[7]]["meta"] == {"i": 7}
+
+
+def test_a_bad_image_fails_alone_and_its_batch_mates_succeed():
+    broker = MemoryBroker()
+    ids = fill(broker, [b"a", b"bad", b"c"])
+    run(MemoryStore(broker, "w1"), Recorder(cap=8))
+    assert [broker.status(i) for i in ids] == ["finished", "failed", "finished"]
+    failed = next(r for r in broker.published if r["job_id"] == ids[1])
+    assert failed["error"]["type"] == "unsupported_image" and failed["ok"] is False
+
+
+def test_a_job_lost_with_a_worker_before_runs_alone_with_nothing_else_in_hand():
+    broker = MemoryBroker()
+    fill(broker, [b"a", b"b"])
+    suspect = broker.enqueue({"image": b"suspect"})
+    broker.jobs[suspect].lost = 1
+    fill(broker, [b"c", b"d"])
+    hand = InHand()
+    predictor = Recorder(cap=8, hand=hand)
+    run(MemoryStore(broker, "w1"), predictor, hand=hand)
+    alone = predictor.batches.index([b"suspect"])
+    assert predictor.in_hand_at_batch[alone] == 1
+    assert broker.status(suspect) == "finished"
+
+
+def test_jobs_in_hand_are_bounded_to_a_few_batches():
+    broker = MemoryBroker()
+    fill(broker, [b"x"] * 100)
+    gate, stop = threading.Event(), threading.Event()
+    predictor = Recorder(cap=4, gate=gate)
+    thread = threading.Thread(target=run, args=(MemoryStore(broker, "w1"), predictor), kwargs={"stop": stop})
+    thread.start()
+    deadline = time.monotonic() + 5
+    while len(broker.queue) > 100 - 12 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.05)  # give the taker every chance to over-take while the model is blocked
+    assert len(broker.queue) == 100 - 12  # 3 batches of 4 in hand, no more
+    stop.set()
+    gate.set()
+    thread.join(10)
+    assert len(broker.queue) == 100 - 12 and all(j.status in ("finished", "queued") for j in broker.jobs.values())
+
+
+def test_stop_finishes_and_acknowledges_everything_in_hand_and_takes_no_more():
+    broker = MemoryBroker()
+    ids = fill(broker, [b"x"] * 40)
+    gate, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=run, args=(MemoryStore(broker, "w1"), Recorder(cap=4, gate=gate)),
+                              kwargs={"stop": stop, "burst": False})  # fmt: skip
+    thread.start()
+    while len(broker.queue) == 40:
+        time.sleep(0.001)
+    stop.set()
+    gate.set()
+    thread.join(10)
+    states = [broker.status(i) for i in ids]
+    assert not thread.is_alive() and "started" not in states
+    assert states.count("finished") >= 4 and states.count("queued") == len(broker.queue) > 0
+
+
+class FlakyStore(MemoryStore):
+    """The store goes away for the first ``outage`` finish calls (Redis down), then comes back."""
+
+    def __init__(self, broker: MemoryBroker, outage: int) -> None:
+        super().__init__(broker, "w1")
+        self.outage, self.calls = outage, 0
+
+    def finish(self, outcomes):
+        self.calls += 1
+        if self.calls <= self.outage:
+            raise StoreUnavailable("connection refused")
+        return super().finish(outcomes)
+
+
+def test_finished_batches_are_kept_through_an_outage_and_written_once_it_ends(monkeypatch):
+    monkeypatch.setattr("worker.pipeline.time.sleep", lambda s: None)  # the back-off, not the behaviour
+    broker = MemoryBroker()
+    ids = fill(broker, [b"x"] * 20)
+    store = FlakyStore(broker, outage=3)
+    assert run(store, Recorder(cap=4)) == 20
+    assert store.calls > 3 and all(broker.status(i) == "finished" for i in ids)
+    assert sorted(r["job_id"] for r in broker.published) == sorted(ids)  # each once
+
+
+class TinyModel(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class OomAbove(Predictor):
+    """A real ``Predictor`` whose model runs out of memory on batches larger than ``limit``."""
+
+    def __init__(self, limit: int, cap: int, fail_all: bool = False) -> None:
+        from worker.decode.cpu import Preprocess
+        from worker.model import Classifier, ModelInfo
+
+        info = ModelInfo("tiny", "1", ("r", "g", "b"), Preprocess(size=(2, 2), resize="stretch"))
+        model = Classifier(TinyModel().eval(), info, torch.device("cpu"), buckets=[1, 2, 4, 8])
+        original = model.predict
+
+        def predict(batch: torch.Tensor, k: int = 5):
+            if fail_all:
+                raise RuntimeError("device-side assert")
+            if batch.shape[0] > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return original(batch, k)
+
+        model.predict = predict  # type: ignore[method-assign]
+        super().__init__(model, cap, topk=1)
+
+
+def test_out_of_memory_splits_the_batch_answers_every_job_and_lowers_the_cap():
+    broker = MemoryBroker()
+    ids = fill(broker, [bytes([i, 0, 0] * 4) for i in range(8)])
+    predictor = OomAbove(limit=2, cap=8)
+    run(MemoryStore(broker, "w1"), predictor, max_wait_ms=50)
+    assert all(broker.status(i) == "finished" for i in ids)
+    assert predictor.cap == 2 and predictor.model.buckets[-1] == 2
+
+
+def test_a_model_error_is_retried_then_failed_clearly():
+    broker = MemoryBroker()
+    (job_id,) = fill(broker, [bytes(12)], retries=2)
+    run(MemoryStore(broker, "w1"), OomAbove(limit=8, cap=8, fail_all=True))
+    assert broker.status(job_id) == "failed" and broker.jobs[job_id].retries_left == 0
+    (result,) = [r for r in broker.published if r["job_id"] == job_id]  # published once, at the end
+    assert result["error"]["type"] == "model_error" and "device-side assert" in result["error"]["message"]
+
+
+@pytest.mark.parametrize("kind", ["forbidden", "expired"])
+def test_jobs_that_may_not_run_never_reach_the_model(kind):
+    broker = MemoryBroker()
+    if kind == "forbidden":
+        job_id = broker.enqueue({"cmd": "id"}, func_name="os.system")
+    else:
+        job_id = broker.enqueue({"image": b"x", "deadline": time.time() - 1})
+    predictor = Recorder(cap=4)
+    run(MemoryStore(broker, "w1"), predictor)
+    assert predictor.batches == [] and broker.status(job_id) == "failed"
+    assert broker.published[0]["error"]["type"] == {"forbidden": "forbidden_function", "expired": "expired"}[kind]

@@ -1,0 +1,33 @@
+"""The decode stage: image bytes to the model's fixed-size uint8 pixels, one image at a time, off the loop.
+
+``Decoder`` is the interface the pipeline uses; ``worker.decode.pool`` has the thread and process
+pools that run ``worker.decode.cpu`` (Pillow). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import JobError
+
+
+@dataclass
+class DecodeResult:
+    """One image decoded (``pixels``: ``H*W*3`` uint8 bytes) or refused (``error``); when and how long."""
+
+    pixels: bytes | None
+    error: JobError | None
+    started: float  # time.monotonic() when decoding began
+    ms: float
+
+
+class Decoder(Protocol):
+    """Decodes images in the background; ``done`` is called once per submitted image, from any thread."""
+
+    def submit(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
+        """Queue one image."""
+
+    def close(self) -> None:
+        """Finish what was submitted (every ``done`` has been called on return), then stop."""

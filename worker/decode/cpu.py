@@ -1,0 +1,168 @@
+"""The CPU decoder: untrusted image bytes to the model's fixed input size with Pillow (no torch here).
+
+Each image is decoded on its own (a bad one fails alone). Output is the raw uint8 ``H x W x 3``
+pixels; the decode pool wraps them as a tensor, and scaling and normalisation happen on the
+device, on the whole batch (see ``worker.model``). No torch import, so decode processes and the
+settings module stay light.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+DEFAULT_MAX_PIXELS = 40_000_000
+CROP_RATIO = 0.875
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; ``kind`` becomes the result's ``error.type``."""
+
+    kind = "bad_image"
+
+
+class ImageTooLarge(ImageError):
+    """Too many bytes, or too many pixels (a decompression bomb)."""
+
+    kind = "image_too_large"
+
+
+class UnsupportedImage(ImageError):
+    """Not an image, a format we do not read, or a corrupt/truncated file."""
+
+    kind = "unsupported_image"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels become model input: see docs/model-format.md."""
+
+    size: tuple[int, int]  # (H, W)
+    resize: str = "center_crop"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> Preprocess:
+        """Build from ``preprocess.json``; raise ``ValueError`` on a malformed spec."""
+        size = tuple(int(v) for v in spec["size"])
+        mean = tuple(float(v) for v in spec.get("mean", cls.mean))
+        std = tuple(float(v) for v in spec.get("std", cls.std))
+        resize = spec.get("resize", "center_crop")
+        if len(size) != 2 or min(size) < 1 or len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"bad preprocess spec: {spec!r}")
+        if resize not in ("center_crop", "stretch"):
+            raise ValueError(f"unknown resize {resize!r}: use center_crop or stretch")
+        return cls(size=size, resize=resize, mean=mean, std=std)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict:
+        """The ``preprocess.json`` map."""
+        return {"size": list(self.size), "resize": self.resize, "mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an image may cost us before we refuse it."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def open_image(data: bytes, limits: Limits) -> Image.Image:
+    """Open, check limits, apply EXIF orientation and convert to RGB; raise ``ImageError``."""
+    if not data:
+        raise UnsupportedImage("empty image bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"decompression bomb refused: {exc}") from exc
+    except (Image.DecompressionBombWarning, UnidentifiedImageError) as exc:
+        raise UnsupportedImage(f"not a supported image ({'/'.join(ALLOWED_FORMATS)}): {_clean(exc)}") from exc
+    except Exception as exc:  # Pillow's parsers raise any type on hostile bytes
+        raise UnsupportedImage(f"corrupt image header: {type(exc).__name__}: {_clean(exc)}") from exc
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise UnsupportedImage(f"image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} pixels, over the limit of {limits.max_pixels}")
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any mode we accept to RGB: alpha is composited on white, 16-bit scaled to 8-bit."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        img = img.convert("I")
+        hi = img.getextrema()[1]
+        if hi > 255:  # real 16-bit data: map 0..65535 (or the image's own maximum) onto 0..255
+            img = img.point(lambda v: v * (255.0 / max(hi, 65535)))
+        img = img.convert("L")
+    elif img.mode == "F":
+        img = img.convert("L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def resize(img: Image.Image, spec: Preprocess) -> Image.Image:
+    """Resize to ``spec.size`` (center_crop: shorter side to round(H / 0.875), then crop H x W)."""
+    height, width = spec.size
+    if spec.resize == "stretch":
+        return img.resize((width, height), Image.Resampling.BILINEAR)
+    short = round(height / CROP_RATIO)
+    w, h = img.size
+    scale = short / min(w, h)
+    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return img.crop((left, top, left + width, top + height))
+
+
+def draft_size(img: Image.Image, spec: Preprocess) -> tuple[int, int]:
+    """The smallest size JPEG DCT scaling may decode to without losing resolution we need."""
+    height, width = spec.size
+    if spec.resize == "stretch":
+        return width, height
+    short = round(height / CROP_RATIO)
+    return max(short, width), max(short, height)
+
+
+def decode(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
+    """Bytes to uint8 ``H x W x 3`` pixels at the model's size; raise ``ImageError`` on bad input."""
+    img = open_image(data, limits)
+    try:
+        rotated = _exif_rotated(img)
+        if img.format == "JPEG" and not rotated:
+            img.draft("RGB", draft_size(img, spec))
+        img.seek(0)  # first frame of an animation
+        if rotated:
+            img = ImageOps.exif_transpose(img)
+        img = resize(to_rgb(img), spec)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"decompression bomb refused: {exc}") from exc
+    except Exception as exc:  # Pillow's decoders raise any type on hostile bytes
+        raise UnsupportedImage(f"corrupt or truncated image: {type(exc).__name__}: {_clean(exc)}") from exc
+    return img.tobytes()
+
+
+def _exif_rotated(img: Image.Image) -> bool:
+    # One EXIF read per image (it costs more than decoding a small JPEG): only rotated images are
+    # transposed. draft() is skipped for them to keep the size maths simple; they are rare.
+    return img.getexif().get(0x0112, 1) not in (1, None)
+
+
+def _clean(exc: BaseException) -> str:
+    """Pillow's message without object reprs such as ``<_io.BytesIO object at 0x...>``."""
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "the image", str(exc))

@@ -1,0 +1,149 @@
+"""Decode pools: threads (Pillow releases the GIL while decoding) or processes (``--decode-workers N``).
+
+Processes get the image bytes through a pipe and hand the decoded pixels back through shared
+memory (one ``SharedMemory`` block per process, copied out once), never pickled. A process whose
+decode runs past ``timeout_s`` is killed and replaced, and that image fails ``decode_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+
+from ..errors import JobError
+from . import DecodeResult
+from .cpu import ImageError, Limits, Preprocess, decode
+
+log = logging.getLogger(__name__)
+
+
+def decode_one(data: bytes, spec: Preprocess, limits: Limits) -> DecodeResult:
+    """Decode in this thread; bad input becomes a ``JobError`` (deterministic: never retried)."""
+    start = time.monotonic()
+    try:
+        pixels, error = decode(data, spec, limits), None
+    except ImageError as exc:
+        pixels, error = None, JobError(exc.kind, str(exc))
+    return DecodeResult(pixels, error, start, (time.monotonic() - start) * 1000)
+
+
+class ThreadDecoder:
+    """``threads`` decoding threads."""
+
+    def __init__(self, spec: Preprocess, limits: Limits, threads: int) -> None:
+        self.spec, self.limits = spec, limits
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+
+    def submit(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
+        """Decode on a pool thread and call ``done`` there."""
+        self.pool.submit(lambda: done(decode_one(data, self.spec, self.limits)))
+
+    def close(self) -> None:
+        """Wait for every submitted image."""
+        self.pool.shutdown(wait=True)
+
+
+def _child(conn: Connection, shm_name: str, spec: Preprocess, limits: Limits) -> None:
+    """A decode process: bytes in through ``conn``, pixels out through the shared block."""
+    shm = SharedMemory(shm_name)
+    try:
+        while True:
+            data = conn.recv_bytes()
+            start = time.monotonic()
+            try:
+                pixels = decode(data, spec, limits)
+                shm.buf[: len(pixels)] = pixels
+                conn.send((len(pixels), None, None, (time.monotonic() - start) * 1000))
+            except ImageError as exc:
+                conn.send((0, exc.kind, str(exc), (time.monotonic() - start) * 1000))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        shm.close()
+
+
+class _Slot:
+    """One decode process, its pipe and its shared block; restarted after a timeout or a crash."""
+
+    def __init__(self, context: multiprocessing.context.SpawnContext, spec: Preprocess, limits: Limits) -> None:
+        self.context, self.spec, self.limits = context, spec, limits
+        self.shm = SharedMemory(create=True, size=spec.size[0] * spec.size[1] * 3)
+        self.start()
+
+    def start(self) -> None:
+        self.conn, child = self.context.Pipe()
+        self.proc = self.context.Process(target=_child, args=(child, self.shm.name, self.spec, self.limits),
+                                         daemon=True, name="decode")  # fmt: skip
+        self.proc.start()
+        child.close()
+
+    def decode(self, data: bytes, timeout_s: float) -> DecodeResult:
+        start = time.monotonic()
+        try:
+            self.conn.send_bytes(data)
+            if not self.conn.poll(timeout_s):
+                self.restart(f"decode ran past {timeout_s} s")
+                error = JobError("decode_timeout", f"decoding took longer than {timeout_s} s; the decoder was replaced")
+                return DecodeResult(None, error, start, (time.monotonic() - start) * 1000)
+            size, kind, message, ms = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            self.restart(f"decode process died: {exc}")
+            error = JobError("unsupported_image", "the image crashed its decoder process")
+            return DecodeResult(None, error, start, (time.monotonic() - start) * 1000)
+        if kind is not None:
+            return DecodeResult(None, JobError(kind, message), start, ms)
+        return DecodeResult(bytes(self.shm.buf[:size]), None, start, ms)
+
+    def restart(self, why: str) -> None:
+        log.warning("%s: replacing decode process %s", why, self.proc.pid)
+        self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+        self.start()
+
+    def close(self) -> None:
+        self.conn.close()
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.shm.close()
+        self.shm.unlink()
+
+
+class ProcessDecoder:
+    """``workers`` decode processes (spawned, torch-free), each fed by its own dispatcher thread."""
+
+    def __init__(self, spec: Preprocess, limits: Limits, workers: int, timeout_s: float = 10.0) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.timeout_s = timeout_s
+        self.tasks: queue.Queue = queue.Queue()
+        self.slots = [_Slot(context, spec, limits) for _ in range(workers)]
+        self.threads = [threading.Thread(target=self._dispatch, args=(s,), name="decode-dispatch", daemon=True)
+                        for s in self.slots]  # fmt: skip
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
+        """Queue one image for the next free process."""
+        self.tasks.put((data, done))
+
+    def _dispatch(self, slot: _Slot) -> None:
+        while (task := self.tasks.get()) is not None:
+            data, done = task
+            done(slot.decode(data, self.timeout_s))
+
+    def close(self) -> None:
+        """Finish every queued image, then stop the processes."""
+        for _ in self.threads:
+            self.tasks.put(None)
+        for thread in self.threads:
+            thread.join()
+        for slot in self.slots:
+            slot.close()

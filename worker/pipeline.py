@@ -1,0 +1,299 @@
+"""The worker's streaming pipeline: take -> decode -> batch -> infer -> finish, every stage always running.
+
+Stages are joined by bounded queues. A job is decoded as soon as it is taken; the batcher forms
+the next batch from jobs already decoded, so the forward pass of batch k overlaps the decoding of
+k+1 and the finishing of k-1. Jobs in hand are bounded (``batches_in_hand`` batches), so other
+workers still get work and a crash strands little. No Redis and no torch here: the pipeline talks
+to a ``QueueStore``, a ``Decoder`` and a ``Predicts``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .batching import next_batch
+from .decode import Decoder, DecodeResult
+from .errors import JobError
+from .jobs import answer, job_inputs
+from .store import JobRecord, Outcome, QueueStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+CLOSED = object()  # end of a stage's stream
+MAX_BACKOFF_S = 30.0
+
+
+class Predicts(Protocol):
+    """The inference stage as the pipeline sees it (``worker.infer.Predictor``)."""
+
+    cap: int
+    tag: str
+
+    def predict(self, pixels: list[bytes]) -> tuple[list[Any], float]:
+        """Top-k (or a ``JobError``) per image, and the forward pass's ms."""
+
+
+class Observer(Protocol):
+    """Whoever records finished batches (``worker.metrics.Metrics``)."""
+
+    def observe_batch(self, results: list[dict[str, Any]], publish_s: float) -> None:
+        """One finished batch."""
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """How the pipeline batches and how much it holds; units in names."""
+
+    worker_name: str
+    max_wait_ms: float = 5.0
+    idle_wait_ms: float = 1000.0
+    batches_in_hand: int = 3
+    burst: bool = False  # stop once a take finds the queue empty
+
+
+@dataclass
+class Item:
+    """A job on its way through the pipeline."""
+
+    job: JobRecord
+    meta: dict[str, Any] = field(default_factory=dict)
+    pixels: bytes | None = None
+    error: JobError | None = None
+    decode_ms: float = 0.0
+
+
+class InHand:
+    """The executions this worker holds (taken, not yet acknowledged), with waits on their count."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.held: set[str] = set()
+
+    def add(self, jobs: list[JobRecord]) -> None:
+        with self.cond:
+            self.held.update(j.execution for j in jobs)
+
+    def release(self, jobs: list[JobRecord]) -> None:
+        with self.cond:
+            self.held.difference_update(j.execution for j in jobs)
+            self.cond.notify_all()
+
+    def wait_until(self, ok: Callable[[int], bool], stop: threading.Event | None = None) -> int:
+        """Wait until ``ok(count)`` (or ``stop`` is set); return the count."""
+        with self.cond:
+            while not ok(len(self.held)) and not (stop is not None and stop.is_set()):
+                self.cond.wait(0.1)
+            return len(self.held)
+
+    def snapshot(self) -> set[str]:
+        with self.cond:
+            return set(self.held)
+
+
+class Stats:
+    """Jobs and batches done, and the pipeline's own cost per job (for the exit log and the heartbeat)."""
+
+    def __init__(self) -> None:
+        self.jobs = self.batches = 0
+        self.to_decode_ms: deque[float] = deque(maxlen=10_000)  # taken -> decode start
+        self.to_publish_ms: deque[float] = deque(maxlen=10_000)  # forward end -> published
+
+    def summary(self) -> str:
+        def p50(values: deque[float]) -> str:
+            return f"{statistics.median(values):.2f}" if values else "n/a"
+
+        return (f"{self.jobs} jobs in {self.batches} batches; pipeline cost p50: taken->decode "
+                f"{p50(self.to_decode_ms)} ms, forward end->published {p50(self.to_publish_ms)} ms")  # fmt: skip
+
+
+class Pipeline:
+    """One worker's stages, wired in the constructor; ``run()`` until ``stop`` is set and all is drained."""
+
+    def __init__(self, store: QueueStore, decoder: Decoder, predictor: Predicts, settings: PipelineSettings,
+                 stop: threading.Event, *, hand: InHand | None = None, stats: Stats | None = None,
+                 observer: Observer | None = None) -> None:  # fmt: skip
+        self.store, self.decoder, self.predictor, self.settings = store, decoder, predictor, settings
+        self.stop, self.observer = stop, observer
+        self.hand, self.stats = hand or InHand(), stats or Stats()
+        self.limit = max(1, settings.batches_in_hand) * predictor.cap
+        self.ready: queue.Queue = queue.Queue(maxsize=self.limit + 1)  # decoded, waiting for a batch
+        self.done: queue.Queue = queue.Queue()  # outcomes waiting to be recorded (bounded by the hand)
+        self.closed = False
+        self.decoding = 0  # images submitted to the decoder and not yet back
+        self.lock = threading.Lock()
+
+    def run(self) -> int:
+        """take -> decode -> batch -> infer -> finish; return the number of jobs finished."""
+        stages = [threading.Thread(target=stage, name=stage.__name__, daemon=True)
+                  for stage in (self.take, self.infer, self.finish)]  # fmt: skip
+        for stage in stages:
+            stage.start()
+        for stage in stages:
+            stage.join()
+        log.info("pipeline stopped: %s", self.stats.summary())
+        return self.stats.jobs
+
+    # -- take and decode -------------------------------------------------------------------------
+    def take(self) -> None:
+        """Take jobs while there is room in hand; each goes to decoding at once."""
+        backoff_s = 0.5
+        while not self.stop.is_set():
+            held = self.hand.wait_until(lambda n: n < self.limit, self.stop)
+            if self.stop.is_set():
+                break
+            try:
+                jobs = self.store.take(min(self.limit - held, self.predictor.cap), self.settings.idle_wait_ms / 1000)
+                backoff_s = 0.5
+            except StoreUnavailable as exc:
+                log.warning("queue store unavailable (%s); retrying in %.1f s", exc, backoff_s)
+                self.stop.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+                continue
+            if not jobs and self.settings.burst:  # done once the queue is empty with nothing in hand
+                if held == 0:
+                    self.stop.set()
+                self.hand.wait_until(lambda n: n == 0)
+            self.hand.add(jobs)
+            for job in sorted(jobs, key=lambda j: j.lost > 0):
+                self._alone(job) if job.lost else self._admit(job)
+        self.decoder.close()  # every submitted image has reached ``ready`` or ``done``
+        self.ready.put(CLOSED)
+
+    def _admit(self, job: JobRecord) -> None:
+        item = Item(job)
+        try:
+            image, item.meta = job_inputs(job)
+        except JobError as err:
+            item.error = err
+            log.warning("job %s failed: %s", job.job_id, err)
+            self.done.put(([self._outcome(item, 1)], time.monotonic()))
+            return
+        with self.lock:
+            self.decoding += 1
+        self.decoder.submit(image, lambda result: self._decoded(item, result))
+
+    def _decoded(self, item: Item, result: DecodeResult) -> None:
+        self._hand_on(item, result)
+        with self.lock:
+            self.decoding -= 1
+
+    def _hand_on(self, item: Item, result: DecodeResult) -> None:
+        self.stats.to_decode_ms.append(max(0.0, result.started - item.job.taken_at) * 1000)
+        item.pixels, item.error, item.decode_ms = result.pixels, result.error, result.ms
+        if item.error is None:
+            self.ready.put(item)
+            return
+        log.warning("job %s failed: %s", item.job.job_id, item.error)
+        self.done.put(([self._outcome(item, 1)], time.monotonic()))
+
+    def _alone(self, job: JobRecord) -> None:
+        """A job lost with a worker before runs alone, with nothing else in hand (it may crash us)."""
+        self.hand.wait_until(lambda n: n <= 1)
+        log.warning("job %s was lost with a worker %d time(s) before: running it alone", job.job_id, job.lost)
+        self._admit(job)
+        self.hand.wait_until(lambda n: n == 0)
+
+    # -- batch and infer ---------------------------------------------------------------------------
+    def infer(self) -> None:
+        """Form batches from decoded jobs and run them; busy -> no extra wait (see ``batching``)."""
+        busy = False
+        while True:
+            batch = next_batch(
+                self._next_ready,
+                max_items=self.predictor.cap,
+                busy=busy,
+                idle_wait_s=0.2,
+                max_wait_s=self.settings.max_wait_ms / 1000,
+                taken_at=lambda i: i.job.taken_at,
+                decoding=lambda: self.decoding,
+            )
+            busy = bool(batch)
+            if batch:
+                preds, infer_ms = self.predictor.predict([item.pixels for item in batch])
+                for item, pred in zip(batch, preds):
+                    item.error = pred if isinstance(pred, JobError) else None
+                outcomes = [self._outcome(item, len(batch), infer_ms, pred) for item, pred in zip(batch, preds)]
+                self.done.put((outcomes, time.monotonic()))
+            elif self.closed:
+                break
+        self.done.put(CLOSED)
+
+    def _next_ready(self, timeout_s: float) -> Item | None:
+        try:
+            item = self.ready.get(timeout=timeout_s) if timeout_s > 0 else self.ready.get_nowait()
+        except queue.Empty:
+            return None
+        if item is CLOSED:
+            self.closed = True
+            return None
+        return item
+
+    def _outcome(self, item: Item, batch: int, infer_ms: float = 0.0, pred: Any = None) -> Outcome:
+        topk = None if item.error is not None else pred
+        result = answer(
+            item.job,
+            model=self.predictor.tag,
+            worker=self.settings.worker_name,
+            meta=item.meta,
+            decode_ms=item.decode_ms,
+            infer_ms=infer_ms,
+            topk=topk,
+            error=item.error,
+            batch=batch,
+        )
+        return Outcome(item.job, result, retry=bool(item.error and item.error.retryable))
+
+    # -- finish ----------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """Record finished batches (all that are ready, in one store call); keep them through outages."""
+        pending: list[tuple[list[Outcome], float]] = []
+        closing, backoff_s = False, 0.5
+        while not (closing and not pending):
+            closing = self._collect(pending, block=not pending) or closing
+            if not pending:
+                continue
+            outcomes = [o for batch, _ in pending for o in batch]
+            try:
+                self.store.finish(outcomes)
+                backoff_s = 0.5
+            except StoreUnavailable as exc:
+                log.warning("queue store unavailable (%s); %d finished job(s) kept, retrying in %.1f s",
+                            exc, len(outcomes), backoff_s)  # fmt: skip
+                time.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+                continue
+            self._acknowledged(pending)
+            pending = []
+
+    def _collect(self, pending: list[tuple[list[Outcome], float]], *, block: bool) -> bool:
+        """Move finished batches from ``done`` to ``pending``; True once the stream is closed."""
+        closed = False
+        try:
+            entry = self.done.get() if block else self.done.get_nowait()
+            while True:
+                if entry is CLOSED:
+                    closed = True
+                else:
+                    pending.append(entry)
+                entry = self.done.get_nowait()
+        except queue.Empty:
+            pass
+        return closed
+
+    def _acknowledged(self, pending: list[tuple[list[Outcome], float]]) -> None:
+        now = time.monotonic()
+        for outcomes, forward_end in pending:
+            self.stats.to_publish_ms.extend([(now - forward_end) * 1000] * len(outcomes))
+            self.stats.jobs += len(outcomes)
+            self.stats.batches += 1
+            if self.observer is not None:
+                self.observer.observe_batch([o.result for o in outcomes], now - forward_end)
+            self.hand.release([o.job for o in outcomes])

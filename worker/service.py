@@ -1,0 +1,109 @@
+"""One worker process, wired: model, queue store, decoder, pipeline, heartbeat; ``run()`` until stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import replace
+
+import redis
+import torch
+
+from .config import WorkerSettings
+from .decode import Decoder
+from .decode.cpu import Limits, Preprocess
+from .decode.pool import ProcessDecoder, ThreadDecoder
+from .heartbeat import Heartbeat
+from .infer import Predictor
+from .model import Classifier, load_model
+from .perf import autotune, choose_threads
+from .pipeline import InHand, Pipeline, PipelineSettings, Stats
+from .store import StoreUnavailable
+from .store.rq import RedisStore
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+
+def prepare_model(settings: WorkerSettings) -> tuple[Classifier, WorkerSettings]:
+    """Load and warm the model; with ``--batch-size auto`` time the buckets and settle the batch size."""
+    auto = settings.batch_size == "auto"
+    max_batch = settings.max_batch_size if auto else int(settings.batch_size)
+    model = load_model(settings.model, settings.device, max_batch, settings.precision, settings.optimize)
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    elif model.device.type == "cpu":
+        choose_threads(model, max_batch)
+    warm = model.warm_up()
+    log.info("warmed up buckets=%s ms=%s", model.buckets, {k: round(v * 1000, 1) for k, v in warm.items()})
+    if auto:
+        chosen, _ = autotune(model, max_batch, settings.max_batch_latency_ms or None)
+        settings = replace(settings, batch_size=chosen)
+    return model, settings
+
+
+def make_decoder(settings: WorkerSettings, spec: Preprocess) -> Decoder:
+    """Processes with ``--decode-workers N``, else ``--decode-threads`` threads."""
+    limits = Limits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
+    if settings.decode_workers > 0:
+        return ProcessDecoder(spec, limits, settings.decode_workers, timeout_s=settings.decode_timeout_s)
+    return ThreadDecoder(spec, limits, settings.decode_threads)
+
+
+def register(store: RedisStore, stop: threading.Event) -> bool:
+    """Register with RQ, waiting out a Redis that is down (capped back-off); False if stopped first."""
+    backoff_s = 0.5
+    while not stop.is_set():
+        try:
+            store.register()
+            return True
+        except StoreUnavailable as exc:
+            log.warning("redis unavailable at start (%s); retrying in %.1f s", exc, backoff_s)
+            stop.wait(backoff_s)
+            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+    return False
+
+
+def run(settings: WorkerSettings, stop: threading.Event) -> int:
+    """Load and warm the model, register, then run the pipeline until ``stop``; return the jobs finished."""
+    loading = time.perf_counter()
+    model, settings = prepare_model(settings)
+    metrics = None
+    if settings.metrics_port:
+        from .metrics import Metrics
+
+        metrics = Metrics(settings.metrics_port, settings.device)
+        metrics.warm_up.set(time.perf_counter() - loading)
+    connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    store = RedisStore(
+        connection,
+        settings.queue,
+        settings.worker_name,
+        worker_ttl_s=settings.worker_ttl_s,
+        max_deliveries=settings.max_deliveries,
+        max_data_bytes=settings.max_image_bytes + (1 << 20),
+    )
+    if not register(store, stop):
+        return 0
+    hand, stats = InHand(), Stats()
+    pipeline_settings = PipelineSettings(settings.worker_name, settings.max_wait_ms, settings.idle_wait_ms,
+                                         burst=settings.burst)  # fmt: skip
+    predictor = Predictor(model, int(settings.batch_size), settings.topk)
+    pipeline = Pipeline(store, make_decoder(settings, model.info.preprocess), predictor, pipeline_settings, stop,
+                        hand=hand, stats=stats, observer=metrics)  # fmt: skip
+    heartbeat = Heartbeat(store, hand, stats, settings.worker_ttl_s, reap_s=min(5.0, settings.worker_ttl_s / 2),
+                          metrics=metrics)  # fmt: skip
+    heartbeat.start()
+    log.info("worker %s listening on queue=%s", settings.worker_name, settings.queue)
+    processed = 0
+    try:
+        processed = pipeline.run()
+    finally:
+        heartbeat.stop()
+        with contextlib.suppress(StoreUnavailable):
+            store.unregister()
+        log.info("worker %s stopped after %d jobs", settings.worker_name, processed)
+    return processed

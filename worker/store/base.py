@@ -1,0 +1,105 @@
+"""The queue store's interface: take, finish, heartbeat, reap, give back; and the records it trades in.
+
+The pipeline talks to a store, never to Redis: ``worker.store.rq.RedisStore`` is the RQ/Redis
+implementation, ``worker.store.memory.MemoryStore`` the in-memory twin with the same contract
+(tests/contract runs one suite against both).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached right now (connection lost, timeout); retry later."""
+
+
+@dataclass
+class JobRecord:
+    """A job taken and started by this worker.
+
+    ``func_name``/``args``/``kwargs`` are the job's call as its data says; ``read_error`` is set
+    instead when the data could not be read. Times: ``enqueued_at``/``started_at`` are Unix seconds,
+    ``taken_at`` is this process's ``time.monotonic()`` when the take returned.
+    """
+
+    job_id: str
+    execution_id: str
+    func_name: str | None = None
+    args: Any = ()
+    kwargs: Any = field(default_factory=dict)
+    read_error: str | None = None
+    enqueued_at: float | None = None
+    started_at: float = 0.0
+    taken_at: float = 0.0
+    lost: int = 0  # times this job was lost with a dead worker before
+    retries_left: int = 0
+    result_ttl_s: int | None = None
+    failure_ttl_s: int | None = None
+
+    @property
+    def execution(self) -> str:
+        """``job_id:execution_id``: how the started registry names this run of the job."""
+        return f"{self.job_id}:{self.execution_id}"
+
+
+@dataclass
+class Outcome:
+    """How a job ended: ``result`` is the result map; ``retry`` re-queues it if it has retries left."""
+
+    job: JobRecord
+    result: dict[str, Any]
+    retry: bool = False
+
+
+@dataclass
+class WorkerStats:
+    """What the heartbeat reports about this worker."""
+
+    jobs: int = 0
+    batches: int = 0
+    images_per_s_1m: float = 0.0
+
+
+class QueueStore(abc.ABC):
+    """Where jobs wait and results go. Every method may raise ``StoreUnavailable``."""
+
+    worker_name: str
+
+    @abc.abstractmethod
+    def register(self) -> None:
+        """Announce this worker (``rq info`` lists it)."""
+
+    @abc.abstractmethod
+    def unregister(self) -> None:
+        """Remove this worker's registration (it stops)."""
+
+    @abc.abstractmethod
+    def take(self, max_jobs: int, timeout_s: float) -> list[JobRecord]:
+        """Wait up to ``timeout_s`` for a first job, then take whatever else is queued, up to
+        ``max_jobs`` in all, and mark them started. Jobs whose data is gone are answered and dropped.
+
+        At most one job lost with a dead worker before (``lost > 0``) is in one take."""
+
+    @abc.abstractmethod
+    def finish(self, outcomes: list[Outcome]) -> list[str]:
+        """Record every job's end, publish every final result, re-queue retries; one atomic step.
+
+        Jobs a reaper gave back meanwhile are skipped (their next run records them); their ids are
+        returned."""
+
+    @abc.abstractmethod
+    def heartbeat(self, stats: WorkerStats) -> int:
+        """Keep this worker alive for another TTL; return the backlog (jobs waiting)."""
+
+    @abc.abstractmethod
+    def reap(self) -> tuple[list[str], list[str]]:
+        """Give back jobs of dead workers and ids stranded between take and start; fail jobs lost
+        too often as ``poison``. Returns ``(requeued ids, poison ids)``."""
+
+    @abc.abstractmethod
+    def give_back(self, in_hand: set[str], min_age_s: float = 10.0) -> list[str]:
+        """Re-queue jobs started under this worker's name whose executions are not ``in_hand``
+        (a start whose reply never arrived). Returns their ids."""

@@ -1,0 +1,275 @@
+"""The queue store on Redis, as RQ lays it out: every job is an RQ job, every worker an RQ worker.
+
+Per take, one script call reads and starts up to N jobs (after one blocking move when the queue
+was empty); per finish, one script call records every outcome and publishes every result. Round
+trips do not grow with the batch size. Key names come from ``producer.rqkeys``, scripts from
+``worker.store.scripts``; no other module of the worker touches Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from base64 import b64encode
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+from uuid import uuid4
+
+import redis
+from rq import Queue, SimpleWorker
+from rq.job import Job
+
+from producer import rqkeys
+from producer.protocol import exc_string_for, make_result, results_channel
+from producer.serializer import MsgpackSerializer, SerializationError, dumps, loads
+
+from .base import JobRecord, Outcome, QueueStore, StoreUnavailable, WorkerStats
+from .scripts import Scripts
+
+log = logging.getLogger(__name__)
+
+STARTED_TTL_S = 360  # how long a started job's entries live without a heartbeat
+DEFAULT_RESULT_TTL_S = 500  # RQ's default for a job without result_ttl
+DEFAULT_FAILURE_TTL_S = 31536000  # RQ's DEFAULT_FAILURE_TTL (one year)
+T = TypeVar("T")
+
+
+class BatchWorker(SimpleWorker):
+    """RQ's identity for our process: registration and the fields ``rq info`` reads. It never runs
+    RQ's own one-job-at-a-time loop."""
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        raise NotImplementedError("BatchWorker runs batches through worker.pipeline")
+
+
+def unavailable(call: Callable[[], T]) -> T:
+    """Run ``call``; a lost or timed-out connection becomes ``StoreUnavailable``."""
+    try:
+        return call()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable(str(exc)) from exc
+
+
+class RedisStore(QueueStore):
+    """One RQ queue on one Redis, for one worker name."""
+
+    def __init__(self, connection: redis.Redis, queue: str, worker_name: str, *, worker_ttl_s: int = 20,
+                 max_deliveries: int = 3, stranded_s: float = 5.0, max_data_bytes: int = 32 << 20) -> None:  # fmt: skip
+        self.connection, self.queue, self.worker_name = connection, queue, worker_name
+        self.worker_ttl_s, self.max_deliveries, self.stranded_s = worker_ttl_s, max_deliveries, stranded_s
+        self.max_data_bytes = max_data_bytes
+        self.channel = results_channel(queue)
+        self.scripts = Scripts(connection)
+        self._rq_worker: BatchWorker | None = None
+        self.keys = {"queue": rqkeys.queue(queue), "intermediate": rqkeys.intermediate(queue),
+                     "wip": rqkeys.started(queue), "worker": rqkeys.worker(worker_name),
+                     "wexec": rqkeys.worker_executions(worker_name)}  # fmt: skip
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def rq_worker(self) -> BatchWorker:
+        """RQ's worker object for our name (built on first use: building it talks to Redis)."""
+        if self._rq_worker is None:
+            queue = Queue(self.queue, connection=self.connection, serializer=MsgpackSerializer)
+            self._rq_worker = unavailable(lambda: BatchWorker([queue], connection=self.connection,
+                                                              name=self.worker_name, serializer=MsgpackSerializer,
+                                                              worker_ttl=self.worker_ttl_s))  # fmt: skip
+        return self._rq_worker
+
+    def register(self) -> None:
+        """Register with RQ (``rq info`` lists us) and load the scripts."""
+        unavailable(lambda: self.rq_worker.register_birth())
+        unavailable(self.scripts.load)
+
+    def unregister(self) -> None:
+        """Register our death with RQ."""
+        unavailable(lambda: self.rq_worker.register_death())
+
+    # -- take ------------------------------------------------------------------------------------
+    def take(self, max_jobs: int, timeout_s: float) -> list[JobRecord]:
+        """What is queued now (one script call); if nothing, one blocking move, then the script."""
+        jobs = unavailable(lambda: self._start([], max_jobs))
+        if jobs or timeout_s < 0.001:
+            return jobs
+        k = self.keys
+        first = unavailable(lambda: self.connection.blmove(k["queue"], k["intermediate"], timeout_s, "LEFT", "RIGHT"))
+        if first is None:
+            return []
+        return unavailable(lambda: self._start([first.decode()], max_jobs))
+
+    def _start(self, given: list[str], max_jobs: int) -> list[JobRecord]:
+        k, now = self.keys, datetime.now(timezone.utc)
+        args = [k["queue"], k["intermediate"], k["wip"], k["worker"], k["wexec"], self.worker_name, STARTED_TTL_S,
+                repr(now.timestamp()), _iso(now), self.worker_ttl_s, rqkeys.SEEN_PREFIX, rqkeys.JOB_PREFIX,
+                rqkeys.EXECUTION_PREFIX, rqkeys.EXECUTIONS_PREFIX, max_jobs, uuid4().hex[:28], *given]  # fmt: skip
+        reply = self.scripts.call("take", args)
+        taken_at = time.monotonic()
+        jobs, gone = [], []
+        for i in range(0, len(reply), 3):
+            job_id, raw, eid = _text(reply[i]), reply[i + 1], _text(reply[i + 2])
+            if raw is None:
+                gone.append(job_id)
+            elif raw != 0:
+                jobs.append(self._record(job_id, eid, raw, now.timestamp(), taken_at))
+        if gone:
+            log.warning("dropped %d queued id(s) whose job hash is gone: %s", len(gone), ", ".join(gone))
+            self._answer_gone(gone)
+        return jobs
+
+    def _record(self, job_id: str, eid: str, raw: list[bytes], started: float, taken_at: float) -> JobRecord:
+        fields = dict(zip(raw[::2], raw[1::2]))
+        record = JobRecord(job_id, eid, started_at=started, taken_at=taken_at)
+        try:
+            record.enqueued_at = _parse_time(fields.get(b"enqueued_at"))
+            record.lost = int(fields.get(b"lost_deliveries") or 0)
+            record.retries_left = int(fields.get(b"retries_left") or 0)
+            record.result_ttl_s = _int_or_none(fields.get(b"result_ttl"))
+            record.failure_ttl_s = _int_or_none(fields.get(b"failure_ttl"))
+            call = loads(self._inflate(fields.get(b"data")))
+            if not isinstance(call, list | tuple) or len(call) != 4:
+                raise ValueError("job data is not a (function, instance, args, kwargs) call")
+            record.func_name, instance, record.args, record.kwargs = call
+            if instance is not None:
+                raise ValueError("job data names an instance method")
+        except (ValueError, TypeError, zlib.error, SerializationError) as exc:
+            log.warning("job %s has unreadable data: %s", job_id, exc)
+            record.read_error = str(exc)
+        return record
+
+    def _inflate(self, data: bytes | None) -> bytes:
+        """RQ's ``data`` field: zlib-compressed or plain; decompressed with a bound (no zip bombs)."""
+        if not data:
+            raise ValueError("the job hash has no data")
+        if len(data) > self.max_data_bytes:
+            raise ValueError(f"job data is {len(data)} bytes, over the limit of {self.max_data_bytes}")
+        try:
+            inflater = zlib.decompressobj()
+            out = inflater.decompress(data, self.max_data_bytes)
+        except zlib.error:
+            return data
+        if inflater.unconsumed_tail:
+            raise ValueError(f"job data inflates past the limit of {self.max_data_bytes} bytes")
+        return out
+
+    def _answer_gone(self, ids: list[str]) -> None:
+        """Publish ``ok: false`` (``job_gone``): there is no RQ job left to fail."""
+        error = {"type": "job_gone", "message": "the job's data expired or was deleted before it ran"}
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                result = make_result(job_id, model="", worker=self.worker_name, timings_ms={}, meta={}, error=error)
+                pipe.publish(self.channel, dumps(result))
+            unavailable(pipe.execute)
+
+    # -- finish ----------------------------------------------------------------------------------
+    def finish(self, outcomes: list[Outcome]) -> list[str]:
+        """Record every outcome and publish every final result in one script call (one round trip)."""
+        if not outcomes:
+            return []
+        k, now = self.keys, datetime.now(timezone.utc)
+        started = min(o.job.started_at for o in outcomes)
+        args: list[Any] = [k["wip"], k["worker"], k["wexec"], self.worker_name, self.channel, _iso(now),
+                           repr(now.timestamp()), repr(max(0.0, now.timestamp() - started)), k["queue"],
+                           rqkeys.QUEUES, rqkeys.JOB_PREFIX, rqkeys.EXECUTION_PREFIX, rqkeys.EXECUTIONS_PREFIX,
+                           rqkeys.results(""), rqkeys.finished(self.queue), rqkeys.failed(self.queue)]  # fmt: skip
+        for outcome in outcomes:
+            args += _finish_args(outcome, now.timestamp())
+        skipped = [_text(s) for s in unavailable(lambda: self.scripts.call("finish", args))]
+        if skipped:
+            log.warning("not recording %d job(s) re-queued by a reaper meanwhile: %s", len(skipped),
+                        ", ".join(skipped))  # fmt: skip
+        return skipped
+
+    # -- liveness --------------------------------------------------------------------------------
+    def heartbeat(self, stats: WorkerStats) -> int:
+        """Refresh the worker key (re-register if a Redis restart lost it); return the backlog."""
+        k = self.keys
+        with self.connection.pipeline() as pipe:
+            pipe.hset(
+                k["worker"],
+                mapping={
+                    "last_heartbeat": _iso(datetime.now(timezone.utc)),
+                    "batches": stats.batches,
+                    "images_per_s_1m": stats.images_per_s_1m,
+                },
+            )
+            pipe.expire(k["worker"], self.worker_ttl_s)
+            pipe.expire(k["wexec"], self.worker_ttl_s)
+            pipe.llen(k["queue"])
+            pipe.hexists(k["worker"], "birth")
+            replies = unavailable(pipe.execute)
+        if not replies[-1]:
+            log.warning("worker key %s was gone (a Redis restart without persistence?): registering again", k["worker"])
+            unavailable(lambda: self.rq_worker.register_birth())
+        return int(replies[-2])
+
+    def reap(self) -> tuple[list[str], list[str]]:
+        """One reaper pass (atomic); poison jobs are failed in it and their results published here."""
+        k, now = self.keys, datetime.now(timezone.utc)
+        error = {"type": "poison", "message": f"the job was lost with its worker {self.max_deliveries} times "
+                 "(it may crash the worker); not retried"}  # fmt: skip
+        text = exc_string_for(error).encode()
+        args = [k["wip"], k["queue"], k["intermediate"], rqkeys.EXECUTION_PREFIX, rqkeys.EXECUTIONS_PREFIX,
+                rqkeys.WORKER_PREFIX, rqkeys.JOB_PREFIX, rqkeys.SEEN_PREFIX, repr(now.timestamp()), self.stranded_s,
+                self.max_deliveries, rqkeys.failed(self.queue), rqkeys.results(""), _iso(now),
+                b64encode(zlib.compress(text)), "", DEFAULT_FAILURE_TTL_S]  # fmt: skip
+        requeued, poison = ([_text(i) for i in ids] for ids in unavailable(lambda: self.scripts.call("reap", args)))
+        if requeued:
+            log.warning("re-queued %d job(s) of dead workers: %s", len(requeued), ", ".join(requeued))
+        for job_id in poison:
+            log.error("job %s failed as poison after %d lost deliveries", job_id, self.max_deliveries)
+            result = make_result(job_id, model="", worker=self.worker_name, timings_ms={}, meta={}, error=error)
+            unavailable(lambda r=result: self.connection.publish(self.channel, dumps(r)))
+        return requeued, poison
+
+    def give_back(self, in_hand: set[str], min_age_s: float = 10.0) -> list[str]:
+        """Re-queue our own executions that we do not hold (one atomic script)."""
+        k = self.keys
+        args = [k["wip"], k["wexec"], rqkeys.EXECUTION_PREFIX, rqkeys.JOB_PREFIX, k["queue"], repr(time.time()),
+                min_age_s, *sorted(in_hand)]  # fmt: skip
+        given = [_text(i) for i in unavailable(lambda: self.scripts.call("give_back", args))]
+        if given:
+            log.warning("re-queued %d job(s) this worker started but never received: %s", len(given), ", ".join(given))
+        return given
+
+
+def _finish_args(outcome: Outcome, now_ts: float) -> list[Any]:
+    """The FINISH script's 10 values for one job (see ``worker.store.scripts.FINISH``)."""
+    job, result = outcome.job, outcome.result
+    message = dumps(result)
+    times = [repr(job.started_at), repr(now_ts)]
+    if result["ok"]:
+        ttl = DEFAULT_RESULT_TTL_S if job.result_ttl_s is None else job.result_ttl_s
+        return ["ok", job.job_id, job.execution_id, ttl, message, b64encode(message), "", *times, 0]
+    if outcome.retry and job.retries_left > 0:
+        log.info("job %s re-queued after %s (%d retries left)", job.job_id, result["error"], job.retries_left - 1)
+        return ["retry", job.job_id, job.execution_id, 0, "", "", "", *times, job.retries_left - 1]
+    ttl = DEFAULT_FAILURE_TTL_S if job.failure_ttl_s is None else job.failure_ttl_s
+    text = exc_string_for(result["error"]).encode()
+    # A deterministic failure would fail the same way again: no retries left (as the plain-rq path records it).
+    return ["fail", job.job_id, job.execution_id, ttl, message, b64encode(zlib.compress(text)), "", *times, 0]
+
+
+def _text(value: Any) -> str:
+    """A reply value as text; bytes that are not UTF-8 keep their escapes (never a crash)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return "" if value is None else str(value)
+
+
+def _int_or_none(value: bytes | None) -> int | None:
+    return None if value in (None, b"") else int(value)
+
+
+def _iso(when: datetime) -> str:
+    """RQ's ``utcformat``: ``2026-11-29T19:20:30.123456Z``."""
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(value: bytes | None) -> float | None:
+    if not value:
+        return None
+    text = value.decode()
+    parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()

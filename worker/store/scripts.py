@@ -1,0 +1,267 @@
+"""The Lua scripts of the Redis store: take+start, finish, reap and give back, each one atomic step.
+
+They write exactly the keys and fields that RQ 2.6-3.0's own calls write (``Execution.create``,
+``Job.prepare_for_execution``, ``Result.create``, ``FailedJobRegistry.add``, ``Job.retry``,
+``Job.cleanup``, ``Execution.delete``), so RQ's ``Job``/``Queue``/``Worker`` APIs read the same
+state; tests/contract/test_rq_writes.py compares them key by key. Key prefixes come in as
+arguments from ``producer.rqkeys``. Scripts never fail halfway on a job: every job is checked
+before anything about it is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+# ARGV: queue, intermediate, wip, worker_key, worker_executions, worker_name, ttl, now_ts, now_iso,
+# worker_ttl, seen prefix, job prefix, execution prefix, executions prefix, max_jobs, execution id base,
+# then the ids already moved into the intermediate list by a blocking move. Up to max_jobs in all:
+# the given ids first, then ids popped from the queue here. Returns {job_id, hash | false | 0, ...}:
+# false when the job hash is gone, 0 when sent back (a second suspect) or no longer ours.
+TAKE = """
+local queue, intermediate, wip, wkey, wexec = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local wname, ttl, now_ts, now_iso = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local worker_ttl, seen, jprefix, eprefix, esprefix = tonumber(ARGV[10]), ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local max_jobs, ebase = tonumber(ARGV[15]), ARGV[16]
+local ids = {}
+for i = 17, #ARGV do
+  -- a reaper may have given this id back meanwhile: then it is no longer ours to start
+  if redis.call('LREM', intermediate, 1, ARGV[i]) == 1 then ids[#ids + 1] = ARGV[i] end
+  redis.call('DEL', seen .. ARGV[i])
+end
+local more = max_jobs - (#ARGV - 16)
+if more > 0 then
+  local popped = redis.call('LPOP', queue, more)
+  if popped then for _, id in ipairs(popped) do ids[#ids + 1] = id end end
+end
+local out, suspects, bounced = {}, 0, {}
+for n, job_id in ipairs(ids) do
+  local job_key = jprefix .. job_id
+  local eid = ebase .. string.format('%04x', n)
+  local kind = redis.call('TYPE', job_key)['ok']
+  local lost = 0
+  if kind == 'hash' then lost = tonumber(redis.call('HGET', job_key, 'lost_deliveries') or '0') or 0 end
+  out[#out + 1] = job_id
+  if kind ~= 'hash' then
+    out[#out + 1] = false
+  elseif lost > 0 and suspects >= 1 then
+    -- a job lost with a worker before runs alone: one per take; the others go back to the queue's head
+    bounced[#bounced + 1] = job_id
+    out[#out + 1] = 0
+  else
+    if lost > 0 then suspects = suspects + 1 end
+    local member = job_id .. ':' .. eid
+    local ekey = eprefix .. member
+    redis.call('HSET', ekey, 'id', eid, 'job_id', job_id, 'created_at', ARGV[8], 'last_heartbeat', ARGV[8],
+               'worker_name', wname)
+    redis.call('EXPIRE', ekey, ttl)
+    redis.call('ZADD', esprefix .. job_id, now_ts + ttl + 60, eid)
+    redis.call('EXPIRE', esprefix .. job_id, ttl + 60)
+    redis.call('ZADD', wip, math.floor(now_ts) + ttl, member)
+    redis.call('SADD', wexec, member)
+    redis.call('HSET', job_key, 'last_heartbeat', now_iso, 'status', 'started', 'started_at', now_iso,
+               'worker_name', wname)
+    redis.call('PERSIST', job_key)
+    out[#out + 1] = redis.call('HGETALL', job_key)
+    out[#out + 1] = eid
+  end
+  if out[#out] == false or out[#out] == 0 then out[#out + 1] = '' end
+end
+for j = #bounced, 1, -1 do redis.call('LPUSH', queue, bounced[j]) end
+if #ids > 0 then
+  redis.call('HSET', wkey, 'state', 'busy', 'last_heartbeat', now_iso)
+  redis.call('EXPIRE', wkey, worker_ttl)
+  redis.call('EXPIRE', wexec, worker_ttl)
+end
+return out
+"""
+
+# ARGV: wip, worker_key, worker_executions, worker_name, channel, ended_iso, now_ts, seconds, queue, queues,
+# job prefix, execution prefix, executions prefix, results prefix, finished, failed, then per job 10 values:
+# (kind, job_id, execution_id, ttl, message, return_value_b64 | exc_b64, unused, started_ts, ended_ts,
+# retries_left). kind: ok | fail | retry. A job no longer registered as started by this execution (a
+# reaper gave it back meanwhile) is skipped: its next run writes its end. Returns the skipped ids.
+FINISH = """
+local wip, wkey, wexec, wname, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local ended_iso, now_ts, seconds, queue, queues = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
+local jprefix, eprefix, esprefix, rprefix = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local finished, failed = ARGV[15], ARGV[16]
+local skipped, ok, bad = {}, 0, 0
+local function expire_or_persist(key, ttl)
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) elseif ttl < 0 then redis.call('PERSIST', key) end
+end
+for i = 17, #ARGV, 10 do
+  local kind, job_id, eid, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local member = job_id .. ':' .. eid
+  local job_key, results = jprefix .. job_id, rprefix .. job_id
+  if redis.call('ZSCORE', wip, member) == false then
+    skipped[#skipped + 1] = job_id
+  else
+    redis.call('DEL', eprefix .. member)
+    redis.call('ZREM', wip, member)
+    redis.call('ZREM', esprefix .. job_id, eid)
+    redis.call('SREM', wexec, member)
+    if kind == 'ok' then
+      ok = ok + 1
+      redis.call('HSET', job_key, 'status', 'finished', 'ended_at', ended_iso)
+      redis.call('XADD', results, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', wname,
+                 'return_value', ARGV[i + 5], 'execution_id', eid, 'execution_started_at', ARGV[i + 7],
+                 'execution_ended_at', ARGV[i + 8])
+      if ttl == 0 then
+        redis.call('DEL', job_key, jprefix .. job_id .. ':dependents', jprefix .. ':' .. job_id .. ':dependencies',
+                   results)
+      else
+        expire_or_persist(results, ttl)
+        redis.call('ZADD', finished, ttl > 0 and now_ts + ttl or '+inf', job_id)
+        expire_or_persist(job_key, ttl)
+        expire_or_persist(jprefix .. job_id .. ':dependents', ttl)
+        expire_or_persist(jprefix .. ':' .. job_id .. ':dependencies', ttl)
+      end
+      redis.call('PUBLISH', channel, ARGV[i + 4])
+    elseif kind == 'fail' then
+      bad = bad + 1
+      redis.call('HSET', job_key, 'status', 'failed', 'ended_at', ended_iso, 'retries_left', ARGV[i + 9])
+      redis.call('ZADD', failed, ttl < 0 and '+inf' or now_ts + ttl, job_id)
+      redis.call('XADD', results, 'MAXLEN', '~', '10', '*', 'type', '2', 'worker_name', wname,
+                 'exc_string', ARGV[i + 5], 'execution_id', eid, 'execution_started_at', ARGV[i + 7],
+                 'execution_ended_at', ARGV[i + 8])
+      expire_or_persist(results, ttl)
+      expire_or_persist(job_key, ttl)
+      expire_or_persist(jprefix .. job_id .. ':dependents', ttl)
+      expire_or_persist(jprefix .. ':' .. job_id .. ':dependencies', ttl)
+      redis.call('PUBLISH', channel, ARGV[i + 4])
+    else
+      bad = bad + 1
+      redis.call('HSET', job_key, 'status', 'queued', 'ended_at', ended_iso, 'enqueued_at', ended_iso,
+                 'retries_left', ARGV[i + 9])
+      redis.call('RPUSH', queue, job_id)
+      redis.call('SADD', queues, queue)
+    end
+  end
+end
+if ok > 0 then redis.call('HINCRBY', wkey, 'successful_job_count', ok) end
+if bad > 0 then redis.call('HINCRBY', wkey, 'failed_job_count', bad) end
+redis.call('HINCRBYFLOAT', wkey, 'total_working_time', seconds)
+redis.call('HSET', wkey, 'state', 'idle')
+return skipped
+"""
+
+# ARGV: wip, queue, intermediate, execution prefix, executions prefix, worker prefix, job prefix, seen prefix,
+# now (s), stranded_s, max deliveries, failed, results prefix, now_iso, exc_string (b64 of the zlib'd text),
+# unused, failure ttl. Returns {requeued ids, poison ids}. Poison jobs are failed here, in
+# the same atomic step (the caller publishes their results: the channel is best-effort).
+REAP = """
+local wip, queue, intermediate = ARGV[1], ARGV[2], ARGV[3]
+local eprefix, esprefix, wprefix, jprefix, seen = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local now_s, stranded_s, max_lost = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local failed, rprefix, now_iso = ARGV[12], ARGV[13], ARGV[14]
+local exc_b64, fttl = ARGV[15], tonumber(ARGV[17])
+local requeued, poison = {}, {}
+local function give_back(job_id, count)
+  local job_key = jprefix .. job_id
+  if redis.call('TYPE', job_key)['ok'] ~= 'hash' then return end
+  local lost = 0
+  if count then
+    lost = tonumber(redis.call('HGET', job_key, 'lost_deliveries') or '0') or 0
+    lost = lost + 1
+    redis.call('HSET', job_key, 'lost_deliveries', lost)
+  end
+  if lost >= max_lost then
+    redis.call('HSET', job_key, 'status', 'failed', 'ended_at', now_iso)
+    redis.call('ZADD', failed, now_s + fttl, job_id)
+    redis.call('XADD', rprefix .. job_id, 'MAXLEN', '~', '10', '*', 'type', '2', 'worker_name', '',
+               'exc_string', exc_b64)
+    redis.call('EXPIRE', rprefix .. job_id, fttl)
+    redis.call('EXPIRE', job_key, fttl)
+    poison[#poison + 1] = job_id
+  else
+    redis.call('HSET', job_key, 'status', 'queued')
+    redis.call('LPUSH', queue, job_id)
+    requeued[#requeued + 1] = job_id
+  end
+end
+for _, member in ipairs(redis.call('ZRANGE', wip, 0, -1)) do
+  local job_id, eid = string.match(member, '^(.*):([^:]+)$')
+  if job_id then
+    local ekey = eprefix .. member
+    local wname = redis.call('HGET', ekey, 'worker_name')
+    if not wname or redis.call('HGET', wprefix .. wname, 'death') or redis.call('EXISTS', wprefix .. wname) == 0 then
+      redis.call('ZREM', wip, member)
+      redis.call('DEL', ekey)
+      redis.call('ZREM', esprefix .. job_id, eid)
+      if wname then redis.call('SREM', wprefix .. wname .. ':executions', member) end
+      give_back(job_id, true)
+    end
+  end
+end
+for _, job_id in ipairs(redis.call('LRANGE', intermediate, 0, -1)) do
+  local first = tonumber(redis.call('GET', seen .. job_id))
+  if not first then
+    redis.call('SET', seen .. job_id, now_s, 'EX', math.max(60, math.ceil(stranded_s * 4)))
+  elseif now_s - first >= stranded_s then
+    redis.call('DEL', seen .. job_id)
+    -- never started, so it cannot have crashed anything: not counted as a lost delivery
+    if redis.call('LREM', intermediate, 1, job_id) == 1 then give_back(job_id, false) end
+  end
+end
+return {requeued, poison}
+"""
+
+# ARGV: wip, worker_executions, execution prefix, job prefix, queue, now (s), min_age_s, then the members
+# this worker holds. Gives back executions started under this worker's name that it does not hold (a
+# start whose reply was lost), older than min_age_s; not counted as lost deliveries. Returns their ids.
+GIVE_BACK = """
+local wip, wexec, eprefix, jprefix, queue = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local now_s, min_age = tonumber(ARGV[6]), tonumber(ARGV[7])
+local held, given = {}, {}
+for i = 8, #ARGV do held[ARGV[i]] = true end
+for _, member in ipairs(redis.call('SMEMBERS', wexec)) do
+  if not held[member] then
+    local created = tonumber(redis.call('HGET', eprefix .. member, 'created_at') or '0') or 0
+    if now_s - created >= min_age then
+      local job_id = string.match(member, '^(.*):[^:]+$')
+      redis.call('SREM', wexec, member)
+      redis.call('DEL', eprefix .. member)
+      if job_id and redis.call('ZREM', wip, member) == 1 then
+        if redis.call('TYPE', jprefix .. job_id)['ok'] == 'hash' then
+          redis.call('HSET', jprefix .. job_id, 'status', 'queued')
+          redis.call('LPUSH', queue, job_id)
+          given[#given + 1] = job_id
+        end
+      end
+    end
+  end
+end
+return given
+"""
+
+SOURCES = {"take": TAKE, "finish": FINISH, "reap": REAP, "give_back": GIVE_BACK}
+
+
+class Scripts:
+    """The store's scripts, loaded once; re-loaded transparently after a Redis restart (NOSCRIPT)."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self.connection = connection
+        self.sha: dict[str, str] = {}
+
+    def load(self) -> None:
+        """Load every script now (at start-up), so the first batch pays no extra round trips."""
+        for name in SOURCES:
+            self._sha(name)
+
+    def _sha(self, name: str) -> str:
+        if name not in self.sha:
+            self.sha[name] = self.connection.script_load(SOURCES[name])
+        return self.sha[name]
+
+    def call(self, name: str, args: Sequence[Any]) -> Any:
+        """Run script ``name`` with ``args`` (one round trip; two after a restart wiped the script cache)."""
+        try:
+            return self.connection.evalsha(self._sha(name), 0, *args)
+        except NoScriptError:
+            self.sha.pop(name, None)
+            return self.connection.evalsha(self._sha(name), 0, *args)
