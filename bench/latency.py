@@ -12,17 +12,19 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 from bench.devserver import RedisServer, find_redis_server, wait_until
 from producer import Producer
 
-from .common import ROOT, ensure_model, percentile, photos, pythonpath, report, table
+from .common import OUT, ROOT, ensure_model, percentile, photos, pythonpath, report, table
 from .plots import latency_plot
 
 LEVELS = (0.25, 0.5, 0.75, 0.9)
@@ -88,10 +90,17 @@ def open_loop(producer: Producer, collector: Collector, payloads: list[bytes], r
     return {"jobs": len(sent), "offered": len(sent) / seconds, "e2e": e2e, "parts": parts, "batches": batches}
 
 
-def start_worker(url: str, model: str, args: argparse.Namespace) -> subprocess.Popen:
+def start_worker(url: str, model: str, args: argparse.Namespace, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "worker", "--model", model, "--redis-url", url, "--device", args.device,
            "--batch-size", str(args.batch_size), "--max-wait-ms", str(args.max_wait_ms)]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath()})
+    out = log.open("wb")
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath()}, stderr=out)
+
+
+def pipeline_cost(log: Path) -> str:
+    """The worker's own p50s from its exit log line (``taken->decode``, ``forward end->published``)."""
+    match = re.search(r"pipeline cost p50: (.*)$", log.read_text(errors="replace"), re.M)
+    return match.group(1) if match else ""
 
 
 def main() -> None:
@@ -101,16 +110,20 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=15.0, help="per load level")
     parser.add_argument("--capacity-jobs", type=int, default=120)
+    parser.add_argument("--model", choices=["lite0", "tiny"], default="lite0")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     server = RedisServer(binary=find_redis_server(prefer_embedded=False)).start()
-    worker = start_worker(server.url, str(ensure_model("lite0")), args)
+    OUT.mkdir(parents=True, exist_ok=True)
+    log = OUT / "latency-worker.log"
+    worker = start_worker(server.url, str(ensure_model(args.model)), args, log)
     try:
         rows, levels, cap = run_levels(server.url, args)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
         server.stop()
+    args.pipeline_cost = pipeline_cost(log)
     body = render(rows, levels, cap, args)
     report(f"latency-{args.device.split(':')[0]}", f"Latency under load on {args.device}", body, args.write)
 
@@ -144,12 +157,15 @@ def render(rows: list[list], levels: list[dict], cap: float, args: argparse.Name
     lines.append(table(["load", "histogram"], [[f"{lv['level']:.0%}", dict(sorted(lv["batches"].items()))]
                                               for lv in levels]))  # fmt: skip
     half = next(lv for lv in levels if lv["level"] == 0.5)
-    infer = percentile(half["parts"]["infer"], 50)
-    bound = args.max_wait_ms + 2 * infer
+    f50, f99 = percentile(half["parts"]["infer"], 50), percentile(half["parts"]["infer"], 99)
+    bound = args.max_wait_ms + f99 + f50 + 10
     p99 = percentile(half["e2e"], 99)
-    verdict = "meets" if p99 <= bound else "misses"
-    lines.append(f"\nAt 50% load p99 = {p99:.0f} ms; target max_wait + 2 x batch inference = {args.max_wait_ms:.0f} + "
-                 f"2 x {infer:.0f} = {bound:.0f} ms: **{verdict}**.")  # fmt: skip
+    verdict = "meets" if p99 <= bound else f"misses by {p99 - bound:.0f} ms"
+    lines.append(f"\nAt 50% load p99 = {p99:.1f} ms; target max_wait + p99 forward + p50 forward + 10 ms = "
+                 f"{args.max_wait_ms:.0f} + {f99:.1f} + {f50:.1f} + 10 = {bound:.1f} ms: **{verdict}**.")  # fmt: skip
+    if args.pipeline_cost:
+        lines.append(f"\nThe pipeline's own cost over the run (worker log, p50 per job): {args.pipeline_cost}; "
+                     "target <= 2 ms each.")  # fmt: skip
     png = latency_plot(levels, f"latency-{args.device.split(':')[0]}.png")
     if png:
         lines.append(f"\n![latency]({png})")

@@ -29,8 +29,9 @@ class WorkerSettings:
     device: str = "cpu"
     devices: str = ""
     precision: str = "fp32"
-    decode_threads: int = 4
+    decode_threads: int = 0
     decode_workers: int = 0
+    decode_overlap: str = "auto"
     decode_timeout_s: float = 10.0
     optimize: str = "auto"
     torch_threads: int = 0
@@ -97,9 +98,13 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--devices", "WORKER_DEVICES", str,
      "run one supervised worker process per device: all (every GPU), 0,1,3, or cpu:N"),
     ("--precision", "WORKER_PRECISION", str, "fp32, fp16 or bf16 (half precisions are for GPUs)"),
-    ("--decode-threads", "WORKER_DECODE_THREADS", int, "threads decoding images (Pillow releases the GIL)"),
+    ("--decode-threads", "WORKER_DECODE_THREADS", int,
+     "threads decoding images (Pillow releases the GIL); 0: one per core"),
     ("--decode-workers", "WORKER_DECODE_WORKERS", int,
      "decode in this many processes instead of threads (pixels come back through shared memory; 0: threads)"),
+    ("--decode-overlap", "WORKER_DECODE_OVERLAP", str,
+     "on: decode beside the forward pass; off: decode between forward passes (every core each); "
+     "auto: on for GPUs, off on a CPU device"),
     ("--decode-timeout-s", "WORKER_DECODE_TIMEOUT_S", float,
      "with --decode-workers: a decode running longer fails its job (decode_timeout) and its process is replaced"),
     ("--optimize", "WORKER_OPTIMIZE", str,
@@ -155,12 +160,14 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     if not values.get("model"):
         raise SystemExit("worker: a model file is required: --model PATH or WORKER_MODEL")
     settings = WorkerSettings(**values)
-    sizes = [settings.max_batch_size, settings.decode_threads]
+    sizes = [settings.max_batch_size, settings.decode_threads + 1]
     if settings.batch_size != "auto":
         sizes.append(int(settings.batch_size))
     if min(sizes) < 1 or settings.max_wait_ms < 0 or settings.decode_workers < 0:
-        raise SystemExit("worker: batch sizes and --decode-threads must be >= 1, --max-wait-ms and "
-                         "--decode-workers >= 0")
+        raise SystemExit("worker: batch sizes must be >= 1; --decode-threads, --decode-workers and --max-wait-ms "
+                         ">= 0")
+    if settings.decode_overlap not in ("auto", "on", "off"):
+        raise SystemExit("worker: --decode-overlap must be auto, on or off")
     if settings.optimize not in ("auto", "off"):
         raise SystemExit("worker: --optimize must be auto or off")
     return settings

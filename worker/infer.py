@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from .decode.gate import Gate, NoGate
 from .errors import JobError
 from .model import Classifier
 
@@ -18,8 +19,8 @@ Prediction = list[tuple[str, float]] | JobError
 class Predictor:
     """Runs batches on a ``Classifier``; ``cap`` is the largest batch, lowered for good after an OOM."""
 
-    def __init__(self, model: Classifier, cap: int, topk: int = 5) -> None:
-        self.model, self.cap, self.topk = model, cap, topk
+    def __init__(self, model: Classifier, cap: int, topk: int = 5, gate: Gate | None = None) -> None:
+        self.model, self.cap, self.topk, self.gate = model, cap, topk, gate or NoGate()
         self.tag = model.info.tag
         height, width = model.info.preprocess.size
         self.shape = (height, width, 3)
@@ -34,13 +35,23 @@ class Predictor:
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         start = time.perf_counter()
-        batch = torch.frombuffer(bytearray(b"".join(pixels)), dtype=torch.uint8).view(len(pixels), *self.shape)
+        batch = self._stack(pixels)
         try:
-            preds: list[Prediction] = list(self._forward(batch))
+            with self.gate.forward(len(pixels)):
+                preds: list[Prediction] = list(self._forward(batch))
         except (RuntimeError, ValueError) as exc:
             log.exception("model forward failed on a batch of %d", len(pixels))
             preds = [JobError("model_error", f"{type(exc).__name__}: {exc}", retryable=True)] * len(pixels)
         return preds, (time.perf_counter() - start) * 1000
+
+    def _stack(self, pixels: list[bytes]) -> torch.Tensor:
+        """One uint8 ``[B, H, W, 3]`` tensor, each image copied once."""
+        size = len(pixels[0])
+        buf = bytearray(size * len(pixels))
+        view = memoryview(buf)
+        for i, image in enumerate(pixels):
+            view[i * size : (i + 1) * size] = image
+        return torch.frombuffer(buf, dtype=torch.uint8).view(len(pixels), *self.shape)
 
     def _forward(self, batch: torch.Tensor) -> list[list[tuple[str, float]]]:
         """Top-k for a batch; on out-of-memory, split it in halves and lower the batch cap for good."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from dataclasses import replace
@@ -14,6 +15,7 @@ import torch
 from .config import WorkerSettings
 from .decode import Decoder
 from .decode.cpu import Limits, Preprocess
+from .decode.gate import Gate, NoGate
 from .decode.pool import ProcessDecoder, ThreadDecoder
 from .heartbeat import Heartbeat
 from .infer import Predictor
@@ -45,12 +47,25 @@ def prepare_model(settings: WorkerSettings) -> tuple[Classifier, WorkerSettings]
     return model, settings
 
 
-def make_decoder(settings: WorkerSettings, spec: Preprocess) -> Decoder:
+def make_gate(settings: WorkerSettings, model: Classifier) -> Gate:
+    """``--decode-overlap``: ``auto`` gates decoding only on a CPU device whose forward pass runs a
+    multi-threaded OpenMP team, and then only while the forward pass is the bottleneck (``Gate``)."""
+    team = model.device.type == "cpu" and torch.get_num_threads() > 1
+    if settings.decode_overlap == "on" or (settings.decode_overlap == "auto" and not team):
+        return NoGate()
+    if settings.decode_overlap == "off":
+        return Gate(always=True)
+    biggest = model.buckets[-1]
+    seconds = model.warmed.get(biggest)
+    return Gate(seconds * 1000 / biggest if seconds else None)
+
+
+def make_decoder(settings: WorkerSettings, spec: Preprocess, gate: Gate) -> Decoder:
     """Processes with ``--decode-workers N``, else ``--decode-threads`` threads."""
     limits = Limits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
     if settings.decode_workers > 0:
-        return ProcessDecoder(spec, limits, settings.decode_workers, timeout_s=settings.decode_timeout_s)
-    return ThreadDecoder(spec, limits, settings.decode_threads)
+        return ProcessDecoder(spec, limits, settings.decode_workers, timeout_s=settings.decode_timeout_s, gate=gate)
+    return ThreadDecoder(spec, limits, settings.decode_threads or os.cpu_count() or 1, gate=gate)
 
 
 def register(store: RedisStore, stop: threading.Event) -> bool:
@@ -91,8 +106,9 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
     hand, stats = InHand(), Stats()
     pipeline_settings = PipelineSettings(settings.worker_name, settings.max_wait_ms, settings.idle_wait_ms,
                                          burst=settings.burst)  # fmt: skip
-    predictor = Predictor(model, int(settings.batch_size), settings.topk)
-    pipeline = Pipeline(store, make_decoder(settings, model.info.preprocess), predictor, pipeline_settings, stop,
+    gate = make_gate(settings, model)
+    predictor = Predictor(model, int(settings.batch_size), settings.topk, gate)
+    pipeline = Pipeline(store, make_decoder(settings, model.info.preprocess, gate), predictor, pipeline_settings, stop,
                         hand=hand, stats=stats, observer=metrics)  # fmt: skip
     heartbeat = Heartbeat(store, hand, stats, settings.worker_ttl_s, reap_s=min(5.0, settings.worker_ttl_s / 2),
                           metrics=metrics)  # fmt: skip

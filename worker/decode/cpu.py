@@ -160,6 +160,8 @@ def decode(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
 def _exif_rotated(img: Image.Image) -> bool:
     # One EXIF read per image (it costs more than decoding a small JPEG): only rotated images are
     # transposed. draft() is skipped for them to keep the size maths simple; they are rare.
+    if img.format == "JPEG" and "exif" not in img.info:  # no APP1 EXIF segment: nothing to parse
+        return False
     return img.getexif().get(0x0112, 1) not in (1, None)
 
 

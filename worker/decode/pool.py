@@ -20,6 +20,7 @@ from multiprocessing.shared_memory import SharedMemory
 from ..errors import JobError
 from . import DecodeResult
 from .cpu import ImageError, Limits, Preprocess, decode
+from .gate import Gate, NoGate
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,20 @@ def decode_one(data: bytes, spec: Preprocess, limits: Limits) -> DecodeResult:
 
 
 class ThreadDecoder:
-    """``threads`` decoding threads."""
+    """``threads`` decoding threads; each decode holds ``gate`` (see ``worker.decode.gate``)."""
 
-    def __init__(self, spec: Preprocess, limits: Limits, threads: int) -> None:
-        self.spec, self.limits = spec, limits
+    def __init__(self, spec: Preprocess, limits: Limits, threads: int, gate: Gate | None = None) -> None:
+        self.spec, self.limits, self.gate = spec, limits, gate or NoGate()
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
     def submit(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
         """Decode on a pool thread and call ``done`` there."""
-        self.pool.submit(lambda: done(decode_one(data, self.spec, self.limits)))
+        self.pool.submit(self._run, data, done)
+
+    def _run(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
+        with self.gate.decoding():
+            result = decode_one(data, self.spec, self.limits)
+        done(result)
 
     def close(self) -> None:
         """Wait for every submitted image."""
@@ -120,9 +126,10 @@ class _Slot:
 class ProcessDecoder:
     """``workers`` decode processes (spawned, torch-free), each fed by its own dispatcher thread."""
 
-    def __init__(self, spec: Preprocess, limits: Limits, workers: int, timeout_s: float = 10.0) -> None:
+    def __init__(self, spec: Preprocess, limits: Limits, workers: int, timeout_s: float = 10.0,
+                 gate: Gate | None = None) -> None:  # fmt: skip
         context = multiprocessing.get_context("spawn")
-        self.timeout_s = timeout_s
+        self.timeout_s, self.gate = timeout_s, gate or NoGate()
         self.tasks: queue.Queue = queue.Queue()
         self.slots = [_Slot(context, spec, limits) for _ in range(workers)]
         self.threads = [threading.Thread(target=self._dispatch, args=(s,), name="decode-dispatch", daemon=True)
@@ -137,7 +144,9 @@ class ProcessDecoder:
     def _dispatch(self, slot: _Slot) -> None:
         while (task := self.tasks.get()) is not None:
             data, done = task
-            done(slot.decode(data, self.timeout_s))
+            with self.gate.decoding():
+                result = slot.decode(data, self.timeout_s)
+            done(result)
 
     def close(self) -> None:
         """Finish every queued image, then stop the processes."""

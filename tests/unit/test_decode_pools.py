@@ -1,0 +1,92 @@
+"""The decode pools: threads and processes give the same pixels; a stuck decode is cut off; the CPU gate."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from worker.decode import DecodeResult
+from worker.decode.cpu import Limits, Preprocess, decode
+from worker.decode.gate import Gate
+from worker.decode.pool import ProcessDecoder, ThreadDecoder
+
+from ..conftest import image_bytes
+
+SPEC = Preprocess(size=(32, 48), resize="center_crop")
+NAMES = ["cat.jpg", "coffee.jpg", "odd_rgba.png", "odd.webp"]
+
+
+def collect(decoder, images: list[bytes]) -> list[DecodeResult]:
+    results: dict[int, DecodeResult] = {}
+    done = threading.Event()
+
+    def on_done(i: int, result: DecodeResult) -> None:
+        results[i] = result
+        if len(results) == len(images):
+            done.set()
+
+    for i, data in enumerate(images):
+        decoder.submit(data, lambda r, i=i: on_done(i, r))
+    assert done.wait(60)
+    return [results[i] for i in range(len(images))]
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_pools_give_the_decoders_pixels_and_its_errors(kind):
+    decoder = ThreadDecoder(SPEC, Limits(), 2) if kind == "threads" else ProcessDecoder(SPEC, Limits(), 2)
+    try:
+        results = collect(decoder, [image_bytes(n) for n in NAMES] + [b"not an image"])
+    finally:
+        decoder.close()
+    for name, result in zip(NAMES, results):
+        assert result.error is None and result.pixels == decode(image_bytes(name), SPEC, Limits())
+    assert results[-1].pixels is None and results[-1].error.kind == "unsupported_image"
+
+
+def test_a_decode_past_its_timeout_fails_and_its_process_is_replaced():
+    decoder = ProcessDecoder(SPEC, Limits(), 1, timeout_s=0.0005)
+    try:
+        (slow,) = collect(decoder, [image_bytes("retina_large.jpg")])
+        assert slow.error is not None and slow.error.kind == "decode_timeout"
+        decoder.timeout_s = 30.0
+        (after,) = collect(decoder, [image_bytes("cat.jpg")])
+        assert after.error is None and after.pixels == decode(image_bytes("cat.jpg"), SPEC, Limits())
+    finally:
+        decoder.close()
+
+
+def test_a_closed_gate_lets_decodes_share_and_a_forward_pass_run_alone():
+    gate, events = Gate(always=True), []
+    inside = threading.Barrier(2, timeout=5)
+
+    def decode_job(name: str) -> None:
+        with gate.decoding():
+            events.append(f"{name} in")
+            inside.wait()  # both decodes are inside at once: shared
+            time.sleep(0.02)
+            events.append(f"{name} out")
+
+    decodes = [threading.Thread(target=decode_job, args=(n,)) for n in ("d1", "d2")]
+    for t in decodes:
+        t.start()
+    while events.count("d1 in") + events.count("d2 in") < 2:
+        time.sleep(0.001)
+    with gate.forward():  # waits for both running decodes to end
+        events.append("forward")
+    for t in decodes:
+        t.join()
+    assert events.index("forward") > max(events.index("d1 out"), events.index("d2 out"))
+
+
+def test_the_gate_closes_only_while_the_forward_pass_is_the_bottleneck():
+    gate = Gate(forward_ms_per_image=20.0)
+    assert not gate.active  # no decode measured yet
+    with gate.decoding():
+        pass
+    assert gate.decode_ms is not None and gate.active  # a decode takes far less than 20 ms
+    gate.forward_ms = gate.decode_ms / 10  # a cheap model: decoding is the bottleneck
+    assert not gate.active
+    with gate.decoding(), gate.forward(8):  # open: a forward pass does not wait for running decodes
+        pass
