@@ -18,11 +18,12 @@ else
 fi
 export PYTHONUNBUFFERED=1
 if [ -n "${BENCH_QUICK:-}" ]; then
-  Q_TP=(--overhead-jobs 600 --compute-jobs 60 --litserve-requests 40 --repeats 1); Q_LAT=(--seconds 4 --capacity-jobs 40)
+  Q_TP=(--overhead-jobs 600 --compute-jobs 60 --decode-jobs 300 --litserve-requests 40 --repeats 1)
+  Q_LAT=(--seconds 4 --capacity-jobs 40)
   Q_BATCH=(--max-batch 8 --budget-s 0.2)
 else
   Q_TP=(--overhead-jobs 6000 --overhead-batch 256 --compute-jobs 1500 --compute-batch 64 --plain-fraction 5
-        --repeats 2 --litserve-requests 400)
+        --decode-jobs 3000 --decode-batch 64 --repeats 2 --litserve-requests 400)
   Q_LAT=(--seconds 10 --capacity-jobs 1000 --batch-size auto); Q_BATCH=(--budget-s 0.5)
 fi
 step() {  # name, timeout seconds, command...: a failing step is logged and the run goes on
@@ -34,9 +35,9 @@ step() {  # name, timeout seconds, command...: a failing step is logged and the 
 }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; } | tee -a "$LOG"
 [ -n "${BENCH_ONLY:-}" ] || step versions 60 "$PY" -c "import torch, rq, redis, PIL; print(torch.__version__, rq.__version__, redis.__version__, PIL.__version__, torch.cuda.is_available())"
-[ -n "${BENCH_ONLY:-}" ] || step models 120 "$PY" -c "from bench.common import ensure_model as e; print(e('tiny'), e('lite0'))"
+[ -n "${BENCH_ONLY:-}" ] || step models 120 "$PY" -c "from bench.common import ensure_model as e; print(e('tiny'), e('lite0'), e('pool224'))"
 [ -n "${BENCH_ONLY:-}" ] || step practices 80 "$PY" -m bench.practices --device "$DEVICE" "${Q_BATCH[@]}" --write
 [ -n "${BENCH_ONLY:-}" ] || step roofline 80 "$PY" -m bench.roofline --device "$DEVICE" "${Q_BATCH[@]}" --write
-step throughput 210 "$PY" -m bench.throughput --device "$DEVICE" "${Q_TP[@]}" --write
+step throughput 300 "$PY" -m bench.throughput --device "$DEVICE" "${Q_TP[@]}" --write
 step latency 120 "$PY" -m bench.latency --device "$DEVICE" "${Q_LAT[@]}" --write
 echo "done $(date -u)" | tee -a "$LOG"

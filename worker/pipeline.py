@@ -137,7 +137,8 @@ class Pipeline:
         for stage in stages:
             stage.start()
         for stage in stages:
-            stage.join()
+            while stage.is_alive():  # wake up now and then: a signal may have landed on another thread, and
+                stage.join(0.2)  # its Python handler runs only when this (the main) thread runs bytecode
         log.info("pipeline stopped: %s", self.stats.summary())
         return self.stats.jobs
 

@@ -56,13 +56,16 @@ def test_worker_with_auto_batch_size_serves_jobs(redis_url, conn, start_worker):
     assert proc.poll() is None
 
 
-def test_prefilled_queue_is_drained_in_full_batches(redis_url, conn, start_worker):
+def test_a_prefilled_queue_is_served_in_batches_not_one_by_one(redis_url, conn, start_worker):
     producer = Producer(redis_url)
     ids = producer.enqueue_many([image_bytes("coffee.jpg")] * 24)
     start_worker("--batch-size", "8", "--max-wait-ms", "50")
     results = [producer.result(i, timeout=60) for i in ids]
     assert all(r["ok"] for r in results)
-    assert sorted(r["batch"] for r in results) == [8] * 24
+    sizes = [r["batch"] for r in results]
+    # the first batch is full (taken at once from a full queue by an idle model); later ones are what
+    # was decoded by the time the model was free again (no extra wait when it is busy)
+    assert max(sizes) == 8 and all(1 <= s <= 8 for s in sizes) and sum(sizes) / len(sizes) >= 2
 
 
 @pytest.mark.parametrize("eager", [False, True])
