@@ -57,7 +57,7 @@ def make_gate(settings: WorkerSettings, model: Classifier) -> Gate:
         return Gate(always=True)
     biggest = model.buckets[-1]
     seconds = model.warmed.get(biggest)
-    return Gate(seconds * 1000 / biggest if seconds else None)
+    return Gate(seconds * 1000 / biggest if seconds else None, batch=int(settings.batch_size))
 
 
 def make_decoder(settings: WorkerSettings, spec: Preprocess, gate: Gate) -> Decoder:

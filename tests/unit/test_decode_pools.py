@@ -80,12 +80,19 @@ def test_a_closed_gate_lets_decodes_share_and_a_forward_pass_run_alone():
     assert events.index("forward") > max(events.index("d1 out"), events.index("d2 out"))
 
 
-def test_the_gate_closes_only_while_the_forward_pass_is_the_bottleneck():
-    gate = Gate(forward_ms_per_image=20.0)
+def test_the_gate_closes_only_while_the_forward_pass_is_the_bottleneck_and_a_batch_waits():
+    gate = Gate(forward_ms_per_image=20.0, batch=2)
     assert not gate.active  # no decode measured yet
     with gate.decoding():
         pass
-    assert gate.decode_ms is not None and gate.active  # a decode takes far less than 20 ms
+    gate.decoded()
+    assert gate.decode_ms is not None and not gate.active  # one decoded image: less than a batch waits
+    gate.decoded()
+    assert gate.active  # a full batch waits and a decode takes far less than 20 ms: decodes yield
+    with gate.forward(2):
+        pass
+    assert gate.ahead == 0 and not gate.active  # the batch went into the forward pass
+    gate.decoded(), gate.decoded()
     gate.forward_ms = gate.decode_ms / 10  # a cheap model: decoding is the bottleneck
     assert not gate.active
     with gate.decoding(), gate.forward(8):  # open: a forward pass does not wait for running decodes

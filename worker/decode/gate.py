@@ -5,8 +5,9 @@ it stalls the team at its barriers (EfficientNet-Lite0 on 2 cores: 29.5 -> 36.0 
 With a closed gate, decoding fills the gaps between forward passes (in parallel, on every core)
 and a forward pass waits only for the decodes already running. That pays only while the forward
 pass is the bottleneck: when decoding is (a cheap model), holding decodes back costs more than
-the stalls. So the gate closes only while a forward pass costs more per image than a decode
-(running averages of both); on a GPU there is no gate at all.
+the stalls, and under light load it only delays the next job. So the gate closes only while a
+forward pass costs more than twice a decode per image (running averages of both) and a full
+batch is already decoded and waiting; on a GPU there is no gate at all.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ class Gate:
 
     SMOOTHING = 0.2  # weight of the newest sample in the running averages
 
-    def __init__(self, forward_ms_per_image: float | None = None, *, always: bool = False) -> None:
+    MARGIN = 2.0  # the forward pass must cost this many decodes per image before decodes yield to it
+
+    def __init__(self, forward_ms_per_image: float | None = None, *, batch: int = 1, always: bool = False) -> None:
         self.cond = threading.Condition()
         self.shared = 0
         self.exclusive = False
@@ -31,13 +34,22 @@ class Gate:
         self.forward_ms = forward_ms_per_image  # running averages, per image
         self.decode_ms: float | None = None
         self.always = always  # --decode-overlap off: closed for every forward pass
+        self.batch = batch  # a full batch: how many decoded images waiting make further decoding not urgent
+        self.ahead = 0  # images decoded and not yet in a forward pass
 
     @property
     def active(self) -> bool:
         """Whether the forward pass is the bottleneck (then it runs alone)."""
         if self.always:
             return True
-        return self.forward_ms is not None and self.decode_ms is not None and self.forward_ms > self.decode_ms
+        if self.forward_ms is None or self.decode_ms is None or self.ahead < self.batch:
+            return False
+        return self.forward_ms > self.MARGIN * self.decode_ms
+
+    def decoded(self) -> None:
+        """One image is decoded and waits for a batch."""
+        with self.cond:
+            self.ahead += 1
 
     @contextmanager
     def decoding(self) -> Iterator[None]:
@@ -64,6 +76,7 @@ class Gate:
                 self.cond.wait()
             self.waiting -= 1
             self.exclusive = True
+            self.ahead = max(0, self.ahead - images)
         start = time.perf_counter()
         try:
             yield
@@ -80,6 +93,9 @@ def _average(old: float | None, new: float) -> float:
 
 class NoGate(Gate):
     """Decoding overlaps the forward pass (GPUs)."""
+
+    def decoded(self) -> None:
+        pass
 
     @contextmanager
     def decoding(self) -> Iterator[None]:

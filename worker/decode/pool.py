@@ -49,6 +49,8 @@ class ThreadDecoder:
     def _run(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
         with self.gate.decoding():
             result = decode_one(data, self.spec, self.limits)
+        if result.error is None:
+            self.gate.decoded()
         done(result)
 
     def close(self) -> None:
@@ -146,6 +148,8 @@ class ProcessDecoder:
             data, done = task
             with self.gate.decoding():
                 result = slot.decode(data, self.timeout_s)
+            if result.error is None:
+                self.gate.decoded()
             done(result)
 
     def close(self) -> None:
