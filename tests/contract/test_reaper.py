@@ -40,3 +40,33 @@ def test_a_worker_that_registered_its_death_is_reaped_at_once(redis_url, conn):
     victim.take(1, 1.0)
     victim.unregister()  # RQ keeps the key for a while, with 'death' set
     assert reaper.reap() == ([job_id], [])
+
+
+def test_an_id_given_back_between_its_move_and_its_start_is_not_started_twice(redis_url, conn):
+    # a worker moved the id (BLMOVE) and then stalled (GC pause, SIGSTOP) past the stranded time
+    slow = RedisStore(conn, "classify", "slow", stranded_s=0.0)
+    slow.register()
+    (job_id,) = Producer(redis_url).enqueue_many([image_bytes("cat.jpg")])
+    conn.lmove("rq:queue:classify", "rq:queue:classify:intermediate", "LEFT", "RIGHT")
+    slow.reap()
+    assert slow.reap() == ([job_id], [])  # another worker's reaper gave it back to the queue
+    assert slow._start([job_id], 1) == []  # the stalled worker wakes up: its start finds the id gone, skips it
+    assert [i.decode() for i in conn.lrange("rq:queue:classify", 0, -1)] == [job_id]  # queued once
+    assert conn.hget(f"rq:job:{job_id}", "status") == b"queued" and conn.zcard("rq:wip:classify") == 0
+
+
+def test_a_failure_of_a_job_given_back_meanwhile_is_not_written(redis_url, conn):
+    from producer.protocol import make_result
+    from worker.store import Outcome
+
+    dead, other = RedisStore(conn, "classify", "dead"), RedisStore(conn, "classify", "other")
+    dead.register()
+    other.register()
+    (job_id,) = Producer(redis_url).enqueue_many([b"not an image"])
+    (job,) = dead.take(1, 1.0)
+    conn.delete("rq:worker:dead")
+    assert other.reap() == ([job_id], [])
+    error = {"type": "unsupported_image", "message": "x"}
+    result = make_result(job_id, model="m", worker="dead", timings_ms={}, meta={}, error=error)
+    assert dead.finish([Outcome(job, result)]) == [job_id]
+    assert conn.hget(f"rq:job:{job_id}", "status") == b"queued" and conn.zcard("rq:failed:classify") == 0

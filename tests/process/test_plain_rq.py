@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from rq import Queue
 from rq.job import Job, JobStatus
 
 from producer import JobFailed, Producer
@@ -15,14 +16,33 @@ from producer.serializer import MsgpackSerializer
 from ..conftest import ROOT, image_bytes, wait_for_workers
 
 RQ_WORKER = [sys.executable, "-m", "rq.cli", "worker", "-w", "rq.SimpleWorker", "-S",
-             "producer.serializer.MsgpackSerializer", "--burst"]  # fmt: skip
+             "producer.serializer.MsgpackSerializer", "--job-class", "worker.store.rqjob.AllowListedJob",
+             "--burst"]  # fmt: skip
 
 
-def run_plain_rq(redis_url: str, model: str) -> None:
-    env = {**os.environ, "WORKER_MODEL": model, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([*RQ_WORKER, "--url", redis_url, "classify"], cwd=ROOT, env=env, timeout=120,
+def run_plain_rq(redis_url: str, model: str, command: list[str] = RQ_WORKER, env: dict | None = None) -> None:
+    env = {**os.environ, "WORKER_MODEL": model, "PYTHONPATH": str(ROOT), **(env or {})}
+    done = subprocess.run([*command, "--url", redis_url, "classify"], cwd=ROOT, env=env, timeout=120,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("job_class", [True, False], ids=["allow-listed", "plain-rq-control"])
+def test_the_plain_rq_path_runs_no_function_or_callback_outside_the_allow_list(redis_url, conn, tiny_model_path,
+                                                                             tmp_path, job_class):  # fmt: skip
+    marker, imported = tmp_path / "pwned.txt", tmp_path / "callback-imported.txt"
+    queue = Queue("classify", connection=conn, serializer=MsgpackSerializer)
+    evil = queue.enqueue("os.system", f"touch {marker}")
+    good = Producer(redis_url).enqueue(image_bytes("cat.jpg"))
+    conn.hset(Job.key_for(good), "success_callback_name", "tests.side_effect.callback")  # a plain hash field
+    command = RQ_WORKER if job_class else [a for a in RQ_WORKER if "job" not in a.lower()]
+    run_plain_rq(redis_url, str(tiny_model_path), command, env={"SIDE_EFFECT_FILE": str(imported)})
+    assert marker.exists() != job_class and imported.exists() != job_class  # the control shows both can happen
+    if job_class:
+        with pytest.raises(JobFailed) as failed:
+            Producer(redis_url).result(evil.id, timeout=5)
+        assert failed.value.error["type"] == "forbidden_function"
+        assert Producer(redis_url).result(good, timeout=5)["ok"]
 
 
 def test_plain_rq_worker_gives_the_same_results_as_the_batch_worker(redis_url, conn, start_worker, tiny_model_path):

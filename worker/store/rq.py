@@ -241,7 +241,7 @@ def _finish_args(outcome: Outcome, now_ts: float) -> list[Any]:
     times = [repr(job.started_at), repr(now_ts)]
     if result["ok"]:
         ttl = DEFAULT_RESULT_TTL_S if job.result_ttl_s is None else job.result_ttl_s
-        return ["ok", job.job_id, job.execution_id, ttl, message, b64encode(message), "", *times, 0]
+        return ["ok", job.job_id, job.execution_id, ttl, message, b64encode(message), _without_image(job), *times, 0]
     if outcome.retry and job.retries_left > 0:
         log.info("job %s re-queued after %s (%d retries left)", job.job_id, result["error"], job.retries_left - 1)
         return ["retry", job.job_id, job.execution_id, 0, "", "", "", *times, job.retries_left - 1]
@@ -249,6 +249,15 @@ def _finish_args(outcome: Outcome, now_ts: float) -> list[Any]:
     text = exc_string_for(result["error"]).encode()
     # A deterministic failure would fail the same way again: no retries left (as the plain-rq path records it).
     return ["fail", job.job_id, job.execution_id, ttl, message, b64encode(zlib.compress(text)), "", *times, 0]
+
+
+def _without_image(job: JobRecord) -> bytes:
+    """The job's call with its image dropped (msgpack, uncompressed: RQ reads both), so that a finished
+    job keeps its meta but not its photo for the whole result TTL; empty when it has no image."""
+    if not isinstance(job.kwargs, dict) or "image" not in job.kwargs:
+        return b""
+    kwargs = {k: v for k, v in job.kwargs.items() if k != "image"}
+    return dumps([job.func_name, None, job.args, kwargs])
 
 
 def _text(value: Any) -> str:

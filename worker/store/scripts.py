@@ -81,9 +81,9 @@ return out
 
 # ARGV: wip, worker_key, worker_executions, worker_name, channel, ended_iso, now_ts, seconds, queue, queues,
 # job prefix, execution prefix, executions prefix, results prefix, finished, failed, then per job 10 values:
-# (kind, job_id, execution_id, ttl, message, return_value_b64 | exc_b64, unused, started_ts, ended_ts,
-# retries_left). kind: ok | fail | retry. A job no longer registered as started by this execution (a
-# reaper gave it back meanwhile) is skipped: its next run writes its end. Returns the skipped ids.
+# (kind, job_id, execution_id, ttl, message, return_value_b64 | exc_b64, data without the image (ok) or '',
+# started_ts, ended_ts, retries_left). kind: ok | fail | retry. A job no longer registered as started by this
+# execution (a reaper gave it back meanwhile) is skipped: its next run writes its end. Returns the skipped ids.
 FINISH = """
 local wip, wkey, wexec, wname, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ended_iso, now_ts, seconds, queue, queues = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
@@ -107,6 +107,8 @@ for i = 17, #ARGV, 10 do
     if kind == 'ok' then
       ok = ok + 1
       redis.call('HSET', job_key, 'status', 'finished', 'ended_at', ended_iso)
+      -- the image is not needed any more: keep the call without it (RQ's Job API still reads the job)
+      if ARGV[i + 6] ~= '' then redis.call('HSET', job_key, 'data', ARGV[i + 6]) end
       redis.call('XADD', results, 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', wname,
                  'return_value', ARGV[i + 5], 'execution_id', eid, 'execution_started_at', ARGV[i + 7],
                  'execution_ended_at', ARGV[i + 8])

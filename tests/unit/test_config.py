@@ -1,0 +1,20 @@
+"""Settings that must not leak or collide: masked passwords, one name per launched child."""
+
+from __future__ import annotations
+
+from worker.config import WorkerSettings, mask_url
+from worker.launcher import Launcher
+
+
+def test_passwords_are_masked_in_the_netloc_and_in_the_query_string():
+    assert mask_url("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
+    masked = mask_url("rediss://host:6380/0?ssl_cert_reqs=required&password=s3cret&db=1")
+    assert "s3cret" not in masked and "password=***" in masked and "ssl_cert_reqs=required" in masked
+    assert "s3cret" not in WorkerSettings(model="m", redis_url="redis://h/0?password=s3cret").public()["redis_url"]
+
+
+def test_children_of_a_named_launcher_get_distinct_names():
+    launcher = Launcher(WorkerSettings(model="m", name="gpu-box"), ["cpu", "cpu"])
+    assert [s["name"] for s in launcher.settings] == ["gpu-box:0", "gpu-box:1"]
+    unnamed = Launcher(WorkerSettings(model="m"), ["cpu", "cpu"])
+    assert [s["name"] for s in unnamed.settings] == ["", ""]  # host:device:pid, distinct per process

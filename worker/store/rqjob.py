@@ -1,0 +1,48 @@
+"""``AllowListedJob``: the allow-list on the plain ``rq worker`` path, checked before anything is imported.
+
+``rq worker -w rq.SimpleWorker -S producer.serializer.MsgpackSerializer --job-class
+worker.store.rqjob.AllowListedJob`` runs only allow-listed functions. RQ imports a job's function
+(``Job.func``) and its success, failure and stopped callbacks (named in plain hash fields, which
+never pass through the serializer) by name; this class refuses a function outside the allow-list
+with a ``forbidden_function`` job error, and never imports a callback (the allow-list has none).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rq.job import Job
+
+from ..errors import JobError
+from ..jobs import allowed
+
+log = logging.getLogger(__name__)
+
+
+class AllowListedJob(Job):
+    """An RQ job that runs only allow-listed functions and never runs callbacks."""
+
+    @property
+    def func(self) -> Any:
+        """The job's function, if allow-listed; else ``JobError("forbidden_function")``, nothing imported."""
+        name = self.func_name
+        if not allowed(name) or self.instance is not None:
+            log.error("job %s names %r, which is not allow-listed: refused, not imported", self.id, name)
+            raise JobError("forbidden_function", f"function {name!r} is not allow-listed")
+        return super().func
+
+    @property
+    def success_callback(self) -> None:
+        """Never imported nor run (no callback is allow-listed)."""
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        """Never imported nor run (no callback is allow-listed)."""
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        """Never imported nor run (no callback is allow-listed)."""
+        return None
