@@ -29,8 +29,13 @@ def gather(connection: redis.Redis, queue_name: str) -> dict[str, Any]:
             "last_heartbeat_s_ago": round((now - beat).total_seconds(), 1) if beat else None,
         })  # fmt: skip
     return {
-        "queue": queue_name, "queued": queue.count, "started": queue.started_job_registry.count,
-        "failed": queue.failed_job_registry.count, "finished": queue.finished_job_registry.count,
+        # get_job_count(cleanup=False): read-only. RQ's ``count`` runs its clean-up, which fails jobs whose
+        # started-registry score has passed (wrongly, for a worker whose clock is behind) and runs their
+        # on_failure callbacks inside this process.
+        "queue": queue_name, "queued": queue.count,
+        "started": queue.started_job_registry.get_job_count(cleanup=False),
+        "failed": queue.failed_job_registry.get_job_count(cleanup=False),
+        "finished": queue.finished_job_registry.get_job_count(cleanup=False),
         "workers": workers,
     }  # fmt: skip
 
