@@ -84,3 +84,15 @@ def test_a_queued_id_whose_job_hash_is_gone_is_dropped_and_answered(store, redis
     jobs = store.take(8, 1.0)
     assert [j.job_id for j in jobs] == [ids[0], ids[2]]
     assert conn.llen("rq:queue:classify") == 0 and conn.llen("rq:queue:classify:intermediate") == 0
+
+
+def test_job_data_that_inflates_past_the_limit_is_refused_unread(redis_url, conn):
+    import zlib
+
+    bomb = zlib.compress(b"\0" * (40 << 20), 9)  # ~40 KiB that inflate to 40 MiB
+    conn.hset("rq:job:bomb", mapping={"data": bomb, "status": "queued", "origin": "classify"})
+    conn.rpush("rq:queue:classify", "bomb")
+    store = RedisStore(conn, "classify", "w1", max_data_bytes=1 << 20)
+    store.register()
+    (job,) = store.take(1, 1.0)
+    assert job.job_id == "bomb" and "inflates past the limit" in job.read_error and job.kwargs == {}
