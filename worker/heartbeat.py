@@ -29,6 +29,7 @@ class Heartbeat(threading.Thread):
         self.ttl_s, self.reap_s = ttl_s, reap_s
         self.stopping = threading.Event()
         self.samples: deque[tuple[float, int]] = deque(maxlen=64)
+        self.dropped = 0  # the store's dropped-id count already reported
 
     def rate(self, jobs: int, now: float) -> float:
         """Jobs per second over the last minute of samples."""
@@ -43,6 +44,9 @@ class Heartbeat(threading.Thread):
         backlog = self.store.heartbeat(stats)
         if self.metrics is not None:
             self.metrics.backlog.set(backlog)
+            dropped, self.dropped = self.store.dropped - self.dropped, self.store.dropped
+            if dropped > 0:
+                self.metrics.dropped.inc(dropped)
 
     def run(self) -> None:
         next_reap = time.monotonic()

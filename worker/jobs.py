@@ -25,11 +25,12 @@ def job_inputs(job: JobRecord) -> tuple[bytes, dict[str, Any]]:
         raise JobError("bad_job_data", f"unreadable job data: {job.read_error}")
     if not allowed(job.func_name):
         raise JobError("forbidden_function", f"function {job.func_name!r} is not allow-listed")
-    return checked_args(job.args, job.kwargs)
+    return checked_args(job.args, job.kwargs, now=job.now())
 
 
-def checked_args(args: Any, kwargs: Any) -> tuple[bytes, dict[str, Any]]:
-    """Validate classify's arguments and deadline; raise ``JobError`` (``bad_request``, ``expired``)."""
+def checked_args(args: Any, kwargs: Any, now: float | None = None) -> tuple[bytes, dict[str, Any]]:
+    """Validate classify's arguments and deadline (against ``now``, Unix seconds; default this
+    machine's clock); raise ``JobError`` (``bad_request``, ``expired``)."""
     try:
         image, meta = parse_job_args(args, kwargs)
         meta_bytes = len(dumps(meta))
@@ -38,8 +39,9 @@ def checked_args(args: Any, kwargs: Any) -> tuple[bytes, dict[str, Any]]:
     if meta_bytes > MAX_META_BYTES:
         raise JobError("bad_request", f"meta is {meta_bytes} bytes, over the limit of {MAX_META_BYTES}")
     deadline = kwargs.get("deadline")
-    if deadline is not None and time.time() > deadline:
-        late = time.time() - deadline
+    now = time.time() if now is None else now
+    if deadline is not None and now > deadline:
+        late = now - deadline
         raise JobError("expired", f"the job's deadline passed {late:.3f} s before it could run; not classified")
     return image, meta
 
@@ -50,6 +52,6 @@ def answer(job: JobRecord, *, model: str, worker: str, meta: dict[str, Any], dec
     """The job's result map, with its timings: queue (enqueue to start), decode, infer, total (to now)."""
     enqueued = job.enqueued_at if job.enqueued_at is not None else job.started_at
     timings = {"queue": max(0.0, job.started_at - enqueued) * 1000, "decode": decode_ms,
-               "infer": 0.0 if error else infer_ms, "total": max(0.0, time.time() - enqueued) * 1000}  # fmt: skip
+               "infer": 0.0 if error else infer_ms, "total": max(0.0, job.now() - enqueued) * 1000}  # fmt: skip
     return make_result(job.job_id, model=model, worker=worker, timings_ms=timings, meta=meta, topk=topk,
                        error=error.as_error() if error else None, batch=batch)  # fmt: skip

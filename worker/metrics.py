@@ -32,6 +32,9 @@ class Metrics:
                                ["stage"], buckets=LATENCY_BUCKETS_S, registry=registry)  # fmt: skip
         self.end_to_end = Histogram("adclassify_job_duration_seconds", "Enqueue to result written",
                                     buckets=LATENCY_BUCKETS_S, registry=registry)  # fmt: skip
+        self.dropped = Counter("adclassify_dropped_ids_total",
+                               "Queued ids dropped unstarted: not UTF-8, so no client can name them",
+                               registry=registry)  # fmt: skip
         self.backlog = Gauge("adclassify_queue_backlog_jobs", "Jobs waiting in the queue", registry=registry)
         self.warm_up = Gauge("adclassify_model_warmup_seconds", "Model load and warm-up time at start",
                              registry=registry)  # fmt: skip

@@ -84,14 +84,19 @@ def test_every_hostile_job_is_answered_and_its_batch_mates_succeed(redis_url, co
     raw_job(conn, queue, "a-pickle", pickle.dumps(("os.system", None, ("id",), {})))
     expected.update({"not-msgpack": "bad_job_data", "a-pickle": "bad_job_data"})
     conn.rpush(queue.key, "hash-is-gone")
+    conn.set(Job.key_for("a-string-key"), "not a hash")
+    conn.rpush(queue.key, "a-string-key", b"\xff\xfe not UTF-8")  # the first is answered job_gone
+    conn.hset(Job.key_for("no-data"), mapping={"status": "queued", "lost_deliveries": "many"})
+    conn.rpush(queue.key, "no-data")
+    expected["no-data"] = "bad_job_data"
     with producer.subscribe() as sub:
         proc = start_worker("--batch-size", "32", "--max-image-bytes", "200000", "--max-wait-ms", "200")
         seen = {}
-        while len(seen) < len(expected) + len(good) + 1:
+        while len(seen) < len(expected) + len(good) + 2:
             message = sub.get(timeout=60)
             assert message is not None, f"unanswered: {set(expected) - set(seen)}"
             seen[message["job_id"]] = message
-    assert seen["hash-is-gone"]["error"]["type"] == "job_gone"
+    assert seen["hash-is-gone"]["error"]["type"] == seen["a-string-key"]["error"]["type"] == "job_gone"
     for job_id in good:
         assert seen[job_id]["ok"]
     for job_id, kind in expected.items():

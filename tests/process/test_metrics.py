@@ -27,6 +27,7 @@ def test_metrics_endpoint_counts_jobs_batches_and_stages(redis_url, conn, start_
     start_worker("--metrics-port", str(port), "--batch-size", "8", "--worker-ttl-s", "3")
     wait_for_workers(conn)
     producer = Producer(redis_url)
+    conn.rpush("rq:queue:classify", b"\xc3\x28")  # an id that is not UTF-8: dropped, counted, logged
     ids = producer.enqueue_many([image_bytes("cat.jpg")] * 3 + [b"not an image"])
     for job_id in ids[:3]:
         assert producer.result(job_id, timeout=60)["ok"]
@@ -45,3 +46,4 @@ def test_metrics_endpoint_counts_jobs_batches_and_stages(redis_url, conn, start_
     assert value(text, "adclassify_job_duration_seconds_count") == 4
     assert value(text, "adclassify_model_warmup_seconds") > 0
     assert "adclassify_queue_backlog_jobs" in text
+    assert wait_for(lambda: value(scrape(port), "adclassify_dropped_ids_total") == 1, 30)

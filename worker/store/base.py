@@ -8,6 +8,7 @@ implementation, ``worker.store.memory.MemoryStore`` the in-memory twin with the 
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,9 @@ class JobRecord:
     """A job taken and started by this worker.
 
     ``func_name``/``args``/``kwargs`` are the job's call as its data says; ``read_error`` is set
-    instead when the data could not be read. Times: ``enqueued_at``/``started_at`` are Unix seconds,
-    ``taken_at`` is this process's ``time.monotonic()`` when the take returned.
+    instead when the data could not be read. Times: ``enqueued_at``/``started_at`` are Unix seconds
+    (``started_at`` on the store's clock: Redis ``TIME``), ``taken_at`` is this process's
+    ``time.monotonic()`` when the take returned.
     """
 
     job_id: str
@@ -38,6 +40,13 @@ class JobRecord:
     retries_left: int = 0
     result_ttl_s: int | None = None
     failure_ttl_s: int | None = None
+
+    def now(self) -> float:
+        """The store's clock now (Unix seconds), from the start's time and this process's monotonic
+        clock since: deadlines and timings never depend on this machine's wall clock."""
+        if not self.taken_at:  # a record not made by a take
+            return time.time()
+        return self.started_at + max(0.0, time.monotonic() - self.taken_at)
 
     @property
     def execution(self) -> str:
@@ -67,6 +76,7 @@ class QueueStore(abc.ABC):
     """Where jobs wait and results go. Every method may raise ``StoreUnavailable``."""
 
     worker_name: str
+    dropped: int = 0  # queued ids dropped unstarted because no client could name them (not UTF-8)
 
     @abc.abstractmethod
     def register(self) -> None:

@@ -63,6 +63,7 @@ class RedisStore(QueueStore):
         self.channel = results_channel(queue)
         self.scripts = Scripts(connection)
         self._rq_worker: BatchWorker | None = None
+        self.dropped = 0  # queued ids dropped unstarted: not UTF-8 (see ``take``)
         self.keys = {"queue": rqkeys.queue(queue), "intermediate": rqkeys.intermediate(queue),
                      "wip": rqkeys.started(queue), "worker": rqkeys.worker(worker_name),
                      "wexec": rqkeys.worker_executions(worker_name)}  # fmt: skip
@@ -97,22 +98,26 @@ class RedisStore(QueueStore):
         first = unavailable(lambda: self.connection.blmove(k["queue"], k["intermediate"], timeout_s, "LEFT", "RIGHT"))
         if first is None:
             return []
-        return unavailable(lambda: self._start([first.decode()], max_jobs))
+        return unavailable(lambda: self._start([first], max_jobs))
 
-    def _start(self, given: list[str], max_jobs: int) -> list[JobRecord]:
-        k, now = self.keys, datetime.now(timezone.utc)
+    def _start(self, given: list[bytes], max_jobs: int) -> list[JobRecord]:
+        """TAKE: start up to ``max_jobs`` (``given`` first); times are Redis's clock (``TIME``)."""
+        k = self.keys
         args = [k["queue"], k["intermediate"], k["wip"], k["worker"], k["wexec"], self.worker_name, STARTED_TTL_S,
-                repr(now.timestamp()), _iso(now), self.worker_ttl_s, rqkeys.SEEN_PREFIX, rqkeys.JOB_PREFIX,
-                rqkeys.EXECUTION_PREFIX, rqkeys.EXECUTIONS_PREFIX, max_jobs, uuid4().hex[:28], *given]  # fmt: skip
+                self.worker_ttl_s, rqkeys.SEEN_PREFIX, rqkeys.JOB_PREFIX, rqkeys.EXECUTION_PREFIX,
+                rqkeys.EXECUTIONS_PREFIX, max_jobs, uuid4().hex[:28], *given]  # fmt: skip
         reply = self.scripts.call("take", args)
-        taken_at = time.monotonic()
+        taken_at, started = time.monotonic(), float(reply[0])
         jobs, gone = [], []
-        for i in range(0, len(reply), 3):
-            job_id, raw, eid = _text(reply[i]), reply[i + 1], _text(reply[i + 2])
-            if raw is None:
-                gone.append(job_id)
+        for i in range(1, len(reply), 3):
+            job_id, raw, eid = reply[i], reply[i + 1], _text(reply[i + 2])
+            if raw == -1:
+                self.dropped += 1
+                log.error("dropped queued id %r: not UTF-8, so no client can name it (never started)", job_id)
+            elif raw is None:
+                gone.append(_text(job_id))
             elif raw != 0:
-                jobs.append(self._record(job_id, eid, raw, now.timestamp(), taken_at))
+                jobs.append(self._record(_text(job_id), eid, raw, started, taken_at))
         if gone:
             log.warning("dropped %d queued id(s) whose job hash is gone: %s", len(gone), ", ".join(gone))
             self._answer_gone(gone)
@@ -167,14 +172,14 @@ class RedisStore(QueueStore):
         """Record every outcome and publish every final result in one script call (one round trip)."""
         if not outcomes:
             return []
-        k, now = self.keys, datetime.now(timezone.utc)
+        k = self.keys
         started = min(o.job.started_at for o in outcomes)
-        args: list[Any] = [k["wip"], k["worker"], k["wexec"], self.worker_name, self.channel, _iso(now),
-                           repr(now.timestamp()), repr(max(0.0, now.timestamp() - started)), k["queue"],
-                           rqkeys.QUEUES, rqkeys.JOB_PREFIX, rqkeys.EXECUTION_PREFIX, rqkeys.EXECUTIONS_PREFIX,
-                           rqkeys.results(""), rqkeys.finished(self.queue), rqkeys.failed(self.queue)]  # fmt: skip
+        args: list[Any] = [k["wip"], k["worker"], k["wexec"], self.worker_name, self.channel, repr(started),
+                           k["queue"], rqkeys.QUEUES, rqkeys.JOB_PREFIX, rqkeys.EXECUTION_PREFIX,
+                           rqkeys.EXECUTIONS_PREFIX, rqkeys.results(""), rqkeys.finished(self.queue),
+                           rqkeys.failed(self.queue)]  # fmt: skip
         for outcome in outcomes:
-            args += _finish_args(outcome, now.timestamp())
+            args += _finish_args(outcome)
         skipped = [_text(s) for s in unavailable(lambda: self.scripts.call("finish", args))]
         if skipped:
             log.warning("not recording %d job(s) re-queued by a reaper meanwhile: %s", len(skipped),
@@ -206,14 +211,14 @@ class RedisStore(QueueStore):
 
     def reap(self) -> tuple[list[str], list[str]]:
         """One reaper pass (atomic); poison jobs are failed in it and their results published here."""
-        k, now = self.keys, datetime.now(timezone.utc)
+        k = self.keys
         error = {"type": "poison", "message": f"the job was lost with its worker {self.max_deliveries} times "
                  "(it may crash the worker); not retried"}  # fmt: skip
         text = exc_string_for(error).encode()
         args = [k["wip"], k["queue"], k["intermediate"], rqkeys.EXECUTION_PREFIX, rqkeys.EXECUTIONS_PREFIX,
-                rqkeys.WORKER_PREFIX, rqkeys.JOB_PREFIX, rqkeys.SEEN_PREFIX, repr(now.timestamp()), self.stranded_s,
-                self.max_deliveries, rqkeys.failed(self.queue), rqkeys.results(""), _iso(now),
-                b64encode(zlib.compress(text)), "", DEFAULT_FAILURE_TTL_S]  # fmt: skip
+                rqkeys.WORKER_PREFIX, rqkeys.JOB_PREFIX, rqkeys.SEEN_PREFIX, self.stranded_s, self.max_deliveries,
+                rqkeys.failed(self.queue), rqkeys.results(""), b64encode(zlib.compress(text)),
+                DEFAULT_FAILURE_TTL_S]  # fmt: skip
         requeued, poison = ([_text(i) for i in ids] for ids in unavailable(lambda: self.scripts.call("reap", args)))
         if requeued:
             log.warning("re-queued %d job(s) of dead workers: %s", len(requeued), ", ".join(requeued))
@@ -226,19 +231,19 @@ class RedisStore(QueueStore):
     def give_back(self, in_hand: set[str], min_age_s: float = 10.0) -> list[str]:
         """Re-queue our own executions that we do not hold (one atomic script)."""
         k = self.keys
-        args = [k["wip"], k["wexec"], rqkeys.EXECUTION_PREFIX, rqkeys.JOB_PREFIX, k["queue"], repr(time.time()),
-                min_age_s, *sorted(in_hand)]  # fmt: skip
+        args = [k["wip"], k["wexec"], rqkeys.EXECUTION_PREFIX, rqkeys.JOB_PREFIX, k["queue"], min_age_s,
+                *sorted(in_hand)]  # fmt: skip
         given = [_text(i) for i in unavailable(lambda: self.scripts.call("give_back", args))]
         if given:
             log.warning("re-queued %d job(s) this worker started but never received: %s", len(given), ", ".join(given))
         return given
 
 
-def _finish_args(outcome: Outcome, now_ts: float) -> list[Any]:
-    """The FINISH script's 10 values for one job (see ``worker.store.scripts.FINISH``)."""
+def _finish_args(outcome: Outcome) -> list[Any]:
+    """The FINISH script's 9 values for one job (see ``worker.store.scripts.FINISH``)."""
     job, result = outcome.job, outcome.result
     message = dumps(result)
-    times = [repr(job.started_at), repr(now_ts)]
+    times = [repr(job.started_at)]
     if result["ok"]:
         ttl = DEFAULT_RESULT_TTL_S if job.result_ttl_s is None else job.result_ttl_s
         return ["ok", job.job_id, job.execution_id, ttl, message, b64encode(message), _without_image(job), *times, 0]
