@@ -43,28 +43,41 @@ class AsyncProducer:
     async def enqueue_many(self, images: Iterable[ImageInput], *, job_ids: Iterable[str | None] | None = None,
                            metas: Iterable[dict | None] | None = None,
                            deadline_s: float | None = None) -> list[str]:  # fmt: skip
-        """Enqueue many images in one round trip (one more each for caller ids and the queue limit)."""
+        """Enqueue many images in one round trip (more for caller ids and the queue limit); caller-chosen
+        ids are created only if absent, atomically (WATCH, as in ``Producer.enqueue_many``)."""
         images = list(images)
         ids = list(job_ids) if job_ids is not None else [None] * len(images)
+        meta_list = list(metas) if metas is not None else None
         chosen = [i for i in ids if i is not None]
-        existing = set()
-        if chosen:
-            found = await asyncio.gather(*(self.connection.exists(Job.key_for(i)) for i in chosen))
-            existing = {i for i, hit in zip(chosen, found) if hit}
+        async with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    if chosen:
+                        await pipe.watch(*(Job.key_for(i) for i in chosen))
+                    existing = await self._existing(chosen)
+                    await self._check_room(len(images) - len(existing))
+                    pipe.multi()
+                    recorder = self._recorder.connection.pipeline()
+                    fresh = self._recorder.record(recorder, images, ids, meta_list, deadline_s, existing)
+                    for args, options in recorder.command_stack:
+                        pipe.execute_command(*args, **options)
+                    await pipe.execute()
+                    return fresh
+                except redis.WatchError:  # another producer created one of these ids meanwhile: look again
+                    continue
+
+    async def _existing(self, chosen: list[str]) -> set[str]:
+        if not chosen:
+            return set()
+        found = await asyncio.gather(*(self.connection.exists(Job.key_for(i)) for i in chosen))
+        return {i for i, hit in zip(chosen, found) if hit}
+
+    async def _check_room(self, adding: int) -> None:
         limit = self.options.max_queue_length
-        adding = len(images) - len(existing)
         if limit is not None and adding > 0:
             length = await self.connection.llen(self._recorder.queue.key)
             if length + adding > limit:
                 raise QueueFull(self.queue_name, length, adding, limit)
-        recorder = self._recorder.connection.pipeline()
-        fresh = self._recorder.record(recorder, images, ids, list(metas) if metas is not None else None,
-                                      deadline_s, existing)  # fmt: skip
-        async with self.connection.pipeline() as pipe:
-            for args, options in recorder.command_stack:
-                pipe.execute_command(*args, **options)
-            await pipe.execute()
-        return fresh
 
     async def result(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """Wait for a job's final result; raise ``JobFailed`` or ``JobTimeout``."""

@@ -106,18 +106,30 @@ class Producer:
         metas: Iterable[dict | None] | None = None,
         deadline_s: float | None = None,
     ) -> list[str]:
-        """Enqueue many images in one round trip (one more each to check caller-chosen ids and the queue limit)."""
+        """Enqueue many images in one round trip (more to check caller-chosen ids and the queue limit).
+
+        Caller-chosen ids are created only if absent, atomically: their keys are WATCHed from the
+        check to the write, so two producers racing on one id leave one job (the first to write);
+        the loser sees it exists and keeps it."""
         images = list(images)
         ids = list(job_ids) if job_ids is not None else [None] * len(images)
         meta_list = list(metas) if metas is not None else [None] * len(images)
         if not len(images) == len(ids) == len(meta_list):
             raise ValueError("images, job_ids and metas must have the same length")
-        existing = self._existing(ids)
-        self._check_room(len(images) - len(existing))
+        chosen = [job_id for job_id in ids if job_id is not None]
         with self.connection.pipeline() as pipe:
-            ids = self.record(pipe, images, ids, meta_list, deadline_s, existing)
-            pipe.execute()
-        return ids
+            while True:
+                try:
+                    if chosen:
+                        pipe.watch(*(Job.key_for(job_id) for job_id in chosen))
+                    existing = self._existing(chosen)
+                    self._check_room(len(images) - len(existing))
+                    pipe.multi()
+                    recorded = self.record(pipe, images, ids, meta_list, deadline_s, existing)
+                    pipe.execute()
+                    return recorded
+                except redis.WatchError:  # another producer created one of these ids meanwhile: look again
+                    log.info("a caller-chosen job id was created concurrently; checking again")
 
     def record(self, pipe: Any, images: list[ImageInput], ids: list[str | None], metas: list[dict | None] | None,
                deadline_s: float | None, existing: set[str]) -> list[str]:  # fmt: skip
@@ -142,8 +154,7 @@ class Producer:
         if length + adding > limit:
             raise QueueFull(self.queue.name, length, adding, limit)
 
-    def _existing(self, ids: list[str | None]) -> set[str]:
-        chosen = [job_id for job_id in ids if job_id is not None]
+    def _existing(self, chosen: list[str]) -> set[str]:
         if not chosen:
             return set()
         with self.connection.pipeline(transaction=False) as pipe:

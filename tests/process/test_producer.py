@@ -30,6 +30,40 @@ def test_a_caller_chosen_job_id_makes_enqueue_idempotent(redis_url, conn):
     assert Job.fetch("ad-1", connection=conn, serializer=MsgpackSerializer).kwargs["image"] == b"one"
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_two_producers_racing_on_one_caller_chosen_id_leave_one_job(redis_url, conn, flavour):
+    # Producer A checks the id, then B creates it before A writes: A must keep B's job, not add a second.
+    import asyncio
+
+    from producer.aio import AsyncProducer
+
+    other = Producer(redis_url)
+    racer = Producer(redis_url) if flavour == "sync" else AsyncProducer(redis_url)
+    checked = racer._existing
+
+    def existing_then_raced(chosen):
+        found = checked(chosen)
+        if not conn.exists(Job.key_for("ad-9")):
+            other.enqueue(b"B's photo", job_id="ad-9", meta={"by": "B"})
+        return found
+
+    async def existing_then_raced_async(chosen):
+        found = await checked(chosen)
+        if not conn.exists(Job.key_for("ad-9")):
+            other.enqueue(b"B's photo", job_id="ad-9", meta={"by": "B"})
+        return found
+
+    if flavour == "sync":
+        racer._existing = existing_then_raced
+        assert racer.enqueue(b"A's photo", job_id="ad-9", meta={"by": "A"}) == "ad-9"
+    else:
+        racer._existing = existing_then_raced_async
+        assert asyncio.run(racer.enqueue(b"A's photo", job_id="ad-9", meta={"by": "A"})) == "ad-9"
+    assert Queue("classify", connection=conn).job_ids == ["ad-9"]
+    job = Job.fetch("ad-9", connection=conn, serializer=MsgpackSerializer)
+    assert job.kwargs == {"image": b"B's photo", "meta": {"by": "B"}}
+
+
 def test_result_times_out_clearly(redis_url):
     producer = Producer(redis_url)
     with pytest.raises(JobTimeout, match="no such job"):

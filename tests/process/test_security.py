@@ -12,7 +12,7 @@ from ..conftest import image_bytes, wait_for_workers
 # Keep in step with docs/security.md.
 PRODUCER_ACL = ("on >producer-secret resetkeys ~rq:job:* ~rq:queue:classify ~rq:queues ~rq:results:* "
                 "resetchannels &classify:results -@all +ping +hset +hget +hgetall +rpush +sadd +exists +llen "
-                "+xread +xrevrange +multi +exec +subscribe +unsubscribe")  # fmt: skip
+                "+xread +xrevrange +multi +exec +watch +unwatch +subscribe +unsubscribe")  # fmt: skip
 WORKER_ACL = ("on >worker-secret resetkeys ~rq:* resetchannels &classify:results "
               "+@all -@admin -@dangerous +info +client|setname +script|load")  # fmt: skip
 
@@ -33,6 +33,8 @@ def test_least_privilege_users_run_the_whole_path(acl_users, conn, start_worker)
     wait_for_workers(conn)
     producer = Producer(producer_url)
     assert producer.classify(image_bytes("cat.jpg"), timeout=60)["ok"]
+    assert producer.enqueue(image_bytes("cat.jpg"), job_id="ad-1") == "ad-1"  # create-if-absent (WATCH)
+    assert producer.result("ad-1", timeout=60)["ok"]
     with producer.subscribe() as sub:
         job_id = producer.enqueue(image_bytes("coffee.jpg"))
         assert sub.get(timeout=60)["job_id"] == job_id
