@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .serializer import SerializationError, dumps
+
 DEFAULT_QUEUE = "classify"
 TASK_NAME = "worker.tasks.classify"
 RESULTS_SUFFIX = ":results"
@@ -31,7 +33,16 @@ def results_channel(queue: str) -> str:
 
 def job_kwargs(image: bytes, meta: dict[str, Any] | None, deadline: float | None = None) -> dict[str, Any]:
     """The keyword arguments of a classify job; ``deadline`` is a Unix time after which it is not worth running."""
-    kwargs = {"image": image, "meta": meta or {}}
+    meta = meta or {}
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"meta must be a map, not {type(meta).__name__}")
+    try:
+        size = len(dumps(meta))
+    except SerializationError as exc:
+        raise ProtocolError(f"meta cannot be sent as msgpack: {exc}") from exc
+    if size > MAX_META_BYTES:
+        raise ProtocolError(f"meta is {size} bytes, over the limit of {MAX_META_BYTES}")
+    kwargs = {"image": image, "meta": meta}
     if deadline is not None:
         kwargs["deadline"] = float(deadline)
     return kwargs

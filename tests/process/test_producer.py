@@ -64,6 +64,19 @@ def test_two_producers_racing_on_one_caller_chosen_id_leave_one_job(redis_url, c
     assert job.kwargs == {"image": b"B's photo", "meta": {"by": "B"}}
 
 
+def test_meta_over_the_limit_or_not_msgpack_is_refused_at_enqueue(redis_url, conn):
+    from producer.protocol import MAX_META_BYTES, ProtocolError
+
+    producer = Producer(redis_url)
+    with pytest.raises(ProtocolError, match="over the limit"):
+        producer.enqueue(b"x", meta={"blob": "x" * MAX_META_BYTES})
+    with pytest.raises(ProtocolError, match="msgpack"):
+        producer.enqueue(b"x", meta={"when": object()})
+    with pytest.raises(ProtocolError, match="map"):
+        producer.enqueue(b"x", meta=[1, 2])
+    assert conn.llen("rq:queue:classify") == 0
+
+
 def test_result_times_out_clearly(redis_url):
     producer = Producer(redis_url)
     with pytest.raises(JobTimeout, match="no such job"):

@@ -97,3 +97,43 @@ def test_the_gate_closes_only_while_the_forward_pass_is_the_bottleneck_and_a_bat
     assert not gate.active
     with gate.decoding(), gate.forward(8):  # open: a forward pass does not wait for running decodes
         pass
+
+
+def _big_png(size: tuple[int, int], seed: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (seed, 40, 90)).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_pixels_decoding_at_once_stay_within_the_budget(kind):
+    from worker.decode.budget import PixelBudget
+
+    images = [_big_png((1500, 1000), i) for i in range(6)]  # 1.5 Mpx each
+    budget = PixelBudget(3_200_000)  # two at a time, never three
+    if kind == "threads":
+        decoder = ThreadDecoder(SPEC, Limits(), 4, budget=budget)
+    else:
+        decoder = ProcessDecoder(SPEC, Limits(), 4, budget=budget)
+    try:
+        results = collect(decoder, [*images, b"not an image"])
+    finally:
+        decoder.close()
+    assert all(r.error is None for r in results[:-1]) and results[-1].error is not None
+    assert 1_500_000 <= budget.peak <= 3_200_000 and budget.used == 0
+
+
+def test_an_image_bigger_than_the_budget_still_decodes_alone():
+    from worker.decode.budget import PixelBudget
+
+    budget = PixelBudget(1_000_000)
+    decoder = ThreadDecoder(SPEC, Limits(), 3, budget=budget)
+    try:
+        results = collect(decoder, [_big_png((1500, 1000), i) for i in range(3)])
+    finally:
+        decoder.close()
+    assert all(r.error is None for r in results) and budget.peak == 1_000_000

@@ -19,6 +19,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 from ..errors import JobError
 from . import DecodeResult
+from .budget import PixelBudget, header_pixels
 from .cpu import ImageError, Limits, Preprocess, decode
 from .gate import Gate, NoGate
 
@@ -36,10 +37,13 @@ def decode_one(data: bytes, spec: Preprocess, limits: Limits) -> DecodeResult:
 
 
 class ThreadDecoder:
-    """``threads`` decoding threads; each decode holds ``gate`` (see ``worker.decode.gate``)."""
+    """``threads`` decoding threads; each decode holds ``gate`` (see ``worker.decode.gate``) and its
+    pixels from ``budget`` (default: ``limits.max_pixels``, so one image at the limit decodes alone)."""
 
-    def __init__(self, spec: Preprocess, limits: Limits, threads: int, gate: Gate | None = None) -> None:
+    def __init__(self, spec: Preprocess, limits: Limits, threads: int, gate: Gate | None = None,
+                 budget: PixelBudget | None = None) -> None:  # fmt: skip
         self.spec, self.limits, self.gate = spec, limits, gate or NoGate()
+        self.budget = budget or PixelBudget(limits.max_pixels)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
     def submit(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
@@ -47,7 +51,7 @@ class ThreadDecoder:
         self.pool.submit(self._run, data, done)
 
     def _run(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
-        with self.gate.decoding():
+        with self.budget.hold(header_pixels(data)), self.gate.decoding():
             result = decode_one(data, self.spec, self.limits)
         if result.error is None:
             self.gate.decoded()
@@ -129,9 +133,10 @@ class ProcessDecoder:
     """``workers`` decode processes (spawned, torch-free), each fed by its own dispatcher thread."""
 
     def __init__(self, spec: Preprocess, limits: Limits, workers: int, timeout_s: float = 10.0,
-                 gate: Gate | None = None) -> None:  # fmt: skip
+                 gate: Gate | None = None, budget: PixelBudget | None = None) -> None:  # fmt: skip
         context = multiprocessing.get_context("spawn")
         self.timeout_s, self.gate = timeout_s, gate or NoGate()
+        self.budget = budget or PixelBudget(limits.max_pixels)
         self.tasks: queue.Queue = queue.Queue()
         self.slots = [_Slot(context, spec, limits) for _ in range(workers)]
         self.threads = [threading.Thread(target=self._dispatch, args=(s,), name="decode-dispatch", daemon=True)
@@ -146,7 +151,7 @@ class ProcessDecoder:
     def _dispatch(self, slot: _Slot) -> None:
         while (task := self.tasks.get()) is not None:
             data, done = task
-            with self.gate.decoding():
+            with self.budget.hold(header_pixels(data)), self.gate.decoding():
                 result = slot.decode(data, self.timeout_s)
             if result.error is None:
                 self.gate.decoded()
