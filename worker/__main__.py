@@ -88,9 +88,14 @@ def serve_one(settings: WorkerSettings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    from .pipeline import ShutdownIncomplete
     from .service import run  # torch loads here, after argument errors had their chance
 
-    run(settings, stop)
+    try:
+        run(settings, stop)
+    except ShutdownIncomplete as exc:
+        log.error("exiting 1: %s", exc)
+        return 1
     return 0
 
 

@@ -42,6 +42,7 @@ class WorkerSettings:
     idle_wait_ms: float = 1000.0
     worker_ttl_s: int = 20
     max_deliveries: int = 3
+    shutdown_timeout_s: float = 30.0
     name: str = ""
     burst: bool = False
     log_level: str = "INFO"
@@ -122,6 +123,9 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "are re-queued by the others within about this plus 5 s"),
     ("--max-deliveries", "WORKER_MAX_DELIVERIES", int,
      "a job lost with its worker this many times fails as 'poison' instead of being re-queued"),
+    ("--shutdown-timeout-s", "WORKER_SHUTDOWN_TIMEOUT_S", float,
+     "after SIGTERM, wait at most this long for Redis to record finished jobs, then exit 1 (the reaper "
+     "re-queues what was not recorded)"),
     ("--name", "WORKER_NAME", str, "worker name shown by rq info (default host:device:pid)"),
     ("--log-level", "WORKER_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
     ("--metrics-port", "WORKER_METRICS_PORT", int, "serve Prometheus metrics on this port (0: off; the metrics extra)"),

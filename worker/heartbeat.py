@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import Any
 
-from .pipeline import InHand, Stats
+from .progress import InHand, Stats
 from .store import QueueStore, StoreUnavailable, WorkerStats
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import logging
 import queue
-import statistics
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +20,7 @@ from .batching import next_batch
 from .decode import Decoder, DecodeResult
 from .errors import JobError
 from .jobs import answer, job_inputs
+from .progress import InHand, Stats
 from .store import JobRecord, Outcome, QueueStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -57,6 +55,12 @@ class PipelineSettings:
     idle_wait_ms: float = 1000.0
     batches_in_hand: int = 3
     burst: bool = False  # stop once a take finds the queue empty
+    shutdown_timeout_s: float = 30.0  # once stopping, how long finished jobs wait for an unavailable store
+
+
+class ShutdownIncomplete(RuntimeError):
+    """Stopping, the store stayed unavailable past the shutdown timeout: finished jobs were not recorded
+    (the reaper re-queues them once this worker's key expires)."""
 
 
 @dataclass
@@ -68,50 +72,6 @@ class Item:
     pixels: bytes | None = None
     error: JobError | None = None
     decode_ms: float = 0.0
-
-
-class InHand:
-    """The executions this worker holds (taken, not yet acknowledged), with waits on their count."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.held: set[str] = set()
-
-    def add(self, jobs: list[JobRecord]) -> None:
-        with self.cond:
-            self.held.update(j.execution for j in jobs)
-
-    def release(self, jobs: list[JobRecord]) -> None:
-        with self.cond:
-            self.held.difference_update(j.execution for j in jobs)
-            self.cond.notify_all()
-
-    def wait_until(self, ok: Callable[[int], bool], stop: threading.Event | None = None) -> int:
-        """Wait until ``ok(count)`` (or ``stop`` is set); return the count."""
-        with self.cond:
-            while not ok(len(self.held)) and not (stop is not None and stop.is_set()):
-                self.cond.wait(0.1)
-            return len(self.held)
-
-    def snapshot(self) -> set[str]:
-        with self.cond:
-            return set(self.held)
-
-
-class Stats:
-    """Jobs and batches done, and the pipeline's own cost per job (for the exit log and the heartbeat)."""
-
-    def __init__(self) -> None:
-        self.jobs = self.batches = 0
-        self.to_decode_ms: deque[float] = deque(maxlen=10_000)  # taken -> decode start
-        self.to_publish_ms: deque[float] = deque(maxlen=10_000)  # forward end -> published
-
-    def summary(self) -> str:
-        def p50(values: deque[float]) -> str:
-            return f"{statistics.median(values):.2f}" if values else "n/a"
-
-        return (f"{self.jobs} jobs in {self.batches} batches; pipeline cost p50: taken->decode "
-                f"{p50(self.to_decode_ms)} ms, forward end->published {p50(self.to_publish_ms)} ms")  # fmt: skip
 
 
 class Pipeline:
@@ -128,6 +88,8 @@ class Pipeline:
         self.done: queue.Queue = queue.Queue()  # outcomes waiting to be recorded (bounded by the hand)
         self.closed = False
         self.decoding = 0  # images submitted to the decoder and not yet back
+        self.stopping_since: float | None = None
+        self.unrecorded = 0  # finished jobs given up on at shutdown (the store stayed unavailable)
         self.lock = threading.Lock()
 
     def run(self) -> int:
@@ -140,6 +102,8 @@ class Pipeline:
             while stage.is_alive():  # wake up now and then: a signal may have landed on another thread, and
                 stage.join(0.2)  # its Python handler runs only when this (the main) thread runs bytecode
         log.info("pipeline stopped: %s", self.stats.summary())
+        if self.unrecorded:
+            raise ShutdownIncomplete(f"{self.unrecorded} finished job(s) not recorded: the queue store was unavailable")
         return self.stats.jobs
 
     # -- take and decode -------------------------------------------------------------------------
@@ -266,13 +230,28 @@ class Pipeline:
                 self.store.finish(outcomes)
                 backoff_s = 0.5
             except StoreUnavailable as exc:
+                left = self._shutdown_left()
+                if left <= 0:
+                    self.unrecorded = len(outcomes)
+                    log.error("stopping, and the queue store stayed unavailable for %.0f s: exiting with %d "
+                              "finished job(s) unrecorded (re-queued by the reaper once this worker's key "
+                              "expires)", self.settings.shutdown_timeout_s, len(outcomes))  # fmt: skip
+                    return
                 log.warning("queue store unavailable (%s); %d finished job(s) kept, retrying in %.1f s",
-                            exc, len(outcomes), backoff_s)  # fmt: skip
-                time.sleep(backoff_s)
+                            exc, len(outcomes), min(backoff_s, left))  # fmt: skip
+                time.sleep(min(backoff_s, left))
                 backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
                 continue
             self._acknowledged(pending)
             pending = []
+
+    def _shutdown_left(self) -> float:
+        """Seconds left to record finished jobs: unbounded until stopping, then the shutdown timeout."""
+        if not self.stop.is_set():
+            return float("inf")
+        if self.stopping_since is None:
+            self.stopping_since = time.monotonic()
+        return self.settings.shutdown_timeout_s - (time.monotonic() - self.stopping_since)
 
     def _collect(self, pending: list[tuple[list[Outcome], float]], *, block: bool) -> bool:
         """Move finished batches from ``done`` to ``pending``; True once the stream is closed."""

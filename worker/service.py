@@ -105,7 +105,8 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
         return 0
     hand, stats = InHand(), Stats()
     pipeline_settings = PipelineSettings(settings.worker_name, settings.max_wait_ms, settings.idle_wait_ms,
-                                         burst=settings.burst)  # fmt: skip
+                                         burst=settings.burst,
+                                         shutdown_timeout_s=settings.shutdown_timeout_s)  # fmt: skip
     gate = make_gate(settings, model)
     predictor = Predictor(model, int(settings.batch_size), settings.topk, gate)
     pipeline = Pipeline(store, make_decoder(settings, model.info.preprocess, gate), predictor, pipeline_settings, stop,

@@ -155,14 +155,43 @@ def test_redis_restart_with_append_only_file_loses_nothing(start_worker, tiny_mo
         server.stop()
 
 
-def _worker_on(url: str, model: object, log: object = None):
+def test_sigterm_while_redis_is_down_exits_1_within_the_timeout_and_nothing_is_lost(tiny_model_path, tmp_path):
+    server = RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    log = tmp_path / "worker.log"
+    try:
+        conn = redis.Redis.from_url(server.url)
+        ids = Producer(server.url).enqueue_many([photos()[i % 9] for i in range(150)])
+        proc = _worker_on(server.url, tiny_model_path, log, "--shutdown-timeout-s", "3")
+        wait_for(lambda: _finished(conn, ids[10]), 60)
+        server.process.terminate()  # Redis goes down with batches in hand
+        server.process.wait()
+        wait_for(lambda: "finished job(s) kept" in log.read_text(), 60)  # results it cannot record
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 1  # a bounded wait, then a non-zero exit
+        assert time.monotonic() - signalled < 15
+        text = log.read_text()
+        assert "unrecorded" in text and text.count("\n") < 300  # backed off, no busy loop
+        server.start()  # the append-only file brings the queue back
+        conn = redis.Redis.from_url(server.url)
+        proc = _worker_on(server.url, tiny_model_path)
+        for job_id in ids:  # the reaper re-queues what the first worker could not record
+            assert Producer(server.url).result(job_id, timeout=90)["ok"]
+        assert_all_finished_once(conn, ids)
+    finally:
+        _stop(locals().get("proc"))
+        server.stop()
+
+
+def _worker_on(url: str, model: object, log: object = None, *extra: str):
     import os
     import subprocess
     import sys
 
     from ..conftest import ROOT
 
-    args = [sys.executable, "-m", "worker", "--model", str(model), "--redis-url", url, "--batch-size", "8", *FAST]
+    args = [sys.executable, "-m", "worker", "--model", str(model), "--redis-url", url, "--batch-size", "8", *FAST,
+            *extra]  # fmt: skip
     out = open(log, "wb") if log else None  # noqa: SIM115 - the process owns it
     return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stderr=out)
 

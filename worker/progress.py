@@ -1,0 +1,55 @@
+"""What a worker holds and has done: the executions in hand (with waits on their count), and the
+pipeline's own counters and costs (for the heartbeat, metrics and the exit log)."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from .store import JobRecord
+
+
+class InHand:
+    """The executions this worker holds (taken, not yet acknowledged), with waits on their count."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.held: set[str] = set()
+
+    def add(self, jobs: list[JobRecord]) -> None:
+        with self.cond:
+            self.held.update(j.execution for j in jobs)
+
+    def release(self, jobs: list[JobRecord]) -> None:
+        with self.cond:
+            self.held.difference_update(j.execution for j in jobs)
+            self.cond.notify_all()
+
+    def wait_until(self, ok: Callable[[int], bool], stop: threading.Event | None = None) -> int:
+        """Wait until ``ok(count)`` (or ``stop`` is set); return the count."""
+        with self.cond:
+            while not ok(len(self.held)) and not (stop is not None and stop.is_set()):
+                self.cond.wait(0.1)
+            return len(self.held)
+
+    def snapshot(self) -> set[str]:
+        with self.cond:
+            return set(self.held)
+
+
+class Stats:
+    """Jobs and batches done, and the pipeline's own cost per job (for the exit log and the heartbeat)."""
+
+    def __init__(self) -> None:
+        self.jobs = self.batches = 0
+        self.to_decode_ms: deque[float] = deque(maxlen=10_000)  # taken -> decode start
+        self.to_publish_ms: deque[float] = deque(maxlen=10_000)  # forward end -> published
+
+    def summary(self) -> str:
+        def p50(values: deque[float]) -> str:
+            return f"{statistics.median(values):.2f}" if values else "n/a"
+
+        return (f"{self.jobs} jobs in {self.batches} batches; pipeline cost p50: taken->decode "
+                f"{p50(self.to_decode_ms)} ms, forward end->published {p50(self.to_publish_ms)} ms")  # fmt: skip
