@@ -90,12 +90,16 @@ def serve_one(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     from .pipeline import ShutdownIncomplete
     from .service import run  # torch loads here, after argument errors had their chance
+    from .store.names import NameTaken
 
     try:
         run(settings, stop)
     except ShutdownIncomplete as exc:
         log.error("exiting 1: %s", exc)
         return 1
+    except NameTaken as exc:
+        log.error("exiting 2: %s", exc)
+        return 2
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -15,6 +16,7 @@ from producer.protocol import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_QUEUE
 
 from .decode.cpu import DEFAULT_MAX_PIXELS
 
+INSTANCE = secrets.token_hex(3)  # this process start's, for default worker names
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -51,11 +53,12 @@ class WorkerSettings:
 
     @property
     def worker_name(self) -> str:
-        """``host:device:pid`` unless a name was given (``cuda:K`` reads as ``gpuK``)."""
+        """``host:device:pid-token`` unless a name was given (``cuda:K`` reads as ``gpuK``); the token is
+        random per process start, so a container's pid 1 never repeats a predecessor's name."""
         if self.name:
             return self.name
         device = self.device.replace("cuda:", "gpu").replace(":", "")
-        return f"{socket.gethostname()}:{device}:{os.getpid()}"
+        return f"{socket.gethostname()}:{device}:{os.getpid()}-{INSTANCE}"
 
     def public(self) -> dict:
         """The settings without secrets (the Redis password is masked), for the start-up log."""

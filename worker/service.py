@@ -73,7 +73,7 @@ def register(store: RedisStore, stop: threading.Event) -> bool:
     backoff_s = 0.5
     while not stop.is_set():
         try:
-            store.register()
+            store.register(stop)
             return True
         except StoreUnavailable as exc:
             log.warning("redis unavailable at start (%s); retrying in %.1f s", exc, backoff_s)

@@ -183,6 +183,25 @@ def test_sigterm_while_redis_is_down_exits_1_within_the_timeout_and_nothing_is_l
         server.stop()
 
 
+def test_a_fixed_name_is_refused_while_its_owner_beats_and_taken_over_once_it_died(redis_url, conn, start_worker):
+    producer = Producer(redis_url)
+    owner = start_worker("--name", "ad-gpu-0", "--batch-size", "8", *FAST)
+    wait_for_workers(conn)
+    second = start_worker("--name", "ad-gpu-0", *FAST)
+    assert second.wait(timeout=60) == 2  # the owner keeps beating: a clear refusal, nothing disturbed
+    ids = producer.enqueue_many([photos()[i % 9] for i in range(120)])
+    wip = Queue("classify", connection=conn, serializer=MsgpackSerializer).started_job_registry.key
+    wait_for(lambda: conn.zcard(wip) > 0, 60, 0.001)
+    owner.kill()  # SIGKILL with jobs started: its key lives on until its TTL
+    owner.wait()
+    restarted = time.monotonic()
+    start_worker("--name", "ad-gpu-0", "--batch-size", "8", *FAST)  # takes over within one TTL
+    for job_id in ids:  # not after the 360 s of the predecessor's execution keys
+        assert producer.result(job_id, timeout=60)["ok"]
+    assert time.monotonic() - restarted < 60
+    assert_all_finished_once(conn, ids)
+
+
 def _worker_on(url: str, model: object, log: object = None, *extra: str):
     import os
     import subprocess

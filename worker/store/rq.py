@@ -9,6 +9,7 @@ trips do not grow with the batch size. Key names come from ``producer.rqkeys``, 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import zlib
 from base64 import b64encode
@@ -26,6 +27,7 @@ from producer.protocol import exc_string_for, make_result, results_channel
 from producer.serializer import MsgpackSerializer, SerializationError, dumps, loads
 
 from .base import JobRecord, Outcome, QueueStore, StoreUnavailable, WorkerStats
+from .names import claim_name
 from .scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -79,10 +81,11 @@ class RedisStore(QueueStore):
                                                               worker_ttl=self.worker_ttl_s))  # fmt: skip
         return self._rq_worker
 
-    def register(self) -> None:
-        """Register with RQ (``rq info`` lists us) and load the scripts."""
-        unavailable(lambda: self.rq_worker.register_birth())
+    def register(self, stop: threading.Event | None = None) -> None:
+        """Claim our name (``worker.store.names``), register with RQ (``rq info`` lists us), load the scripts."""
         unavailable(self.scripts.load)
+        unavailable(lambda: claim_name(self, stop))
+        unavailable(lambda: self.rq_worker.register_birth())
 
     def unregister(self) -> None:
         """Register our death with RQ."""

@@ -1,0 +1,49 @@
+"""Worker names: a fixed ``--name`` restarts cleanly, and two live workers never share one.
+
+RQ refuses to register a name whose key exists without ``death``. A fixed name restarted after a
+crash finds its predecessor's key (until it expires) and, once registered, would hide the
+predecessor's started jobs from every reaper (their executions name a worker that looks alive).
+So before registering: a name whose key has ``death`` set, or no key, is free; the jobs its
+predecessor left are re-queued at once. A key still beating belongs to a live worker: wait at most
+one TTL for its heartbeat to stop, then take over (delete its key, re-queue its jobs, register);
+while it keeps beating, refuse with ``NameTaken``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .rq import RedisStore
+
+log = logging.getLogger(__name__)
+
+
+class NameTaken(RuntimeError):
+    """Another live worker is registered, and beating, under this name."""
+
+
+def claim_name(store: RedisStore, stop: threading.Event | None = None, poll_s: float = 0.25) -> None:
+    """Make ``store.worker_name`` ours (see the module's text); raise ``NameTaken`` if it is in use."""
+    conn, key = store.connection, store.keys["worker"]
+    first = conn.hmget(key, "last_heartbeat", "death")
+    if first[0] is not None and first[1] is None:  # registered and not dead: alive, or crashed recently
+        log.warning("worker name %s is registered: waiting up to %d s for its heartbeat to stop",
+                    store.worker_name, store.worker_ttl_s)  # fmt: skip
+        deadline = time.monotonic() + store.worker_ttl_s
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+            beat = conn.hget(key, "last_heartbeat")
+            if beat is None:
+                break  # its key expired: gone
+            if beat != first[0]:
+                raise NameTaken(f"a live worker named {store.worker_name!r} is still beating; "
+                                "give this one another --name")  # fmt: skip
+            time.sleep(poll_s)
+        log.warning("worker %s stopped beating: taking over its name", store.worker_name)
+    conn.delete(key)  # a dead predecessor's key: its started jobs now show as a dead worker's
+    requeued, poison = store.reap()
+    if requeued or poison:
+        log.warning("re-queued %d job(s) of this name's predecessor (%d failed as poison)", len(requeued), len(poison))
