@@ -1,10 +1,10 @@
 """Client side of the classify queue: what a web backend imports (no torch)."""
 
 from .client import JobOptions, Producer, Subscription
-from .errors import JobFailed, JobTimeout, ProducerError, QueueFull
+from .errors import JobFailed, JobTimeout, ProducerError, QueueFull, RedisFull
 from .serializer import MsgpackSerializer
 
 __all__ = [
-    "JobFailed", "JobOptions", "JobTimeout", "MsgpackSerializer", "Producer", "ProducerError", "QueueFull",
+    "JobFailed", "JobOptions", "JobTimeout", "MsgpackSerializer", "Producer", "ProducerError", "QueueFull", "RedisFull",
     "Subscription",
 ]  # fmt: skip

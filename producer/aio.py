@@ -18,7 +18,7 @@ from rq.job import Job
 from rq.results import Result
 
 from .client import ImageInput, JobOptions, Producer, final_result
-from .errors import JobTimeout, QueueFull
+from .errors import JobTimeout, QueueFull, RedisFull
 from .protocol import DEFAULT_QUEUE, ProtocolError, validate_result
 from .serializer import SerializationError, loads
 
@@ -65,6 +65,8 @@ class AsyncProducer:
                     return fresh
                 except redis.WatchError:  # another producer created one of these ids meanwhile: look again
                     continue
+                except redis.OutOfMemoryError as exc:
+                    raise RedisFull(self.queue_name, len(images), str(exc)) from exc
 
     async def _existing(self, chosen: list[str]) -> set[str]:
         if not chosen:

@@ -15,7 +15,7 @@ from rq import Queue, Retry
 from rq.job import Job
 from rq.results import Result
 
-from .errors import JobFailed, JobTimeout, QueueFull
+from .errors import JobFailed, JobTimeout, QueueFull, RedisFull
 from .protocol import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -130,6 +130,8 @@ class Producer:
                     return recorded
                 except redis.WatchError:  # another producer created one of these ids meanwhile: look again
                     log.info("a caller-chosen job id was created concurrently; checking again")
+                except redis.OutOfMemoryError as exc:
+                    raise RedisFull(self.queue.name, len(images), str(exc)) from exc
 
     def record(self, pipe: Any, images: list[ImageInput], ids: list[str | None], metas: list[dict | None] | None,
                deadline_s: float | None, existing: set[str]) -> list[str]:  # fmt: skip

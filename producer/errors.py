@@ -34,3 +34,15 @@ class QueueFull(ProducerError):
     def __init__(self, queue: str, length: int, adding: int, limit: int) -> None:
         self.queue, self.length, self.adding, self.limit = queue, length, adding, limit
         super().__init__(f"queue {queue!r} is full: {length} waiting + {adding} > limit {limit}; retry later")
+
+
+class RedisFull(QueueFull):
+    """Redis refused the jobs: it reached ``maxmemory`` (RQ's recommended ``noeviction`` policy).
+    Nothing of the call was written (one transaction). ``reason`` is Redis's own message; retry later,
+    once workers have drained jobs (finishing a job frees its image), or give Redis more memory."""
+
+    def __init__(self, queue: str, adding: int, reason: str) -> None:
+        ProducerError.__init__(self, f"queue {queue!r} is full: Redis refused {adding} job(s) ({reason}); "
+                                     "retry later")  # fmt: skip
+        self.queue, self.adding, self.reason = queue, adding, reason
+        self.length = self.limit = None  # not a producer-side limit

@@ -68,6 +68,11 @@ def worker(name: str) -> str:
     return f"{WORKER_PREFIX}{name}"
 
 
+def queue_workers(name: str) -> str:
+    """The set of worker keys that serve a queue."""
+    return f"{WORKERS}:{name}"
+
+
 def worker_executions(name: str) -> str:
     """The set of a worker's current executions."""
     return f"{WORKER_PREFIX}{name}:executions"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 from .progress import InHand, Stats
@@ -30,6 +30,7 @@ class Heartbeat(threading.Thread):
         self.stopping = threading.Event()
         self.samples: deque[tuple[float, int]] = deque(maxlen=64)
         self.dropped = 0  # the store's dropped-id count already reported
+        self.reported: Counter[str] = Counter()  # store errors already reported
 
     def rate(self, jobs: int, now: float) -> float:
         """Jobs per second over the last minute of samples."""
@@ -47,6 +48,9 @@ class Heartbeat(threading.Thread):
             dropped, self.dropped = self.store.dropped - self.dropped, self.store.dropped
             if dropped > 0:
                 self.metrics.dropped.inc(dropped)
+            for kind, count in self.stats.store_errors.items():
+                self.metrics.store_errors.labels(kind).inc(count - self.reported[kind])
+                self.reported[kind] = count
 
     def run(self) -> None:
         next_reap = time.monotonic()
@@ -58,6 +62,7 @@ class Heartbeat(threading.Thread):
                     self.store.give_back(self.hand.snapshot())
                     next_reap = time.monotonic() + self.reap_s
             except StoreUnavailable as exc:
+                self.stats.store_error(exc)
                 log.warning("heartbeat: queue store unavailable: %s", exc)
             except Exception:  # this thread keeps us alive: log anything unexpected, never die of it
                 log.exception("heartbeat: unexpected error (beating on)")

@@ -35,6 +35,9 @@ class Metrics:
         self.dropped = Counter("adclassify_dropped_ids_total",
                                "Queued ids dropped unstarted: not UTF-8, so no client can name them",
                                registry=registry)  # fmt: skip
+        self.store_errors = Counter("adclassify_store_errors_total",
+                                    "Redis calls refused, by kind: full (maxmemory reached) or unavailable",
+                                    ["kind"], registry=registry)  # fmt: skip
         self.backlog = Gauge("adclassify_queue_backlog_jobs", "Jobs waiting in the queue", registry=registry)
         self.warm_up = Gauge("adclassify_model_warmup_seconds", "Model load and warm-up time at start",
                              registry=registry)  # fmt: skip

@@ -118,6 +118,7 @@ class Pipeline:
                 jobs = self.store.take(min(self.limit - held, self.predictor.cap), self.settings.idle_wait_ms / 1000)
                 backoff_s = 0.5
             except StoreUnavailable as exc:
+                self.stats.store_error(exc)
                 log.warning("queue store unavailable (%s); retrying in %.1f s", exc, backoff_s)
                 self.stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
@@ -230,6 +231,7 @@ class Pipeline:
                 self.store.finish(outcomes)
                 backoff_s = 0.5
             except StoreUnavailable as exc:
+                self.stats.store_error(exc)
                 left = self._shutdown_left()
                 if left <= 0:
                     self.unrecorded = len(outcomes)

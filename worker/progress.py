@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import statistics
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
-from .store import JobRecord
+from .store import JobRecord, StoreFull
 
 
 class InHand:
@@ -46,6 +46,11 @@ class Stats:
         self.jobs = self.batches = 0
         self.to_decode_ms: deque[float] = deque(maxlen=10_000)  # taken -> decode start
         self.to_publish_ms: deque[float] = deque(maxlen=10_000)  # forward end -> published
+        self.store_errors: Counter[str] = Counter()  # calls refused: "full" (maxmemory) or "unavailable"
+
+    def store_error(self, exc: Exception) -> None:
+        """Count one refused store call (for metrics)."""
+        self.store_errors["full" if isinstance(exc, StoreFull) else "unavailable"] += 1
 
     def summary(self) -> str:
         def p50(values: deque[float]) -> str:

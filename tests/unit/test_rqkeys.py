@@ -28,3 +28,6 @@ def test_key_names_match_rqs_classes():
     assert rqkeys.execution("J", "E") == Execution("E", "J", connection=conn).key
     assert rqkeys.executions("J") == ExecutionRegistry(job_id="J", connection=conn).key
     assert (Queue.redis_queues_keys, Worker.redis_workers_keys) == (rqkeys.QUEUES, rqkeys.WORKERS)
+    from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+    assert WORKERS_BY_QUEUE_KEY % "classify" == rqkeys.queue_workers("classify")

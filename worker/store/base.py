@@ -17,6 +17,11 @@ class StoreUnavailable(Exception):
     """The store cannot be reached right now (connection lost, timeout); retry later."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store refuses writes: Redis reached ``maxmemory`` (noeviction). Finishing jobs frees
+    memory, so the pipeline keeps its finished batches and retries with back-off."""
+
+
 @dataclass
 class JobRecord:
     """A job taken and started by this worker.

@@ -26,7 +26,7 @@ from producer import rqkeys
 from producer.protocol import exc_string_for, make_result, results_channel
 from producer.serializer import MsgpackSerializer, SerializationError, dumps, loads
 
-from .base import JobRecord, Outcome, QueueStore, StoreUnavailable, WorkerStats
+from .base import JobRecord, Outcome, QueueStore, StoreFull, StoreUnavailable, WorkerStats
 from .names import claim_name
 from .scripts import Scripts
 
@@ -47,9 +47,12 @@ class BatchWorker(SimpleWorker):
 
 
 def unavailable(call: Callable[[], T]) -> T:
-    """Run ``call``; a lost or timed-out connection becomes ``StoreUnavailable``."""
+    """Run ``call``; a lost or timed-out connection becomes ``StoreUnavailable``, a full Redis
+    (maxmemory reached, noeviction) ``StoreFull``: both are retried later with back-off."""
     try:
         return call()
+    except redis.OutOfMemoryError as exc:
+        raise StoreFull(f"redis is full (maxmemory): {exc}") from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise StoreUnavailable(str(exc)) from exc
 
@@ -82,10 +85,15 @@ class RedisStore(QueueStore):
         return self._rq_worker
 
     def register(self, stop: threading.Event | None = None) -> None:
-        """Claim our name (``worker.store.names``), register with RQ (``rq info`` lists us), load the scripts."""
+        """Claim our name (``worker.store.names``), then register as RQ's ``register_birth`` does (``rq info``
+        lists us), in one script that also runs on a full Redis."""
         unavailable(self.scripts.load)
         unavailable(lambda: claim_name(self, stop))
-        unavailable(lambda: self.rq_worker.register_birth())
+        worker = self.rq_worker
+        worker.birth_date = worker.last_heartbeat = datetime.now(timezone.utc)
+        fields = [v for pair in worker.serialize().items() for v in pair]
+        args = [worker.key, worker.worker_ttl + 60, rqkeys.WORKERS, rqkeys.queue_workers(self.queue), *fields]
+        unavailable(lambda: self.scripts.call("register", args))
 
     def unregister(self) -> None:
         """Register our death with RQ."""
@@ -193,24 +201,14 @@ class RedisStore(QueueStore):
     def heartbeat(self, stats: WorkerStats) -> int:
         """Refresh the worker key (re-register if a Redis restart lost it); return the backlog."""
         k = self.keys
-        with self.connection.pipeline() as pipe:
-            pipe.hset(
-                k["worker"],
-                mapping={
-                    "last_heartbeat": _iso(datetime.now(timezone.utc)),
-                    "batches": stats.batches,
-                    "images_per_s_1m": stats.images_per_s_1m,
-                },
-            )
-            pipe.expire(k["worker"], self.worker_ttl_s)
-            pipe.expire(k["wexec"], self.worker_ttl_s)
-            pipe.llen(k["queue"])
-            pipe.hexists(k["worker"], "birth")
-            replies = unavailable(pipe.execute)
-        if not replies[-1]:
+        fields = ["last_heartbeat", _iso(datetime.now(timezone.utc)), "batches", stats.batches,
+                  "images_per_s_1m", stats.images_per_s_1m]  # fmt: skip
+        backlog, registered = unavailable(lambda: self.scripts.call(
+            "heartbeat", [k["worker"], k["wexec"], k["queue"], self.worker_ttl_s, *fields]))  # fmt: skip
+        if not registered:
             log.warning("worker key %s was gone (a Redis restart without persistence?): registering again", k["worker"])
-            unavailable(lambda: self.rq_worker.register_birth())
-        return int(replies[-2])
+            self.register()
+        return int(backlog)
 
     def reap(self) -> tuple[list[str], list[str]]:
         """One reaper pass (atomic); poison jobs are failed in it and their results published here."""

@@ -299,7 +299,36 @@ end
 return given
 """
 
-SOURCES = {"take": TAKE, "finish": FINISH, "reap": REAP, "give_back": GIVE_BACK}
+# ARGV: worker key, ttl, all-workers set, queue's workers set, then RQ's worker fields as name, value pairs.
+# What RQ's ``register_birth`` writes, as one script (it also runs on a full Redis, see ``Scripts``).
+REGISTER = """
+redis.call('DEL', ARGV[1])
+for i = 5, #ARGV, 2 do redis.call('HSET', ARGV[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', ARGV[1], tonumber(ARGV[2]))
+redis.call('SADD', ARGV[3], ARGV[1])
+redis.call('SADD', ARGV[4], ARGV[1])
+return 1
+"""
+
+# ARGV: worker key, worker executions, queue, ttl, then fields to set as name, value pairs. Keeps the worker
+# alive for another TTL; returns {backlog, registered}: registered 0 when the key was gone (re-register).
+HEARTBEAT = """
+local wkey, wexec, ttl = ARGV[1], ARGV[2], tonumber(ARGV[4])
+redis.call('EXPIRE', wexec, ttl)
+local registered = redis.call('EXPIRE', wkey, ttl)
+if registered == 1 then
+  for i = 5, #ARGV, 2 do redis.call('HSET', wkey, ARGV[i], ARGV[i + 1]) end
+end
+return {redis.call('LLEN', ARGV[3]), registered}
+"""
+
+SOURCES = {"take": TAKE, "finish": FINISH, "reap": REAP, "give_back": GIVE_BACK, "register": REGISTER,
+           "heartbeat": HEARTBEAT}  # fmt: skip
+# Redis 7 runs scripts that declare allow-oom on a full Redis (maxmemory reached, noeviction): ours free
+# at least as much as they write (a start pops the queue, a finish drops the image). Redis 6.2 knows no
+# flags; there a script that has written anything may go on writing, and each of ours writes first with
+# a command that a full Redis allows (LREM/LPOP, DEL, EXPIRE, ZREM, HINCRBY...), so they run there too.
+ALLOW_OOM = "#!lua flags=allow-oom\n"
 
 
 class Scripts:
@@ -308,6 +337,7 @@ class Scripts:
     def __init__(self, connection: redis.Redis) -> None:
         self.connection = connection
         self.sha: dict[str, str] = {}
+        self.flags: str | None = None  # the shebang line on Redis >= 7, '' before
 
     def load(self) -> None:
         """Load every script now (at start-up), so the first batch pays no extra round trips."""
@@ -315,8 +345,11 @@ class Scripts:
             self._sha(name)
 
     def _sha(self, name: str) -> str:
+        if self.flags is None:
+            version = str(self.connection.info("server").get("redis_version", "0"))
+            self.flags = ALLOW_OOM if int(version.split(".")[0]) >= 7 else ""
         if name not in self.sha:
-            self.sha[name] = self.connection.script_load(SOURCES[name])
+            self.sha[name] = self.connection.script_load(self.flags + SOURCES[name])
         return self.sha[name]
 
     def call(self, name: str, args: Sequence[Any]) -> Any:
