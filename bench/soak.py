@@ -1,19 +1,20 @@
-"""Soak test: 10,000 jobs, 3 workers, 20 random kill -9s with restarts, a Redis connection kill, 5% hostile input.
+"""Soak test: 10,000 jobs, 3 workers, 20 random kill -9s with restarts, a Redis connection kill, 5% hostile
+input, 0.5% foreign ids and hashes, one worker frozen (SIGSTOP) past its TTL, and a Redis full midway.
 
-``python -m bench.soak [--jobs 10000] [--kills 20] [--write]`` (about 2-3 minutes on 2 cores; not part
+``python -m bench.soak [--jobs 10000] [--kills 20] [--write]`` (about 3 minutes on 2 cores; not part
 of the test suite). Jobs come in 21 bursts, 6 s apart; each burst's middle kills a random worker.
-Prints lost jobs (must be 0), duplicates published, failures (only the hostile ones may fail) and
-the recovery time of every kill: from the kill until every job the dead worker held is final.
+A third of the way in, one worker is frozen for 3 TTLs (its jobs are re-queued; when it thaws, its
+late finishes must be skipped: 0 duplicates), and for 10 s Redis's ``maxmemory`` sits just above what
+it uses (enqueues raise ``RedisFull`` and are retried, as a web backend would; workers must keep
+finishing). Prints lost jobs (must be 0), duplicates published, failures (only the hostile ones
+may fail), crashes (worker exits we did not cause: must be 0) and the recovery time of every kill.
 ``--write`` records the run in RELIABILITY.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,145 +23,106 @@ from collections import Counter
 import redis
 
 from bench.devserver import RedisServer, find_redis_server
-from producer import Producer, rqkeys
+from producer import Producer
 
-from .common import ROOT, ensure_model, percentile, pythonpath, small_jpegs, table, write_section
-
-HOSTILE = [b"", b"\x00" * 64, b"\xff\xd8\xff\xe0 truncated jpeg", b"%PDF-1.4 not an image", b"GIF89a garbage"]
-
-
-class Fleet:
-    """Worker processes that can be killed and restarted."""
-
-    def __init__(self, url: str, model: str, size: int) -> None:
-        self.url, self.model = url, model
-        self.procs = [self._start() for _ in range(size)]
-
-    def _start(self) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "worker", "--model", self.model, "--redis-url", self.url, "--batch-size", "32",
-               "--worker-ttl-s", "3", "--max-wait-ms", "5", "--log-level", "ERROR"]  # fmt: skip
-        return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath()})
-
-    def kill_one(self, conn: redis.Redis, rng: random.Random) -> tuple[float, set[str]]:
-        """SIGKILL a random worker at a random moment; restart it."""
-        index = rng.randrange(len(self.procs))
-        victim = self.procs[index]
-        victim.send_signal(signal.SIGSTOP)  # frozen: what it holds now is what it will lose
-        jobs = _held_by_pid(conn).get(victim.pid, set())
-        victim.send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        victim.wait()
-        self.procs[index] = self._start()
-        return killed_at, jobs
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            proc.wait(timeout=60)
+from .common import ROOT, ensure_model, percentile, small_jpegs, table, write_section
+from .soak_faults import HOSTILE, WORKER_TTL_S, Faults, Fleet, enqueue_retrying, final, push_foreign
 
 
-def _held_by_pid(conn: redis.Redis) -> dict[int, set[str]]:
-    held: dict[int, set[str]] = {}
-    for member in conn.zrange(rqkeys.started("classify"), 0, -1):
-        name = conn.hget(rqkeys.EXECUTION_PREFIX.encode() + member, "worker_name")
-        if name:
-            held.setdefault(int(name.decode().rsplit(":", 1)[-1]), set()).add(member.decode().rsplit(":", 1)[0])
-    return held
+class Listener:
+    """Counts every result published on the channel, per job id."""
 
+    def __init__(self, producer: Producer) -> None:
+        self.published: Counter = Counter()
+        self.errors: dict[str, str] = {}
+        self.sub, self.stopping = producer.subscribe(), threading.Event()
+        self.thread = threading.Thread(target=self.listen, daemon=True)
+        self.thread.start()
 
-def final(conn: redis.Redis, ids: list[str]) -> dict[str, str]:
-    with conn.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.hget(rqkeys.job(job_id), "status")
-        return {i: (s or b"gone").decode() for i, s in zip(ids, pipe.execute())}
-
-
-def watch_recovery(conn: redis.Redis, killed_at: float, jobs: set[str], out: list) -> None:
-    """Record how long until every job the killed worker held is finished or failed."""
-    if not jobs:
-        out.append(None)
-        return
-    while True:
-        states = final(conn, list(jobs))
-        if all(s in ("finished", "failed") for s in states.values()):
-            out.append(time.monotonic() - killed_at)
-            return
-        if time.monotonic() - killed_at > 300:
-            out.append(float("inf"))
-            return
-        time.sleep(0.05)
+    def listen(self) -> None:
+        while not self.stopping.is_set():
+            message = self.sub.get(timeout=0.2)
+            if message is not None:
+                self.published[message["job_id"]] += 1
+                if message["error"]:
+                    self.errors[message["job_id"]] = message["error"]["type"]
 
 
 def run(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
-    server = RedisServer(binary=find_redis_server(prefer_embedded=False)).start()
+    server = RedisServer(binary=find_redis_server(prefer_embedded=False),
+                         extra_args=["--maxmemory-policy", "noeviction"]).start()  # fmt: skip
     conn = redis.Redis.from_url(server.url)
     producer = Producer(server.url)
-    published: Counter = Counter()
-    errors: dict[str, str] = {}
-    sub = producer.subscribe()
-    listening = threading.Event()
-
-    def listen() -> None:
-        while not listening.is_set():
-            message = sub.get(timeout=0.2)
-            if message is not None:
-                published[message["job_id"]] += 1
-                if message["error"]:
-                    errors[message["job_id"]] = message["error"]["type"]
-
-    listener = threading.Thread(target=listen, daemon=True)
-    listener.start()
+    listener = Listener(producer)
     fleet = Fleet(server.url, str(ensure_model("tiny")), args.workers)
-    good, ids, hostile = small_jpegs(), [], set()
-    recoveries: list = []
-    watchers = []
+    faults = Faults(args, conn, fleet, rng)
+    good, ids, hostile, foreign, unaddressable = small_jpegs(), [], set(), [], 0
     started = time.monotonic()
     per_kill = args.jobs // (args.kills + 1)
     try:
         for k in range(args.kills + 1):
-            chunk = []
-            for _ in range(per_kill if k < args.kills else args.jobs - len(ids)):
-                bad = rng.random() < args.hostile
-                chunk.append(rng.choice(HOSTILE) if bad else rng.choice(good))
+            chunk = [rng.choice(HOSTILE) if rng.random() < args.hostile else rng.choice(good)
+                     for _ in range(per_kill if k < args.kills else args.jobs - len(ids))]  # fmt: skip
+            faults.burst_start(k)
             new = []
             for i in range(0, len(chunk), 100):  # paced enqueues: jobs keep flowing through the kills
-                new += producer.enqueue_many(chunk[i : i + 100])
+                new += enqueue_retrying(producer, chunk[i : i + 100], faults.counts)
+                for _ in range(sum(rng.random() < args.foreign for _ in range(100))):
+                    addressable, dropped = push_foreign(conn, len(foreign) + unaddressable)
+                    foreign += addressable
+                    unaddressable += dropped
                 time.sleep(args.pace_s)
-                if i // 100 == len(chunk) // 200 and k < args.kills:  # mid-chunk: workers are busy
-                    killed_at, jobs = fleet.kill_one(conn, rng)
-                    t = threading.Thread(target=watch_recovery, args=(conn, killed_at, jobs, recoveries), daemon=True)
-                    t.start()
-                    watchers.append(t)
-                if i == 0 and k == args.kills // 2:
-                    conn.client_kill_filter(_type="normal", skipme=True)
+                if i // 100 == len(chunk) // 200:  # mid-chunk: workers are busy
+                    faults.mid_burst(k)
             ids += new
             hostile.update(j for j, data in zip(new, chunk) if data in HOSTILE)
-            time.sleep(args.interval_s)  # workers restart (a few s) and recover before the next burst
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            states = final(conn, ids)
-            if all(s in ("finished", "failed") for s in states.values()):
-                break
-            time.sleep(0.2)
-        for t in watchers:
+            _pause(fleet, args.interval_s)  # workers restart (a few s) and recover before the next burst
+        states = _wait_final(conn, ids + foreign, fleet)
+        for t in faults.threads:
             t.join(timeout=60)
         time.sleep(1)  # let the last PUBLISHes reach the listener
     finally:
-        listening.set()
+        listener.stopping.set()
         fleet.stop()
         server.stop()
-    elapsed = time.monotonic() - started
-    lost = [i for i, s in states.items() if s not in ("finished", "failed")]
-    failed = {i for i, s in states.items() if s == "failed"}
+    return _summary(args, ids, hostile, foreign, unaddressable, states, listener, fleet, faults,
+                    time.monotonic() - started)  # fmt: skip
+
+
+def _pause(fleet: Fleet, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        fleet.check()
+        time.sleep(0.2)
+
+
+def _wait_final(conn: redis.Redis, ids: list[str], fleet: Fleet) -> dict[str, str]:
+    deadline = time.monotonic() + 300
+    while True:
+        fleet.check()
+        states = final(conn, ids)
+        if all(s in ("finished", "failed", "gone") for s in states.values()) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.2)
+
+
+def _summary(args: argparse.Namespace, ids: list[str], hostile: set[str], foreign: list[str],
+             unaddressable: int, states: dict[str, str], listener: Listener, fleet: Fleet, faults: Faults,
+             elapsed: float) -> dict:  # fmt: skip
+    published = listener.published
+    lost = [i for i in ids if states[i] not in ("finished", "failed")]
+    failed = {i for i in ids if states[i] == "failed"}
     return {
         "jobs": len(ids), "hostile": len(hostile), "lost": len(lost), "failed": len(failed),
         "failed_not_hostile": len(failed - hostile), "hostile_not_failed": len(hostile - failed),
         "published_missing": sum(1 for i in ids if published[i] == 0),
         "duplicates_published": sum(max(0, published[i] - 1) for i in ids), "kills": args.kills,
-        "recoveries": recoveries, "elapsed_s": elapsed, "workers": args.workers,
-        "unexpected_errors": dict(Counter(errors.get(i, "?") for i in failed - hostile)),
+        "foreign": len(foreign) + unaddressable, "foreign_unaddressable": unaddressable,
+        "foreign_unanswered": sum(1 for i in foreign if published[i] == 0), "crashes": fleet.crashes,
+        "redis_full_refusals": faults.counts["redis_full_refusals"], "frozen": faults.counts["frozen"],
+        "recoveries": faults.recoveries, "elapsed_s": elapsed, "workers": args.workers,
+        "unexpected_errors": dict(Counter(listener.errors.get(i, "?") for i in failed - hostile)),
     }  # fmt: skip
 
 
@@ -168,7 +130,12 @@ def render(r: dict) -> str:
     measured = [x for x in r["recoveries"] if x is not None]
     rows = [
         ["jobs", r["jobs"]], ["hostile (5%)", r["hostile"]], ["workers", r["workers"]],
-        ["kill -9 (with restart)", r["kills"]], ["Redis CLIENT KILL", 1], ["**lost**", r["lost"]],
+        ["kill -9 (with restart)", r["kills"]], ["Redis CLIENT KILL", 1],
+        [f"worker frozen (SIGSTOP) for {3 * WORKER_TTL_S} s, TTL {WORKER_TTL_S} s", r["frozen"]],
+        ["enqueues refused by a full Redis (RedisFull, retried)", r["redis_full_refusals"]],
+        ["foreign ids and hashes (0.5%)", f"{r['foreign']} ({r['foreign_unaddressable']} not UTF-8: dropped)"],
+        ["foreign (addressable) never answered", r["foreign_unanswered"]],
+        ["worker crashes (exits not caused by the soak)", r["crashes"]], ["**lost**", r["lost"]],
         ["failed", r["failed"]],
         ["failed but not hostile", f"{r['failed_not_hostile']} {r['unexpected_errors'] or ''}".strip()],
         ["hostile but not failed", r["hostile_not_failed"]], ["never published", r["published_missing"]],
@@ -189,6 +156,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--hostile", type=float, default=0.05)
+    parser.add_argument("--foreign", type=float, default=0.005, help="foreign ids and hashes per job enqueued")
     parser.add_argument("--pace-s", type=float, default=0.0, help="pause after each 100 enqueued")
     parser.add_argument("--interval-s", type=float, default=6.0, help="pause between bursts (one kill each)")
     parser.add_argument("--seed", type=int, default=7)
@@ -199,7 +167,8 @@ def main() -> None:
     print(body)
     if args.write:
         write_section("soak", body, ROOT / "RELIABILITY.md")
-    sys.exit(1 if result["lost"] or result["failed_not_hostile"] else 0)
+    bad = result["lost"] or result["failed_not_hostile"] or result["duplicates_published"] or result["crashes"]
+    sys.exit(1 if bad else 0)
 
 
 if __name__ == "__main__":
