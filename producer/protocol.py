@@ -31,6 +31,15 @@ def results_channel(queue: str) -> str:
     return f"{queue}{RESULTS_SUFFIX}"
 
 
+def results_stream(queue: str) -> str:
+    """The durable results feed of ``queue``: a capped Redis Stream, one entry per final result, with
+    fields ``job_id`` (text) and ``result`` (the same msgpack bytes as the channel's message)."""
+    return f"{queue}{RESULTS_SUFFIX}:stream"
+
+
+DEFAULT_RESULTS_MAXLEN = 100_000  # entries kept in the feed (approximate trim); see RELIABILITY.md
+
+
 def job_kwargs(image: bytes, meta: dict[str, Any] | None, deadline: float | None = None) -> dict[str, Any]:
     """The keyword arguments of a classify job; ``deadline`` is a Unix time after which it is not worth running."""
     meta = meta or {}

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from producer.protocol import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_QUEUE
+from producer.protocol import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_QUEUE, DEFAULT_RESULTS_MAXLEN
 
 from .decode.cpu import DEFAULT_MAX_PIXELS
 
@@ -45,6 +45,7 @@ class WorkerSettings:
     worker_ttl_s: int = 20
     max_deliveries: int = 3
     shutdown_timeout_s: float = 30.0
+    results_maxlen: int = DEFAULT_RESULTS_MAXLEN
     name: str = ""
     burst: bool = False
     log_level: str = "INFO"
@@ -126,6 +127,9 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "are re-queued by the others within about this plus 5 s"),
     ("--max-deliveries", "WORKER_MAX_DELIVERIES", int,
      "a job lost with its worker this many times fails as 'poison' instead of being re-queued"),
+    ("--results-maxlen", "WORKER_RESULTS_MAXLEN", int,
+     "entries kept in the durable results feed <queue>:results:stream (approximate trim; 0: no feed); a consumer "
+     "group further behind than this loses its oldest entries"),
     ("--shutdown-timeout-s", "WORKER_SHUTDOWN_TIMEOUT_S", float,
      "after SIGTERM, wait at most this long for Redis to record finished jobs, then exit 1 (the reaper "
      "re-queues what was not recorded)"),

@@ -100,6 +100,7 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
         worker_ttl_s=settings.worker_ttl_s,
         max_deliveries=settings.max_deliveries,
         max_data_bytes=settings.max_image_bytes + (1 << 20),
+        results_maxlen=settings.results_maxlen,
     )
     if not register(store, stop):
         return 0

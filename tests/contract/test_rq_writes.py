@@ -138,9 +138,11 @@ def test_the_store_writes_what_rq_writes(redis_url, kind):
     ref_started, ref_ended = rq_reference(redis_url, kind)
     our_started, our_ended = ours(redis_url, kind)
     assert our_started == ref_started
-    if kind == "ok":  # our one deliberate difference: a finished job keeps its call without the image
+    if kind == "ok":  # a deliberate difference: a finished job keeps its call without the image
         assert _data(our_ended) != _data(ref_ended)
         _data(our_ended, drop=True), _data(ref_ended, drop=True)
+    feed = our_ended.pop(b"classify:results:stream", None)  # and our durable results feed, beside RQ's keys
+    assert (feed is None) == (kind == "retry")  # a final result is fed; a retry is not final
     assert our_ended == ref_ended
 
 
@@ -171,6 +173,7 @@ def test_unusual_result_ttls_write_what_rq_writes(redis_url, ttl):
     for snapshot in (ref, mine):  # the image-less data (see above) where the job is kept at all
         if b"rq:job:J" in snapshot:
             _data(snapshot, drop=True)
+    assert mine.pop(b"classify:results:stream")  # the durable feed (see above)
     assert mine == ref
 
 

@@ -23,7 +23,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from producer import rqkeys
-from producer.protocol import exc_string_for, make_result, results_channel
+from producer.protocol import DEFAULT_RESULTS_MAXLEN, exc_string_for, make_result, results_channel, results_stream
 from producer.serializer import MsgpackSerializer, SerializationError, dumps, loads
 
 from .base import JobRecord, Outcome, QueueStore, StoreFull, StoreUnavailable, WorkerStats
@@ -55,17 +55,22 @@ def unavailable(call: Callable[[], T]) -> T:
         raise StoreFull(f"redis is full (maxmemory): {exc}") from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise StoreUnavailable(str(exc)) from exc
+    except redis.RedisError as exc:  # a refusal (NOPERM after an ACL change, a script error): logged, retried
+        log.error("redis refused a call: %s", exc)
+        raise StoreUnavailable(f"redis refused: {exc}") from exc
 
 
 class RedisStore(QueueStore):
     """One RQ queue on one Redis, for one worker name."""
 
     def __init__(self, connection: redis.Redis, queue: str, worker_name: str, *, worker_ttl_s: int = 20,
-                 max_deliveries: int = 3, stranded_s: float = 5.0, max_data_bytes: int = 32 << 20) -> None:  # fmt: skip
+                 max_deliveries: int = 3, stranded_s: float = 5.0, max_data_bytes: int = 32 << 20,
+                 results_maxlen: int = DEFAULT_RESULTS_MAXLEN) -> None:  # fmt: skip
         self.connection, self.queue, self.worker_name = connection, queue, worker_name
         self.worker_ttl_s, self.max_deliveries, self.stranded_s = worker_ttl_s, max_deliveries, stranded_s
         self.max_data_bytes = max_data_bytes
-        self.channel = results_channel(queue)
+        self.channel, self.stream, self.results_maxlen = results_channel(queue), results_stream(queue), results_maxlen
+        self.feed = [self.channel, self.stream, results_maxlen]  # where every final result goes
         self.scripts = Scripts(connection)
         self._rq_worker: BatchWorker | None = None
         self.dropped = 0  # queued ids dropped unstarted: not UTF-8 (see ``take``)
@@ -116,7 +121,8 @@ class RedisStore(QueueStore):
         k = self.keys
         args = [k["queue"], k["intermediate"], k["wip"], k["worker"], k["wexec"], self.worker_name, STARTED_TTL_S,
                 self.worker_ttl_s, rqkeys.SEEN_PREFIX, rqkeys.JOB_PREFIX, rqkeys.EXECUTION_PREFIX,
-                rqkeys.EXECUTIONS_PREFIX, max_jobs, uuid4().hex[:28], *given]  # fmt: skip
+                rqkeys.EXECUTIONS_PREFIX, max_jobs, uuid4().hex[:28], *self.feed, *_template(GONE, self.worker_name),
+                *given]  # fmt: skip
         reply = self.scripts.call("take", args)
         taken_at, started = time.monotonic(), float(reply[0])
         jobs, gone = [], []
@@ -130,8 +136,7 @@ class RedisStore(QueueStore):
             elif raw != 0:
                 jobs.append(self._record(_text(job_id), eid, raw, started, taken_at))
         if gone:
-            log.warning("dropped %d queued id(s) whose job hash is gone: %s", len(gone), ", ".join(gone))
-            self._answer_gone(gone)
+            log.warning("answered job_gone for %d queued id(s) whose job hash is gone: %s", len(gone), ", ".join(gone))
         return jobs
 
     def _record(self, job_id: str, eid: str, raw: list[bytes], started: float, taken_at: float) -> JobRecord:
@@ -169,15 +174,6 @@ class RedisStore(QueueStore):
             raise ValueError(f"job data inflates past the limit of {self.max_data_bytes} bytes")
         return out
 
-    def _answer_gone(self, ids: list[str]) -> None:
-        """Publish ``ok: false`` (``job_gone``): there is no RQ job left to fail."""
-        error = {"type": "job_gone", "message": "the job's data expired or was deleted before it ran"}
-        with self.connection.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                result = make_result(job_id, model="", worker=self.worker_name, timings_ms={}, meta={}, error=error)
-                pipe.publish(self.channel, dumps(result))
-            unavailable(pipe.execute)
-
     # -- finish ----------------------------------------------------------------------------------
     def finish(self, outcomes: list[Outcome]) -> list[str]:
         """Record every outcome and publish every final result in one script call (one round trip)."""
@@ -188,7 +184,7 @@ class RedisStore(QueueStore):
         args: list[Any] = [k["wip"], k["worker"], k["wexec"], self.worker_name, self.channel, repr(started),
                            k["queue"], rqkeys.QUEUES, rqkeys.JOB_PREFIX, rqkeys.EXECUTION_PREFIX,
                            rqkeys.EXECUTIONS_PREFIX, rqkeys.results(""), rqkeys.finished(self.queue),
-                           rqkeys.failed(self.queue)]  # fmt: skip
+                           rqkeys.failed(self.queue), self.stream, self.results_maxlen]  # fmt: skip
         for outcome in outcomes:
             args += _finish_args(outcome)
         skipped = [_text(s) for s in unavailable(lambda: self.scripts.call("finish", args))]
@@ -211,22 +207,18 @@ class RedisStore(QueueStore):
         return int(backlog)
 
     def reap(self) -> tuple[list[str], list[str]]:
-        """One reaper pass (atomic); poison jobs are failed in it and their results published here."""
+        """One reaper pass (atomic): poison jobs are failed, published and fed in it."""
         k = self.keys
-        error = {"type": "poison", "message": f"the job was lost with its worker {self.max_deliveries} times "
-                 "(it may crash the worker); not retried"}  # fmt: skip
-        text = exc_string_for(error).encode()
+        text = exc_string_for(poison_error(self.max_deliveries)).encode()
         args = [k["wip"], k["queue"], k["intermediate"], rqkeys.EXECUTION_PREFIX, rqkeys.EXECUTIONS_PREFIX,
                 rqkeys.WORKER_PREFIX, rqkeys.JOB_PREFIX, rqkeys.SEEN_PREFIX, self.stranded_s, self.max_deliveries,
-                rqkeys.failed(self.queue), rqkeys.results(""), b64encode(zlib.compress(text)),
-                DEFAULT_FAILURE_TTL_S]  # fmt: skip
+                rqkeys.failed(self.queue), rqkeys.results(""), b64encode(zlib.compress(text)), DEFAULT_FAILURE_TTL_S,
+                *self.feed, *_template(poison_error(self.max_deliveries), self.worker_name)]  # fmt: skip
         requeued, poison = ([_text(i) for i in ids] for ids in unavailable(lambda: self.scripts.call("reap", args)))
         if requeued:
             log.warning("re-queued %d job(s) of dead workers: %s", len(requeued), ", ".join(requeued))
         for job_id in poison:
             log.error("job %s failed as poison after %d lost deliveries", job_id, self.max_deliveries)
-            result = make_result(job_id, model="", worker=self.worker_name, timings_ms={}, meta={}, error=error)
-            unavailable(lambda r=result: self.connection.publish(self.channel, dumps(r)))
         return requeued, poison
 
     def give_back(self, in_hand: set[str], min_age_s: float = 10.0) -> list[str]:
@@ -238,6 +230,21 @@ class RedisStore(QueueStore):
         if given:
             log.warning("re-queued %d job(s) this worker started but never received: %s", len(given), ", ".join(given))
         return given
+
+
+GONE = {"type": "job_gone", "message": "the job's data expired or was deleted before it ran"}
+
+
+def poison_error(max_deliveries: int) -> dict[str, str]:
+    return {"type": "poison", "message": f"the job was lost with its worker {max_deliveries} times "
+            "(it may crash the worker); not retried"}  # fmt: skip
+
+
+def _template(error: dict[str, str], worker: str) -> list[Any]:
+    """A failed result for any job id, as the scripts build it: the map's size and its pairs other than
+    ``job_id``, msgpack-packed (a map is its header, then its keys and values in turn)."""
+    result = make_result("", model="", worker=worker, timings_ms={}, meta={}, error=error)
+    return [len(result), b"".join(dumps(key) + dumps(value) for key, value in result.items() if key != "job_id")]
 
 
 def _finish_args(outcome: Outcome) -> list[Any]:
