@@ -28,6 +28,13 @@ class Drain:
     images_per_s: float
     round_trips_per_job: float
     commands_per_job: float
+    redis_enqueue_us_per_job: float = 0.0  # Redis server CPU (INFO cpu, user + sys) while the jobs were enqueued
+    redis_worker_us_per_job: float = 0.0  # ... and while the worker drained them
+
+    @property
+    def redis_us_per_job(self) -> float:
+        """Redis server CPU for one job's whole life (enqueue, take, finish, result)."""
+        return self.redis_enqueue_us_per_job + self.redis_worker_us_per_job
 
 
 def worker_args(kind: str, url: str, model: str, batch: int, device: str, extra: list[str] | None = None) -> list[str]:
@@ -39,7 +46,14 @@ def worker_args(kind: str, url: str, model: str, batch: int, device: str, extra:
             "classify"]  # fmt: skip
 
 
-def _ended(conn: redis.Redis, ids: list[str]) -> tuple[list[datetime], int]:
+def redis_cpu_s(conn: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (INFO cpu: used_cpu_user + used_cpu_sys, main thread and all)."""
+    info = conn.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def ended_times(conn: redis.Redis, ids: list[str]) -> tuple[list[datetime], int]:
+    """Each finished job's end time, and how many finished ok."""
     with conn.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.hmget(rqkeys.job(job_id), "ended_at", "status")
@@ -65,14 +79,18 @@ def drain(kind: str, url: str, model: str, payloads: list[bytes], *, batch: int 
     """Fill the queue with ``payloads`` (one job each), run a burst worker to empty it, measure."""
     conn = redis.Redis.from_url(url)
     conn.flushdb()
+    cpu_start = redis_cpu_s(conn)
     ids = Producer(url).enqueue_many(payloads)
     OUT.mkdir(parents=True, exist_ok=True)
     counts = OUT / f"round-trips-{kind}.json"
-    before = commands_total(conn)
+    cpu_enqueued = redis_cpu_s(conn)
+    before = commands_total(conn)  # after INFO cpu: that call is not counted as the worker's
     env = {**os.environ, "WORKER_MODEL": model, "WORKER_DEVICE": device, "PYTHONPATH": pythonpath()}
     cmd = [sys.executable, "-m", "bench.counted", str(counts), *worker_args(kind, url, model, batch, device, extra)]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=timeout_s, stdout=subprocess.DEVNULL)
-    commands = commands_total(conn) - before - 1
-    ended, ok = _ended(conn, ids)
+    commands, cpu_end = commands_total(conn) - before - 1, redis_cpu_s(conn)
+    ended, ok = ended_times(conn, ids)
     round_trips = json.loads(counts.read_text())["round_trips"]
-    return Drain(kind, len(ids), ok, rate_from_end_times(ended), round_trips / len(ids), commands / len(ids))
+    n = len(ids)
+    return Drain(kind, n, ok, rate_from_end_times(ended), round_trips / n, commands / n,
+                 (cpu_enqueued - cpu_start) * 1e6 / n, (cpu_end - cpu_enqueued) * 1e6 / n)  # fmt: skip

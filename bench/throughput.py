@@ -81,7 +81,8 @@ def compute(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]:
     payloads = [sources[i % len(sources)] for i in range(args.compute_jobs)]
     ours, lit = [], {1: [], 4: [], 8: []}
     for _ in range(args.repeats):
-        ours.append(drain("ours", url, model, payloads, batch=args.compute_batch, device=args.device))
+        ours.append(drain("ours", url, model, payloads, batch=args.compute_batch, device=args.device,
+                          extra=decode_flags(args)))  # fmt: skip
         if not args.no_litserve:
             for max_batch in lit:
                 lit[max_batch].append(measure(model, payloads[: args.litserve_requests], max_batch, args.device))
@@ -112,15 +113,21 @@ def decode_bound(url: str, args: argparse.Namespace) -> tuple[list[list], list[s
     ours, caps = [], []
     for _ in range(args.repeats):
         ours.append(drain("ours", url, model, payloads, batch=args.decode_batch, device=args.device,
-                          extra=args.worker_flags))  # fmt: skip
+                          extra=[*args.worker_flags, *decode_flags(args)]))  # fmt: skip
         caps.append(capacity(sources))
     o, cap = _median(ours), sorted(caps)[len(caps) // 2]
-    rows = [_row("decode", f"ours (batch {args.decode_batch}, jobs queued)", o, o.images_per_s / cap),
+    label = f"ours (batch {args.decode_batch}, jobs queued{', --decode ' + args.decode if args.decode else ''})"
+    rows = [_row("decode", label, o, o.images_per_s / cap),
             ["decode", "all-core Pillow decode + resize (process pool, no Redis, no model)", len(sources), cap, 1.0,
              0.0, 0.0]]  # fmt: skip
     each = ", ".join(f"{r.images_per_s / c:.2f}" for r, c in zip(ours, caps))
     return rows, [f"- decode-bound efficiency (ours / all-core decode capacity) = **{o.images_per_s / cap:.2f}** "
                   f"(each round: {each}; target >= 0.8, floor 0.7)"]  # fmt: skip
+
+
+def decode_flags(args: argparse.Namespace) -> list[str]:
+    """``--decode X`` for our worker when ``--decode`` was given (else the worker's default, auto)."""
+    return ["--decode", args.decode] if args.decode else []
 
 
 def main() -> None:
@@ -134,6 +141,8 @@ def main() -> None:
     parser.add_argument("--decode-jobs", type=int, default=1500)
     parser.add_argument("--decode-batch", type=int, default=32)
     parser.add_argument("--worker-flags", nargs="*", default=[], help="extra flags for our worker (decode regime)")
+    parser.add_argument("--decode", choices=["cpu", "gpu", "auto"], help="our worker's --decode (compute and decode "
+                        "regimes; default: the worker's, auto)")  # fmt: skip
     parser.add_argument("--plain-fraction", type=int, default=3, help="the plain worker drains jobs/this")
     parser.add_argument("--litserve-requests", type=int, default=160)
     parser.add_argument("--no-litserve", action="store_true")
@@ -152,7 +161,7 @@ def main() -> None:
     finally:
         server.stop()
     body = table(HEADERS, rows) + "\n\n" + "\n".join(notes)
-    suffix = "" if args.regime == "all" else f"-{args.regime}"
+    suffix = ("" if args.regime == "all" else f"-{args.regime}") + (f"-{args.decode}" if args.decode else "")
     report(f"throughput-{args.device.split(':')[0]}{suffix}", f"Throughput on {args.device}", body, args.write)
 
 

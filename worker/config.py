@@ -18,6 +18,7 @@ from .decode.cpu import DEFAULT_MAX_PIXELS
 
 INSTANCE = secrets.token_hex(3)  # this process start's, for default worker names
 
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """Everything a worker process needs; units in names."""
@@ -32,6 +33,8 @@ class WorkerSettings:
     device: str = "cpu"
     devices: str = ""
     precision: str = "fp32"
+    decode: str = "auto"
+    decode_sync: str = "on"
     decode_threads: int = 0
     decode_workers: int = 0
     decode_overlap: str = "auto"
@@ -104,6 +107,12 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--devices", "WORKER_DEVICES", str,
      "run one supervised worker process per device: all (every GPU), 0,1,3, or cpu:N"),
     ("--precision", "WORKER_PRECISION", str, "fp32, fp16 or bf16 (half precisions are for GPUs)"),
+    ("--decode", "WORKER_DECODE", str,
+     "cpu: Pillow; gpu: JPEGs decoded on the device by nvImageCodec (the gpu extra), anything else by Pillow, "
+     "image by image; auto: gpu on a CUDA device when nvImageCodec is installed, else cpu"),
+    ("--decode-sync", "WORKER_DECODE_SYNC", str,
+     "with --decode gpu: on: wait for each decoded batch before handing it on (guards against nvJPEG's "
+     "hardware-decode ordering bug, pytorch/vision#9606); off: stream ordering only"),
     ("--decode-threads", "WORKER_DECODE_THREADS", int,
      "threads decoding images (Pillow releases the GIL); 0: one per core"),
     ("--decode-workers", "WORKER_DECODE_WORKERS", int,
@@ -178,8 +187,21 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     if min(sizes) < 1 or settings.max_wait_ms < 0 or settings.decode_workers < 0:
         raise SystemExit("worker: batch sizes must be >= 1; --decode-threads, --decode-workers and --max-wait-ms "
                          ">= 0")
+    check_decode(settings)
     if settings.decode_overlap not in ("auto", "on", "off"):
         raise SystemExit("worker: --decode-overlap must be auto, on or off")
     if settings.optimize not in ("auto", "off"):
         raise SystemExit("worker: --optimize must be auto or off")
     return settings
+
+
+def check_decode(settings: WorkerSettings) -> None:
+    """``--decode`` and ``--decode-sync`` values; ``gpu`` asks for a CUDA device. Raise ``SystemExit``."""
+    if settings.decode not in ("auto", "cpu", "gpu"):
+        raise SystemExit(f"worker: --decode must be cpu, gpu or auto, got {settings.decode!r}")
+    if settings.decode_sync not in ("on", "off"):
+        raise SystemExit(f"worker: --decode-sync must be on or off, got {settings.decode_sync!r}")
+    on_cuda = settings.device.startswith("cuda") or (settings.devices and not settings.devices.startswith("cpu"))
+    if settings.decode == "gpu" and not on_cuda:
+        raise SystemExit(f"worker: --decode gpu decodes on a CUDA device, and this worker runs on {settings.device!r}: "
+                         "give --device cuda[:K], or --decode cpu / auto")  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import torch
 
@@ -26,8 +27,9 @@ class Predictor:
         self.shape = (height, width, 3)
         self.threads = torch.get_num_threads()  # OpenMP's team size is per thread: the infer thread gets ours
 
-    def predict(self, pixels: list[bytes]) -> tuple[list[Prediction], float]:
-        """Top-k for every image (``H*W*3`` uint8 bytes each) in one forward pass; and the ms it took.
+    def predict(self, pixels: Sequence[bytes | torch.Tensor]) -> tuple[list[Prediction], float]:
+        """Top-k for every image (``H*W*3`` uint8 bytes, or a uint8 ``H x W x 3`` tensor from the GPU decoder)
+        in one forward pass; and the ms it took.
 
         A model failure fails the batch's jobs with a retryable ``model_error``."""
         if not pixels:
@@ -44,8 +46,25 @@ class Predictor:
             preds = [JobError("model_error", f"{type(exc).__name__}: {exc}", retryable=True)] * len(pixels)
         return preds, (time.perf_counter() - start) * 1000
 
-    def _stack(self, pixels: list[bytes]) -> torch.Tensor:
-        """One uint8 ``[B, H, W, 3]`` tensor, each image copied once."""
+    def _stack(self, pixels: Sequence[bytes | torch.Tensor]) -> torch.Tensor:
+        """One uint8 ``[B, H, W, 3]`` tensor, each image copied once: on the host for Pillow's bytes, on the
+        device when the GPU decoder gave tensors (the CPU fallback's bytes in such a batch are moved there)."""
+        tensors = [p for p in pixels if isinstance(p, torch.Tensor)]
+        if not tensors:
+            return self._stack_bytes(pixels)  # type: ignore[arg-type]
+        device = tensors[0].device
+        stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        parts = []
+        for image in pixels:
+            if isinstance(image, torch.Tensor):
+                if stream is not None:  # made on the decoder's stream: not reused before this stream is done
+                    image.record_stream(stream)
+                parts.append(image.view(*self.shape))
+            else:
+                parts.append(self._stack_bytes([image])[0].to(device))
+        return torch.stack(parts)
+
+    def _stack_bytes(self, pixels: Sequence[bytes]) -> torch.Tensor:
         size = len(pixels[0])
         buf = bytearray(size * len(pixels))
         view = memoryview(buf)

@@ -97,8 +97,10 @@ class Classifier:
         if padded > n:
             batch = torch.cat([batch, batch.new_zeros((padded - n, *batch.shape[1:]))])
         with torch.inference_mode():
-            if self.device.type == "cuda":
+            if self.device.type == "cuda" and batch.device.type == "cpu":
                 batch = batch.pin_memory().to(self.device, non_blocking=True)
+            elif batch.device != self.device:  # already on a device (the GPU decoder's tensors)
+                batch = batch.to(self.device)
             # NHWC -> NCHW on the uint8 bytes first: 2.8x cheaper than converting the float copy (CPU, measured)
             x = batch.permute(0, 3, 1, 2).contiguous().float().mul_(self._scale).add_(self._shift)
             x = x.to(self.dtype)

@@ -60,12 +60,33 @@ def make_gate(settings: WorkerSettings, model: Classifier) -> Gate:
     return Gate(seconds * 1000 / biggest if seconds else None, batch=int(settings.batch_size))
 
 
-def make_decoder(settings: WorkerSettings, spec: Preprocess, gate: Gate) -> Decoder:
-    """Processes with ``--decode-workers N``, else ``--decode-threads`` threads."""
+def make_decoder(settings: WorkerSettings, spec: Preprocess, gate: Gate, device: torch.device) -> Decoder:
+    """``--decode``: nvImageCodec on the device with Pillow as the per-image fallback (``gpu``; ``auto`` when
+    the device is CUDA and the package works), or Pillow alone: processes with ``--decode-workers N``, else
+    ``--decode-threads`` threads. ``--decode gpu`` that cannot start is a startup error (``SystemExit``)."""
     limits = Limits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
     if settings.decode_workers > 0:
-        return ProcessDecoder(spec, limits, settings.decode_workers, timeout_s=settings.decode_timeout_s, gate=gate)
-    return ThreadDecoder(spec, limits, settings.decode_threads or os.cpu_count() or 1, gate=gate)
+        cpu: Decoder = ProcessDecoder(spec, limits, settings.decode_workers, timeout_s=settings.decode_timeout_s,
+                                      gate=gate)  # fmt: skip
+        pillow = f"Pillow in {settings.decode_workers} processes"
+    else:
+        threads = settings.decode_threads or os.cpu_count() or 1
+        cpu, pillow = ThreadDecoder(spec, limits, threads, gate=gate), f"Pillow on {threads} threads"
+    if settings.decode == "cpu":
+        log.info("decoder: cpu (%s; --decode cpu)", pillow)
+        return cpu
+    from .decode.gpu import GpuDecodeUnavailable, build_gpu_decoder
+
+    try:
+        decoder = build_gpu_decoder(spec, limits, cpu, device, sync=settings.decode_sync == "on")
+    except GpuDecodeUnavailable as exc:
+        if settings.decode == "gpu":
+            cpu.close()
+            raise SystemExit(f"worker: --decode gpu: {exc}") from exc
+        log.info("decoder: cpu (%s; --decode auto: %s)", pillow, exc)
+        return cpu
+    log.info("decoder: gpu (nvImageCodec on %s, sync %s; fallback: %s)", device, settings.decode_sync, pillow)
+    return decoder
 
 
 def register(store: RedisStore, stop: threading.Event) -> bool:
@@ -102,16 +123,18 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
         max_data_bytes=settings.max_image_bytes + (1 << 20),
         results_maxlen=settings.results_maxlen,
     )
+    gate = make_gate(settings, model)
+    decoder = make_decoder(settings, model.info.preprocess, gate, model.device)
     if not register(store, stop):
+        decoder.close()
         return 0
     hand, stats = InHand(), Stats()
     pipeline_settings = PipelineSettings(settings.worker_name, settings.max_wait_ms, settings.idle_wait_ms,
                                          burst=settings.burst,
                                          shutdown_timeout_s=settings.shutdown_timeout_s)  # fmt: skip
-    gate = make_gate(settings, model)
     predictor = Predictor(model, int(settings.batch_size), settings.topk, gate)
-    pipeline = Pipeline(store, make_decoder(settings, model.info.preprocess, gate), predictor, pipeline_settings, stop,
-                        hand=hand, stats=stats, observer=metrics)  # fmt: skip
+    pipeline = Pipeline(store, decoder, predictor, pipeline_settings, stop, hand=hand, stats=stats,
+                        observer=metrics)  # fmt: skip
     heartbeat = Heartbeat(store, hand, stats, settings.worker_ttl_s, reap_s=min(5.0, settings.worker_ttl_s / 2),
                           metrics=metrics)  # fmt: skip
     heartbeat.start()

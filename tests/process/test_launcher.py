@@ -39,7 +39,7 @@ def test_two_cpu_workers_restart_and_stop_together(redis_url, conn, tiny_model_p
         names = {w.name for w in Worker.all(connection=conn)}
         assert all(n.split(":")[1] == "cpu" for n in names)
         victim_name = sorted(names)[0]
-        os.kill(int(victim_name.rsplit(":", 1)[1]), signal.SIGKILL)
+        os.kill(int(victim_name.rsplit(":", 1)[1].split("-")[0]), signal.SIGKILL)  # host:cpu:pid-token
         wait_for(lambda: {w.name for w in Worker.all(connection=conn)} - names, 120)  # a new worker took its place
         assert Producer(redis_url).classify(image_bytes("cat.jpg"), timeout=60)["ok"]
         launcher.send_signal(signal.SIGTERM)

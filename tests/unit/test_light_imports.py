@@ -15,7 +15,8 @@ def loads_torch(code: str) -> bool:
 
 
 def test_settings_launcher_and_decoder_do_not_import_torch():
-    assert not loads_torch("import worker.config, worker.launcher, worker.decode.cpu, worker.decode.pool")
+    assert not loads_torch("import worker.config, worker.launcher, worker.decode.cpu, worker.decode.pool, "
+                           "worker.decode.header")
     assert not loads_torch("import producer, producer.rqkeys, producer.protocol")
 
 

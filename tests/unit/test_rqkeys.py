@@ -30,4 +30,4 @@ def test_key_names_match_rqs_classes():
     assert (Queue.redis_queues_keys, Worker.redis_workers_keys) == (rqkeys.QUEUES, rqkeys.WORKERS)
     from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-    assert WORKERS_BY_QUEUE_KEY % "classify" == rqkeys.queue_workers("classify")
+    assert rqkeys.queue_workers("classify") == WORKERS_BY_QUEUE_KEY % "classify"

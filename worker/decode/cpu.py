@@ -116,21 +116,31 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+def resize_plan(w: int, h: int, spec: Preprocess) -> tuple[int, int, int, int]:
+    """For a ``w`` x ``h`` image: the size to resize to and the crop's corner, ``(new_w, new_h, left, top)``.
+
+    center_crop: shorter side to round(H / 0.875), then the centred H x W; stretch: straight to H x W.
+    The GPU decoder follows the same plan (``worker.decode.gpu``)."""
+    height, width = spec.size
+    if spec.resize == "stretch":
+        return width, height, 0, 0
+    short = round(height / CROP_RATIO)
+    scale = short / min(w, h)
+    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
+    return new_w, new_h, (new_w - width) // 2, (new_h - height) // 2
+
+
 def resize(img: Image.Image, spec: Preprocess) -> Image.Image:
     """Resize to ``spec.size`` (center_crop: shorter side to round(H / 0.875), then crop H x W)."""
     height, width = spec.size
-    if spec.resize == "stretch":
-        return img.resize((width, height), Image.Resampling.BILINEAR)
-    short = round(height / CROP_RATIO)
-    w, h = img.size
-    scale = short / min(w, h)
-    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
+    new_w, new_h, left, top = resize_plan(*img.size, spec)
     img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - width) // 2, (new_h - height) // 2
+    if (new_w, new_h) == (width, height):
+        return img
     return img.crop((left, top, left + width, top + height))
 
 
-def draft_size(img: Image.Image, spec: Preprocess) -> tuple[int, int]:
+def draft_size(spec: Preprocess) -> tuple[int, int]:
     """The smallest size JPEG DCT scaling may decode to without losing resolution we need."""
     height, width = spec.size
     if spec.resize == "stretch":
@@ -139,13 +149,21 @@ def draft_size(img: Image.Image, spec: Preprocess) -> tuple[int, int]:
     return max(short, width), max(short, height)
 
 
+def draft_scale(width: int, height: int, spec: Preprocess) -> int:
+    """The DCT scale (1, 2, 4 or 8) at which ``decode`` has Pillow decode a ``width`` x ``height`` JPEG that
+    needs no EXIF rotation (Pillow's ``JpegImageFile.draft`` rule); the GPU decoder mimics it (a box filter)."""
+    want_w, want_h = draft_size(spec)
+    most = min(width // want_w, height // want_h)
+    return next(scale for scale in (8, 4, 2, 1) if most >= scale)
+
+
 def decode(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
     """Bytes to uint8 ``H x W x 3`` pixels at the model's size; raise ``ImageError`` on bad input."""
     img = open_image(data, limits)
     try:
         rotated = _exif_rotated(img)
         if img.format == "JPEG" and not rotated:
-            img.draft("RGB", draft_size(img, spec))
+            img.draft("RGB", draft_size(spec))
         img.seek(0)  # first frame of an animation
         if rotated:
             img = ImageOps.exif_transpose(img)

@@ -1,0 +1,78 @@
+"""Reading an image's header without decoding it: the limits, its EXIF orientation, and which decoder it goes to.
+
+The GPU decoder (``worker.decode.gpu``) sends only plain JPEGs to the device: baseline, 8-bit,
+YCbCr or grayscale, ordinary chroma sampling, ending with an EOI marker. Everything else goes to
+the Pillow decoder, image by image. No torch here, so the routing is tested without a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .cpu import Limits, open_image
+
+ORIENTATION_TAG = 0x0112
+GPU_MODES = ("RGB", "L")  # Pillow's names for YCbCr and grayscale JPEGs; CMYK/YCCK go to the CPU
+GPU_LUMA_SAMPLING = {(1, 1), (2, 1), (1, 2), (2, 2)}  # 4:4:4, 4:2:2, 4:4:0, 4:2:0
+EOI = b"\xff\xd9"
+
+
+@dataclass(frozen=True)
+class Header:
+    """What Pillow read from an image's header (nothing decoded); ``cpu_reason`` is None for a GPU image."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+    orientation: int  # EXIF orientation, 1 (as stored) to 8
+    cpu_reason: str | None
+
+
+def read_header(data: bytes, limits: Limits) -> Header:
+    """Check the byte and pixel limits exactly as the CPU decoder does, then read format, size, mode and
+    orientation from the header; raise ``ImageError`` (same kinds as ``worker.decode.cpu``)."""
+    img = open_image(data, limits)
+    width, height = img.size
+    reason, turn = cpu_reason(img, data), 1
+    if reason is None:
+        try:
+            turn = orientation(img)
+        except Exception:  # Pillow's EXIF parser raises any type on hostile bytes: Pillow's decoder judges it
+            reason = "unreadable EXIF"
+    return Header(img.format or "", width, height, img.mode, turn, reason)
+
+
+def orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1..8; 1 when absent or invalid), read without decoding pixels."""
+    if img.format == "JPEG" and "exif" not in img.info:  # no APP1 EXIF segment: nothing to parse
+        return 1
+    value = img.getexif().get(ORIENTATION_TAG, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def cpu_reason(img: Image.Image, data: bytes) -> str | None:
+    """Why this image must be decoded by Pillow rather than on the GPU; None when the GPU can take it."""
+    if img.format != "JPEG":
+        return f"format {img.format}"
+    if img.mode not in GPU_MODES:
+        return f"mode {img.mode}"
+    if img.info.get("progressive") or img.info.get("progression"):
+        return "progressive"
+    if getattr(img, "bits", 8) != 8:
+        return f"{getattr(img, 'bits', '?')}-bit"
+    if not plain_sampling(getattr(img, "layer", [])):
+        return "chroma sampling"
+    if data.rstrip(b"\x00")[-2:] != EOI:  # truncated, or trailing data: Pillow decides what it is
+        return "no end marker"
+    return None
+
+
+def plain_sampling(layers: list[tuple[int, int, int, int]]) -> bool:
+    """Pillow's ``layer`` list, (component id, h, v, quantisation table) each: luma 1-2 x 1-2, chroma 1 x 1."""
+    if not layers:
+        return True
+    luma, *chroma = layers
+    return (luma[1], luma[2]) in GPU_LUMA_SAMPLING and all((h, v) == (1, 1) for _, h, v, _ in chroma)
