@@ -1,4 +1,4 @@
-"""``python -m producer``: push images to the classify queue, or listen to the results channel."""
+"""``python -m producer``: push images to the classify queue, read results (feed or channel), show status."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .client import Producer
 from .errors import JobFailed, JobTimeout
-from .protocol import DEFAULT_QUEUE
+from .jsonout import dumps_json
+from .protocol import DEFAULT_QUEUE, results_stream
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
@@ -93,21 +94,50 @@ def push(producer: Producer, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def result_line(result: dict) -> str:
+    """One line for a result: its labels, or its failure."""
+    if result["ok"]:
+        return format_result(result["job_id"], result)
+    return f"{result['job_id']:<28} FAILED {result['error']['type']}: {result['error']['message']}"
+
+
 def listen(producer: Producer, args: argparse.Namespace) -> int:
-    """Print results as they are published (one JSON line each with --json)."""
+    """Print results as they come (one JSON line each with --json): from the durable feed through a consumer
+    group with --group (at least once), else from the best-effort channel."""
+    show = dumps_json if args.json else result_line
+    if args.group:
+        feed = producer.results(args.group, consumer=args.consumer, start=args.start, claim_idle_s=args.claim_idle_s)
+        print(f"reading {results_stream(producer.queue.name)} as {feed.cursor.consumer} of group {args.group}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        for count, result in enumerate(feed, start=1):
+            print(show(result), flush=True)
+            if args.count and count >= args.count:
+                feed.ack()  # printed: done with it
+                return 0
+        return 0
     with producer.subscribe() as sub:
         print(f"listening on {producer.channel}", file=sys.stderr, flush=True)
         for count, result in enumerate(sub, start=1):
-            if args.json:
-                print(json.dumps(result), flush=True)
-            elif result["ok"]:
-                print(format_result(result["job_id"], result), flush=True)
-            else:
-                print(f"{result['job_id']:<28} FAILED {result['error']['type']}: {result['error']['message']}",
-                      flush=True)  # fmt: skip
+            print(show(result), flush=True)
             if args.count and count >= args.count:
                 return 0
     return 0
+
+
+def add_listen_parser(sub: argparse._SubParsersAction) -> None:
+    """``listen``: the channel by default, the durable feed with ``--group``."""
+    p = sub.add_parser("listen", help="print results as they come: the durable feed with --group, else the channel")
+    p.add_argument("--json", action="store_true",
+                   help='one JSON object per line (bytes as {"$bytes": base64}, timestamps as ISO 8601)')
+    p.add_argument("--count", type=int, default=0, help="exit after this many results")
+    p.add_argument("--group", help="read the durable feed <queue>:results:stream as this consumer group "
+                                   "(at least once); without it: the results channel (best-effort)")
+    p.add_argument("--consumer", help="consumer name within the group (default host:pid); the same name after a "
+                                      "restart gets back what it left unacknowledged")
+    p.add_argument("--start", default="$", help="where a new group starts: $ (results from now on, the default) "
+                                                "or 0 (all the feed still holds)")
+    p.add_argument("--claim-idle-s", type=float, default=30.0,
+                   help="claim entries other consumers of the group left unacknowledged this long (default 30)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,10 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p_push.add_argument("paths", nargs="+")
     p_push.add_argument("--wait", action="store_true", help="wait and print each result (top-3 labels)")
     p_push.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per result")
-    p_listen = sub.add_parser("listen", help="print results as they are published")
-    p_listen.add_argument("--json", action="store_true", help="one JSON object per line")
-    p_listen.add_argument("--count", type=int, default=0, help="exit after this many results")
-    p_status = sub.add_parser("status", help="queue depth, failed count and live workers")
+    add_listen_parser(sub)
+    p_status = sub.add_parser("status", help="queue depth, failed count, live workers, results feed groups")
     p_status.add_argument("--json", action="store_true", help="print JSON for scripts")
     args = parser.parse_args(argv)
     producer = Producer(args.redis_url, queue=args.queue)

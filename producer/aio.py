@@ -19,7 +19,9 @@ from rq.results import Result
 
 from .client import ImageInput, JobOptions, Producer, final_result
 from .errors import JobTimeout, QueueFull, RedisFull
-from .protocol import DEFAULT_QUEUE, ProtocolError, validate_result
+from .feed import AsyncResultFeed
+from .groupcursor import DEFAULT_BLOCK_MS, GroupCursor, default_consumer
+from .protocol import DEFAULT_QUEUE, ProtocolError, results_stream, validate_result
 from .serializer import SerializationError, loads
 
 
@@ -114,6 +116,15 @@ class AsyncProducer:
                     yield result
         finally:
             await pubsub.aclose()
+
+    def results(self, group: str, consumer: str | None = None, start: str = "$", claim_idle_s: float = 30,
+                block_ms: int = DEFAULT_BLOCK_MS) -> AsyncResultFeed:  # fmt: skip
+        """The durable feed read through ``group``, as ``async for r in producer.results(group=...)``: the
+        same semantics as ``Producer.results``, except that the group is created on the first read, or by
+        ``await feed.open()`` (do that before enqueuing when ``start="$"``)."""
+        cursor = GroupCursor(results_stream(self.queue_name), group, consumer or default_consumer(), start=start,
+                             claim_idle_s=claim_idle_s, block_ms=block_ms)  # fmt: skip
+        return AsyncResultFeed(self.connection, cursor)
 
     async def close(self) -> None:
         """Close the Redis connections."""

@@ -16,6 +16,8 @@ from rq.job import Job
 from rq.results import Result
 
 from .errors import JobFailed, JobTimeout, QueueFull, RedisFull
+from .feed import ResultFeed
+from .groupcursor import DEFAULT_BLOCK_MS, GroupCursor, default_consumer
 from .protocol import (
     DEFAULT_QUEUE,
     TASK_NAME,
@@ -23,6 +25,7 @@ from .protocol import (
     job_kwargs,
     parse_exc_string,
     results_channel,
+    results_stream,
     validate_result,
 )
 from .serializer import MsgpackSerializer, SerializationError, loads
@@ -195,6 +198,20 @@ class Producer:
     def subscribe(self) -> Subscription:
         """Subscribe to the results channel now; iterate the returned object for results."""
         return Subscription(self.connection, self.channel)
+
+    def results(self, group: str, consumer: str | None = None, start: str = "$", claim_idle_s: float = 30,
+                block_ms: int = DEFAULT_BLOCK_MS) -> ResultFeed:  # fmt: skip
+        """Every result from the durable feed ``<queue>:results:stream``, read as consumer ``consumer``
+        (default ``host:pid``) of ``group``, at least once (de-duplicate on ``job_id``).
+
+        The group is created now, at ``start``, if it does not exist (``"$"``: results from now on;
+        ``"0"``: all the feed still holds). An entry is acknowledged when the next one is asked for (or on
+        ``feed.ack()``); entries this consumer name left pending come first, and entries other
+        consumers left pending longer than ``claim_idle_s`` are claimed and delivered again.
+        ``feed.get(timeout_s)`` waits at most that long (None when nothing came)."""
+        cursor = GroupCursor(results_stream(self.queue.name), group, consumer or default_consumer(), start=start,
+                             claim_idle_s=claim_idle_s, block_ms=block_ms)  # fmt: skip
+        return ResultFeed(self.connection, cursor).open()
 
     def close(self) -> None:
         """Close the Redis connections."""

@@ -1,4 +1,6 @@
-"""``python -m producer status``: queue depth, registries and live workers, as a table or JSON."""
+"""``python -m producer status``: queue depth, registries, live workers and the results feed, as a table or JSON.
+
+Read-only: nothing here writes to Redis."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 import redis
 from rq import Queue, Worker
 
+from .feed import feed_info
 from .serializer import MsgpackSerializer
 
 
@@ -36,7 +39,7 @@ def gather(connection: redis.Redis, queue_name: str) -> dict[str, Any]:
         "started": queue.started_job_registry.get_job_count(cleanup=False),
         "failed": queue.failed_job_registry.get_job_count(cleanup=False),
         "finished": queue.finished_job_registry.get_job_count(cleanup=False),
-        "workers": workers,
+        "workers": workers, "feed": feed_info(connection, queue_name),
     }  # fmt: skip
 
 
@@ -55,4 +58,21 @@ def render(status: dict[str, Any]) -> str:
             beat = "?" if w["last_heartbeat_s_ago"] is None else f"{w['last_heartbeat_s_ago']:.0f}s"
             lines.append(f"{w['name']:<36} {w['device']:<7} {w['state']:<6} {w['batches']:>8} {w['jobs_ok']:>8} "
                          f"{w['jobs_failed']:>7} {w['images_per_s_1m']:>9.1f} {beat:>6}")  # fmt: skip
-    return "\n".join(lines)
+    return "\n".join(lines + feed_lines(status["feed"]))
+
+
+def feed_lines(feed: dict[str, Any]) -> list[str]:
+    """The results feed: its length and cap, then each consumer group's lag."""
+    lines = ["", f"results feed {feed['stream']}: {feed['length']} entries ({feed['cap']})"]
+    if not feed["groups"]:
+        lines.append("  no consumer groups")
+    for g in feed["groups"]:
+        if g["lag"] is not None:
+            lag = f"lag {g['lag']}"
+        elif g["reports_lag"]:
+            lag = "lag unknown (Redis cannot tell after deletions)"
+        else:
+            lag = "lag unknown (Redis < 7 does not report it)"
+        lines.append(f"  group {g['name']}: {lag}, {g['pending']} pending, {g['consumers']} consumer(s), "
+                     f"last delivered {g['last_delivered_id']}")  # fmt: skip
+    return lines

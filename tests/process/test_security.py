@@ -6,14 +6,20 @@ import pytest
 import redis
 
 from producer import Producer
+from producer.feed import group_lags
+from producer.protocol import make_result, results_stream
+from producer.serializer import dumps
 
 from ..conftest import image_bytes, wait_for_workers
 
+STREAM = results_stream("classify")
+
 # Keep in step with docs/security.md.
 PRODUCER_ACL = ("on >producer-secret resetkeys ~rq:job:* ~rq:queue:classify ~rq:queues ~rq:results:* "
-                "resetchannels &classify:results -@all +ping +hset +hget +hgetall +rpush +sadd +exists +llen "
-                "+xread +xrevrange +multi +exec +watch +unwatch +subscribe +unsubscribe")  # fmt: skip
-WORKER_ACL = ("on >worker-secret resetkeys ~rq:* resetchannels &classify:results "
+                "~classify:results:stream resetchannels &classify:results -@all +ping +hset +hget +hgetall "
+                "+rpush +sadd +exists +llen +xread +xrevrange +multi +exec +watch +unwatch +subscribe +unsubscribe "
+                "+xreadgroup +xack +xautoclaim +xgroup|create +xinfo|groups")  # fmt: skip
+WORKER_ACL = ("on >worker-secret resetkeys ~rq:* ~classify:results:stream resetchannels &classify:results "
               "+@all -@admin -@dangerous +info +client|setname +script|load")  # fmt: skip
 
 
@@ -32,6 +38,12 @@ def test_least_privilege_users_run_the_whole_path(acl_users, conn, start_worker)
     start_worker("--redis-url", worker_url)
     wait_for_workers(conn)
     producer = Producer(producer_url)
+    feed = producer.results(group="web")  # creates the group (XGROUP CREATE ... MKSTREAM)
+    job_id = producer.enqueue(image_bytes("cat.jpg"))
+    assert producer.result(job_id, timeout=60)["ok"]
+    assert feed.get(timeout_s=30)["job_id"] == job_id  # the worker appended it to the feed
+    feed.ack()
+    assert group_lags(producer.connection, "classify") in ({"web": 0}, {"web": None})  # None: Redis 6.2
     assert producer.classify(image_bytes("cat.jpg"), timeout=60)["ok"]
     assert producer.enqueue(image_bytes("cat.jpg"), job_id="ad-1") == "ad-1"  # create-if-absent (WATCH)
     assert producer.result("ad-1", timeout=60)["ok"]
@@ -44,6 +56,25 @@ def test_least_privilege_users_run_the_whole_path(acl_users, conn, start_worker)
         producer.connection.delete("rq:queue:classify")
     with pytest.raises(redis.exceptions.NoPermissionError):
         redis.Redis.from_url(worker_url).flushall()
+
+
+def test_the_producer_user_reads_and_claims_on_the_feed_and_cannot_destroy_it(acl_users, conn):
+    producer_url, _ = acl_users
+    conn.xgroup_create(STREAM, "web", id="0", mkstream=True)
+    for job_id in ("left", "next"):
+        result = make_result(job_id, model="tiny@7", worker="test", timings_ms={}, meta={})
+        conn.xadd(STREAM, {"job_id": job_id, "result": dumps(result)})
+    conn.xreadgroup("web", "dead", {STREAM: ">"}, count=1)  # "left" pending on a dead consumer
+    producer = Producer(producer_url)
+    feed = producer.results(group="web", claim_idle_s=0)  # XAUTOCLAIM, XREADGROUP, XACK
+    assert sorted([feed.get(timeout_s=10)["job_id"], feed.get(timeout_s=10)["job_id"]]) == ["left", "next"]
+    feed.ack()
+    assert conn.xpending(STREAM, "web")["pending"] == 0
+    assert "web" in group_lags(producer.connection, "classify")  # XINFO GROUPS
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        producer.connection.xgroup_destroy(STREAM, "web")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        producer.connection.xtrim(STREAM, maxlen=0)
 
 
 def _certs(folder) -> tuple[str, str, str]:
