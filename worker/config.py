@@ -54,6 +54,8 @@ class WorkerSettings:
     log_level: str = "INFO"
     log_json: bool = False
     metrics_port: int = 0
+    health_port: int = 0
+    stall_timeout_s: float = 300.0
 
     @property
     def worker_name(self) -> str:
@@ -144,7 +146,14 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "re-queues what was not recorded)"),
     ("--name", "WORKER_NAME", str, "worker name shown by rq info (default host:device:pid)"),
     ("--log-level", "WORKER_LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR"),
-    ("--metrics-port", "WORKER_METRICS_PORT", int, "serve Prometheus metrics on this port (0: off; the metrics extra)"),
+    ("--metrics-port", "WORKER_METRICS_PORT", int,
+     "serve Prometheus metrics (/metrics) and the probes (/healthz, /readyz) on this port (0: off; the metrics extra)"),
+    ("--health-port", "WORKER_HEALTH_PORT", int,
+     "serve the probes /healthz (200 unless the pipeline stalled) and /readyz (200 once the model is warm and "
+     "Redis answers) on this port (0: only on --metrics-port)"),
+    ("--stall-timeout-s", "WORKER_STALL_TIMEOUT_S", float,
+     "exit 3 (after stopping the heartbeat, so the jobs are re-queued) when no batch progressed for this long "
+     "while jobs are in hand; idling and waiting on Redis are not stalls"),
 ]
 
 

@@ -23,9 +23,9 @@ class Heartbeat(threading.Thread):
     """Beats every ``ttl_s / 3`` and reaps every ``reap_s`` on behalf of one pipeline."""
 
     def __init__(self, store: QueueStore, hand: InHand, stats: Stats, ttl_s: float, *, reap_s: float = 5.0,
-                 metrics: Any = None) -> None:  # fmt: skip
+                 metrics: Any = None, health: Any = None) -> None:  # fmt: skip
         super().__init__(name="heartbeat", daemon=True)
-        self.store, self.hand, self.stats, self.metrics = store, hand, stats, metrics
+        self.store, self.hand, self.stats, self.metrics, self.health = store, hand, stats, metrics, health
         self.ttl_s, self.reap_s = ttl_s, reap_s
         self.stopping = threading.Event()
         self.samples: deque[tuple[float, int]] = deque(maxlen=64)
@@ -43,11 +43,16 @@ class Heartbeat(threading.Thread):
         jobs = self.stats.jobs
         stats = WorkerStats(jobs, self.stats.batches, self.rate(jobs, time.monotonic()))
         backlog = self.store.heartbeat(stats)
+        if self.health is not None:
+            self.health.redis_answered()
         if self.metrics is not None:
             self.metrics.backlog.set(backlog)
             dropped, self.dropped = self.store.dropped - self.dropped, self.store.dropped
             if dropped > 0:
                 self.metrics.dropped.inc(dropped)
+            for group, lag in getattr(self.store, "feed_lags", dict)().items():
+                if lag is not None:
+                    self.metrics.feed_lag.labels(group).set(lag)
             for kind, count in self.stats.store_errors.items():
                 self.metrics.store_errors.labels(kind).inc(count - self.reported[kind])
                 self.reported[kind] = count

@@ -69,9 +69,10 @@ class Launcher:
 
     def __init__(self, settings: WorkerSettings, devices: list[str]) -> None:
         self.context = multiprocessing.get_context("spawn")
-        port = settings.metrics_port  # each child serves its metrics on its own port: base + index
+        port, health = settings.metrics_port, settings.health_port  # each child on its own ports: base + index
         # a fixed --name gets the child's index: same-named workers would take each other for restarts
         self.settings = [asdict(replace(settings, device=d, devices="", metrics_port=port + i if port else 0,
+                                        health_port=health + i if health else 0,
                                         name=f"{settings.name}:{i}" if settings.name else ""))
                          for i, d in enumerate(devices)]  # fmt: skip
         self.procs: list[multiprocessing.process.BaseProcess | None] = [None] * len(devices)

@@ -17,10 +17,10 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Metrics:
-    """The worker's metrics, served on ``port`` from a background thread."""
+    """The worker's metrics, in ``registry``; ``worker.health.ProbeServer`` serves them at ``/metrics``."""
 
-    def __init__(self, port: int, device: str) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+    def __init__(self, device: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry = CollectorRegistry()
         self.jobs = Counter("adclassify_jobs_total", "Jobs finished, by outcome (ok, or the error type)",
@@ -43,9 +43,10 @@ class Metrics:
                              registry=registry)  # fmt: skip
         self.gpu_memory = Gauge("adclassify_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated on the device",
                                 registry=registry)  # fmt: skip
+        self.feed_lag = Gauge("adclassify_results_feed_lag_entries",
+                              "Entries of the durable results feed not yet read, by consumer group (Redis >= 7)",
+                              ["group"], registry=registry)  # fmt: skip
         self.device = device
-        start_http_server(port, registry=registry)
-        log.info("metrics on http://0.0.0.0:%d/metrics", port)
 
     def observe_batch(self, results: Iterable[dict[str, Any]], publish_s: float) -> None:
         """Record one finished batch from its result maps."""

@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -79,9 +80,11 @@ class Pipeline:
 
     def __init__(self, store: QueueStore, decoder: Decoder, predictor: Predicts, settings: PipelineSettings,
                  stop: threading.Event, *, hand: InHand | None = None, stats: Stats | None = None,
-                 observer: Observer | None = None) -> None:  # fmt: skip
+                 observer: Observer | None = None, health: Any = None) -> None:  # fmt: skip
         self.store, self.decoder, self.predictor, self.settings = store, decoder, predictor, settings
         self.stop, self.observer = stop, observer
+        # the watchdog's evidence that we are not wedged: a forward pass done, a finish tried
+        self.progressed: Callable[[], None] = health.progressed if health is not None else lambda: None
         self.hand, self.stats = hand or InHand(), stats or Stats()
         self.limit = max(1, settings.batches_in_hand) * predictor.cap
         self.ready: queue.Queue = queue.Queue(maxsize=self.limit + 1)  # decoded, waiting for a batch
@@ -184,6 +187,7 @@ class Pipeline:
             busy = bool(batch)
             if batch:
                 preds, infer_ms = self.predictor.predict([item.pixels for item in batch])
+                self.progressed()
                 for item, pred in zip(batch, preds):
                     item.error = pred if isinstance(pred, JobError) else None
                 outcomes = [self._outcome(item, len(batch), infer_ms, pred) for item, pred in zip(batch, preds)]
@@ -230,7 +234,9 @@ class Pipeline:
             try:
                 self.store.finish(outcomes)
                 backoff_s = 0.5
+                self.progressed()
             except StoreUnavailable as exc:
+                self.progressed()  # waiting on Redis is not a stall
                 self.stats.store_error(exc)
                 left = self._shutdown_left()
                 if left <= 0:

@@ -34,6 +34,11 @@ class InHand:
                 self.cond.wait(0.1)
             return len(self.held)
 
+    def count(self) -> int:
+        """How many executions are in hand."""
+        with self.cond:
+            return len(self.held)
+
     def snapshot(self) -> set[str]:
         with self.cond:
             return set(self.held)

@@ -17,6 +17,7 @@ from .decode import Decoder
 from .decode.cpu import Limits, Preprocess
 from .decode.gate import Gate, NoGate
 from .decode.pool import ProcessDecoder, ThreadDecoder
+from .health import Health, ProbeServer, Watchdog
 from .heartbeat import Heartbeat
 from .infer import Predictor
 from .model import Classifier, load_model
@@ -103,48 +104,73 @@ def register(store: RedisStore, stop: threading.Event) -> bool:
     return False
 
 
+def build_store(settings: WorkerSettings) -> RedisStore:
+    """The Redis store for this worker's queue and name."""
+    connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    return RedisStore(connection, settings.queue, settings.worker_name, worker_ttl_s=settings.worker_ttl_s,
+                      max_deliveries=settings.max_deliveries, max_data_bytes=settings.max_image_bytes + (1 << 20),
+                      results_maxlen=settings.results_maxlen)  # fmt: skip
+
+
+def start_probes(settings: WorkerSettings, health: Health) -> list[ProbeServer]:
+    """``/healthz`` and ``/readyz`` (and ``/metrics``) on the metrics port and on ``--health-port``."""
+    ports = dict.fromkeys(p for p in (settings.metrics_port, settings.health_port) if p)
+    return [ProbeServer(port, health) for port in ports]
+
+
 def run(settings: WorkerSettings, stop: threading.Event) -> int:
-    """Load and warm the model, register, then run the pipeline until ``stop``; return the jobs finished."""
+    """Load and warm the model, register, then run the pipeline until ``stop``; return the jobs finished.
+
+    The probes answer from the start (``/readyz`` is 503 until the model is warm and Redis answers);
+    a watchdog ends the process if the pipeline stops making progress with jobs in hand."""
     loading = time.perf_counter()
+    health = Health(redis_ttl_s=settings.worker_ttl_s)
+    probes = start_probes(settings, health)
     model, settings = prepare_model(settings)
+    health.warmed = True
     metrics = None
     if settings.metrics_port:
         from .metrics import Metrics
 
-        metrics = Metrics(settings.metrics_port, settings.device)
+        metrics = Metrics(settings.device)
+        health.registry = metrics.registry
         metrics.warm_up.set(time.perf_counter() - loading)
-    connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    store = RedisStore(
-        connection,
-        settings.queue,
-        settings.worker_name,
-        worker_ttl_s=settings.worker_ttl_s,
-        max_deliveries=settings.max_deliveries,
-        max_data_bytes=settings.max_image_bytes + (1 << 20),
-        results_maxlen=settings.results_maxlen,
-    )
+    store = build_store(settings)
     gate = make_gate(settings, model)
     decoder = make_decoder(settings, model.info.preprocess, gate, model.device)
     if not register(store, stop):
         decoder.close()
         return 0
+    health.redis_answered()
     hand, stats = InHand(), Stats()
     pipeline_settings = PipelineSettings(settings.worker_name, settings.max_wait_ms, settings.idle_wait_ms,
                                          burst=settings.burst,
                                          shutdown_timeout_s=settings.shutdown_timeout_s)  # fmt: skip
     predictor = Predictor(model, int(settings.batch_size), settings.topk, gate)
     pipeline = Pipeline(store, decoder, predictor, pipeline_settings, stop, hand=hand, stats=stats,
-                        observer=metrics)  # fmt: skip
+                        observer=metrics, health=health)  # fmt: skip
     heartbeat = Heartbeat(store, hand, stats, settings.worker_ttl_s, reap_s=min(5.0, settings.worker_ttl_s / 2),
-                          metrics=metrics)  # fmt: skip
+                          metrics=metrics, health=health)  # fmt: skip
+    watchdog = Watchdog(health, hand.count, settings.stall_timeout_s, on_stall=lambda: _die(heartbeat, store))
     heartbeat.start()
+    watchdog.start()
     log.info("worker %s listening on queue=%s", settings.worker_name, settings.queue)
     processed = 0
     try:
         processed = pipeline.run()
     finally:
+        watchdog.stop()
         heartbeat.stop()
         with contextlib.suppress(StoreUnavailable):
             store.unregister()
+        for server in probes:
+            server.close()
         log.info("worker %s stopped after %d jobs", settings.worker_name, processed)
     return processed
+
+
+def _die(heartbeat: Heartbeat, store: RedisStore) -> None:
+    """A wedged worker's last acts: stop beating, register the death (the reaper re-queues at once)."""
+    heartbeat.stopping.set()
+    with contextlib.suppress(StoreUnavailable):
+        store.unregister()

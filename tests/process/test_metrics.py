@@ -27,6 +27,7 @@ def test_metrics_endpoint_counts_jobs_batches_and_stages(redis_url, conn, start_
     start_worker("--metrics-port", str(port), "--batch-size", "8", "--worker-ttl-s", "3")
     wait_for_workers(conn)
     producer = Producer(redis_url)
+    conn.xgroup_create("classify:results:stream", "dashboard", id="0", mkstream=True)  # a group that reads nothing
     conn.rpush("rq:queue:classify", b"\xc3\x28")  # an id that is not UTF-8: dropped, counted, logged
     ids = producer.enqueue_many([image_bytes("cat.jpg")] * 3 + [b"not an image"])
     for job_id in ids[:3]:
@@ -47,3 +48,16 @@ def test_metrics_endpoint_counts_jobs_batches_and_stages(redis_url, conn, start_
     assert value(text, "adclassify_model_warmup_seconds") > 0
     assert "adclassify_queue_backlog_jobs" in text
     assert wait_for(lambda: value(scrape(port), "adclassify_dropped_ids_total") == 1, 30)
+    if int(conn.info("server")["redis_version"].split(".")[0]) >= 7:  # 6.2 reports no lag
+        lag = 'adclassify_results_feed_lag_entries{group="dashboard"}'
+        assert wait_for(lambda: value(scrape(port), lag) == 4, 30)  # 4 final results, none read
+    assert probe_ok(port)
+
+
+def probe_ok(port: int) -> bool:
+    """The probes share the metrics port."""
+    for path in ("/healthz", "/readyz"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            if response.status != 200:
+                return False
+    return True

@@ -206,6 +206,12 @@ class RedisStore(QueueStore):
             self.register()
         return int(backlog)
 
+    def feed_lags(self) -> dict[str, int | None]:
+        """Entries of the results feed each consumer group has yet to read (None before Redis 7)."""
+        from producer.feed import group_lags
+
+        return unavailable(lambda: group_lags(self.connection, self.queue))
+
     def reap(self) -> tuple[list[str], list[str]]:
         """One reaper pass (atomic): poison jobs are failed, published and fed in it."""
         k = self.keys
