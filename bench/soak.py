@@ -1,5 +1,6 @@
 """Soak test: 10,000 jobs, 3 workers, 20 random kill -9s with restarts, a Redis connection kill, 5% hostile
-input, 0.5% foreign ids and hashes, one worker frozen (SIGSTOP) past its TTL, and a Redis full midway.
+input, 0.5% foreign ids and hashes, one worker frozen (SIGSTOP) past its TTL, a Redis full midway, and a
+consumer of the durable results feed killed (SIGKILL) and restarted 10 times.
 
 ``python -m bench.soak [--jobs 10000] [--kills 20] [--write]`` (about 3 minutes on 2 cores; not part
 of the test suite). Jobs come in 21 bursts, 6 s apart; each burst's middle kills a random worker.
@@ -25,7 +26,8 @@ import redis
 from bench.devserver import RedisServer, find_redis_server
 from producer import Producer
 
-from .common import ROOT, ensure_model, percentile, small_jpegs, table, write_section
+from .common import OUT, ROOT, ensure_model, percentile, small_jpegs, table, write_section
+from .soak_consumer import FeedConsumer
 from .soak_faults import HOSTILE, WORKER_TTL_S, Faults, Fleet, enqueue_retrying, final, push_foreign
 
 
@@ -55,6 +57,9 @@ def run(args: argparse.Namespace) -> dict:
     conn = redis.Redis.from_url(server.url)
     producer = Producer(server.url)
     listener = Listener(producer)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "soak-feed.txt").unlink(missing_ok=True)
+    consumer = FeedConsumer(server.url, OUT / "soak-feed.txt")
     fleet = Fleet(server.url, str(ensure_model("tiny")), args.workers)
     faults = Faults(args, conn, fleet, rng)
     good, ids, hostile, foreign, unaddressable = small_jpegs(), [], set(), [], 0
@@ -65,6 +70,8 @@ def run(args: argparse.Namespace) -> dict:
             chunk = [rng.choice(HOSTILE) if rng.random() < args.hostile else rng.choice(good)
                      for _ in range(per_kill if k < args.kills else args.jobs - len(ids))]  # fmt: skip
             faults.burst_start(k)
+            if k % 2 == 1 and consumer.kills < args.consumer_kills:
+                consumer.kill_and_restart()
             new = []
             for i in range(0, len(chunk), 100):  # paced enqueues: jobs keep flowing through the kills
                 new += enqueue_retrying(producer, chunk[i : i + 100], faults.counts)
@@ -79,11 +86,18 @@ def run(args: argparse.Namespace) -> dict:
             hostile.update(j for j, data in zip(new, chunk) if data in HOSTILE)
             _pause(fleet, args.interval_s)  # workers restart (a few s) and recover before the next burst
         states = _wait_final(conn, ids + foreign, fleet)
+        expected = set(ids) | set(foreign)
+        deadline = time.monotonic() + 120
+        while not expected <= consumer.seen() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        faults.counts["feed_missing"] = len(expected - consumer.seen())
+        faults.counts["consumer_kills"] = consumer.kills
         for t in faults.threads:
             t.join(timeout=60)
         time.sleep(1)  # let the last PUBLISHes reach the listener
     finally:
         listener.stopping.set()
+        consumer.stop()
         fleet.stop()
         server.stop()
     return _summary(args, ids, hostile, foreign, unaddressable, states, listener, fleet, faults,
@@ -121,6 +135,7 @@ def _summary(args: argparse.Namespace, ids: list[str], hostile: set[str], foreig
         "foreign": len(foreign) + unaddressable, "foreign_unaddressable": unaddressable,
         "foreign_unanswered": sum(1 for i in foreign if published[i] == 0), "crashes": fleet.crashes,
         "redis_full_refusals": faults.counts["redis_full_refusals"], "frozen": faults.counts["frozen"],
+        "consumer_kills": faults.counts["consumer_kills"], "feed_missing": faults.counts["feed_missing"],
         "recoveries": faults.recoveries, "elapsed_s": elapsed, "workers": args.workers,
         "unexpected_errors": dict(Counter(listener.errors.get(i, "?") for i in failed - hostile)),
     }  # fmt: skip
@@ -135,7 +150,9 @@ def render(r: dict) -> str:
         ["enqueues refused by a full Redis (RedisFull, retried)", r["redis_full_refusals"]],
         ["foreign ids and hashes (0.5%)", f"{r['foreign']} ({r['foreign_unaddressable']} not UTF-8: dropped)"],
         ["foreign (addressable) never answered", r["foreign_unanswered"]],
-        ["worker crashes (exits not caused by the soak)", r["crashes"]], ["**lost**", r["lost"]],
+        ["worker crashes (exits not caused by the soak)", r["crashes"]],
+        ["feed consumer kill -9 (with restart)", r["consumer_kills"]],
+        ["results lost through the durable feed", r["feed_missing"]], ["**lost**", r["lost"]],
         ["failed", r["failed"]],
         ["failed but not hostile", f"{r['failed_not_hostile']} {r['unexpected_errors'] or ''}".strip()],
         ["hostile but not failed", r["hostile_not_failed"]], ["never published", r["published_missing"]],
@@ -156,6 +173,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--hostile", type=float, default=0.05)
+    parser.add_argument("--consumer-kills", type=int, default=10, help="SIGKILLs of the feed consumer")
     parser.add_argument("--foreign", type=float, default=0.005, help="foreign ids and hashes per job enqueued")
     parser.add_argument("--pace-s", type=float, default=0.0, help="pause after each 100 enqueued")
     parser.add_argument("--interval-s", type=float, default=6.0, help="pause between bursts (one kill each)")
@@ -167,7 +185,8 @@ def main() -> None:
     print(body)
     if args.write:
         write_section("soak", body, ROOT / "RELIABILITY.md")
-    bad = result["lost"] or result["failed_not_hostile"] or result["duplicates_published"] or result["crashes"]
+    bad = (result["lost"] or result["failed_not_hostile"] or result["duplicates_published"] or result["crashes"]
+           or result["feed_missing"])
     sys.exit(1 if bad else 0)
 
 
