@@ -159,8 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             from .status import gather, render
 
-            status = gather(producer.connection, args.queue)
-            print(json.dumps(status, indent=1) if args.json else render(status))
+            shards = getattr(producer, "shards", [producer])  # every shard of a sharded queue, in turn
+            names = getattr(producer, "names", [None])
+            statuses = [gather(shard.connection, args.queue) | ({"shard": name} if name else {})
+                        for shard, name in zip(shards, names)]  # fmt: skip
+            if args.json:
+                print(json.dumps(statuses[0] if len(statuses) == 1 else statuses, indent=1))
+            else:
+                print("\n\n".join((f"shard {st['shard']}\n" if "shard" in st else "") + render(st) for st in statuses))
             return 0
         return push(producer, args) if args.command == "push" else listen(producer, args)
     except KeyboardInterrupt:

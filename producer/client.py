@@ -62,6 +62,14 @@ class Producer:
     worker that died run again.
     """
 
+    def __new__(cls, redis_url: str = "redis://localhost:6379/0", *args: Any, **kwargs: Any) -> Producer:
+        """A URL listing several Redis servers (``redis://a,redis://b``) gives a ``ShardedProducer``."""
+        if cls is Producer and "," in redis_url:
+            from .shards import ShardedProducer
+
+            return super().__new__(ShardedProducer)
+        return super().__new__(cls)
+
     def __init__(
         self,
         redis_url: str = "redis://localhost:6379/0",

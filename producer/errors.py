@@ -46,3 +46,14 @@ class RedisFull(QueueFull):
                                      "retry later")  # fmt: skip
         self.queue, self.adding, self.reason = queue, adding, reason
         self.length = self.limit = None  # not a producer-side limit
+
+
+class ShardUnavailable(ProducerError):
+    """One shard's Redis could not be reached: its jobs were NOT enqueued (never moved to another shard).
+
+    ``enqueued`` are the ids written on other shards before it failed, ``not_enqueued`` the rest."""
+
+    def __init__(self, shard: str, reason: str, enqueued: list[str], not_enqueued: list[str]) -> None:
+        self.shard, self.reason, self.enqueued, self.not_enqueued = shard, reason, enqueued, not_enqueued
+        super().__init__(f"shard {shard} is unavailable ({reason}): {len(not_enqueued)} job(s) not enqueued, "
+                         f"{len(enqueued)} enqueued on other shards")  # fmt: skip

@@ -66,10 +66,15 @@ class WorkerSettings:
         device = self.device.replace("cuda:", "gpu").replace(":", "")
         return f"{socket.gethostname()}:{device}:{os.getpid()}-{INSTANCE}"
 
+    @property
+    def redis_urls(self) -> list[str]:
+        """The shards' URLs (one for a single Redis)."""
+        return [url.strip() for url in self.redis_url.split(",") if url.strip()]
+
     def public(self) -> dict:
         """The settings without secrets (the Redis password is masked), for the start-up log."""
         values = asdict(self)
-        values["redis_url"] = mask_url(self.redis_url)
+        values["redis_url"] = ",".join(mask_url(url) for url in self.redis_urls)
         return values
 
 
@@ -97,7 +102,9 @@ def batch_size_arg(text: str) -> int | str:
 # flag, env twin, type, help. Defaults come from WorkerSettings.
 FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--model", "WORKER_MODEL", str, "model file (TorchScript + metadata, see docs/model-format.md)"),
-    ("--redis-url", "REDIS_URL", str, "Redis URL; redis://, rediss:// (TLS) or unix://, may carry user:password"),
+    ("--redis-url", "REDIS_URL", str,
+     "Redis URL; redis://, rediss:// (TLS) or unix://, may carry user:password; several (repeat the flag, or a "
+     "comma-separated list) are shards, each a whole RQ world: the worker serves them all"),
     ("--queue", "WORKER_QUEUE", str, "RQ queue to drain; results go to channel <queue>:results"),
     ("--batch-size", "WORKER_BATCH_SIZE", batch_size_arg,
      "most jobs per batch (buckets up to it are warmed at start), or 'auto': time the buckets, take the fastest"),
@@ -164,7 +171,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest = flag[2:].replace("-", "_")
         default = getattr(defaults, dest)
         shown = f" (default: {default})" if default not in ("", None) else ""
-        parser.add_argument(flag, dest=dest, type=kind, default=None, help=f"{text}; env {env}{shown}")
+        repeat = {"action": "append"} if flag == "--redis-url" else {}
+        parser.add_argument(flag, dest=dest, type=kind, default=None, help=f"{text}; env {env}{shown}", **repeat)
     parser.add_argument(
         "--burst", action="store_true", default=None, help="exit when the queue is empty; env WORKER_BURST=1"
     )
@@ -180,6 +188,8 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     for flag, name, kind, _ in FLAGS:
         dest = flag[2:].replace("-", "_")
         value = getattr(args, dest, None)
+        if isinstance(value, list):  # a repeated flag (--redis-url): one comma-separated list
+            value = ",".join(value)
         if value is None and env.get(name):
             value = kind(env[name])
         if value is not None:

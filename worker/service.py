@@ -25,6 +25,7 @@ from .perf import autotune, choose_threads
 from .pipeline import InHand, Pipeline, PipelineSettings, Stats
 from .store import StoreUnavailable
 from .store.rq import RedisStore
+from .store.sharded import ShardedStore
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def make_decoder(settings: WorkerSettings, spec: Preprocess, gate: Gate, device:
     return decoder
 
 
-def register(store: RedisStore, stop: threading.Event) -> bool:
+def register(store: RedisStore | ShardedStore, stop: threading.Event) -> bool:
     """Register with RQ, waiting out a Redis that is down (capped back-off); False if stopped first."""
     backoff_s = 0.5
     while not stop.is_set():
@@ -104,12 +105,13 @@ def register(store: RedisStore, stop: threading.Event) -> bool:
     return False
 
 
-def build_store(settings: WorkerSettings) -> RedisStore:
-    """The Redis store for this worker's queue and name."""
-    connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    return RedisStore(connection, settings.queue, settings.worker_name, worker_ttl_s=settings.worker_ttl_s,
-                      max_deliveries=settings.max_deliveries, max_data_bytes=settings.max_image_bytes + (1 << 20),
-                      results_maxlen=settings.results_maxlen)  # fmt: skip
+def build_store(settings: WorkerSettings) -> RedisStore | ShardedStore:
+    """The Redis store for this worker's queue and name; with several URLs, one per shard behind one store."""
+    stores = [RedisStore(redis.Redis.from_url(url, health_check_interval=30), settings.queue, settings.worker_name,
+                         worker_ttl_s=settings.worker_ttl_s, max_deliveries=settings.max_deliveries,
+                         max_data_bytes=settings.max_image_bytes + (1 << 20), results_maxlen=settings.results_maxlen)
+              for url in settings.redis_urls]  # fmt: skip
+    return stores[0] if len(stores) == 1 else ShardedStore(stores, block_s=settings.idle_wait_ms / 1000)
 
 
 def start_probes(settings: WorkerSettings, health: Health) -> list[ProbeServer]:
@@ -169,7 +171,7 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
     return processed
 
 
-def _die(heartbeat: Heartbeat, store: RedisStore) -> None:
+def _die(heartbeat: Heartbeat, store: RedisStore | ShardedStore) -> None:
     """A wedged worker's last acts: stop beating, register the death (the reaper re-queues at once)."""
     heartbeat.stopping.set()
     with contextlib.suppress(StoreUnavailable):

@@ -45,6 +45,7 @@ class JobRecord:
     retries_left: int = 0
     result_ttl_s: int | None = None
     failure_ttl_s: int | None = None
+    shard: int = 0  # which Redis server it came from (``worker.store.sharded``)
 
     def now(self) -> float:
         """The store's clock now (Unix seconds), from the start's time and this process's monotonic

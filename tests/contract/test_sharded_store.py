@@ -1,0 +1,62 @@
+"""The sharded store on 3 real servers: takes are fair across shards (none starves), an idle take
+wakes on whichever shard gets a job first, and each job is finished on its own shard."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from bench.devserver import RedisServer
+from producer import Producer
+from producer.protocol import make_result
+from worker.store import Outcome
+from worker.store.rq import RedisStore
+from worker.store.sharded import ShardedStore
+
+
+@pytest.fixture
+def three():
+    servers = [RedisServer().start() for _ in range(3)]
+    stores = [RedisStore(redis.Redis.from_url(s.url), "classify", "w1") for s in servers]
+    store = ShardedStore(stores, block_s=1.0)
+    store.register()
+    yield servers, store
+    store.unregister()
+    for server in servers:
+        server.stop()
+
+
+def test_takes_rotate_over_shards_so_none_starves(three):
+    servers, store = three
+    Producer(servers[0].url).enqueue_many([b"x"] * 100)
+    Producer(servers[1].url).enqueue_many([b"y"] * 5)
+    Producer(servers[2].url).enqueue_many([b"z"] * 5)
+    seen = [{job.shard for job in store.take(8, 0.0)} for _ in range(3)]
+    assert {0, 1, 2} <= set().union(*seen)  # within three takes every shard was served
+    assert all(len(s) >= 1 for s in seen)
+
+
+def test_an_idle_take_wakes_on_the_first_shard_to_get_a_job(three):
+    servers, store = three
+    later = threading.Timer(0.3, lambda: Producer(servers[2].url).enqueue_many([b"late"]))
+    later.start()
+    start = time.monotonic()
+    jobs = store.take(8, 5.0)
+    waited = time.monotonic() - start
+    assert [j.shard for j in jobs] == [2] and waited < 1.5  # not the 5 s timeout, nor a poll of each shard
+
+
+def test_each_job_is_finished_on_its_own_shard(three):
+    servers, store = three
+    for server in servers:
+        Producer(server.url).enqueue_many([b"img"] * 2)
+    jobs = store.take(6, 0.0)
+    assert sorted(j.shard for j in jobs) == [0, 0, 1, 1, 2, 2]
+    store.finish([Outcome(j, make_result(j.job_id, model="m", worker="w1", timings_ms={}, meta={},
+                                         topk=[("a", 1.0)])) for j in jobs])  # fmt: skip
+    for server in servers:
+        conn = redis.Redis.from_url(server.url)
+        assert conn.zcard("rq:finished:classify") == 2 and conn.zcard("rq:wip:classify") == 0

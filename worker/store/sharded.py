@@ -1,0 +1,177 @@
+"""Several Redis servers (shards), one queue store: each shard is a whole RQ world on its server.
+
+The worker takes from every shard, fairly: each take sweeps the shards without blocking, starting
+one further along each time, so none starves. With nothing queued anywhere, one waiter thread per
+shard blocks on that shard's queue (BLMOVE into its intermediate list, as the single-server take
+does), and the first id to arrive on any shard ends the wait: the idle round trip is the same as
+with one server. An id a waiter moved after the take stopped waiting stays in that shard's
+intermediate list until the next take starts it, or that shard's reaper gives it back (never
+both: the start checks the list). A batch may mix shards; its finish is one atomic script per
+shard. Heartbeats, reaping and give-backs run per shard, and a shard that is down fails alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+
+from .base import JobRecord, Outcome, QueueStore, StoreUnavailable, WorkerStats
+from .rq import RedisStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class _Waiter(threading.Thread):
+    """Blocks on one shard's queue while ``wanted`` is set; hands each moved id to ``arrivals``."""
+
+    def __init__(self, index: int, store: RedisStore, wanted: threading.Event, arrivals: queue.Queue,
+                 block_s: float) -> None:  # fmt: skip
+        super().__init__(name=f"shard-waiter-{index}", daemon=True)
+        self.index, self.store, self.wanted, self.arrivals, self.block_s = index, store, wanted, arrivals, block_s
+        kwargs = dict(store.connection.connection_pool.connection_kwargs)
+        kwargs["socket_timeout"] = block_s + 10  # a dedicated connection: BLMOVE holds it
+        self.connection = redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=store.connection.connection_pool.connection_class, **kwargs))  # fmt: skip
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        k = self.store.keys
+        while not self.stopping.is_set():
+            if not self.wanted.wait(0.5):
+                continue
+            try:
+                moved = self.connection.blmove(k["queue"], k["intermediate"], self.block_s, "LEFT", "RIGHT")
+            except redis.RedisError as exc:
+                log.warning("shard %d: blocking take failed (%s)", self.index, exc)
+                self.stopping.wait(1.0)
+                continue
+            if moved is not None:
+                self.arrivals.put((self.index, moved))
+
+
+class ShardedStore(QueueStore):
+    """``RedisStore``s, one per shard, behind the one store interface the pipeline uses."""
+
+    def __init__(self, shards: list[RedisStore], block_s: float = 1.0) -> None:
+        self.shards, self.worker_name = shards, shards[0].worker_name
+        self.next = 0  # the shard the next sweep starts at
+        self.wanted, self.arrivals = threading.Event(), queue.Queue()
+        self.waiters = [_Waiter(i, s, self.wanted, self.arrivals, block_s) for i, s in enumerate(shards)]
+        self.recorded: set[str] = set()  # executions finished by a call that failed on another shard
+        for waiter in self.waiters:
+            waiter.start()
+
+    @property
+    def dropped(self) -> int:  # type: ignore[override]
+        return sum(s.dropped for s in self.shards)
+
+    def _each(self, what: str, call: Callable[[RedisStore], T]) -> list[T]:
+        """``call(shard)`` on every shard; a shard that is unavailable is logged and skipped, unless all are."""
+        out, errors = [], []
+        for i, shard in enumerate(self.shards):
+            try:
+                out.append(call(shard))
+            except StoreUnavailable as exc:
+                errors.append(exc)
+                log.warning("shard %d (%s): %s unavailable: %s", i, shard.queue, what, exc)
+        if len(errors) == len(self.shards):
+            raise errors[0]
+        return out
+
+    def register(self, stop: threading.Event | None = None) -> None:
+        self._each("register", lambda s: s.register(stop))
+
+    def unregister(self) -> None:
+        self._each("unregister", lambda s: s.unregister())
+        for waiter in self.waiters:
+            waiter.stopping.set()
+
+    def take(self, max_jobs: int, timeout_s: float) -> list[JobRecord]:
+        jobs = self._arrived(max_jobs) + self._sweep(max_jobs)
+        if jobs or timeout_s < 0.001:
+            return jobs
+        self.wanted.set()
+        try:
+            first = self.arrivals.get(timeout=timeout_s)
+        except queue.Empty:
+            return []
+        finally:
+            self.wanted.clear()
+        self.arrivals.put(first)
+        return self._arrived(max_jobs)
+
+    def _arrived(self, max_jobs: int) -> list[JobRecord]:
+        """Start the ids the waiters moved (and whatever else their shards hold, up to ``max_jobs``)."""
+        jobs: list[JobRecord] = []
+        while len(jobs) < max_jobs:
+            try:
+                index, moved = self.arrivals.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                jobs += self._tag(index, self.shards[index]._start([moved], max_jobs - len(jobs)))
+            except StoreUnavailable as exc:  # the id stays in that shard's intermediate list: its reaper returns it
+                log.warning("shard %d: start failed (%s)", index, exc)
+        return jobs
+
+    def _sweep(self, max_jobs: int) -> list[JobRecord]:
+        """One non-blocking take per shard, starting one further along each time (fairness)."""
+        jobs: list[JobRecord] = []
+        n = len(self.shards)
+        start, self.next = self.next, (self.next + 1) % n
+        for index in [(start + i) % n for i in range(n)]:
+            if len(jobs) >= max_jobs:
+                break
+            try:
+                jobs += self._tag(index, self.shards[index].take(max_jobs - len(jobs), 0))
+            except StoreUnavailable as exc:
+                log.warning("shard %d: take failed (%s)", index, exc)
+        return jobs
+
+    @staticmethod
+    def _tag(index: int, jobs: list[JobRecord]) -> list[JobRecord]:
+        for job in jobs:
+            job.shard = index
+        return jobs
+
+    def finish(self, outcomes: list[Outcome]) -> list[str]:
+        """One atomic finish per shard; if a shard is down, the others' are kept and the call raises
+        (the pipeline retries the whole list: what was recorded is not recorded again)."""
+        todo = [o for o in outcomes if o.job.execution not in self.recorded]
+        skipped, failure = [], None
+        for index, shard in enumerate(self.shards):
+            mine = [o for o in todo if o.job.shard == index]
+            if not mine:
+                continue
+            try:
+                skipped += shard.finish(mine)
+                self.recorded.update(o.job.execution for o in mine)
+            except StoreUnavailable as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
+        self.recorded.difference_update(o.job.execution for o in outcomes)
+        return skipped
+
+    def heartbeat(self, stats: WorkerStats) -> int:
+        return sum(self._each("heartbeat", lambda s: s.heartbeat(stats)))
+
+    def reap(self) -> tuple[list[str], list[str]]:
+        pairs = self._each("reap", lambda s: s.reap())
+        return [i for r, _ in pairs for i in r], [i for _, p in pairs for i in p]
+
+    def give_back(self, in_hand: set[str], min_age_s: float = 10.0) -> list[str]:
+        # executions are job_id:execution_id, unique per start across shards: each shard ignores the others'
+        return [i for ids in self._each("give_back", lambda s: s.give_back(in_hand, min_age_s)) for i in ids]
+
+    def feed_lags(self) -> dict[str, int | None]:
+        lags: dict[str, int | None] = {}
+        for i, shard_lags in enumerate(self._each("feed lags", lambda s: s.feed_lags())):
+            lags.update({f"shard{i}:{group}": lag for group, lag in shard_lags.items()})
+        return lags
