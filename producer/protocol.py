@@ -5,7 +5,10 @@ Everything here is plain data and standard library, so a web backend can import 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from .serializer import SerializationError, dumps
 
@@ -17,6 +20,8 @@ PROTOCOL_VERSION = 1  # the result map's wire version, written as ``v`` (a resul
 # Limits on what a job may carry; the worker enforces them again (never trust the producer).
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_META_BYTES = 16 * 1024
+MAX_URL_CHARS = 4096
+URL_SCHEMES = ("https", "http", "file")
 
 RESULT_KEYS = ("job_id", "ok", "label", "score", "topk", "model", "worker", "timings_ms", "error", "meta")
 TIMING_KEYS = ("queue", "decode", "infer", "total")
@@ -40,8 +45,38 @@ def results_stream(queue: str) -> str:
 DEFAULT_RESULTS_MAXLEN = 100_000  # entries kept in the feed (approximate trim); see RELIABILITY.md
 
 
-def job_kwargs(image: bytes, meta: dict[str, Any] | None, deadline: float | None = None) -> dict[str, Any]:
-    """The keyword arguments of a classify job; ``deadline`` is a Unix time after which it is not worth running."""
+@dataclass(frozen=True)
+class ImageRef:
+    """An image by reference: the job carries ``image_url`` and the worker fetches it (``https://``,
+    ``http://``, or ``file://`` under the worker's ``--fetch-root``), when its allow-list permits."""
+
+    url: str
+
+    def __post_init__(self) -> None:
+        check_image_url(self.url)
+
+
+def check_image_url(url: Any) -> str:
+    """``url`` if it can be a job's ``image_url`` (a string, short, scheme https/http/file, a host for
+    http(s)), else ``ProtocolError``. Whether the worker may fetch it is the worker's allow-list's call."""
+    if not isinstance(url, str):
+        raise ProtocolError(f"image_url must be a string, got {type(url).__name__}")
+    if len(url) > MAX_URL_CHARS:
+        raise ProtocolError(f"image_url is {len(url)} characters, over the limit of {MAX_URL_CHARS}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ProtocolError(f"image_url is not a URL: {exc}") from exc
+    if parts.scheme.lower() not in URL_SCHEMES:
+        raise ProtocolError(f"image_url must be https://, http:// or file://, got {url[:80]!r}")
+    if parts.scheme.lower() != "file" and not parts.hostname:
+        raise ProtocolError(f"image_url has no host: {url[:80]!r}")
+    return url
+
+
+def job_kwargs(image: bytes | ImageRef, meta: dict[str, Any] | None, deadline: float | None = None) -> dict[str, Any]:
+    """The keyword arguments of a classify job: ``image`` (bytes) or ``image_url`` (an ``ImageRef``), ``meta``,
+    and ``deadline``, a Unix time after which it is not worth running."""
     meta = meta or {}
     if not isinstance(meta, dict):
         raise ProtocolError(f"meta must be a map, not {type(meta).__name__}")
@@ -51,25 +86,46 @@ def job_kwargs(image: bytes, meta: dict[str, Any] | None, deadline: float | None
         raise ProtocolError(f"meta cannot be sent as msgpack: {exc}") from exc
     if size > MAX_META_BYTES:
         raise ProtocolError(f"meta is {size} bytes, over the limit of {MAX_META_BYTES}")
-    kwargs = {"image": image, "meta": meta}
+    kwargs: dict[str, Any] = {"image_url": image.url} if isinstance(image, ImageRef) else {"image": image}
+    kwargs["meta"] = meta
     if deadline is not None:
         kwargs["deadline"] = float(deadline)
     return kwargs
 
 
-def parse_job_args(args: Any, kwargs: Any) -> tuple[bytes, dict[str, Any]]:
-    """Check a job's arguments and return ``(image, meta)``, or raise ``ProtocolError``."""
+def image_source(image: Any, image_url: str | None) -> Any:
+    """What ``enqueue(image=..., image_url=...)`` was given: the image, or an ``ImageRef``; exactly one."""
+    if (image is None) == (image_url is None):
+        raise ProtocolError("give exactly one of image and image_url")
+    return image if image_url is None else ImageRef(image_url)
+
+
+def image_list(images: Iterable[Any], image_urls: Iterable[str] | None) -> list[Any]:
+    """``enqueue_many``'s images: ``images`` as given (bytes, paths, or ``ImageRef`` for jobs by reference), or one
+    ``ImageRef`` per URL of ``image_urls``; not both."""
+    images = list(images)
+    if image_urls is None:
+        return images
+    if images:
+        raise ProtocolError("give images or image_urls, not both (to mix them, pass ImageRef(url) among images)")
+    return [ImageRef(url) for url in image_urls]
+
+
+def parse_job_args(args: Any, kwargs: Any) -> tuple[bytes | ImageRef, dict[str, Any]]:
+    """Check a job's arguments and return ``(image, meta)``, the image as bytes or, for a job carrying
+    ``image_url``, as an ``ImageRef``; or raise ``ProtocolError``."""
     if args:
         raise ProtocolError("classify takes keyword arguments only (image=..., meta=...)")
     if not isinstance(kwargs, dict):
         raise ProtocolError(f"job kwargs must be a map, got {type(kwargs).__name__}")
-    extra = sorted(str(k) for k in kwargs if k not in ("image", "meta", "deadline"))
+    extra = sorted(str(k) for k in kwargs if k not in ("image", "image_url", "meta", "deadline"))
     if extra:
         raise ProtocolError(f"unexpected job arguments: {', '.join(extra)}")
-    if "image" not in kwargs:
-        raise ProtocolError("missing job argument: image")
-    image = kwargs["image"]
-    if not isinstance(image, bytes | bytearray):
+    if ("image" in kwargs) == ("image_url" in kwargs):
+        raise ProtocolError("missing job argument: image" if "image" not in kwargs else
+                            "a job carries image or image_url, not both")  # fmt: skip
+    image = ImageRef(check_image_url(kwargs["image_url"])) if "image_url" in kwargs else kwargs["image"]
+    if not isinstance(image, bytes | bytearray | ImageRef):
         raise ProtocolError(f"image must be bytes, got {type(image).__name__}")
     meta = kwargs.get("meta") or {}
     if not isinstance(meta, dict):
@@ -77,7 +133,7 @@ def parse_job_args(args: Any, kwargs: Any) -> tuple[bytes, dict[str, Any]]:
     deadline = kwargs.get("deadline")
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
         raise ProtocolError(f"deadline must be a Unix time in seconds, got {type(deadline).__name__}")
-    return bytes(image), meta
+    return (image if isinstance(image, ImageRef) else bytes(image)), meta
 
 
 def error_info(exc: BaseException | str, message: str | None = None) -> dict[str, str]:

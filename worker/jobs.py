@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from producer.protocol import MAX_META_BYTES, TASK_NAME, ProtocolError, make_result, parse_job_args
+from producer.protocol import MAX_META_BYTES, TASK_NAME, ImageRef, ProtocolError, make_result, parse_job_args
 from producer.serializer import SerializationError, dumps
 
 from .errors import JobError
@@ -19,8 +19,9 @@ def allowed(func_name: object) -> bool:
     return isinstance(func_name, str) and func_name in ALLOWED_TASKS
 
 
-def job_inputs(job: JobRecord) -> tuple[bytes, dict[str, Any]]:
-    """A taken job's ``(image, meta)`` after the allow-list and argument checks; raise ``JobError``."""
+def job_inputs(job: JobRecord) -> tuple[bytes | ImageRef, dict[str, Any]]:
+    """A taken job's ``(image, meta)`` after the allow-list and argument checks (the image is an ``ImageRef``
+    for a job carrying ``image_url``); raise ``JobError``."""
     if job.read_error is not None:
         raise JobError("bad_job_data", f"unreadable job data: {job.read_error}")
     if not allowed(job.func_name):
@@ -28,7 +29,7 @@ def job_inputs(job: JobRecord) -> tuple[bytes, dict[str, Any]]:
     return checked_args(job.args, job.kwargs, now=job.now())
 
 
-def checked_args(args: Any, kwargs: Any, now: float | None = None) -> tuple[bytes, dict[str, Any]]:
+def checked_args(args: Any, kwargs: Any, now: float | None = None) -> tuple[bytes | ImageRef, dict[str, Any]]:
     """Validate classify's arguments and deadline (against ``now``, Unix seconds; default this
     machine's clock); raise ``JobError`` (``bad_request``, ``expired``)."""
     try:

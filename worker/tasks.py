@@ -19,11 +19,12 @@ import torch
 from rq import get_current_job
 from rq.job import Job
 
-from producer.protocol import DEFAULT_MAX_IMAGE_BYTES, job_kwargs, make_result, results_channel
+from producer.protocol import DEFAULT_MAX_IMAGE_BYTES, ImageRef, make_result, results_channel
 from producer.serializer import dumps
 
 from .decode.cpu import Limits, Preprocess
 from .decode.pool import decode_one
+from .decode.urls import FetchPolicy
 from .errors import JobError
 from .jobs import checked_args
 from .model import Classifier, load_model
@@ -47,6 +48,27 @@ def ms_since(when: datetime | None, now: datetime) -> float:
     return max(0.0, (now - when).total_seconds() * 1000.0)
 
 
+@functools.lru_cache(maxsize=4)
+def _process_fetcher(allow: str, root: str, max_bytes: int) -> Any:
+    from .decode.fetch import Fetcher, FetchLimits  # urllib3: only for a process that fetches
+
+    env = os.environ
+    limits = FetchLimits(max_bytes, connect_timeout_s=float(env.get("WORKER_FETCH_CONNECT_TIMEOUT_S", "3")),
+                         read_timeout_s=float(env.get("WORKER_FETCH_READ_TIMEOUT_S", "5")),
+                         total_timeout_s=float(env.get("WORKER_FETCH_TIMEOUT_S", "15")))  # fmt: skip
+    return Fetcher(FetchPolicy.parse(allow, root), limits, pool_size=1)
+
+
+def fetch_image(ref: ImageRef, max_bytes: int) -> bytes:
+    """An ``image_url`` job's bytes on the plain ``rq worker`` path, under the batch worker's policy and flags'
+    environment twins (``WORKER_FETCH_ALLOW``, ``WORKER_FETCH_ROOT``, ...); raise ``JobError``."""
+    allow, root = os.environ.get("WORKER_FETCH_ALLOW", ""), os.environ.get("WORKER_FETCH_ROOT", "")
+    if not (allow.strip() or root):
+        raise JobError("forbidden_url", "this worker fetches no URLs: WORKER_FETCH_ALLOW and WORKER_FETCH_ROOT "
+                                        "are empty")  # fmt: skip
+    return _process_fetcher(allow, root, max_bytes).fetch(ref.url)
+
+
 @functools.lru_cache(maxsize=2)
 def _process_model(path: str, device: str) -> Classifier:
     model = load_model(path, device=device, max_batch=1)
@@ -54,8 +76,10 @@ def _process_model(path: str, device: str) -> Classifier:
     return model
 
 
-def classify(image: bytes, meta: dict | None = None, deadline: float | None = None) -> dict[str, Any]:
-    """Classify one image (plain ``rq worker`` path); publish and return the result map."""
+def classify(image: bytes | None = None, meta: dict | None = None, deadline: float | None = None,
+             image_url: str | None = None) -> dict[str, Any]:
+    """Classify one image, given as bytes or by ``image_url`` (plain ``rq worker`` path); publish and return the
+    result map."""
     job = get_current_job()
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -65,8 +89,10 @@ def classify(image: bytes, meta: dict | None = None, deadline: float | None = No
     worker = f"{socket.gethostname()}:rq:{os.getpid()}"
     job_id = job.id if job else ""
     try:
-        image, meta = checked_args((), job_kwargs(image, meta, deadline))
-        batch = decode_image(image, model.info.preprocess, limits)[None]
+        given = {"image": image, "image_url": image_url, "meta": meta, "deadline": deadline}
+        source, meta = checked_args((), {k: v for k, v in given.items() if v is not None})
+        data = fetch_image(source, limits.max_bytes) if isinstance(source, ImageRef) else source
+        batch = decode_image(data, model.info.preprocess, limits)[None]
         timings["decode"] = (time.perf_counter() - t0) * 1000
         topk = model.predict(batch, k=int(os.environ.get("WORKER_TOPK", "5")))[0]
         timings["infer"] = (time.perf_counter() - t0) * 1000 - timings["decode"]

@@ -2,11 +2,13 @@
 
 ``Decoder`` is the interface the pipeline uses; ``worker.decode.pool`` has the thread and process
 pools that run ``worker.decode.cpu`` (Pillow), ``worker.decode.gpu`` the nvImageCodec decoder that
-falls back to them image by image. Nothing here imports torch.
+falls back to them image by image. Jobs by reference (``image_url``) pass through a fetch stage first
+(``Fetches``; ``worker.decode.fetch``, its policy in ``worker.decode.urls``). Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,3 +35,36 @@ class Decoder(Protocol):
 
     def close(self) -> None:
         """Finish what was submitted (every ``done`` has been called on return), then stop."""
+
+
+@dataclass
+class Fetched:
+    """One image URL fetched (``data``, the image's bytes) or refused (``error``); when and how long."""
+
+    data: bytes | None
+    error: JobError | None
+    started: float  # time.monotonic() when fetching began
+    ms: float
+
+
+class Fetches(Protocol):
+    """Fetches image URLs in the background; ``done`` is called once per submitted URL, from any thread."""
+
+    def submit(self, url: str, done: Callable[[Fetched], None]) -> None:
+        """Queue one URL."""
+
+    def close(self) -> None:
+        """Finish what was submitted (every ``done`` has been called on return), then stop."""
+
+
+class NoFetch:
+    """The fetch stage of a worker with neither ``--fetch-allow`` nor ``--fetch-root``: every URL is refused."""
+
+    def submit(self, url: str, done: Callable[[Fetched], None]) -> None:
+        """Refuse at once: ``forbidden_url``."""
+        error = JobError("forbidden_url", "this worker fetches no URLs: --fetch-allow (WORKER_FETCH_ALLOW) and "
+                                          "--fetch-root (WORKER_FETCH_ROOT) are empty")  # fmt: skip
+        done(Fetched(None, error, time.monotonic(), 0.0))
+
+    def close(self) -> None:
+        """Nothing to finish."""
