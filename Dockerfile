@@ -5,6 +5,6 @@ COPY pyproject.toml README.md ./
 COPY producer ./producer
 COPY worker ./worker
 COPY examples ./examples
-RUN pip install --no-cache-dir "torch>=2.4" && pip install --no-cache-dir ".[demo,fast,metrics]"
+RUN pip install --no-cache-dir "torch>=2.4" && pip install --no-cache-dir ".[demo,fast,metrics,dashboard]"
 ENV PYTHONUNBUFFERED=1
 CMD ["python", "-m", "worker"]

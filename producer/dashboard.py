@@ -1,0 +1,149 @@
+"""``python -m producer dashboard``: rq-dashboard, set up to read our msgpack jobs (never unpickle).
+
+Why a launcher: rq-dashboard (0.9) has no serializer option (only ``--json``). It reads jobs and
+results with one module-level setting, ``rq_dashboard.web.config.serializer`` (pickle by default),
+and lists workers with ``Worker.all(connection=...)``, which falls back to RQ's pickle serializer.
+Against our msgpack jobs its finished lists and finished-job pages fail (``UnpicklingError``), and
+so does its workers page while a worker is busy (the current job is read with pickle). This module
+builds its Flask app in this process and:
+
+- sets ``web.config.serializer`` to ``MsgpackSerializer`` (job lists, job pages, results);
+- makes msgpack RQ's fallback serializer in this process only (``rq.serializers.PickleSerializer``,
+  what ``resolve_serializer(None)`` returns), so the calls that pass no serializer (``Worker.all``,
+  delete, requeue) read msgpack too: nothing here ever unpickles, whatever the page;
+- replaces its two description helpers so no page renders image bytes, even with
+  ``--show-full-args`` (bytes become ``bytes[12345]``), with ``<``, ``>`` and ``&`` escaped because
+  its job page and its workers page insert them as HTML;
+- writes bytes inside results and meta as ``"bytes[N]"`` in its JSON.
+
+Only ``run()``/``create_app()`` change anything (nothing at import). Needs the ``dashboard`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import re
+from typing import Any
+
+from .serializer import MsgpackSerializer
+
+DEFAULT_PORT = 9181
+DESCRIPTION_CHARS = 200  # longest description shown
+ARG_CHARS = 200  # longest single argument in a full call string
+_BYTES_LITERAL = re.compile(r"""\bb['"]""")
+
+
+class _Elided:
+    """Stands for a bytes value: its repr is ``bytes[N]``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"bytes[{self.size}]"
+
+
+def elide(value: Any) -> Any:
+    """``value`` with every bytes value (at any depth in lists and maps) replaced by ``bytes[N]``."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _Elided(len(value))
+    if isinstance(value, dict):
+        return {k: elide(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [elide(v) for v in value]
+    return value
+
+
+def call_string(job: Any) -> str:
+    """``worker.tasks.classify(image=bytes[12345], meta={...})``: the job's call, bytes elided."""
+    from rq.utils import get_call_string
+
+    return get_call_string(job.func_name, elide(list(job.args)), elide(job.kwargs), max_length=ARG_CHARS) or ""
+
+
+def job_description(job: Any, show_full_args: bool) -> str:
+    """The job's own description (``classify 12345 bytes``), or its call with bytes elided when full
+    arguments are asked for or the description holds a bytes literal (plain RQ's default)."""
+    text = job.description or ""
+    if show_full_args or _BYTES_LITERAL.search(text):
+        text = call_string(job)
+    if len(text) > DESCRIPTION_CHARS:
+        text = text[: DESCRIPTION_CHARS - 1] + "…"
+    return html.escape(text, quote=False)
+
+
+class _MetaEncoder(json.JSONEncoder):
+    """The dashboard's encoder for job meta: bytes as ``bytes[N]``."""
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, bytes | bytearray | memoryview):
+            return repr(_Elided(len(o)))
+        return super().default(o)
+
+
+def _configure_rq(web: Any) -> None:
+    """Point rq-dashboard's readers at msgpack, and its description helpers at ours."""
+    from flask import current_app
+    from rq import serializers
+
+    web.config.serializer = MsgpackSerializer
+    serializers.PickleSerializer = MsgpackSerializer  # RQ's fallback in this process: never unpickle
+
+    def format_job_description(job: Any) -> str:
+        return job_description(job, bool(current_app.config.get("RQ_DASHBOARD_SHOW_FULL_ARGS")))
+
+    def serialize_current_job(job: Any) -> Any:
+        if job is None:
+            return "idle"
+        return {"job_id": job.id, "description": format_job_description(job),
+                "created_at": web.serialize_date(job.created_at),
+                "call_string": html.escape(call_string(job), quote=False)}  # fmt: skip
+
+    web.format_job_description = format_job_description
+    web.serialize_current_job = serialize_current_job
+
+
+def create_app(redis_urls: list[str], *, show_full_args: bool = False, username: str | None = None,
+               password: str | None = None, poll_interval_ms: int = 2500) -> Any:  # fmt: skip
+    """rq-dashboard's Flask app on ``redis_urls`` (one dashboard instance per URL, e.g. per shard),
+    reading our msgpack jobs. Changes RQ's fallback serializer in this process (see the module doc)."""
+    try:
+        from rq_dashboard import web
+        from rq_dashboard.cli import make_flask_app
+    except ImportError as exc:
+        raise SystemExit(f"dashboard: rq-dashboard is not installed ({exc}): "
+                         "pip install 'adclassify[dashboard]'") from exc
+    _configure_rq(web)
+    app = make_flask_app(None, username, password, "")
+    app.config.update(RQ_DASHBOARD_REDIS_URL=tuple(redis_urls), RQ_DASHBOARD_SHOW_FULL_ARGS=show_full_args,
+                      RQ_DASHBOARD_JSON_ENCODER=_MetaEncoder, RQ_DASHBOARD_POLL_INTERVAL=poll_interval_ms)  # fmt: skip
+    flask_default = app.json.default
+    app.json.default = lambda o: repr(_Elided(len(o))) if isinstance(o, bytes | bytearray) else flask_default(o)
+    web.setup_rq_connection(app)
+    return app
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``dashboard``: its own options (the Redis URL is the CLI's ``--redis-url``)."""
+    p = sub.add_parser("dashboard", help="rq-dashboard on our msgpack jobs (needs the dashboard extra)",
+                       description="Serve rq-dashboard (queues, jobs, results, workers) set up for our msgpack jobs. "
+                                   "A comma-separated --redis-url gives one dashboard instance per shard.")  # fmt: skip
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
+    p.add_argument("--show-full-args", action="store_true", help="show each job's call (image bytes still elided)")
+    p.add_argument("--username", help="HTTP basic auth user; the password comes from DASHBOARD_PASSWORD")
+    return p
+
+
+def run(redis_url: str, args: argparse.Namespace, password: str | None = None) -> int:
+    """Serve the dashboard until interrupted (Flask's threaded server: an operator's tool, not a site)."""
+    urls = [u.strip() for u in redis_url.split(",") if u.strip()]
+    if args.username and not password:
+        raise SystemExit("dashboard: --username needs DASHBOARD_PASSWORD in the environment")
+    app = create_app(urls, show_full_args=args.show_full_args, username=args.username, password=password)
+    print(f"rq-dashboard for our msgpack jobs on http://{args.bind}:{args.port}/ ({len(urls)} Redis)", flush=True)
+    app.run(host=args.bind, port=args.port, threaded=True)
+    return 0

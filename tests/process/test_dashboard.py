@@ -1,0 +1,101 @@
+"""``python -m producer dashboard`` (rq-dashboard set up for msgpack) against a real worker and Redis:
+its JSON endpoints answer for a finished job, a failed job and a busy worker, and never show image bytes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from rq import Queue
+
+from bench.devserver import free_port
+from producer import JobFailed, Producer
+from producer.serializer import MsgpackSerializer
+
+from ..conftest import ROOT, image_bytes, wait_for, wait_for_workers
+
+pytest.importorskip("rq_dashboard", reason="rq-dashboard is not installed (pip install -e '.[dashboard]')")
+
+
+def get(base: str, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(base + path, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+@pytest.fixture
+def dashboard(redis_url: str) -> Iterator[str]:
+    """The dashboard (with --show-full-args: the page most likely to show bytes) on a free port."""
+    port = free_port()
+    args = [sys.executable, "-m", "producer", "dashboard", "--redis-url", redis_url, "--port", str(port),
+            "--show-full-args"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: get(base, "/")[0] == 200 or proc.poll() is not None, 30)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_dashboard_shows_finished_and_failed_jobs_with_results_and_no_image_bytes(
+    redis_url, conn, start_worker, dashboard
+):  # fmt: skip
+    start_worker()
+    wait_for_workers(conn)
+    producer = Producer(redis_url)
+    ok = producer.enqueue(image_bytes("cat.jpg"), meta={"ad_id": 42})
+    plain = Queue("classify", connection=conn, serializer=MsgpackSerializer).enqueue(
+        "worker.tasks.classify", kwargs={"image": image_bytes("coffee.jpg"), "meta": {}})  # RQ's own description
+    bad = producer.enqueue(b"not an image")
+    producer.result(ok, timeout=60)
+    producer.result(plain.id, timeout=60)
+    with pytest.raises(JobFailed):
+        producer.result(bad, timeout=60)
+
+    status, body = get(dashboard, "/0/data/jobs/classify/finished/8/asc/1.json")
+    assert status == 200 and ok in body and plain.id in body
+    status, body = get(dashboard, f"/0/data/job/{ok}.json")
+    job = json.loads(body)
+    assert status == 200 and job["status"] == "finished" and job["result"]["ok"] is True
+    assert job["result"]["label"].startswith("class") and job["result"]["meta"] == {"ad_id": 42}
+    status, body = get(dashboard, "/0/data/jobs/classify/failed/8/asc/1.json")
+    assert status == 200 and bad in body and "unsupported_image" in body
+    status, body = get(dashboard, f"/0/data/job/{bad}.json")
+    assert status == 200 and json.loads(body)["status"] == "failed" and "unsupported_image" in body
+    status, body = get(dashboard, f"/0/data/job/{plain.id}.json")
+    assert status == 200 and "\\x" not in body  # RQ's own description is b'\xff\xd8...' (truncated)
+    assert json.loads(body)["description"].startswith("worker.tasks.classify(")
+
+
+def test_dashboard_lists_a_busy_worker_and_its_current_job_without_image_bytes(
+    redis_url, conn, start_worker, dashboard
+):  # fmt: skip
+    start_worker("--batch-size", "1", "--name", "dash-host:cpu:7")
+    wait_for_workers(conn)
+    producer = Producer(redis_url)
+    producer.enqueue_many([image_bytes("cat.jpg")] * 1500)  # keeps it busy for a few seconds
+    answers: list[int] = []
+
+    def busy_worker() -> dict | None:
+        status, body = get(dashboard, "/0/data/workers.json")
+        answers.append(status)
+        workers = json.loads(body)["workers"] if status == 200 else []
+        return next((w for w in workers if isinstance(w["current_job"], dict)), None)
+
+    worker = wait_for(busy_worker, 60)
+    assert set(answers) == {200}  # RQ's Worker.all with pickle made this page fail while busy
+    assert worker["name"] == "dash-host:cpu:7"  # (its state may read idle between two batches in hand)
+    call = worker["current_job"]["call_string"]
+    assert call.startswith("worker.tasks.classify(") and "image=bytes[" in call and "\\x" not in call

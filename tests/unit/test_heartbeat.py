@@ -1,0 +1,83 @@
+"""The heartbeat reports a batch as soon as it is done, and images/s over the last minute includes it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from worker.heartbeat import Heartbeat
+from worker.progress import InHand, Stats
+from worker.store import WorkerStats
+from worker.store.memory import MemoryBroker, MemoryStore
+
+
+class RecordingStore(MemoryStore):
+    """The in-memory store, keeping every heartbeat's counters."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryBroker(), "w1")
+        self.beats: list[WorkerStats] = []
+
+    def heartbeat(self, stats: WorkerStats) -> int:
+        self.beats.append(stats)
+        return super().heartbeat(stats)
+
+
+def wait_for(condition, timeout_s: float = 5.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.01)
+    pytest.fail("condition not met")
+
+
+def test_a_finished_batch_is_reported_at_once_not_a_third_of_the_ttl_later():
+    store, stats = RecordingStore(), Stats()
+    heartbeat = Heartbeat(store, InHand(), stats, ttl_s=60.0, reap_s=30.0)  # regular beats only every 20 s
+    heartbeat.start()
+    try:
+        wait_for(lambda: store.beats)  # the first beat, at start
+        for batch in range(1, 4):
+            stats.jobs += 10
+            stats.batches += 1
+            beat = wait_for(lambda b=batch: next((s for s in store.beats if s.batches == b), None), timeout_s=1.0)
+            assert beat.jobs == 10 * batch and beat.images_per_s_1m > 0  # never 0.0 right after a burst
+    finally:
+        heartbeat.stop()
+
+
+def test_images_per_second_counts_the_last_minute_including_the_latest_batch():
+    heartbeat = Heartbeat(RecordingStore(), InHand(), Stats(), ttl_s=20.0)
+    assert heartbeat.rate(0, 1000.0) == 0.0
+    assert heartbeat.rate(30, 1010.0) == 3.0  # 30 images in the 10 s since the first beat
+    jobs, now = 30, 1010.0
+    for _ in range(1200):  # 120 s at 10 images/s, beating after every batch (10 times a second)
+        now += 0.1
+        jobs += 1
+        rate = heartbeat.rate(jobs, now)
+    assert 9.5 <= rate <= 10.5
+    for _ in range(300):  # then idle for 30 s: half of the last minute was busy
+        now += 0.1
+        rate = heartbeat.rate(jobs, now)
+    assert 4.5 <= rate <= 5.5
+
+
+def test_a_store_that_is_down_is_not_retried_in_a_tight_loop():
+    class DownStore(RecordingStore):
+        def heartbeat(self, stats: WorkerStats) -> int:
+            from worker.store import StoreUnavailable
+
+            self.beats.append(stats)
+            raise StoreUnavailable("redis is down")
+
+    store, stats = DownStore(), Stats()
+    heartbeat = Heartbeat(store, InHand(), stats, ttl_s=60.0, reap_s=30.0)
+    heartbeat.start()
+    try:
+        stats.batches += 1
+        time.sleep(0.6)
+    finally:
+        heartbeat.stop()
+    assert len(store.beats) <= 3  # the first beat and the one for the batch, not one per poll
