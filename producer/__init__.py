@@ -2,9 +2,10 @@
 
 from .client import JobOptions, Producer, Subscription
 from .errors import JobFailed, JobTimeout, ProducerError, QueueFull, RedisFull
+from .protocol import ImageRef
 from .serializer import MsgpackSerializer
 
 __all__ = [
-    "JobFailed", "JobOptions", "JobTimeout", "MsgpackSerializer", "Producer", "ProducerError", "QueueFull", "RedisFull",
-    "Subscription",
+    "ImageRef", "JobFailed", "JobOptions", "JobTimeout", "MsgpackSerializer", "Producer", "ProducerError", "QueueFull",
+    "RedisFull", "Subscription",
 ]  # fmt: skip

@@ -10,10 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import redis
+
+from . import dashboard
 from .client import Producer
-from .errors import JobFailed, JobTimeout
+from .errors import JobFailed, JobTimeout, ShardUnavailable
 from .jsonout import dumps_json
-from .protocol import DEFAULT_QUEUE, results_stream
+from .protocol import DEFAULT_QUEUE, ImageRef, ProtocolError, results_stream
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
@@ -40,15 +43,18 @@ def format_result(name: str, result: dict) -> str:
 
 
 class Progress:
-    """A one-line progress bar on stderr: done/total, ok, failed, images/s."""
+    """A one-line progress bar on stderr (done/total, ok, failed, images/s), with result lines above it."""
 
     def __init__(self, total: int, start: float, width: int = 30) -> None:
         self.total, self.start, self.width, self.done = total, start, width, 0
 
     def update(self, failed: int, message: str | None = None) -> None:
+        """Count one more image; print ``message`` (its result line) on stdout above the bar."""
         self.done += 1
         if message:
-            sys.stderr.write("\r\033[K" + message + "\n")
+            sys.stderr.write("\r\033[K")  # clear the bar, write the line where it was, then redraw the bar
+            sys.stderr.flush()
+            print(message, flush=True)
         filled = self.width * self.done // max(1, self.total)
         rate = self.done / max(1e-9, time.monotonic() - self.start)
         sys.stderr.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
@@ -61,31 +67,37 @@ class Progress:
 
 
 def push(producer: Producer, args: argparse.Namespace) -> int:
-    """Enqueue the images in one round trip; with --wait print each result and a summary."""
-    paths = expand(args.paths)
-    if not paths:
+    """Enqueue the images (files, and URLs by reference) in one round trip; with --wait print each result and a
+    summary."""
+    paths, urls = expand(args.paths), args.url or []
+    if not paths and not urls:
         raise SystemExit("push: no images found")
+    try:
+        refs = [ImageRef(url) for url in urls]
+    except ProtocolError as exc:
+        raise SystemExit(f"push: --url: {exc}") from None
     start = time.monotonic()
-    ids = producer.enqueue_many(paths, metas=[{"path": str(p)} for p in paths])
+    metas = [{"path": str(p)} for p in paths] + [{"url": url} for url in urls]
+    ids = producer.enqueue_many([*paths, *refs], metas=metas)
     print(f"enqueued {len(ids)} image(s) on queue {producer.queue.name}", file=sys.stderr)
     if not args.wait:
-        for job_id, path in zip(ids, paths):
-            print(f"{job_id} {path}")
+        for job_id, name in zip(ids, [*map(str, paths), *urls]):
+            print(f"{job_id} {name}")
         return 0
     failed, bar = 0, Progress(len(ids), start) if sys.stderr.isatty() else None
-    for job_id, path in zip(ids, paths):
+    for job_id, name in zip(ids, [p.name for p in paths] + urls):
         try:
-            line = format_result(path.name, producer.result(job_id, timeout=args.timeout))
+            line = format_result(name, producer.result(job_id, timeout=args.timeout))
         except JobFailed as exc:
             failed += 1
-            line = f"{path.name:<28} FAILED {exc.error.get('type')}: {exc.error.get('message')}"
+            line = f"{name:<28} FAILED {exc.error.get('type')}: {exc.error.get('message')}"
         except JobTimeout as exc:
             failed += 1
-            line = f"{path.name:<28} TIMEOUT {exc}"
+            line = f"{name:<28} TIMEOUT {exc}"
         if bar is None:
             print(line, flush=True)
-        else:  # a terminal: failures as lines above one progress bar
-            bar.update(failed, line if "FAILED" in line or "TIMEOUT" in line else None)
+        else:  # a terminal: each image's line (top-3 labels, or its failure) above one progress bar
+            bar.update(failed, line)
     if bar is not None:
         bar.close()
     elapsed = time.monotonic() - start
@@ -140,20 +152,38 @@ def add_listen_parser(sub: argparse._SubParsersAction) -> None:
                    help="claim entries other consumers of the group left unacknowledged this long (default 30)")
 
 
+def add_common_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes, before or after its name (after it, they override)."""
+
+    def default(value: str) -> str:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument("--redis-url", default=default(os.environ.get("REDIS_URL", "redis://localhost:6379/0")),
+                        help="Redis URL (env REDIS_URL)")  # fmt: skip
+    parser.add_argument("--queue", default=default(os.environ.get("PRODUCER_QUEUE", DEFAULT_QUEUE)),
+                        help="queue to push to and read from; env PRODUCER_QUEUE "
+                             "(not WORKER_QUEUE, which may list several)")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m producer", description="Send images, read results.")
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"),
-                        help="Redis URL (env REDIS_URL)")  # fmt: skip
-    parser.add_argument("--queue", default=os.environ.get("WORKER_QUEUE", DEFAULT_QUEUE), help="env WORKER_QUEUE")
+    add_common_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_push = sub.add_parser("push", help="enqueue image files, folders or globs")
-    p_push.add_argument("paths", nargs="+")
+    p_push = sub.add_parser("push", help="enqueue image files, folders or globs, and image URLs (--url)")
+    p_push.add_argument("paths", nargs="*")
+    p_push.add_argument("--url", nargs="+", action="extend", metavar="URL",
+                        help="images by reference: the worker fetches each URL (its --fetch-allow must permit it)")
     p_push.add_argument("--wait", action="store_true", help="wait and print each result (top-3 labels)")
     p_push.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per result")
     add_listen_parser(sub)
     p_status = sub.add_parser("status", help="queue depth, failed count, live workers, results feed groups")
     p_status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    dashboard.add_parser(sub)
+    for command_parser in sub.choices.values():
+        add_common_options(command_parser, top=False)
     args = parser.parse_args(argv)
+    if args.command == "dashboard":
+        return dashboard.run(args.redis_url, args, password=os.environ.get("DASHBOARD_PASSWORD"))
     producer = Producer(args.redis_url, queue=args.queue)
     try:
         if args.command == "status":
@@ -171,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         return push(producer, args) if args.command == "push" else listen(producer, args)
     except KeyboardInterrupt:
         return 130
+    except (redis.ConnectionError, redis.TimeoutError, ShardUnavailable) as exc:  # one line, not a traceback
+        print(f"python -m producer {args.command}: cannot reach Redis: {exc}", file=sys.stderr)
+        return 2
     finally:
         producer.close()
 

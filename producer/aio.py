@@ -17,11 +17,12 @@ import redis.asyncio as aioredis
 from rq.job import Job
 from rq.results import Result
 
+from .cancel import CANCELED_ERROR, cancel
 from .client import ImageInput, JobOptions, Producer, final_result
-from .errors import JobTimeout, QueueFull, RedisFull
+from .errors import JobFailed, JobTimeout, QueueFull, RedisFull
 from .feed import AsyncResultFeed
 from .groupcursor import DEFAULT_BLOCK_MS, GroupCursor, default_consumer
-from .protocol import DEFAULT_QUEUE, ProtocolError, results_stream, validate_result
+from .protocol import DEFAULT_QUEUE, ProtocolError, image_list, image_source, results_stream, validate_result
 from .serializer import SerializationError, loads
 
 
@@ -31,23 +32,27 @@ class AsyncProducer:
     def __init__(self, redis_url: str = "redis://localhost:6379/0", queue: str = DEFAULT_QUEUE, *,
                  connection: aioredis.Redis | None = None, options: JobOptions | None = None) -> None:  # fmt: skip
         self.connection = connection or aioredis.Redis.from_url(redis_url)
+        self._url = redis_url  # for cancel, which runs RQ's own (synchronous) Job.cancel in a thread
         self.options = options or JobOptions()
         # An unconnected sync client: RQ builds the jobs on it, nothing is sent through it.
         self._recorder = Producer(queue=queue, connection=redis.Redis(host="unused.invalid"), options=self.options)
         self._recorder.queue.redis_server_version = (7, 0, 0)
         self.queue_name, self.channel = queue, self._recorder.channel
 
-    async def enqueue(self, image: ImageInput, *, job_id: str | None = None, meta: dict | None = None,
+    async def enqueue(self, image: ImageInput | None = None, *, image_url: str | None = None,
+                      job_id: str | None = None, meta: dict | None = None,
                       deadline_s: float | None = None) -> str:  # fmt: skip
-        """Enqueue one image; return its job id (see ``Producer.enqueue``)."""
-        return (await self.enqueue_many([image], job_ids=[job_id], metas=[meta], deadline_s=deadline_s))[0]
+        """Enqueue one image, or a job by reference (``image_url``); return its job id (see ``Producer.enqueue``)."""
+        source = image_source(image, image_url)
+        return (await self.enqueue_many([source], job_ids=[job_id], metas=[meta], deadline_s=deadline_s))[0]
 
-    async def enqueue_many(self, images: Iterable[ImageInput], *, job_ids: Iterable[str | None] | None = None,
+    async def enqueue_many(self, images: Iterable[ImageInput] = (), *, image_urls: Iterable[str] | None = None,
+                           job_ids: Iterable[str | None] | None = None,
                            metas: Iterable[dict | None] | None = None,
                            deadline_s: float | None = None) -> list[str]:  # fmt: skip
         """Enqueue many images in one round trip (more for caller ids and the queue limit); caller-chosen
         ids are created only if absent, atomically (WATCH, as in ``Producer.enqueue_many``)."""
-        images = list(images)
+        images = image_list(images, image_urls)
         ids = list(job_ids) if job_ids is not None else [None] * len(images)
         meta_list = list(metas) if metas is not None else None
         chosen = [i for i in ids if i is not None]
@@ -97,6 +102,8 @@ class AsyncProducer:
                 final = final_result(job_id, result_id, payload)
                 if final is not None:
                     return final
+            if not response and await self.connection.hget(Job.key_for(job_id), "status") == b"canceled":
+                raise JobFailed(job_id, dict(CANCELED_ERROR))  # canceled before it ran: no result will come
 
     async def classify(self, image: ImageInput, timeout: float = 30.0, *, meta: dict | None = None) -> dict:
         """Enqueue one image and wait for its result."""
@@ -125,6 +132,17 @@ class AsyncProducer:
         cursor = GroupCursor(results_stream(self.queue_name), group, consumer or default_consumer(), start=start,
                              claim_idle_s=claim_idle_s, block_ms=block_ms)  # fmt: skip
         return AsyncResultFeed(self.connection, cursor)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job with RQ's semantics (``Producer.cancel``); True if canceled now."""
+        def run() -> bool:
+            sync = redis.Redis.from_url(self._url)
+            try:
+                return cancel(sync, job_id)
+            finally:
+                sync.close()
+
+        return await asyncio.to_thread(run)
 
     async def close(self) -> None:
         """Close the Redis connections."""

@@ -15,13 +15,19 @@ from rq import Queue, Retry
 from rq.job import Job
 from rq.results import Result
 
+from .cache import ProducerCache
+from .cancel import cancel, canceled_before_running
 from .errors import JobFailed, JobTimeout, QueueFull, RedisFull
 from .feed import ResultFeed
 from .groupcursor import DEFAULT_BLOCK_MS, GroupCursor, default_consumer
+from .jobdata import PlainDataJob
 from .protocol import (
     DEFAULT_QUEUE,
     TASK_NAME,
+    ImageRef,
     ProtocolError,
+    image_list,
+    image_source,
     job_kwargs,
     parse_exc_string,
     results_channel,
@@ -32,7 +38,7 @@ from .serializer import MsgpackSerializer, SerializationError, loads
 
 log = logging.getLogger(__name__)
 
-ImageInput = bytes | bytearray | str | os.PathLike
+ImageInput = bytes | bytearray | str | os.PathLike | ImageRef  # an ImageRef: a job by reference (image_url)
 _FINAL = {Result.Type.SUCCESSFUL, Result.Type.FAILED, Result.Type.STOPPED, Result.Type.MAX_RETRIES_EXCEEDED}
 
 
@@ -46,6 +52,8 @@ class JobOptions:
     retries: int = 2
     max_queue_length: int | None = None  # enqueue raises QueueFull past this many waiting jobs
     deadline_s: float | None = None  # default per-job deadline, seconds from enqueue
+    compress_data: bool = False  # zlib-compress job data as RQ does by default (images do not shrink: slower)
+
 
 def read_image(image: ImageInput) -> bytes:
     """Bytes as they are; a path is read from disk."""
@@ -80,13 +88,18 @@ class Producer:
     ) -> None:
         self.connection = connection or redis.Redis.from_url(redis_url)
         self.options = options or JobOptions()
-        self.queue = Queue(queue, connection=self.connection, serializer=MsgpackSerializer)
+        job_class = Job if self.options.compress_data else PlainDataJob
+        self.queue = Queue(queue, connection=self.connection, serializer=MsgpackSerializer, job_class=job_class)
         self.channel = results_channel(queue)
+        self.cache = ProducerCache()  # hits and misses of enqueue(cache=True): self.cache.hits, .misses
 
     def _job_data(self, image: ImageInput, job_id: str | None, meta: dict | None, deadline: float | None) -> Any:
-        data = read_image(image)
-        # An explicit description: RQ would otherwise build one from repr() of the whole image.
-        name = os.fspath(image) if isinstance(image, str | os.PathLike) else f"{len(data)} bytes"
+        if isinstance(image, ImageRef):  # a job by reference: the worker fetches image_url
+            data, name = image, image.url
+        else:
+            data = read_image(image)
+            # An explicit description: RQ would otherwise build one from repr() of the whole image.
+            name = os.fspath(image) if isinstance(image, str | os.PathLike) else f"{len(data)} bytes"
         opts = self.options
         return Queue.prepare_data(
             TASK_NAME,
@@ -99,20 +112,30 @@ class Producer:
             retry=Retry(max=opts.retries) if opts.retries > 0 else None,
         )
 
-    def enqueue(self, image: ImageInput, *, job_id: str | None = None, meta: dict | None = None,
-                deadline_s: float | None = None) -> str:  # fmt: skip
-        """Enqueue one image (bytes or a path); return its job id.
+    def enqueue(self, image: ImageInput | None = None, *, image_url: str | None = None, job_id: str | None = None,
+                meta: dict | None = None, deadline_s: float | None = None, cache: bool = False) -> str:  # fmt: skip
+        """Enqueue one image (bytes or a path), or a job by reference (``image_url``: the worker fetches it, when its
+        ``--fetch-allow`` permits); return its job id.
 
         With a caller-chosen ``job_id`` the call is idempotent: a job that already exists is kept.
         ``deadline_s``: a job still waiting this many seconds after now is answered ``expired``
         without being classified. Raises ``QueueFull`` past ``JobOptions.max_queue_length``.
+        ``cache=True``: a photo the workers classified before (same bytes, same model version, see
+        ``producer.cache``) is answered from the result cache without queueing; ``result()`` of the id
+        returned answers at once, in this process.
         """
-        return self.enqueue_many([image], job_ids=[job_id], metas=[meta], deadline_s=deadline_s)[0]
+        if cache and image is not None and job_id is None:
+            hit = self.cache.lookup(self.connection, self.queue.name, read_image(image), meta)
+            if hit is not None:
+                return hit
+        source = image_source(image, image_url)
+        return self.enqueue_many([source], job_ids=[job_id], metas=[meta], deadline_s=deadline_s)[0]
 
     def enqueue_many(
         self,
-        images: Iterable[ImageInput],
+        images: Iterable[ImageInput] = (),
         *,
+        image_urls: Iterable[str] | None = None,
         job_ids: Iterable[str | None] | None = None,
         metas: Iterable[dict | None] | None = None,
         deadline_s: float | None = None,
@@ -121,8 +144,9 @@ class Producer:
 
         Caller-chosen ids are created only if absent, atomically: their keys are WATCHed from the
         check to the write, so two producers racing on one id leave one job (the first to write);
-        the loser sees it exists and keeps it."""
-        images = list(images)
+        the loser sees it exists and keeps it. ``image_urls``: jobs by reference instead of ``images`` (to mix
+        the two, pass ``ImageRef(url)`` among ``images``)."""
+        images = image_list(images, image_urls)
         ids = list(job_ids) if job_ids is not None else [None] * len(images)
         meta_list = list(metas) if metas is not None else [None] * len(images)
         if not len(images) == len(ids) == len(meta_list):
@@ -181,6 +205,8 @@ class Producer:
 
         Reads RQ's durable result stream (XREAD BLOCK), so there is no pub/sub race.
         """
+        if job_id in self.cache.answers:  # answered from the result cache by this producer
+            return self.cache.answers.pop(job_id)
         deadline = time.monotonic() + timeout
         key, last_id = Result.get_key(job_id), "0-0"
         while True:
@@ -198,10 +224,17 @@ class Producer:
                 final = final_result(job_id, result_id, payload)
                 if final is not None:
                     return final
+            if not response and (error := canceled_before_running(self.connection, job_id)):
+                raise JobFailed(job_id, error)  # canceled before it ran: no result will come
 
-    def classify(self, image: ImageInput, timeout: float = 30.0, *, meta: dict | None = None) -> dict:
-        """Enqueue one image and wait for its result."""
-        return self.result(self.enqueue(image, meta=meta), timeout=timeout)
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job, with RQ's semantics (see ``producer.cancel``); True if canceled now."""
+        return cancel(self.connection, job_id)
+
+    def classify(self, image: ImageInput, timeout: float = 30.0, *, meta: dict | None = None,
+                 cache: bool = False) -> dict:  # fmt: skip
+        """Enqueue one image and wait for its result (``cache=True``: see ``enqueue``)."""
+        return self.result(self.enqueue(image, meta=meta, cache=cache), timeout=timeout)
 
     def subscribe(self) -> Subscription:
         """Subscribe to the results channel now; iterate the returned object for results."""

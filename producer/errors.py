@@ -57,3 +57,11 @@ class ShardUnavailable(ProducerError):
         self.shard, self.reason, self.enqueued, self.not_enqueued = shard, reason, enqueued, not_enqueued
         super().__init__(f"shard {shard} is unavailable ({reason}): {len(not_enqueued)} job(s) not enqueued, "
                          f"{len(enqueued)} enqueued on other shards")  # fmt: skip
+
+
+class JobNotFound(ProducerError, KeyError):
+    """No job with this id exists (it never did, or its TTL ran out)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no such job: {job_id}")

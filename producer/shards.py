@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import redis
 
+from .cache import ProducerCache
 from .client import ImageInput, JobOptions, Producer, Subscription
 from .errors import ShardUnavailable
 from .protocol import DEFAULT_QUEUE
@@ -63,6 +64,7 @@ class ShardedProducer(Producer):
         first = self.shards[0]
         self.options, self.queue, self.channel = first.options, first.queue, first.channel
         self.connection = first.connection  # the first shard's (what single-server code reads)
+        self.cache = ShardedCache(self.shards)  # a photo's cache entry is on the shard that classified it
 
     def shard_for(self, job_id: str) -> Producer:
         """The shard that holds (or will hold) ``job_id``."""
@@ -93,7 +95,12 @@ class ShardedProducer(Producer):
         return ids
 
     def result(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        if job_id in self.cache.answers:  # answered from the result cache
+            return self.cache.answers.pop(job_id)
         return self.shard_for(job_id).result(job_id, timeout=timeout)
+
+    def cancel(self, job_id: str) -> bool:
+        return self.shard_for(job_id).cancel(job_id)
 
     def subscribe(self) -> MergedSubscription:
         """Every result published on any shard's channel (best-effort, as on one server)."""
@@ -173,3 +180,21 @@ class MergedFeed:
     def ack(self) -> None:
         for feed in self.feeds:
             feed.ack()
+
+
+class ShardedCache(ProducerCache):
+    """Cache lookups on every shard in turn (an entry lives where its photo was classified)."""
+
+    def __init__(self, shards: list[Producer]) -> None:
+        super().__init__()
+        self.shards = shards
+
+    def lookup(self, connection: Any, queue: str, image: bytes, meta: dict | None) -> str | None:
+        for shard in self.shards:
+            hit = shard.cache.lookup(shard.connection, queue, image, meta)
+            if hit is not None:
+                self.hits += 1
+                self.answers[hit] = shard.cache.answers.pop(hit)
+                return hit
+        self.misses += 1
+        return None

@@ -26,6 +26,9 @@ def run_main(argv: list[str]) -> int:
     )
     add_arguments(parser)
     settings = settings_from(parser.parse_args(argv))
+    if not Path(settings.model).is_file():  # one line and a way out, not a traceback from torch.jit.load
+        parser.exit(2, f"worker: no model file at {settings.model}; build the demo model with 'python -m worker "
+                       f"export --demo --out {settings.model}' (or pass --model / WORKER_MODEL)\n")  # fmt: skip
     _logging(settings)
     log.info("effective configuration %s", json.dumps(settings.public(), sort_keys=True))
     if settings.devices:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from producer.protocol import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_QUEUE, DEFAULT_RESULTS_MAXLEN
 
 from .decode.cpu import DEFAULT_MAX_PIXELS
+from .decode.urls import FetchPolicy
 
 INSTANCE = secrets.token_hex(3)  # this process start's, for default worker names
 
@@ -44,11 +45,18 @@ class WorkerSettings:
     topk: int = 5
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    fetch_allow: str = ""
+    fetch_root: str = ""
+    fetch_threads: int = 8
+    fetch_connect_timeout_s: float = 3.0
+    fetch_read_timeout_s: float = 5.0
+    fetch_timeout_s: float = 15.0
     idle_wait_ms: float = 1000.0
     worker_ttl_s: int = 20
     max_deliveries: int = 3
     shutdown_timeout_s: float = 30.0
     results_maxlen: int = DEFAULT_RESULTS_MAXLEN
+    cache_ttl_s: int = 3600
     name: str = ""
     burst: bool = False
     log_level: str = "INFO"
@@ -105,7 +113,9 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--redis-url", "REDIS_URL", str,
      "Redis URL; redis://, rediss:// (TLS) or unix://, may carry user:password; several (repeat the flag, or a "
      "comma-separated list) are shards, each a whole RQ world: the worker serves them all"),
-    ("--queue", "WORKER_QUEUE", str, "RQ queue to drain; results go to channel <queue>:results"),
+    ("--queue", "WORKER_QUEUE", str,
+     "RQ queue to drain; several by priority: high,default (the highest non-empty first, as rq worker high "
+     "default does); each queue's results go to its own <queue>:results channel and feed"),
     ("--batch-size", "WORKER_BATCH_SIZE", batch_size_arg,
      "most jobs per batch (buckets up to it are warmed at start), or 'auto': time the buckets, take the fastest"),
     ("--max-batch-size", "WORKER_MAX_BATCH_SIZE", int, "with --batch-size auto: the largest size tried"),
@@ -139,12 +149,26 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--topk", "WORKER_TOPK", int, "labels per result"),
     ("--max-image-bytes", "WORKER_MAX_IMAGE_BYTES", int, "refuse larger payloads"),
     ("--max-pixels", "WORKER_MAX_PIXELS", int, "refuse images with more pixels (decompression bombs)"),
+    ("--fetch-allow", "WORKER_FETCH_ALLOW", str,
+     "comma-separated URL prefixes that image_url jobs may name (https://cdn.example.com/ads/; https:// for any "
+     "host); empty: every image_url job fails forbidden_url. Non-public addresses only where a prefix names the IP"),
+    ("--fetch-root", "WORKER_FETCH_ROOT", str, "directory under which file:// image URLs are read (empty: refused)"),
+    ("--fetch-threads", "WORKER_FETCH_THREADS", int, "threads fetching image URLs (beside the decoders)"),
+    ("--fetch-connect-timeout-s", "WORKER_FETCH_CONNECT_TIMEOUT_S", float, "image URL connect timeout"),
+    ("--fetch-read-timeout-s", "WORKER_FETCH_READ_TIMEOUT_S", float,
+     "image URL read timeout (the longest silence while waiting for or reading the answer)"),
+    ("--fetch-timeout-s", "WORKER_FETCH_TIMEOUT_S", float,
+     "the whole fetch of one image URL, redirects included; past any timeout the job fails fetch_error and is "
+     "retried"),
     ("--idle-wait-ms", "WORKER_IDLE_WAIT_MS", float, "longest single blocking wait for a first job"),
     ("--worker-ttl-s", "WORKER_TTL_S", int,
      "the worker key lives this long without a heartbeat (sent every third of it); a dead worker's jobs "
      "are re-queued by the others within about this plus 5 s"),
     ("--max-deliveries", "WORKER_MAX_DELIVERIES", int,
      "a job lost with its worker this many times fails as 'poison' instead of being re-queued"),
+    ("--cache-ttl-s", "WORKER_CACHE_TTL_S", int,
+     "keep each successful result this long in the result cache for repeated photos (SHA-256 of the bytes + "
+     "model tag + precision + decode + top-k; producers ask with cache=True); 0: off"),
     ("--results-maxlen", "WORKER_RESULTS_MAXLEN", int,
      "entries kept in the durable results feed <queue>:results:stream (approximate trim; 0: no feed); a consumer "
      "group further behind than this loses its oldest entries"),
@@ -207,6 +231,7 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         raise SystemExit("worker: batch sizes must be >= 1; --decode-threads, --decode-workers and --max-wait-ms "
                          ">= 0")
     check_decode(settings)
+    check_fetch(settings)
     if settings.decode_overlap not in ("auto", "on", "off"):
         raise SystemExit("worker: --decode-overlap must be auto, on or off")
     if settings.optimize not in ("auto", "off"):
@@ -224,3 +249,14 @@ def check_decode(settings: WorkerSettings) -> None:
     if settings.decode == "gpu" and not on_cuda:
         raise SystemExit(f"worker: --decode gpu decodes on a CUDA device, and this worker runs on {settings.device!r}: "
                          "give --device cuda[:K], or --decode cpu / auto")  # fmt: skip
+
+
+def check_fetch(settings: WorkerSettings) -> None:
+    """``--fetch-allow`` prefixes, ``--fetch-root``, and positive fetch threads and timeouts; raise ``SystemExit``."""
+    try:
+        FetchPolicy.parse(settings.fetch_allow, settings.fetch_root)
+    except ValueError as exc:
+        raise SystemExit(f"worker: {exc}") from None
+    times = (settings.fetch_connect_timeout_s, settings.fetch_read_timeout_s, settings.fetch_timeout_s)
+    if settings.fetch_threads < 1 or min(times) <= 0:
+        raise SystemExit("worker: --fetch-threads must be >= 1 and the fetch timeouts > 0")

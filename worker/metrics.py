@@ -38,6 +38,9 @@ class Metrics:
         self.store_errors = Counter("adclassify_store_errors_total",
                                     "Redis calls refused, by kind: full (maxmemory reached) or unavailable",
                                     ["kind"], registry=registry)  # fmt: skip
+        self.duplicates = Counter("adclassify_batch_duplicates_total",
+                                  "Photos that came again within their batch and were run once (repeated ads)",
+                                  registry=registry)  # fmt: skip
         self.backlog = Gauge("adclassify_queue_backlog_jobs", "Jobs waiting in the queue", registry=registry)
         self.warm_up = Gauge("adclassify_model_warmup_seconds", "Model load and warm-up time at start",
                              registry=registry)  # fmt: skip

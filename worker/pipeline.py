@@ -4,11 +4,13 @@ Stages are joined by bounded queues. A job is decoded as soon as it is taken; th
 the next batch from jobs already decoded, so the forward pass of batch k overlaps the decoding of
 k+1 and the finishing of k-1. Jobs in hand are bounded (``batches_in_hand`` batches), so other
 workers still get work and a crash strands little. No Redis and no torch here: the pipeline talks
-to a ``QueueStore``, a ``Decoder`` and a ``Predicts``.
+to a ``QueueStore``, a ``Fetches`` (``image_url`` jobs), a ``Decoder`` and a ``Predicts``. A fetch in flight
+is not counted as decoding: a slow origin never holds a batch past ``max_wait_ms`` (our own decodes may).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -17,11 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from producer.protocol import ImageRef
+
 from .batching import next_batch
-from .decode import Decoder, DecodeResult
+from .decode import Decoder, DecodeResult, Fetched, Fetches, NoFetch
 from .errors import JobError
 from .jobs import answer, job_inputs
-from .progress import InHand, Stats
+from .progress import InHand, PipelineSettings, ShutdownIncomplete, Stats
 from .store import JobRecord, Outcome, QueueStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -47,23 +51,6 @@ class Observer(Protocol):
         """One finished batch."""
 
 
-@dataclass(frozen=True)
-class PipelineSettings:
-    """How the pipeline batches and how much it holds; units in names."""
-
-    worker_name: str
-    max_wait_ms: float = 5.0
-    idle_wait_ms: float = 1000.0
-    batches_in_hand: int = 3
-    burst: bool = False  # stop once a take finds the queue empty
-    shutdown_timeout_s: float = 30.0  # once stopping, how long finished jobs wait for an unavailable store
-
-
-class ShutdownIncomplete(RuntimeError):
-    """Stopping, the store stayed unavailable past the shutdown timeout: finished jobs were not recorded
-    (the reaper re-queues them once this worker's key expires)."""
-
-
 @dataclass
 class Item:
     """A job on its way through the pipeline."""
@@ -80,8 +67,10 @@ class Pipeline:
 
     def __init__(self, store: QueueStore, decoder: Decoder, predictor: Predicts, settings: PipelineSettings,
                  stop: threading.Event, *, hand: InHand | None = None, stats: Stats | None = None,
-                 observer: Observer | None = None, health: Any = None) -> None:  # fmt: skip
+                 observer: Observer | None = None, health: Any = None,
+                 fetcher: Fetches | None = None) -> None:  # fmt: skip
         self.store, self.decoder, self.predictor, self.settings = store, decoder, predictor, settings
+        self.fetcher = fetcher or NoFetch()
         self.stop, self.observer = stop, observer
         # the watchdog's evidence that we are not wedged: a forward pass done, a finish tried
         self.progressed: Callable[[], None] = health.progressed if health is not None else lambda: None
@@ -133,6 +122,7 @@ class Pipeline:
             self.hand.add(jobs)
             for job in sorted(jobs, key=lambda j: j.lost > 0):
                 self._alone(job) if job.lost else self._admit(job)
+        self.fetcher.close()  # every fetched image has gone on to the decoder, or to ``done``
         self.decoder.close()  # every submitted image has reached ``ready`` or ``done``
         self.ready.put(CLOSED)
 
@@ -145,6 +135,18 @@ class Pipeline:
             log.warning("job %s failed: %s", job.job_id, err)
             self.done.put(([self._outcome(item, 1)], time.monotonic()))
             return
+        if isinstance(image, ImageRef):  # fetched on the fetch stage's threads, then decoded
+            self.fetcher.submit(image.url, lambda fetched: self._fetched(item, fetched))
+        else:
+            self._decode(item, image)
+
+    def _fetched(self, item: Item, fetched: Fetched) -> None:
+        if fetched.data is None:
+            return self._hand_on(item, DecodeResult(None, fetched.error, fetched.started, fetched.ms))
+        self._decode(item, fetched.data)
+
+    def _decode(self, item: Item, image: bytes) -> None:
+        item.job.digest = hashlib.sha256(image).hexdigest()  # the result cache's key; duplicates in a batch
         with self.lock:
             self.decoding += 1
         self.decoder.submit(image, lambda result: self._decoded(item, result))
@@ -186,7 +188,7 @@ class Pipeline:
             )
             busy = bool(batch)
             if batch:
-                preds, infer_ms = self.predictor.predict([item.pixels for item in batch])
+                preds, infer_ms = self._predict(batch)
                 self.progressed()
                 for item, pred in zip(batch, preds):
                     item.error = pred if isinstance(pred, JobError) else None
@@ -195,6 +197,17 @@ class Pipeline:
             elif self.closed:
                 break
         self.done.put(CLOSED)
+
+    def _predict(self, batch: list[Item]) -> tuple[list[Any], float]:
+        """One forward pass over the batch's distinct photos (a photo twice in a batch runs once)."""
+        first: dict[str, int] = {}
+        slots = [first.setdefault(item.job.digest or f"#{n}", len(first)) for n, item in enumerate(batch)]
+        if len(first) == len(batch):
+            return self.predictor.predict([item.pixels for item in batch])
+        unique = [batch[slots.index(k)].pixels for k in range(len(first))]
+        self.stats.duplicates += len(batch) - len(unique)
+        preds, infer_ms = self.predictor.predict(unique)
+        return [preds[k] for k in slots], infer_ms
 
     def _next_ready(self, timeout_s: float) -> Item | None:
         try:

@@ -7,6 +7,7 @@ import statistics
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .store import JobRecord, StoreFull
 
@@ -49,6 +50,7 @@ class Stats:
 
     def __init__(self) -> None:
         self.jobs = self.batches = 0
+        self.duplicates = 0  # photos that appeared again in their batch and were not run twice
         self.to_decode_ms: deque[float] = deque(maxlen=10_000)  # taken -> decode start
         self.to_publish_ms: deque[float] = deque(maxlen=10_000)  # forward end -> published
         self.store_errors: Counter[str] = Counter()  # calls refused: "full" (maxmemory) or "unavailable"
@@ -63,3 +65,20 @@ class Stats:
 
         return (f"{self.jobs} jobs in {self.batches} batches; pipeline cost p50: taken->decode "
                 f"{p50(self.to_decode_ms)} ms, forward end->published {p50(self.to_publish_ms)} ms")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """How the pipeline batches and how much it holds; units in names."""
+
+    worker_name: str
+    max_wait_ms: float = 5.0
+    idle_wait_ms: float = 1000.0
+    batches_in_hand: int = 3
+    burst: bool = False  # stop once a take finds the queue empty
+    shutdown_timeout_s: float = 30.0  # once stopping, how long finished jobs wait for an unavailable store
+
+
+class ShutdownIncomplete(RuntimeError):
+    """Stopping, the store stayed unavailable past the shutdown timeout: finished jobs were not recorded
+    (the reaper re-queues them once this worker's key expires)."""

@@ -13,10 +13,11 @@ import redis
 import torch
 
 from .config import WorkerSettings
-from .decode import Decoder
+from .decode import Decoder, Fetches, NoFetch
 from .decode.cpu import Limits, Preprocess
 from .decode.gate import Gate, NoGate
 from .decode.pool import ProcessDecoder, ThreadDecoder
+from .decode.urls import FetchPolicy
 from .health import Health, ProbeServer, Watchdog
 from .heartbeat import Heartbeat
 from .infer import Predictor
@@ -91,6 +92,21 @@ def make_decoder(settings: WorkerSettings, spec: Preprocess, gate: Gate, device:
     return decoder
 
 
+def make_fetcher(settings: WorkerSettings) -> Fetches:
+    """The fetch stage for ``image_url`` jobs: urllib3 on ``--fetch-threads`` threads when ``--fetch-allow`` or
+    ``--fetch-root`` is set, else ``NoFetch`` (every such job fails ``forbidden_url``)."""
+    policy = FetchPolicy.parse(settings.fetch_allow, settings.fetch_root)
+    if not policy.enabled:
+        return NoFetch()
+    from .decode.fetch import Fetcher, FetchLimits, FetchStage  # urllib3: only for a worker that fetches
+
+    limits = FetchLimits(settings.max_image_bytes, settings.fetch_connect_timeout_s, settings.fetch_read_timeout_s,
+                         settings.fetch_timeout_s)  # fmt: skip
+    log.info("fetching image URLs on %d threads: allow %r, file root %s", settings.fetch_threads,
+             settings.fetch_allow, policy.root)  # fmt: skip
+    return FetchStage(Fetcher(policy, limits, pool_size=settings.fetch_threads), settings.fetch_threads)
+
+
 def register(store: RedisStore | ShardedStore, stop: threading.Event) -> bool:
     """Register with RQ, waiting out a Redis that is down (capped back-off); False if stopped first."""
     backoff_s = 0.5
@@ -105,13 +121,22 @@ def register(store: RedisStore | ShardedStore, stop: threading.Event) -> bool:
     return False
 
 
-def build_store(settings: WorkerSettings) -> RedisStore | ShardedStore:
-    """The Redis store for this worker's queue and name; with several URLs, one per shard behind one store."""
-    stores = [RedisStore(redis.Redis.from_url(url, health_check_interval=30), settings.queue, settings.worker_name,
-                         worker_ttl_s=settings.worker_ttl_s, max_deliveries=settings.max_deliveries,
-                         max_data_bytes=settings.max_image_bytes + (1 << 20), results_maxlen=settings.results_maxlen)
-              for url in settings.redis_urls]  # fmt: skip
-    return stores[0] if len(stores) == 1 else ShardedStore(stores, block_s=settings.idle_wait_ms / 1000)
+def build_store(settings: WorkerSettings, cache: dict | None = None) -> RedisStore | ShardedStore:
+    """The Redis store for this worker's queue and name; with several URLs (shards) or queues (priorities),
+    one per server and queue behind one ``ShardedStore``."""
+    queues = [q.strip() for q in settings.queue.split(",") if q.strip()]  # by priority: --queue high,default
+    stores, levels = [], []
+    for url in settings.redis_urls:
+        connection = redis.Redis.from_url(url, health_check_interval=30)
+        for level, queue in enumerate(queues):
+            stores.append(RedisStore(connection, queue, settings.worker_name, worker_ttl_s=settings.worker_ttl_s,
+                                     max_deliveries=settings.max_deliveries, results_maxlen=settings.results_maxlen,
+                                     max_data_bytes=settings.max_image_bytes + (1 << 20), queues=queues,
+                                     primary=level == 0, cache=cache))  # fmt: skip
+            levels.append(level)
+    if len(stores) == 1:
+        return stores[0]
+    return ShardedStore(stores, block_s=settings.idle_wait_ms / 1000, levels=levels)
 
 
 def start_probes(settings: WorkerSettings, health: Health) -> list[ProbeServer]:
@@ -137,9 +162,11 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
         metrics = Metrics(settings.device)
         health.registry = metrics.registry
         metrics.warm_up.set(time.perf_counter() - loading)
-    store = build_store(settings)
     gate = make_gate(settings, model)
     decoder = make_decoder(settings, model.info.preprocess, gate, model.device)
+    backend = "gpu" if type(decoder).__name__ == "GpuDecoder" else "cpu"
+    store = build_store(settings, {"tag": model.info.tag, "precision": settings.precision, "decode": backend,
+                                   "topk": settings.topk, "ttl_s": settings.cache_ttl_s})  # fmt: skip
     if not register(store, stop):
         decoder.close()
         return 0
@@ -150,7 +177,7 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
                                          shutdown_timeout_s=settings.shutdown_timeout_s)  # fmt: skip
     predictor = Predictor(model, int(settings.batch_size), settings.topk, gate)
     pipeline = Pipeline(store, decoder, predictor, pipeline_settings, stop, hand=hand, stats=stats,
-                        observer=metrics, health=health)  # fmt: skip
+                        observer=metrics, health=health, fetcher=make_fetcher(settings))  # fmt: skip
     heartbeat = Heartbeat(store, hand, stats, settings.worker_ttl_s, reap_s=min(5.0, settings.worker_ttl_s / 2),
                           metrics=metrics, health=health)  # fmt: skip
     watchdog = Watchdog(health, hand.count, settings.stall_timeout_s, on_stall=lambda: _die(heartbeat, store))

@@ -25,7 +25,7 @@ from worker.model import load_model
 from worker.pipeline import Pipeline, PipelineSettings
 from worker.store.rq import RedisStore
 
-from ..conftest import image_bytes
+from ..conftest import all_images, image_bytes
 
 
 def png(size: tuple[int, int], mode: str = "1") -> bytes:
@@ -168,7 +168,8 @@ def serve_in_process(redis_url: str, tiny_model_path, wrap, batch: int = 8):
 
 
 def test_out_of_memory_splits_the_batch_and_lowers_the_cap(redis_url, conn, tiny_model_path, caplog):
-    ids = Producer(redis_url).enqueue_many([image_bytes("cat.jpg")] * 8)
+    photos = [p.read_bytes() for p in all_images() if p.suffix == ".jpg"][:8]  # distinct: a repeat runs once
+    ids = Producer(redis_url).enqueue_many(photos)
     predictor, model = serve_in_process(redis_url, tiny_model_path, lambda m: OomAbove(m, 2))
     assert predictor.cap == 2 and max(model.buckets) == 2
     assert "batch cap lowered to" in caplog.text

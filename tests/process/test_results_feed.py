@@ -11,6 +11,7 @@ import sys
 import time
 
 import msgpack
+import pytest
 import redis
 
 from producer import Producer
@@ -19,6 +20,9 @@ from producer.protocol import make_result, results_stream
 from producer.serializer import dumps
 
 from ..conftest import ROOT, image_bytes, wait_for, wait_for_workers
+
+pytestmark = pytest.mark.both_redis  # stream replies (XAUTOCLAIM, XINFO) differ between 6.2 and 7
+
 
 STREAM = results_stream("classify")
 

@@ -12,13 +12,18 @@ from producer.serializer import dumps
 
 from ..conftest import image_bytes, wait_for_workers
 
+pytestmark = pytest.mark.both_redis  # ACLs and stream replies differ between 6.2 and 7
+
 STREAM = results_stream("classify")
 
 # Keep in step with docs/security.md.
 PRODUCER_ACL = ("on >producer-secret resetkeys ~rq:job:* ~rq:queue:classify ~rq:queues ~rq:results:* "
                 "~classify:results:stream resetchannels &classify:results -@all +ping +hset +hget +hgetall "
                 "+rpush +sadd +exists +llen +xread +xrevrange +multi +exec +watch +unwatch +subscribe +unsubscribe "
-                "+xreadgroup +xack +xautoclaim +xgroup|create +xinfo|groups")  # fmt: skip
+                "+xreadgroup +xack +xautoclaim +xgroup|create +xinfo|groups "
+                "~rq:canceled:classify ~rq:finished:classify ~rq:failed:classify ~rq:wip:classify ~rq:executions:* "
+                "~rq:execution:* +lrem +zadd +zrem +zremrangebyscore +zrange "
+                "~rq:adclassify:cache:* ~rq:adclassify:model:* +get")  # fmt: skip
 WORKER_ACL = ("on >worker-secret resetkeys ~rq:* ~classify:results:stream resetchannels &classify:results "
               "+@all -@admin -@dangerous +info +client|setname +script|load")  # fmt: skip
 
@@ -45,6 +50,7 @@ def test_least_privilege_users_run_the_whole_path(acl_users, conn, start_worker)
     feed.ack()
     assert group_lags(producer.connection, "classify") in ({"web": 0}, {"web": None})  # None: Redis 6.2
     assert producer.classify(image_bytes("cat.jpg"), timeout=60)["ok"]
+    assert producer.classify(image_bytes("cat.jpg"), timeout=60, cache=True)["cached"]  # read-only lookup
     assert producer.enqueue(image_bytes("cat.jpg"), job_id="ad-1") == "ad-1"  # create-if-absent (WATCH)
     assert producer.result("ad-1", timeout=60)["ok"]
     with producer.subscribe() as sub:
@@ -125,3 +131,25 @@ def test_tls_rediss_url_for_worker_and_producer(tmp_path, tiny_model_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         server.stop()
+
+
+def test_the_producer_user_can_cancel_queued_and_finished_jobs(acl_users, conn):
+    producer_url, _ = acl_users
+    producer = Producer(producer_url)
+    queued, done = producer.enqueue_many([image_bytes("cat.jpg")] * 2)
+    conn.lrem("rq:queue:classify", 1, done)  # as if a worker had finished it
+    conn.hset(f"rq:job:{done}", "status", "finished")
+    conn.zadd("rq:finished:classify", {done: 1e12})
+    running = producer.enqueue_many([image_bytes("cat.jpg")])[0]
+    conn.lrem("rq:queue:classify", 1, running)
+    conn.lpush("rq:queue:classify", running)  # at the head: the worker's take starts it first
+    from worker.store.rq import RedisStore
+
+    store = RedisStore(conn, "classify", "w1")
+    store.register()
+    assert [j.job_id for j in store.take(1, 1.0)] == [running]
+    for job_id in (queued, done, running):
+        assert producer.cancel(job_id) is True
+        assert conn.hget(f"rq:job:{job_id}", "status") == b"canceled"
+    assert conn.llen("rq:queue:classify") == 0 and conn.zcard("rq:finished:classify") == 0
+    assert conn.zcard("rq:canceled:classify") == 3 and conn.zcard("rq:wip:classify") == 0

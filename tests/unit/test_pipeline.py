@@ -203,3 +203,16 @@ def test_jobs_that_may_not_run_never_reach_the_model(kind):
     run(MemoryStore(broker, "w1"), predictor)
     assert predictor.batches == [] and broker.status(job_id) == "failed"
     assert broker.published[0]["error"]["type"] == {"forbidden": "forbidden_function", "expired": "expired"}[kind]
+
+
+def test_a_photo_twice_in_a_batch_runs_once_and_both_jobs_get_its_answer():
+    broker = MemoryBroker()
+    ids = fill(broker, [b"same", b"other", b"same", b"same"])
+    predictor = Recorder(cap=8)
+    gate = threading.Event()
+    predictor.gate = gate
+    gate.set()
+    assert run(MemoryStore(broker, "w1"), predictor, max_wait_ms=200) == 4
+    assert sum(len(b) for b in predictor.batches) < 4  # forward rows: the repeats were not run again
+    results = {r["job_id"]: r for r in broker.published}
+    assert [results[i]["label"] for i in ids] == ["same", "other", "same", "same"]

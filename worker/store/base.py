@@ -46,6 +46,7 @@ class JobRecord:
     result_ttl_s: int | None = None
     failure_ttl_s: int | None = None
     shard: int = 0  # which Redis server it came from (``worker.store.sharded``)
+    digest: str | None = None  # SHA-256 of the image bytes (the result cache; duplicates in a batch)
 
     def now(self) -> float:
         """The store's clock now (Unix seconds), from the start's time and this process's monotonic

@@ -73,7 +73,9 @@ end
 # job prefix, execution prefix, executions prefix, max_jobs, execution id base, channel, feed stream, feed
 # maxlen, the job_gone result's size and other pairs (see ``result_for``), then the ids already moved
 # into the intermediate list by a blocking move. Up to max_jobs in all: the given ids first, then ids
-# popped from the queue here. Returns {now (Redis TIME, s), then job_id, hash | false | 0 | -1, eid, ...}:
+# popped from the queue here. Returns {now (Redis TIME, s), then job_id, 1 | false | 0 | -1, eid, ...}: 1 when
+# started (the caller reads the job's fields in one pipelined round trip: a script that returned every
+# job's image held Redis for tens of ms per take of big photos),
 # false when there is no job hash (gone, or a key of another type: answered job_gone here), 0 when sent
 # back (a second suspect)
 # or no longer ours, -1 when the id is not UTF-8 (dropped: nothing is written for it).
@@ -103,10 +105,16 @@ for n, job_id in ipairs(ids) do
   local kind = 'none'
   if addressable(job_id) then kind = redis.call('TYPE', job_key)['ok'] else kind = 'unaddressable' end
   local lost = 0
-  if kind == 'hash' then lost = tonumber(redis.call('HGET', job_key, 'lost_deliveries') or '0') or 0 end
+  if kind == 'hash' then
+    lost = tonumber(redis.call('HGET', job_key, 'lost_deliveries') or '0') or 0
+    -- canceled (RQ's cancel) after a blocking move took it off the queue: never started
+    if redis.call('HGET', job_key, 'status') == 'canceled' then kind = 'canceled' end
+  end
   out[#out + 1] = job_id
   if kind == 'unaddressable' then
     out[#out + 1] = -1
+  elseif kind == 'canceled' then
+    out[#out + 1] = 0
   elseif kind ~= 'hash' then
     announce(channel, stream, maxlen, job_id, result_for(job_id, gone_n, gone_rest))
     out[#out + 1] = false
@@ -128,7 +136,7 @@ for n, job_id in ipairs(ids) do
     redis.call('HSET', job_key, 'last_heartbeat', now_iso, 'status', 'started', 'started_at', now_iso,
                'worker_name', wname)
     redis.call('PERSIST', job_key)
-    out[#out + 1] = redis.call('HGETALL', job_key)
+    out[#out + 1] = 1  -- started; its fields are read after the script (big images stay out of Lua)
     out[#out + 1] = eid
   end
   if type(out[#out]) ~= 'string' then out[#out + 1] = '' end
@@ -144,28 +152,43 @@ return out
 
 # ARGV: wip, worker_key, worker_executions, worker_name, channel, first start (s), queue, queues,
 # job prefix, execution prefix, executions prefix, results prefix, finished, failed, feed stream, feed maxlen
-# (0: no feed), then per job 9 values:
-# (kind, job_id, execution_id, ttl, message, return_value_b64 | exc_b64, data without the image (ok) or '',
-# started_ts, retries_left). kind: ok | fail | retry. A job no longer registered as started by this
-# execution (a reaper gave it back meanwhile), or whose key is no longer a hash, is skipped: nothing of
-# it is written. Returns the skipped ids.
+# (0: no feed), the canceled result's size and other pairs (``result_for``), its exc_string (b64), the
+# result cache's TTL (0: off), then per job 11 values: (kind, job_id, execution_id, ttl, message,
+# return_value_b64 | exc_b64, data without the image (ok) or '', started_ts, retries_left, cache key or '',
+# cache value). kind: ok | fail | retry. A job no longer registered as
+# started by this execution (a reaper gave it back meanwhile), or whose key is no longer a hash, is
+# skipped: nothing of it is written. A job canceled while it ran (RQ's cancel drops its started entry
+# and sets status canceled) ends canceled: an RQ failure result and an ok: false "canceled" result,
+# announced; it stays in RQ's canceled registry. Returns {skipped ids, canceled ids}.
 FINISH = PRELUDE + """
 local wip, wkey, wexec, wname, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local first_start, queue, queues = tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local jprefix, eprefix, esprefix, rprefix = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local finished, failed, stream, maxlen = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
+local cancel_n, cancel_rest, cancel_exc, cache_ttl = tonumber(ARGV[17]), ARGV[18], ARGV[19], tonumber(ARGV[20])
 local now_ts, now_s, now_us = clock()
 local ended_iso, ended_text = iso(now_s, now_us), string.format('%.6f', now_ts)
-local skipped, ok, bad = {}, 0, 0
+local skipped, canceled, ok, bad = {}, {}, 0, 0
 local function expire_or_persist(key, ttl)
   if ttl > 0 then redis.call('EXPIRE', key, ttl) elseif ttl < 0 then redis.call('PERSIST', key) end
 end
-for i = 17, #ARGV, 9 do
+for i = 21, #ARGV, 11 do
   local kind, job_id, eid, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   local member = job_id .. ':' .. eid
   local job_key, results = jprefix .. job_id, rprefix .. job_id
   if redis.call('ZSCORE', wip, member) == false then
-    skipped[#skipped + 1] = job_id
+    if redis.call('TYPE', job_key)['ok'] == 'hash' and redis.call('HGET', job_key, 'status') == 'canceled' then
+      redis.call('DEL', eprefix .. member)
+      redis.call('ZREM', esprefix .. job_id, eid)
+      redis.call('SREM', wexec, member)
+      redis.call('XADD', results, 'MAXLEN', '~', '10', '*', 'type', '2', 'worker_name', wname,
+                 'exc_string', cancel_exc, 'execution_id', eid, 'execution_started_at', ARGV[i + 7],
+                 'execution_ended_at', ended_text)
+      announce(channel, stream, maxlen, job_id, result_for(job_id, cancel_n, cancel_rest))
+      canceled[#canceled + 1] = job_id
+    else
+      skipped[#skipped + 1] = job_id
+    end
   else
     redis.call('DEL', eprefix .. member)
     redis.call('ZREM', wip, member)
@@ -192,6 +215,8 @@ for i = 17, #ARGV, 9 do
         expire_or_persist(jprefix .. ':' .. job_id .. ':dependencies', ttl)
       end
       announce(channel, stream, maxlen, job_id, ARGV[i + 4])
+      -- the result cache (repeated photos): written with the result, in the same step
+      if ARGV[i + 9] ~= '' and cache_ttl > 0 then redis.call('SET', ARGV[i + 9], ARGV[i + 10], 'EX', cache_ttl) end
     elseif kind == 'fail' then
       bad = bad + 1
       redis.call('HSET', job_key, 'status', 'failed', 'ended_at', ended_iso, 'retries_left', ARGV[i + 8])
@@ -217,5 +242,5 @@ if ok > 0 then redis.call('HINCRBY', wkey, 'successful_job_count', ok) end
 if bad > 0 then redis.call('HINCRBY', wkey, 'failed_job_count', bad) end
 redis.call('HINCRBYFLOAT', wkey, 'total_working_time', math.max(0, now_ts - first_start))
 redis.call('HSET', wkey, 'state', 'idle')
-return skipped
+return {skipped, canceled}
 """

@@ -79,7 +79,8 @@ local now_s = clock()
 local held, given = {}, {}
 for i = 7, #ARGV do held[ARGV[i]] = true end
 for _, member in ipairs(redis.call('SMEMBERS', wexec)) do
-  if not held[member] then
+  -- only this queue's executions (a worker serving several queues shares one executions set)
+  if not held[member] and redis.call('ZSCORE', wip, member) then
     local created = tonumber(redis.call('HGET', eprefix .. member, 'created_at') or '0') or 0
     if now_s - created >= min_age then
       local job_id = string.match(member, '^(.*):[^:]+$')
@@ -98,14 +99,15 @@ end
 return given
 """
 
-# ARGV: worker key, ttl, all-workers set, queue's workers set, then RQ's worker fields as name, value pairs.
-# What RQ's ``register_birth`` writes, as one script (it also runs on a full Redis, see ``Scripts``).
+# ARGV: worker key, ttl, the number of worker sets, the sets (all workers, then each queue's), then RQ's worker
+# fields as name, value pairs. What RQ's ``register_birth`` writes, as one script (it also runs on a full
+# Redis, see ``Scripts``).
 REGISTER = """
+local nsets = tonumber(ARGV[3])
 redis.call('DEL', ARGV[1])
-for i = 5, #ARGV, 2 do redis.call('HSET', ARGV[1], ARGV[i], ARGV[i + 1]) end
+for i = 4 + nsets, #ARGV, 2 do redis.call('HSET', ARGV[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', ARGV[1], tonumber(ARGV[2]))
-redis.call('SADD', ARGV[3], ARGV[1])
-redis.call('SADD', ARGV[4], ARGV[1])
+for i = 4, 3 + nsets do redis.call('SADD', ARGV[i], ARGV[1]) end
 return 1
 """
 

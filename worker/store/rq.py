@@ -23,18 +23,30 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from producer import rqkeys
-from producer.protocol import DEFAULT_RESULTS_MAXLEN, exc_string_for, make_result, results_channel, results_stream
-from producer.serializer import MsgpackSerializer, SerializationError, dumps, loads
+from producer.cache import announcement, announcement_key
+from producer.protocol import DEFAULT_RESULTS_MAXLEN, exc_string_for, results_channel, results_stream
+from producer.serializer import MsgpackSerializer, SerializationError, loads
 
 from .base import JobRecord, Outcome, QueueStore, StoreFull, StoreUnavailable, WorkerStats
 from .names import claim_name
+from .rqdata import (
+    CANCELED,
+    CANCELED_EXC,
+    DEFAULT_FAILURE_TTL_S,
+    GONE,
+    _finish_args,
+    _int_or_none,
+    _iso,
+    _parse_time,
+    _template,
+    _text,
+    poison_error,
+)
 from .scripts import Scripts
 
 log = logging.getLogger(__name__)
 
 STARTED_TTL_S = 360  # how long a started job's entries live without a heartbeat
-DEFAULT_RESULT_TTL_S = 500  # RQ's default for a job without result_ttl
-DEFAULT_FAILURE_TTL_S = 31536000  # RQ's DEFAULT_FAILURE_TTL (one year)
 T = TypeVar("T")
 
 
@@ -65,8 +77,12 @@ class RedisStore(QueueStore):
 
     def __init__(self, connection: redis.Redis, queue: str, worker_name: str, *, worker_ttl_s: int = 20,
                  max_deliveries: int = 3, stranded_s: float = 5.0, max_data_bytes: int = 32 << 20,
-                 results_maxlen: int = DEFAULT_RESULTS_MAXLEN) -> None:  # fmt: skip
+                 results_maxlen: int = DEFAULT_RESULTS_MAXLEN, queues: list[str] | None = None,
+                 primary: bool = True, cache: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.connection, self.queue, self.worker_name = connection, queue, worker_name
+        # a worker serving several queues on this server (priorities): one registration, by the primary store
+        self.queues, self.primary = queues or [queue], primary
+        self.cache = cache  # what this worker announces (producer.cache); the cache is on when its ttl_s > 0
         self.worker_ttl_s, self.max_deliveries, self.stranded_s = worker_ttl_s, max_deliveries, stranded_s
         self.max_data_bytes = max_data_bytes
         self.channel, self.stream, self.results_maxlen = results_channel(queue), results_stream(queue), results_maxlen
@@ -83,8 +99,8 @@ class RedisStore(QueueStore):
     def rq_worker(self) -> BatchWorker:
         """RQ's worker object for our name (built on first use: building it talks to Redis)."""
         if self._rq_worker is None:
-            queue = Queue(self.queue, connection=self.connection, serializer=MsgpackSerializer)
-            self._rq_worker = unavailable(lambda: BatchWorker([queue], connection=self.connection,
+            queues = [Queue(q, connection=self.connection, serializer=MsgpackSerializer) for q in self.queues]
+            self._rq_worker = unavailable(lambda: BatchWorker(queues, connection=self.connection,
                                                               name=self.worker_name, serializer=MsgpackSerializer,
                                                               worker_ttl=self.worker_ttl_s))  # fmt: skip
         return self._rq_worker
@@ -93,16 +109,26 @@ class RedisStore(QueueStore):
         """Claim our name (``worker.store.names``), then register as RQ's ``register_birth`` does (``rq info``
         lists us), in one script that also runs on a full Redis."""
         unavailable(self.scripts.load)
+        if not self.primary:
+            return
         unavailable(lambda: claim_name(self, stop))
         worker = self.rq_worker
         worker.birth_date = worker.last_heartbeat = datetime.now(timezone.utc)
         fields = [v for pair in worker.serialize().items() for v in pair]
-        args = [worker.key, worker.worker_ttl + 60, rqkeys.WORKERS, rqkeys.queue_workers(self.queue), *fields]
+        sets = [rqkeys.WORKERS, *(rqkeys.queue_workers(q) for q in self.queues)]
+        args = [worker.key, worker.worker_ttl + 60, len(sets), *sets, *fields]
         unavailable(lambda: self.scripts.call("register", args))
+        if self.cache is not None:  # what results we write, for producers' cache lookups (producer.cache)
+            for queue in self.queues:
+                unavailable(lambda q=queue: self.connection.set(announcement_key(q), announcement(**self.cache)))
+
+    def _cache_ttl(self) -> int:
+        return int(self.cache["ttl_s"]) if self.cache else 0
 
     def unregister(self) -> None:
         """Register our death with RQ."""
-        unavailable(lambda: self.rq_worker.register_death())
+        if self.primary:
+            unavailable(lambda: self.rq_worker.register_death())
 
     # -- take ------------------------------------------------------------------------------------
     def take(self, max_jobs: int, timeout_s: float) -> list[JobRecord]:
@@ -125,19 +151,26 @@ class RedisStore(QueueStore):
                 *given]  # fmt: skip
         reply = self.scripts.call("take", args)
         taken_at, started = time.monotonic(), float(reply[0])
-        jobs, gone = [], []
+        begun, gone = [], []
         for i in range(1, len(reply), 3):
-            job_id, raw, eid = reply[i], reply[i + 1], _text(reply[i + 2])
-            if raw == -1:
+            job_id, state, eid = reply[i], reply[i + 1], _text(reply[i + 2])
+            if state == -1:
                 self.dropped += 1
                 log.error("dropped queued id %r: not UTF-8, so no client can name it (never started)", job_id)
-            elif raw is None:
+            elif state is None:
                 gone.append(_text(job_id))
-            elif raw != 0:
-                jobs.append(self._record(_text(job_id), eid, raw, started, taken_at))
+            elif state == 1:
+                begun.append((_text(job_id), eid))
         if gone:
             log.warning("answered job_gone for %d queued id(s) whose job hash is gone: %s", len(gone), ", ".join(gone))
-        return jobs
+        if not begun:
+            return []
+        with self.connection.pipeline(transaction=False) as pipe:  # one round trip for the whole batch
+            for job_id, _ in begun:
+                pipe.hgetall(rqkeys.job(job_id))
+            hashes = pipe.execute()
+        return [self._record(job_id, eid, [v for pair in fields.items() for v in pair], started, taken_at)
+                for (job_id, eid), fields in zip(begun, hashes)]  # fmt: skip
 
     def _record(self, job_id: str, eid: str, raw: list[bytes], started: float, taken_at: float) -> JobRecord:
         fields = dict(zip(raw[::2], raw[1::2]))
@@ -184,10 +217,14 @@ class RedisStore(QueueStore):
         args: list[Any] = [k["wip"], k["worker"], k["wexec"], self.worker_name, self.channel, repr(started),
                            k["queue"], rqkeys.QUEUES, rqkeys.JOB_PREFIX, rqkeys.EXECUTION_PREFIX,
                            rqkeys.EXECUTIONS_PREFIX, rqkeys.results(""), rqkeys.finished(self.queue),
-                           rqkeys.failed(self.queue), self.stream, self.results_maxlen]  # fmt: skip
+                           rqkeys.failed(self.queue), self.stream, self.results_maxlen,
+                           *_template(CANCELED, self.worker_name), CANCELED_EXC, self._cache_ttl()]  # fmt: skip
+        cache = self.cache if self._cache_ttl() > 0 else None
         for outcome in outcomes:
-            args += _finish_args(outcome)
-        skipped = [_text(s) for s in unavailable(lambda: self.scripts.call("finish", args))]
+            args += _finish_args(outcome, cache)
+        skipped, canceled = ([_text(i) for i in ids] for ids in unavailable(lambda: self.scripts.call("finish", args)))
+        if canceled:
+            log.info("%d job(s) canceled while they ran, answered as canceled: %s", len(canceled), ", ".join(canceled))
         if skipped:
             log.warning("not recording %d job(s) re-queued by a reaper meanwhile: %s", len(skipped),
                         ", ".join(skipped))  # fmt: skip
@@ -197,6 +234,8 @@ class RedisStore(QueueStore):
     def heartbeat(self, stats: WorkerStats) -> int:
         """Refresh the worker key (re-register if a Redis restart lost it); return the backlog."""
         k = self.keys
+        if not self.primary:  # the primary store of this server beats for the worker
+            return int(unavailable(lambda: self.connection.llen(k["queue"])))
         fields = ["last_heartbeat", _iso(datetime.now(timezone.utc)), "batches", stats.batches,
                   "images_per_s_1m", stats.images_per_s_1m]  # fmt: skip
         backlog, registered = unavailable(lambda: self.scripts.call(
@@ -236,68 +275,3 @@ class RedisStore(QueueStore):
         if given:
             log.warning("re-queued %d job(s) this worker started but never received: %s", len(given), ", ".join(given))
         return given
-
-
-GONE = {"type": "job_gone", "message": "the job's data expired or was deleted before it ran"}
-
-
-def poison_error(max_deliveries: int) -> dict[str, str]:
-    return {"type": "poison", "message": f"the job was lost with its worker {max_deliveries} times "
-            "(it may crash the worker); not retried"}  # fmt: skip
-
-
-def _template(error: dict[str, str], worker: str) -> list[Any]:
-    """A failed result for any job id, as the scripts build it: the map's size and its pairs other than
-    ``job_id``, msgpack-packed (a map is its header, then its keys and values in turn)."""
-    result = make_result("", model="", worker=worker, timings_ms={}, meta={}, error=error)
-    return [len(result), b"".join(dumps(key) + dumps(value) for key, value in result.items() if key != "job_id")]
-
-
-def _finish_args(outcome: Outcome) -> list[Any]:
-    """The FINISH script's 9 values for one job (see ``worker.store.scripts.FINISH``)."""
-    job, result = outcome.job, outcome.result
-    message = dumps(result)
-    times = [repr(job.started_at)]
-    if result["ok"]:
-        ttl = DEFAULT_RESULT_TTL_S if job.result_ttl_s is None else job.result_ttl_s
-        return ["ok", job.job_id, job.execution_id, ttl, message, b64encode(message), _without_image(job), *times, 0]
-    if outcome.retry and job.retries_left > 0:
-        log.info("job %s re-queued after %s (%d retries left)", job.job_id, result["error"], job.retries_left - 1)
-        return ["retry", job.job_id, job.execution_id, 0, "", "", "", *times, job.retries_left - 1]
-    ttl = DEFAULT_FAILURE_TTL_S if job.failure_ttl_s is None else job.failure_ttl_s
-    text = exc_string_for(result["error"]).encode()
-    # A deterministic failure would fail the same way again: no retries left (as the plain-rq path records it).
-    return ["fail", job.job_id, job.execution_id, ttl, message, b64encode(zlib.compress(text)), "", *times, 0]
-
-
-def _without_image(job: JobRecord) -> bytes:
-    """The job's call with its image dropped (msgpack, uncompressed: RQ reads both), so that a finished
-    job keeps its meta but not its photo for the whole result TTL; empty when it has no image."""
-    if not isinstance(job.kwargs, dict) or "image" not in job.kwargs:
-        return b""
-    kwargs = {k: v for k, v in job.kwargs.items() if k != "image"}
-    return dumps([job.func_name, None, job.args, kwargs])
-
-
-def _text(value: Any) -> str:
-    """A reply value as text; bytes that are not UTF-8 keep their escapes (never a crash)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    return "" if value is None else str(value)
-
-
-def _int_or_none(value: bytes | None) -> int | None:
-    return None if value in (None, b"") else int(value)
-
-
-def _iso(when: datetime) -> str:
-    """RQ's ``utcformat``: ``2026-11-29T19:20:30.123456Z``."""
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(value: bytes | None) -> float | None:
-    if not value:
-        return None
-    text = value.decode()
-    parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()

@@ -1,4 +1,8 @@
-"""Several Redis servers (shards), one queue store: each shard is a whole RQ world on its server.
+"""Several Redis servers (shards), and several queues by priority, behind one queue store.
+
+Each shard is a whole RQ world on its server. With ``--queue high,default`` every server holds one
+store per queue, and a take serves the highest-priority non-empty queue first (strictly, as
+``rq worker high default`` does); the shards of one priority share it fairly.
 
 The worker takes from every shard, fairly: each take sweeps the shards without blocking, starting
 one further along each time, so none starves. With nothing queued anywhere, one waiter thread per
@@ -58,9 +62,10 @@ class _Waiter(threading.Thread):
 class ShardedStore(QueueStore):
     """``RedisStore``s, one per shard, behind the one store interface the pipeline uses."""
 
-    def __init__(self, shards: list[RedisStore], block_s: float = 1.0) -> None:
+    def __init__(self, shards: list[RedisStore], block_s: float = 1.0, levels: list[int] | None = None) -> None:
         self.shards, self.worker_name = shards, shards[0].worker_name
-        self.next = 0  # the shard the next sweep starts at
+        self.levels = levels or [0] * len(shards)  # priority of each store: 0 first (``--queue high,default``)
+        self.next: dict[int, int] = {}  # per level, where the next sweep starts (fairness among equals)
         self.wanted, self.arrivals = threading.Event(), queue.Queue()
         self.waiters = [_Waiter(i, s, self.wanted, self.arrivals, block_s) for i, s in enumerate(shards)]
         self.recorded: set[str] = set()  # executions finished by a call that failed on another shard
@@ -121,11 +126,10 @@ class ShardedStore(QueueStore):
         return jobs
 
     def _sweep(self, max_jobs: int) -> list[JobRecord]:
-        """One non-blocking take per shard, starting one further along each time (fairness)."""
+        """One non-blocking take per store: higher priorities first; among equals (shards), starting one
+        further along each time (fairness)."""
         jobs: list[JobRecord] = []
-        n = len(self.shards)
-        start, self.next = self.next, (self.next + 1) % n
-        for index in [(start + i) % n for i in range(n)]:
+        for index in self._order():
             if len(jobs) >= max_jobs:
                 break
             try:
@@ -133,6 +137,15 @@ class ShardedStore(QueueStore):
             except StoreUnavailable as exc:
                 log.warning("shard %d: take failed (%s)", index, exc)
         return jobs
+
+    def _order(self) -> list[int]:
+        order: list[int] = []
+        for level in sorted(set(self.levels)):
+            members = [i for i, lv in enumerate(self.levels) if lv == level]
+            start = self.next.get(level, 0) % len(members)
+            self.next[level] = start + 1
+            order += members[start:] + members[:start]
+        return order
 
     @staticmethod
     def _tag(index: int, jobs: list[JobRecord]) -> list[JobRecord]:
@@ -173,5 +186,5 @@ class ShardedStore(QueueStore):
     def feed_lags(self) -> dict[str, int | None]:
         lags: dict[str, int | None] = {}
         for i, shard_lags in enumerate(self._each("feed lags", lambda s: s.feed_lags())):
-            lags.update({f"shard{i}:{group}": lag for group, lag in shard_lags.items()})
+            lags.update({f"{self.shards[i].queue}@{i}:{group}": lag for group, lag in shard_lags.items()})
         return lags
