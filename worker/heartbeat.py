@@ -65,15 +65,20 @@ class Heartbeat(threading.Thread):
             dropped, self.dropped = self.store.dropped - self.dropped, self.store.dropped
             if dropped > 0:
                 self.metrics.dropped.inc(dropped)
-            for group, lag in getattr(self.store, "feed_lags", dict)().items():
-                if lag is not None:
-                    self.metrics.feed_lag.labels(group).set(lag)
             duplicates, self.duplicates = self.stats.duplicates - self.duplicates, self.stats.duplicates
             if duplicates > 0:
                 self.metrics.duplicates.inc(duplicates)
             for kind, count in self.stats.store_errors.items():
                 self.metrics.store_errors.labels(kind).inc(count - self.reported[kind])
                 self.reported[kind] = count
+
+    def feed_lags(self) -> None:
+        """The results feed's lag per consumer group, for metrics (read at each reaper pass, not each beat)."""
+        if self.metrics is None:
+            return
+        for group, lag in getattr(self.store, "feed_lags", dict)().items():
+            if lag is not None:
+                self.metrics.feed_lag.labels(group).set(lag)
 
     def run(self) -> None:
         next_reap = time.monotonic()
@@ -83,6 +88,7 @@ class Heartbeat(threading.Thread):
                 if time.monotonic() >= next_reap:
                     self.store.reap()
                     self.store.give_back(self.hand.snapshot())
+                    self.feed_lags()
                     next_reap = time.monotonic() + self.reap_s
             except StoreUnavailable as exc:
                 self.stats.store_error(exc)

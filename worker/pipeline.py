@@ -201,10 +201,16 @@ class Pipeline:
     def _predict(self, batch: list[Item]) -> tuple[list[Any], float]:
         """One forward pass over the batch's distinct photos (a photo twice in a batch runs once)."""
         first: dict[str, int] = {}
-        slots = [first.setdefault(item.job.digest or f"#{n}", len(first)) for n, item in enumerate(batch)]
-        if len(first) == len(batch):
-            return self.predictor.predict([item.pixels for item in batch])
-        unique = [batch[slots.index(k)].pixels for k in range(len(first))]
+        unique: list[Any] = []
+        slots = []
+        for n, item in enumerate(batch):
+            key = item.job.digest or f"#{n}"
+            if key not in first:
+                first[key] = len(unique)
+                unique.append(item.pixels)
+            slots.append(first[key])
+        if len(unique) == len(batch):
+            return self.predictor.predict(unique)
         self.stats.duplicates += len(batch) - len(unique)
         preds, infer_ms = self.predictor.predict(unique)
         return [preds[k] for k in slots], infer_ms
