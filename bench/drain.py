@@ -11,7 +11,8 @@ from datetime import datetime
 
 import redis
 
-from producer import Producer, rqkeys
+from producer import Producer
+from producer.wire import keys as rqkeys
 
 from .common import OUT, ROOT, commands_total, pythonpath
 

@@ -26,7 +26,7 @@ import redis
 from rq import Queue, Retry
 
 from producer import Producer
-from producer.protocol import TASK_NAME
+from producer.wire.jobs import TASK_NAME
 
 from .common import ROOT, ensure_model, pythonpath, report, table
 from .devserver import RedisServer

@@ -16,7 +16,8 @@ from typing import Any
 
 import redis
 
-from producer import Producer, RedisFull, rqkeys
+from producer import Producer, RedisFull
+from producer.wire import keys as rqkeys
 
 from .common import ROOT, pythonpath
 

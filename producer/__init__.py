@@ -1,11 +1,30 @@
-"""Client side of the classify queue: what a web backend imports (no torch)."""
+"""Client side of the classify queue: what a web backend imports (no torch).
 
-from .client import JobOptions, Producer, Subscription
-from .errors import JobFailed, JobTimeout, ProducerError, QueueFull, RedisFull
-from .protocol import ImageRef
-from .serializer import MsgpackSerializer
+Names are imported on first use, so ``import producer.wire`` (the worker's only import from here)
+loads neither redis nor rq.
+"""
 
-__all__ = [
-    "ImageRef", "JobFailed", "JobOptions", "JobTimeout", "MsgpackSerializer", "Producer", "ProducerError", "QueueFull",
-    "RedisFull", "Subscription",
-]  # fmt: skip
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AsyncProducer": ".aio", "JobOptions": ".client", "Producer": ".client", "Subscription": ".client",
+    "JobFailed": ".errors", "JobTimeout": ".errors", "ProducerError": ".errors", "QueueFull": ".errors",
+    "RedisFull": ".errors", "ShardUnavailable": ".errors", "ImageRef": ".wire.jobs",
+    "MsgpackSerializer": ".wire.serializer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'producer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -16,7 +16,8 @@ from . import dashboard
 from .client import Producer
 from .errors import JobFailed, JobTimeout, ShardUnavailable
 from .jsonout import dumps_json
-from .protocol import DEFAULT_QUEUE, ImageRef, ProtocolError, results_stream
+from .wire.jobs import DEFAULT_QUEUE, ImageRef, ProtocolError
+from .wire.keys import results_stream
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 

@@ -22,8 +22,10 @@ from .client import ImageInput, JobOptions, Producer, final_result
 from .errors import JobFailed, JobTimeout, QueueFull, RedisFull
 from .feed import AsyncResultFeed
 from .groupcursor import DEFAULT_BLOCK_MS, GroupCursor, default_consumer
-from .protocol import DEFAULT_QUEUE, ProtocolError, image_list, image_source, results_stream, validate_result
-from .serializer import SerializationError, loads
+from .wire.jobs import DEFAULT_QUEUE, ProtocolError, image_list, image_source
+from .wire.keys import results_stream
+from .wire.results import validate_result
+from .wire.serializer import SerializationError, loads
 
 
 class AsyncProducer:

@@ -20,7 +20,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
 from .errors import JobNotFound
-from .serializer import MsgpackSerializer
+from .wire.serializer import MsgpackSerializer
 
 CANCELED_ERROR = {"type": "canceled", "message": "the job was canceled before it ran"}
 

@@ -21,18 +21,10 @@ from .errors import JobFailed, JobTimeout, QueueFull, RedisFull
 from .feed import ResultFeed
 from .groupcursor import DEFAULT_BLOCK_MS, GroupCursor, default_consumer
 from .jobdata import PlainDataJob
-from .protocol import (
-    DEFAULT_QUEUE,
-    TASK_NAME,
-    ImageRef,
-    image_list,
-    image_source,
-    job_kwargs,
-    results_channel,
-    results_stream,
-)
 from .results import Subscription, final_result
-from .serializer import MsgpackSerializer
+from .wire.jobs import DEFAULT_QUEUE, TASK_NAME, ImageRef, image_list, image_source, job_kwargs
+from .wire.keys import results_channel, results_stream
+from .wire.serializer import MsgpackSerializer
 
 log = logging.getLogger(__name__)
 

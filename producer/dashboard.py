@@ -27,7 +27,7 @@ import json
 import re
 from typing import Any
 
-from .serializer import MsgpackSerializer
+from .wire.serializer import MsgpackSerializer
 
 DEFAULT_PORT = 9181
 DESCRIPTION_CHARS = 200  # longest description shown

@@ -20,8 +20,9 @@ from typing import Any
 
 import redis
 
-from .groupcursor import CREATE, Entry, GroupCursor, text
-from .protocol import results_stream
+from .groupcursor import CREATE, Entry, GroupCursor
+from .wire.feed import group_rows
+from .wire.keys import results_stream
 
 log = logging.getLogger(__name__)
 
@@ -201,15 +202,7 @@ def groups_info(connection: redis.Redis, queue: str) -> list[dict[str, Any]]:
         if "no such key" in str(exc).lower():
             return []
         raise
-    rows = []
-    for info in groups:
-        info = {text(key): value for key, value in info.items()}
-        rows.append({
-            "name": text(info["name"]), "consumers": int(info["consumers"]), "pending": int(info["pending"]),
-            "last_delivered_id": text(info["last-delivered-id"]),
-            "entries_read": info.get("entries-read"), "lag": info.get("lag"), "reports_lag": "lag" in info,
-        })  # fmt: skip
-    return rows
+    return group_rows(groups)
 
 
 def group_lags(connection: redis.Redis, queue: str) -> dict[str, int | None]:

@@ -17,8 +17,9 @@ from typing import Any
 
 import redis
 
-from .protocol import ProtocolError, validate_result
-from .serializer import SerializationError, loads
+from .wire.jobs import ProtocolError
+from .wire.results import validate_result
+from .wire.serializer import SerializationError, loads
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ import redis
 from rq.results import Result
 
 from .errors import JobFailed
-from .protocol import ProtocolError, parse_exc_string, validate_result
-from .serializer import MsgpackSerializer, SerializationError, loads
+from .wire.jobs import ProtocolError
+from .wire.results import parse_exc_string, validate_result
+from .wire.serializer import MsgpackSerializer, SerializationError, loads
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import redis
 from .cache import ProducerCache
 from .client import ImageInput, JobOptions, Producer, Subscription
 from .errors import ShardUnavailable
-from .protocol import DEFAULT_QUEUE
+from .wire.jobs import DEFAULT_QUEUE
 
 
 def split_urls(redis_url: str) -> list[str]:

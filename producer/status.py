@@ -11,7 +11,7 @@ import redis
 from rq import Queue, Worker
 
 from .feed import feed_info
-from .serializer import MsgpackSerializer
+from .wire.serializer import MsgpackSerializer
 
 
 def gather(connection: redis.Redis, queue_name: str) -> dict[str, Any]:

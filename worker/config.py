@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from producer.protocol import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_QUEUE, DEFAULT_RESULTS_MAXLEN
+from producer.wire.jobs import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_QUEUE
+from producer.wire.results import DEFAULT_RESULTS_MAXLEN
 
 from .decode.cpu import DEFAULT_MAX_PIXELS
 from .decode.urls import FetchPolicy

@@ -1,22 +1,16 @@
-"""What a job asks for and how it is answered: the allow-list, argument checks and the result map (pure)."""
+"""What a job asks for and how it is answered: the allow-list check, argument checks and the result map (pure)."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from producer.protocol import MAX_META_BYTES, TASK_NAME, ImageRef, ProtocolError, make_result, parse_job_args
-from producer.serializer import SerializationError, dumps
+from producer.wire.jobs import MAX_META_BYTES, ImageRef, ProtocolError, allowed, parse_job_args
+from producer.wire.results import make_result
+from producer.wire.serializer import SerializationError, dumps
 
 from .errors import JobError
 from .store import JobRecord
-
-ALLOWED_TASKS = frozenset({TASK_NAME})
-
-
-def allowed(func_name: object) -> bool:
-    """Whether a job may run this function; compared as a string, so nothing is ever imported."""
-    return isinstance(func_name, str) and func_name in ALLOWED_TASKS
 
 
 def job_inputs(job: JobRecord) -> tuple[bytes | ImageRef, dict[str, Any]]:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from producer.protocol import ImageRef
+from producer.wire.jobs import ImageRef
 
 from .batching import next_batch
 from .decode import Decoder, DecodeResult, Fetched, Fetches, NoFetch

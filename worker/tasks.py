@@ -19,8 +19,10 @@ import torch
 from rq import get_current_job
 from rq.job import Job
 
-from producer.protocol import DEFAULT_MAX_IMAGE_BYTES, ImageRef, make_result, results_channel
-from producer.serializer import dumps
+from producer.wire.jobs import DEFAULT_MAX_IMAGE_BYTES, ImageRef
+from producer.wire.keys import results_channel
+from producer.wire.results import make_result
+from producer.wire.serializer import dumps
 
 from .decode.cpu import Limits, Preprocess
 from .decode.pool import decode_one

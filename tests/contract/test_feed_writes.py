@@ -5,8 +5,9 @@ with the same bytes; retries are not final and are not fed; the feed is capped."
 from __future__ import annotations
 
 from producer import JobOptions, Producer
-from producer.protocol import make_result, results_stream, validate_result
-from producer.serializer import loads
+from producer.wire.keys import results_stream
+from producer.wire.results import make_result, validate_result
+from producer.wire.serializer import loads
 from worker.store import Outcome
 from worker.store.rq import RedisStore
 

@@ -11,7 +11,7 @@ from rq.job import Job
 
 import worker.store.rq as rq_store
 from producer import Producer
-from producer.protocol import make_result
+from producer.wire.results import make_result
 from worker.store import Outcome
 from worker.store.rq import STARTED_TTL_S, RedisStore
 

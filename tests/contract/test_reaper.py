@@ -56,7 +56,7 @@ def test_an_id_given_back_between_its_move_and_its_start_is_not_started_twice(re
 
 
 def test_a_failure_of_a_job_given_back_meanwhile_is_not_written(redis_url, conn):
-    from producer.protocol import make_result
+    from producer.wire.results import make_result
     from worker.store import Outcome
 
     dead, other = RedisStore(conn, "classify", "dead"), RedisStore(conn, "classify", "other")

@@ -10,8 +10,8 @@ from redis.client import Pipeline
 from rq.job import Job, JobStatus
 
 from producer import Producer
-from producer.protocol import make_result
-from producer.serializer import MsgpackSerializer
+from producer.wire.results import make_result
+from producer.wire.serializer import MsgpackSerializer
 from worker.store import Outcome
 from worker.store.rq import RedisStore
 

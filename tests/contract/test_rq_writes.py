@@ -16,8 +16,8 @@ from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
 from producer import JobOptions, Producer
-from producer.protocol import exc_string_for, make_result
-from producer.serializer import MsgpackSerializer
+from producer.wire.results import exc_string_for, make_result
+from producer.wire.serializer import MsgpackSerializer
 from worker.store import Outcome
 from worker.store.rq import STARTED_TTL_S, RedisStore
 

@@ -11,7 +11,7 @@ import redis
 
 from bench.devserver import RedisServer
 from producer import Producer
-from producer.protocol import make_result
+from producer.wire.results import make_result
 from worker.store import Outcome
 from worker.store.rq import RedisStore
 from worker.store.sharded import ShardedStore

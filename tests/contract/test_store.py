@@ -8,8 +8,8 @@ from rq.job import Job
 
 from bench.devserver import RedisServer
 from producer import JobOptions, Producer
-from producer.protocol import make_result
-from producer.serializer import MsgpackSerializer
+from producer.wire.results import make_result
+from producer.wire.serializer import MsgpackSerializer
 from worker.store import Outcome, QueueStore
 from worker.store.memory import MemoryBroker, MemoryStore
 from worker.store.rq import RedisStore

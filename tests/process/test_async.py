@@ -12,7 +12,7 @@ from rq.job import Job, JobStatus
 
 from producer import JobFailed, JobOptions, Producer, QueueFull
 from producer.aio import AsyncProducer
-from producer.serializer import MsgpackSerializer
+from producer.wire.serializer import MsgpackSerializer
 
 from ..conftest import ROOT, image_bytes, wait_for_workers
 

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from producer import Producer
-from producer.cache import PREFIX
+from producer.wire.keys import CACHE_PREFIX as PREFIX
 from worker.decode.cpu import Preprocess
 from worker.export import ExportSpec, export
 
@@ -70,7 +70,7 @@ def test_the_cache_off_writes_nothing_and_a_batch_runs_a_repeated_photo_once(red
 
 
 def test_result_maps_are_unchanged_by_the_cache_fields():
-    from producer.cache import cached_result
+    from producer.wire.cache import cached_result
 
     result = cached_result("cached-1", {"model": "m@1", "label": "a", "score": 0.9, "topk": [["a", 0.9]]}, None)
     assert dataclasses.is_dataclass(result) is False and result["cached"] and result["ok"] and result["label"] == "a"

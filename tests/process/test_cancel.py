@@ -14,8 +14,8 @@ from rq.job import Job
 from producer import JobFailed, Producer
 from producer.aio import AsyncProducer
 from producer.errors import JobNotFound
-from producer.protocol import make_result
-from producer.serializer import MsgpackSerializer
+from producer.wire.results import make_result
+from producer.wire.serializer import MsgpackSerializer
 from worker.store import Outcome
 from worker.store.rq import RedisStore
 

@@ -15,7 +15,7 @@ from rq import Queue
 
 from bench.devserver import free_port
 from producer import JobFailed, Producer
-from producer.serializer import MsgpackSerializer
+from producer.wire.serializer import MsgpackSerializer
 
 from ..conftest import ROOT, image_bytes, wait_for, wait_for_workers
 

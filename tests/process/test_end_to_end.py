@@ -7,8 +7,8 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from producer import JobFailed, Producer
-from producer.protocol import RESULT_KEYS
-from producer.serializer import MsgpackSerializer
+from producer.wire.results import RESULT_KEYS
+from producer.wire.serializer import MsgpackSerializer
 
 from ..conftest import all_images, image_bytes, wait_for_workers
 

@@ -13,8 +13,8 @@ from rq.job import Job
 
 from producer import JobOptions, Producer
 from producer.aio import AsyncProducer
-from producer.protocol import TASK_NAME
-from producer.serializer import MsgpackSerializer, dumps
+from producer.wire.jobs import TASK_NAME
+from producer.wire.serializer import MsgpackSerializer, dumps
 
 from ..conftest import ROOT, image_bytes, wait_for_workers
 

@@ -12,7 +12,7 @@ from rq.job import Job
 
 from producer import ImageRef, JobFailed, JobOptions, Producer
 from producer.aio import AsyncProducer
-from producer.serializer import MsgpackSerializer
+from producer.wire.serializer import MsgpackSerializer
 
 from ..conftest import IMAGES, ROOT, image_bytes, wait_for_workers
 from ..imageserver import ImageServer

@@ -17,7 +17,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from producer import JobFailed, JobOptions, Producer, QueueFull
-from producer.serializer import MsgpackSerializer
+from producer.wire.serializer import MsgpackSerializer
 from worker.decode.cpu import Limits
 from worker.decode.pool import ThreadDecoder
 from worker.infer import Predictor

@@ -11,7 +11,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from producer import JobFailed, Producer
-from producer.serializer import MsgpackSerializer
+from producer.wire.serializer import MsgpackSerializer
 
 from ..conftest import ROOT, image_bytes, wait_for_workers
 

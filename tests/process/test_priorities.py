@@ -14,7 +14,7 @@ from ..conftest import image_bytes, wait_for, wait_for_workers
 def ended(conn: redis.Redis, job_ids: list[str]) -> list[float]:
     from rq.job import Job
 
-    from producer.serializer import MsgpackSerializer
+    from producer.wire.serializer import MsgpackSerializer
 
     return [Job.fetch(i, connection=conn, serializer=MsgpackSerializer).ended_at.timestamp() for i in job_ids]
 

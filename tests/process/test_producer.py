@@ -7,8 +7,8 @@ from rq import Queue
 from rq.job import Job
 
 from producer import JobTimeout, Producer
-from producer.protocol import TASK_NAME
-from producer.serializer import MsgpackSerializer
+from producer.wire.jobs import TASK_NAME
+from producer.wire.serializer import MsgpackSerializer
 
 from ..conftest import IMAGES, image_bytes, wait_for_workers
 
@@ -65,7 +65,7 @@ def test_two_producers_racing_on_one_caller_chosen_id_leave_one_job(redis_url, c
 
 
 def test_meta_over_the_limit_or_not_msgpack_is_refused_at_enqueue(redis_url, conn):
-    from producer.protocol import MAX_META_BYTES, ProtocolError
+    from producer.wire.jobs import MAX_META_BYTES, ProtocolError
 
     producer = Producer(redis_url)
     with pytest.raises(ProtocolError, match="over the limit"):

@@ -12,7 +12,7 @@ from rq.job import Job, JobStatus
 
 from bench.devserver import RedisServer
 from producer import JobFailed, Producer
-from producer.serializer import MsgpackSerializer
+from producer.wire.serializer import MsgpackSerializer
 
 from ..conftest import all_images, image_bytes, wait_for, wait_for_workers
 

@@ -16,8 +16,9 @@ import redis
 
 from producer import Producer
 from producer.aio import AsyncProducer
-from producer.protocol import make_result, results_stream
-from producer.serializer import dumps
+from producer.wire.keys import results_stream
+from producer.wire.results import make_result
+from producer.wire.serializer import dumps
 
 from ..conftest import ROOT, image_bytes, wait_for, wait_for_workers
 

@@ -22,8 +22,8 @@ from producer.groupcursor import (
     read_reply_entries,
 )
 from producer.jsonout import dumps_json, jsonable
-from producer.protocol import make_result
-from producer.serializer import dumps, loads
+from producer.wire.results import make_result
+from producer.wire.serializer import dumps, loads
 
 
 def result_bytes(job_id: str, meta: dict | None = None) -> bytes:

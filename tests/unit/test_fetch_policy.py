@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from producer.protocol import ImageRef, ProtocolError, image_source, job_kwargs, parse_job_args
+from producer.wire.jobs import ImageRef, ProtocolError, image_source, job_kwargs, parse_job_args
 from worker.config import settings_from
 from worker.decode.urls import FetchPolicy, Prefix, Target, answer_error, public_address
 from worker.errors import JobError

@@ -17,7 +17,7 @@ def loads_torch(code: str) -> bool:
 def test_settings_launcher_and_decoder_do_not_import_torch():
     assert not loads_torch("import worker.config, worker.launcher, worker.decode.cpu, worker.decode.pool, "
                            "worker.decode.header")
-    assert not loads_torch("import producer, producer.rqkeys, producer.protocol")
+    assert not loads_torch("import producer, producer.wire.keys, producer.wire.jobs, producer.wire.results")
 
 
 def test_worker_help_does_not_import_torch():

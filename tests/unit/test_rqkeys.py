@@ -8,7 +8,7 @@ from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution, ExecutionRe
 from rq.job import Job
 from rq.results import Result
 
-from producer import rqkeys
+from producer.wire import keys as rqkeys
 
 
 def test_key_names_match_rqs_classes():

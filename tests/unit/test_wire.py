@@ -6,15 +6,9 @@ import pickle
 
 import pytest
 
-from producer.protocol import (
-    ProtocolError,
-    exc_string_for,
-    make_result,
-    parse_exc_string,
-    parse_job_args,
-    validate_result,
-)
-from producer.serializer import MsgpackSerializer, SerializationError
+from producer.wire.jobs import ProtocolError, parse_job_args
+from producer.wire.results import exc_string_for, make_result, parse_exc_string, validate_result
+from producer.wire.serializer import MsgpackSerializer, SerializationError
 from worker.errors import JobError
 from worker.jobs import checked_args, job_inputs
 from worker.store import JobRecord

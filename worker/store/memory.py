@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.protocol import make_result
+from producer.wire.results import make_result
 
 from .base import JobRecord, Outcome, QueueStore, WorkerStats
 

@@ -22,26 +22,15 @@ import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from producer import rqkeys
-from producer.cache import announcement, announcement_key
-from producer.protocol import DEFAULT_RESULTS_MAXLEN, exc_string_for, results_channel, results_stream
-from producer.serializer import MsgpackSerializer, SerializationError, loads
+from producer.wire import keys as rqkeys
+from producer.wire.cache import announcement
+from producer.wire.feed import group_rows
+from producer.wire.results import CANCELED, DEFAULT_RESULTS_MAXLEN, GONE, exc_string_for, poison_error, script_template
+from producer.wire.serializer import MsgpackSerializer, SerializationError, loads
 
 from .base import JobRecord, Outcome, QueueStore, StoreFull, StoreUnavailable, WorkerStats
 from .names import claim_name
-from .rqdata import (
-    CANCELED,
-    CANCELED_EXC,
-    DEFAULT_FAILURE_TTL_S,
-    GONE,
-    _finish_args,
-    _int_or_none,
-    _iso,
-    _parse_time,
-    _template,
-    _text,
-    poison_error,
-)
+from .rqdata import CANCELED_EXC, DEFAULT_FAILURE_TTL_S, _finish_args, _int_or_none, _iso, _parse_time, _text
 from .scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -85,7 +74,8 @@ class RedisStore(QueueStore):
         self.cache = cache  # what this worker announces (producer.cache); the cache is on when its ttl_s > 0
         self.worker_ttl_s, self.max_deliveries, self.stranded_s = worker_ttl_s, max_deliveries, stranded_s
         self.max_data_bytes = max_data_bytes
-        self.channel, self.stream, self.results_maxlen = results_channel(queue), results_stream(queue), results_maxlen
+        self.channel, self.stream = rqkeys.results_channel(queue), rqkeys.results_stream(queue)
+        self.results_maxlen = results_maxlen
         self.feed = [self.channel, self.stream, results_maxlen]  # where every final result goes
         self.scripts = Scripts(connection)
         self._rq_worker: BatchWorker | None = None
@@ -120,7 +110,7 @@ class RedisStore(QueueStore):
         unavailable(lambda: self.scripts.call("register", args))
         if self.cache is not None:  # what results we write, for producers' cache lookups (producer.cache)
             for queue in self.queues:
-                unavailable(lambda q=queue: self.connection.set(announcement_key(q), announcement(**self.cache)))
+                unavailable(lambda q=queue: self.connection.set(rqkeys.announcement(q), announcement(**self.cache)))
 
     def _cache_ttl(self) -> int:
         return int(self.cache["ttl_s"]) if self.cache else 0
@@ -147,8 +137,8 @@ class RedisStore(QueueStore):
         k = self.keys
         args = [k["queue"], k["intermediate"], k["wip"], k["worker"], k["wexec"], self.worker_name, STARTED_TTL_S,
                 self.worker_ttl_s, rqkeys.SEEN_PREFIX, rqkeys.JOB_PREFIX, rqkeys.EXECUTION_PREFIX,
-                rqkeys.EXECUTIONS_PREFIX, max_jobs, uuid4().hex[:28], *self.feed, *_template(GONE, self.worker_name),
-                *given]  # fmt: skip
+                rqkeys.EXECUTIONS_PREFIX, max_jobs, uuid4().hex[:28], *self.feed,
+                *script_template(GONE, self.worker_name), *given]  # fmt: skip
         reply = self.scripts.call("take", args)
         taken_at, started = time.monotonic(), float(reply[0])
         begun, gone = [], []
@@ -218,7 +208,7 @@ class RedisStore(QueueStore):
                            k["queue"], rqkeys.QUEUES, rqkeys.JOB_PREFIX, rqkeys.EXECUTION_PREFIX,
                            rqkeys.EXECUTIONS_PREFIX, rqkeys.results(""), rqkeys.finished(self.queue),
                            rqkeys.failed(self.queue), self.stream, self.results_maxlen,
-                           *_template(CANCELED, self.worker_name), CANCELED_EXC, self._cache_ttl()]  # fmt: skip
+                           *script_template(CANCELED, self.worker_name), CANCELED_EXC, self._cache_ttl()]  # fmt: skip
         cache = self.cache if self._cache_ttl() > 0 else None
         for outcome in outcomes:
             args += _finish_args(outcome, cache)
@@ -247,9 +237,15 @@ class RedisStore(QueueStore):
 
     def feed_lags(self) -> dict[str, int | None]:
         """Entries of the results feed each consumer group has yet to read (None before Redis 7)."""
-        from producer.feed import group_lags
+        return {row["name"]: row["lag"] for row in group_rows(unavailable(self._feed_groups))}
 
-        return unavailable(lambda: group_lags(self.connection, self.queue))
+    def _feed_groups(self) -> list[dict[Any, Any]]:
+        try:
+            return self.connection.xinfo_groups(self.stream)
+        except redis.ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return []  # no result fed yet
+            raise
 
     def reap(self) -> tuple[list[str], list[str]]:
         """One reaper pass (atomic): poison jobs are failed, published and fed in it."""
@@ -258,7 +254,7 @@ class RedisStore(QueueStore):
         args = [k["wip"], k["queue"], k["intermediate"], rqkeys.EXECUTION_PREFIX, rqkeys.EXECUTIONS_PREFIX,
                 rqkeys.WORKER_PREFIX, rqkeys.JOB_PREFIX, rqkeys.SEEN_PREFIX, self.stranded_s, self.max_deliveries,
                 rqkeys.failed(self.queue), rqkeys.results(""), b64encode(zlib.compress(text)), DEFAULT_FAILURE_TTL_S,
-                *self.feed, *_template(poison_error(self.max_deliveries), self.worker_name)]  # fmt: skip
+                *self.feed, *script_template(poison_error(self.max_deliveries), self.worker_name)]  # fmt: skip
         requeued, poison = ([_text(i) for i in ids] for ids in unavailable(lambda: self.scripts.call("reap", args)))
         if requeued:
             log.warning("re-queued %d job(s) of dead workers: %s", len(requeued), ", ".join(requeued))

@@ -1,5 +1,5 @@
 """How the Redis store reads and writes RQ's data: job fields, the FINISH script's values per job,
-result templates for the scripts, RQ's time format. Pure functions, no Redis."""
+RQ's time format. Pure functions, no Redis."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from base64 import b64encode
 from datetime import datetime, timezone
 from typing import Any
 
-from producer.cache import compact
-from producer.cache import key_for as cache_key_for
-from producer.protocol import exc_string_for, make_result
-from producer.serializer import dumps
+from producer.wire.cache import compact
+from producer.wire.cache import key_for as cache_key_for
+from producer.wire.results import CANCELED, exc_string_for
+from producer.wire.serializer import dumps
 
 from .base import JobRecord, Outcome
 
@@ -21,21 +21,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RESULT_TTL_S = 500  # RQ's default for a job without result_ttl
 DEFAULT_FAILURE_TTL_S = 31536000  # RQ's DEFAULT_FAILURE_TTL (one year)
 
-GONE = {"type": "job_gone", "message": "the job's data expired or was deleted before it ran"}
-CANCELED = {"type": "canceled", "message": "the job was canceled while it ran; its result was discarded"}
 CANCELED_EXC = b64encode(zlib.compress(exc_string_for(CANCELED).encode()))
-
-
-def poison_error(max_deliveries: int) -> dict[str, str]:
-    return {"type": "poison", "message": f"the job was lost with its worker {max_deliveries} times "
-            "(it may crash the worker); not retried"}  # fmt: skip
-
-
-def _template(error: dict[str, str], worker: str) -> list[Any]:
-    """A failed result for any job id, as the scripts build it: the map's size and its pairs other than
-    ``job_id``, msgpack-packed (a map is its header, then its keys and values in turn)."""
-    result = make_result("", model="", worker=worker, timings_ms={}, meta={}, error=error)
-    return [len(result), b"".join(dumps(key) + dumps(value) for key, value in result.items() if key != "job_id")]
 
 
 def _finish_args(outcome: Outcome, cache: dict[str, Any] | None = None) -> list[Any]:

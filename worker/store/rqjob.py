@@ -14,8 +14,9 @@ from typing import Any
 
 from rq.job import Job
 
+from producer.wire.jobs import allowed
+
 from ..errors import JobError
-from ..jobs import allowed
 
 log = logging.getLogger(__name__)
 

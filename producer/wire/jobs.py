@@ -1,7 +1,4 @@
-"""The contract between producers and workers: names, job arguments and the result map.
-
-Everything here is plain data and standard library, so a web backend can import it without torch.
-"""
+"""A job's call: the task's name, the allow-list, its keyword arguments and their limits (pure, standard library)."""
 
 from __future__ import annotations
 
@@ -14,8 +11,8 @@ from .serializer import SerializationError, dumps
 
 DEFAULT_QUEUE = "classify"
 TASK_NAME = "worker.tasks.classify"
-RESULTS_SUFFIX = ":results"
-PROTOCOL_VERSION = 1  # the result map's wire version, written as ``v`` (a result without ``v`` reads as 1)
+# The functions a job may name; compared as strings, so a worker never imports what a job names.
+ALLOWED_TASKS = frozenset({TASK_NAME})
 
 # Limits on what a job may carry; the worker enforces them again (never trust the producer).
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -23,26 +20,14 @@ MAX_META_BYTES = 16 * 1024
 MAX_URL_CHARS = 4096
 URL_SCHEMES = ("https", "http", "file")
 
-RESULT_KEYS = ("job_id", "ok", "label", "score", "topk", "model", "worker", "timings_ms", "error", "meta")
-TIMING_KEYS = ("queue", "decode", "infer", "total")
+
+def allowed(func_name: object) -> bool:
+    """Whether a job may run this function; compared as a string, so nothing is ever imported."""
+    return isinstance(func_name, str) and func_name in ALLOWED_TASKS
 
 
 class ProtocolError(ValueError):
     """A job whose arguments break the contract (wrong types, missing or extra arguments)."""
-
-
-def results_channel(queue: str) -> str:
-    """The pub/sub channel on which results of ``queue`` are published."""
-    return f"{queue}{RESULTS_SUFFIX}"
-
-
-def results_stream(queue: str) -> str:
-    """The durable results feed of ``queue``: a capped Redis Stream, one entry per final result, with
-    fields ``job_id`` (text) and ``result`` (the same msgpack bytes as the channel's message)."""
-    return f"{queue}{RESULTS_SUFFIX}:stream"
-
-
-DEFAULT_RESULTS_MAXLEN = 100_000  # entries kept in the feed (approximate trim); see RELIABILITY.md
 
 
 @dataclass(frozen=True)
@@ -134,76 +119,3 @@ def parse_job_args(args: Any, kwargs: Any) -> tuple[bytes | ImageRef, dict[str, 
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
         raise ProtocolError(f"deadline must be a Unix time in seconds, got {type(deadline).__name__}")
     return (image if isinstance(image, ImageRef) else bytes(image)), meta
-
-
-def error_info(exc: BaseException | str, message: str | None = None) -> dict[str, str]:
-    """The ``error`` member of a result: ``{"type": ..., "message": ...}``."""
-    if isinstance(exc, str):
-        return {"type": exc, "message": message or ""}
-    return {"type": type(exc).__name__, "message": message if message is not None else str(exc)}
-
-
-def make_result(
-    job_id: str,
-    *,
-    model: str,
-    worker: str,
-    timings_ms: dict[str, float],
-    meta: dict[str, Any] | None,
-    topk: list[tuple[str, float]] | None = None,
-    error: dict[str, str] | None = None,
-    batch: int = 1,
-) -> dict[str, Any]:
-    """Build the result map; ``ok`` is true exactly when there is no error; ``batch`` is the batch's size."""
-    ok = error is None
-    pairs = [[label, float(score)] for label, score in (topk or [])]
-    return {
-        "job_id": job_id,
-        "ok": ok,
-        "label": pairs[0][0] if ok and pairs else None,
-        "score": pairs[0][1] if ok and pairs else None,
-        "topk": pairs if ok else [],
-        "model": model,
-        "worker": worker,
-        "timings_ms": {k: round(float(timings_ms.get(k, 0.0)), 3) for k in TIMING_KEYS},
-        "error": error,
-        "meta": meta or {},
-        "batch": batch,
-        "v": PROTOCOL_VERSION,
-    }
-
-
-def validate_result(result: Any) -> dict[str, Any]:
-    """Check that ``result`` has the shape of a result map; return it or raise ``ProtocolError``."""
-    if not isinstance(result, dict):
-        raise ProtocolError(f"a result must be a map, got {type(result).__name__}")
-    missing = [k for k in RESULT_KEYS if k not in result]
-    if missing:
-        raise ProtocolError(f"result lacks {', '.join(missing)}")
-    if result["ok"] != (result["error"] is None):
-        raise ProtocolError("result 'ok' must be true exactly when 'error' is nil")
-    version = result.get("v", 1)
-    if not isinstance(version, int) or version > PROTOCOL_VERSION:
-        raise ProtocolError(f"result wire version {version!r} is newer than this reader's ({PROTOCOL_VERSION})")
-    return result
-
-
-def exc_string_for(error: dict[str, str]) -> str:
-    """The text RQ records for a failed job, shaped like a traceback's last line."""
-    return f"JobError: {error['type']}: {error['message']}"
-
-
-def parse_exc_string(exc_string: str | None) -> dict[str, str]:
-    """Recover ``{"type", "message"}`` from RQ's failure text (ours, or any Python traceback)."""
-    lines = [line for line in (exc_string or "").strip().splitlines() if line.strip()]
-    if not lines:
-        return {"type": "job_failed", "message": "the job failed without an error message"}
-    head, sep, message = lines[-1].partition(": ")
-    type_name = head.rsplit(".", 1)[-1].strip()
-    if type_name == "JobError":
-        kind, sep2, rest = message.partition(": ")
-        if sep2 and kind.isidentifier():
-            return {"type": kind, "message": rest}
-    if not sep or not type_name.isidentifier():
-        return {"type": "job_failed", "message": lines[-1]}
-    return {"type": type_name, "message": message}

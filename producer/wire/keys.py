@@ -1,8 +1,8 @@
-"""Every RQ key name the project uses, in one torch-free module that the producer and the worker share.
+"""Every Redis key and channel name the project uses: RQ's layout and our own, for producer and worker.
 
-RQ 2.6-3.0 lays its keys out this way; ``tests/contract/test_rqkeys.py`` checks each name against
-RQ's own classes, so an RQ upgrade that moves a key fails there and nowhere else. Outside this
-module and ``worker/store/``, nothing spells an ``rq:`` key.
+RQ 2.6-3.0 lays its keys out this way; ``tests/unit/test_rqkeys.py`` checks each name against RQ's
+own classes, so an RQ upgrade that moves a key fails there and nowhere else. Nothing outside this
+module spells a key; the store's scripts get every name or prefix from here (in ``KEYS`` or ``ARGV``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,14 @@ JOB_PREFIX = f"{PREFIX}:job:"
 WORKER_PREFIX = f"{PREFIX}:worker:"
 EXECUTION_PREFIX = f"{PREFIX}:execution:"
 EXECUTIONS_PREFIX = f"{PREFIX}:executions:"
-# Our own marks on ids found in a queue's intermediate list (the reaper's "first seen" time).
-SEEN_PREFIX = f"{PREFIX}:adclassify:seen:"
+# Our own keys live under rq:adclassify: (so one ACL pattern, rq:*, covers the whole queue world).
+OWN_PREFIX = f"{PREFIX}:adclassify:"
+# Marks on ids found in a queue's intermediate list (the reaper's "first seen" time).
+SEEN_PREFIX = f"{OWN_PREFIX}seen:"
+# The result cache (``producer.wire.cache``) and what each queue's workers announce they run.
+CACHE_PREFIX = f"{OWN_PREFIX}cache:"
+ANNOUNCE_PREFIX = f"{OWN_PREFIX}model:"
+RESULTS_SUFFIX = ":results"
 QUEUES = f"{PREFIX}:queues"
 WORKERS = f"{PREFIX}:workers"
 
@@ -88,6 +94,17 @@ def executions(job_id: str) -> str:
     return f"{EXECUTIONS_PREFIX}{job_id}"
 
 
-def seen(job_id: str) -> str:
-    """When the reaper first saw this id in an intermediate list."""
-    return f"{SEEN_PREFIX}{job_id}"
+def results_channel(queue: str) -> str:
+    """The pub/sub channel on which results of ``queue`` are published."""
+    return f"{queue}{RESULTS_SUFFIX}"
+
+
+def results_stream(queue: str) -> str:
+    """The durable results feed of ``queue``: a capped Redis Stream, one entry per final result, with
+    fields ``job_id`` (text) and ``result`` (the same msgpack bytes as the channel's message)."""
+    return f"{queue}{RESULTS_SUFFIX}:stream"
+
+
+def announcement(queue: str) -> str:
+    """What the workers of ``queue`` announce they run (model tag, precision, decode, top-k, cache TTL)."""
+    return f"{ANNOUNCE_PREFIX}{queue}"
