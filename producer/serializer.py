@@ -1,6 +1,6 @@
 """``producer.serializer.MsgpackSerializer``: the name RQ's CLI is given (``rq worker -S ...``); the
 serializer itself is ``producer.wire.serializer``."""
 
-from .wire.serializer import MsgpackSerializer, SerializationError, dumps, loads
+from .wire.serializer import MsgpackSerializer
 
-__all__ = ["MsgpackSerializer", "SerializationError", "dumps", "loads"]
+__all__ = ["MsgpackSerializer"]

@@ -15,9 +15,6 @@ import redis
 
 from bench.devserver import RedisServer, RedisServerError, find_redis_server, server_version, wait_until
 from worker.decode.cpu import Preprocess
-from worker.export import ExportSpec, demo_spec, export
-
-from .tinymodels import TINY_CLASSES, TINY_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "examples" / "images"
@@ -106,6 +103,10 @@ def conn(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny CNN exported as a model file (32x32 stretch, 10 classes)."""
+    from worker.export import ExportSpec, export  # torch: only for the tests that need a model
+
+    from .tinymodels import TINY_CLASSES, TINY_SIZE
+
     out = tmp_path_factory.mktemp("models") / "tiny.pt"
     spec = ExportSpec(
         factory="tests.tinymodels:tiny_cnn", out=out, name="tiny", version="7",
@@ -119,6 +120,8 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real demo model (EfficientNet-Lite0), built once per session from the offline wheels."""
+    from worker.export import demo_spec, export
+
     existing = ROOT / "models" / "efficientnet_lite0.pt"
     if existing.exists():
         return existing

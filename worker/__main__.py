@@ -8,10 +8,10 @@ import logging
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from .config import WorkerSettings, add_arguments, settings_from
+from .serve import serve_one, setup_logging
 
 log = logging.getLogger("worker")
 
@@ -29,33 +29,11 @@ def run_main(argv: list[str]) -> int:
     if not Path(settings.model).is_file():  # one line and a way out, not a traceback from torch.jit.load
         parser.exit(2, f"worker: no model file at {settings.model}; build the demo model with 'python -m worker "
                        f"export --demo --out {settings.model}' (or pass --model / WORKER_MODEL)\n")  # fmt: skip
-    _logging(settings)
+    setup_logging(settings)
     log.info("effective configuration %s", json.dumps(settings.public(), sort_keys=True))
     if settings.devices:
         return launch(settings)
     return serve_one(settings)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, pid, msg (and exc when there is one)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                 "pid": record.process, "msg": record.getMessage()}  # fmt: skip
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _logging(settings: WorkerSettings) -> None:
-    if logging.getLogger().handlers:
-        return
-    handler = logging.StreamHandler()
-    if settings.log_json:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
 
 
 def launch(settings: WorkerSettings) -> int:
@@ -75,35 +53,6 @@ def launch(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     return launcher.run()
-
-
-def serve_one(settings: WorkerSettings) -> int:
-    """Run one worker in this process until a signal stops it."""
-    _logging(settings)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            log.warning("second signal %s: exiting at once", signum)
-            os._exit(1)
-        log.info("signal %s: finishing the batch in hand, then exiting", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    from .pipeline import ShutdownIncomplete
-    from .service import run  # torch loads here, after argument errors had their chance
-    from .store.names import NameTaken
-
-    try:
-        run(settings, stop)
-    except ShutdownIncomplete as exc:
-        log.error("exiting 1: %s", exc)
-        return 1
-    except NameTaken as exc:
-        log.error("exiting 2: %s", exc)
-        return 2
-    return 0
 
 
 def export_main(argv: list[str]) -> int:

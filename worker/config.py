@@ -138,8 +138,10 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--decode-workers", "WORKER_DECODE_WORKERS", int,
      "decode in this many processes instead of threads (pixels come back through shared memory; 0: threads)"),
     ("--decode-overlap", "WORKER_DECODE_OVERLAP", str,
-     "on: decode beside the forward pass; off: decode between forward passes (every core each); "
-     "auto: on for GPUs, off on a CPU device"),
+     "on: decode beside the forward pass; off: decode only between forward passes (every core each); "
+     "auto: on for GPUs and single-threaded CPU models; on a CPU device with several intra-op threads, "
+     "decodes yield to a forward pass only while it costs more than twice a decode per image and a full "
+     "batch is already decoded (worker.decode.gate)"),
     ("--decode-timeout-s", "WORKER_DECODE_TIMEOUT_S", float,
      "with --decode-workers: a decode running longer fails its job (decode_timeout) and its process is replaced"),
     ("--optimize", "WORKER_OPTIMIZE", str,
@@ -238,6 +240,12 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     if settings.optimize not in ("auto", "off"):
         raise SystemExit("worker: --optimize must be auto or off")
     return settings
+
+
+def settings_from_env(environ: dict[str, str] | None = None) -> WorkerSettings:
+    """The settings from environment variables alone (``WORKER_MODEL``, ...): the plain ``rq worker`` path,
+    which has no flags of ours, reads the same settings with the same defaults and checks."""
+    return settings_from(argparse.Namespace(), environ)
 
 
 def check_decode(settings: WorkerSettings) -> None:

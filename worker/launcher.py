@@ -18,11 +18,11 @@ import threading
 import time
 from dataclasses import asdict, replace
 
+from .backoff import Backoff
 from .config import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0  # between restarts of a child (this module stays free of torch imports)
 HEALTHY_AFTER_S = 60.0  # a child that ran this long starts over at the shortest back-off
 
 
@@ -59,7 +59,7 @@ def parse_devices(spec: str) -> list[str]:
 
 def _child(settings: dict) -> None:
     """Entry point of one spawned worker process."""
-    from .__main__ import serve_one
+    from .serve import serve_one
 
     serve_one(WorkerSettings(**settings))
 
@@ -77,7 +77,7 @@ class Launcher:
                          for i, d in enumerate(devices)]  # fmt: skip
         self.procs: list[multiprocessing.process.BaseProcess | None] = [None] * len(devices)
         self.started = [0.0] * len(devices)
-        self.backoff = [1.0] * len(devices)
+        self.backoff = [Backoff(1.0) for _ in devices]  # between restarts of each child
         self.stop = threading.Event()
 
     def _start(self, i: int) -> None:
@@ -95,10 +95,12 @@ class Launcher:
             for i, proc in enumerate(self.procs):
                 if proc is not None and not proc.is_alive() and i not in due:
                     ran = time.monotonic() - self.started[i]
-                    self.backoff[i] = 1.0 if ran > HEALTHY_AFTER_S else min(self.backoff[i] * 2, MAX_BACKOFF_S)
+                    if ran > HEALTHY_AFTER_S:
+                        self.backoff[i].reset()
+                    delay_s = self.backoff[i].next()
                     log.warning("worker %d (pid %d) exited with %s; restarting in %.0f s", i, proc.pid,
-                                proc.exitcode, self.backoff[i])  # fmt: skip
-                    due[i] = time.monotonic() + self.backoff[i]
+                                proc.exitcode, delay_s)
+                    due[i] = time.monotonic() + delay_s
             for i, when in list(due.items()):
                 if time.monotonic() >= when:
                     del due[i]

@@ -1,7 +1,8 @@
 """``classify`` for a plain ``rq worker``: one job at a time, the same checks and result as the batch worker.
 
 ``classify`` is what a plain ``rq worker -w rq.SimpleWorker -S producer.serializer.MsgpackSerializer``
-runs, one job at a time, with the model loaded once per process from ``WORKER_MODEL``. The batch
+runs, one job at a time, with the model loaded once per process from ``WORKER_MODEL``; every other
+setting comes from the same environment twins as the batch worker's flags (``worker.config``). The batch
 worker never calls it; it uses the same validation and result format on whole batches.
 """
 
@@ -19,11 +20,12 @@ import torch
 from rq import get_current_job
 from rq.job import Job
 
-from producer.wire.jobs import DEFAULT_MAX_IMAGE_BYTES, ImageRef
+from producer.wire.jobs import ImageRef
 from producer.wire.keys import results_channel
 from producer.wire.results import make_result
 from producer.wire.serializer import dumps
 
+from .config import WorkerSettings, settings_from_env
 from .decode.cpu import Limits, Preprocess
 from .decode.pool import decode_one
 from .decode.urls import FetchPolicy
@@ -50,30 +52,36 @@ def ms_since(when: datetime | None, now: datetime) -> float:
     return max(0.0, (now - when).total_seconds() * 1000.0)
 
 
-@functools.lru_cache(maxsize=4)
-def _process_fetcher(allow: str, root: str, max_bytes: int) -> Any:
+@functools.lru_cache(maxsize=1)
+def process_settings() -> WorkerSettings:
+    """This process's settings, from the environment (``WORKER_MODEL``, ``WORKER_MAX_PIXELS``, ...), read once."""
+    return settings_from_env()
+
+
+@functools.lru_cache(maxsize=1)
+def _process_fetcher() -> Any:
     from .decode.fetch import Fetcher, FetchLimits  # urllib3: only for a process that fetches
 
-    env = os.environ
-    limits = FetchLimits(max_bytes, connect_timeout_s=float(env.get("WORKER_FETCH_CONNECT_TIMEOUT_S", "3")),
-                         read_timeout_s=float(env.get("WORKER_FETCH_READ_TIMEOUT_S", "5")),
-                         total_timeout_s=float(env.get("WORKER_FETCH_TIMEOUT_S", "15")))  # fmt: skip
-    return Fetcher(FetchPolicy.parse(allow, root), limits, pool_size=1)
+    settings = process_settings()
+    limits = FetchLimits(settings.max_image_bytes, connect_timeout_s=settings.fetch_connect_timeout_s,
+                         read_timeout_s=settings.fetch_read_timeout_s, total_timeout_s=settings.fetch_timeout_s)
+    return Fetcher(FetchPolicy.parse(settings.fetch_allow, settings.fetch_root), limits, pool_size=1)
 
 
-def fetch_image(ref: ImageRef, max_bytes: int) -> bytes:
+def fetch_image(ref: ImageRef) -> bytes:
     """An ``image_url`` job's bytes on the plain ``rq worker`` path, under the batch worker's policy and flags'
     environment twins (``WORKER_FETCH_ALLOW``, ``WORKER_FETCH_ROOT``, ...); raise ``JobError``."""
-    allow, root = os.environ.get("WORKER_FETCH_ALLOW", ""), os.environ.get("WORKER_FETCH_ROOT", "")
-    if not (allow.strip() or root):
-        raise JobError("forbidden_url", "this worker fetches no URLs: WORKER_FETCH_ALLOW and WORKER_FETCH_ROOT "
-                                        "are empty")  # fmt: skip
-    return _process_fetcher(allow, root, max_bytes).fetch(ref.url)
+    settings = process_settings()
+    if not (settings.fetch_allow.strip() or settings.fetch_root):
+        message = "this worker fetches no URLs: WORKER_FETCH_ALLOW and WORKER_FETCH_ROOT are empty"
+        raise JobError("forbidden_url", message)
+    return _process_fetcher().fetch(ref.url)
 
 
-@functools.lru_cache(maxsize=2)
-def _process_model(path: str, device: str) -> Classifier:
-    model = load_model(path, device=device, max_batch=1)
+@functools.lru_cache(maxsize=1)
+def _process_model() -> Classifier:
+    settings = process_settings()
+    model = load_model(settings.model, device=settings.device, max_batch=1)
     model.warm_up(rounds=1)
     return model
 
@@ -86,17 +94,18 @@ def classify(image: bytes | None = None, meta: dict | None = None, deadline: flo
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     timings = {"queue": ms_since(job.enqueued_at if job else None, started)}
-    model = _process_model(os.environ["WORKER_MODEL"], os.environ.get("WORKER_DEVICE", "cpu"))
-    limits = Limits(max_bytes=int(os.environ.get("WORKER_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES)))
+    settings = process_settings()
+    model = _process_model()
+    limits = Limits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
     worker = f"{socket.gethostname()}:rq:{os.getpid()}"
     job_id = job.id if job else ""
     try:
         given = {"image": image, "image_url": image_url, "meta": meta, "deadline": deadline}
         source, meta = checked_args((), {k: v for k, v in given.items() if v is not None})
-        data = fetch_image(source, limits.max_bytes) if isinstance(source, ImageRef) else source
+        data = fetch_image(source) if isinstance(source, ImageRef) else source
         batch = decode_image(data, model.info.preprocess, limits)[None]
         timings["decode"] = (time.perf_counter() - t0) * 1000
-        topk = model.predict(batch, k=int(os.environ.get("WORKER_TOPK", "5")))[0]
+        topk = model.predict(batch, k=settings.topk)[0]
         timings["infer"] = (time.perf_counter() - t0) * 1000 - timings["decode"]
     except JobError as err:
         timings["total"] = timings["queue"] + (time.perf_counter() - t0) * 1000

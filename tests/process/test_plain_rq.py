@@ -66,3 +66,14 @@ def test_plain_rq_worker_gives_the_same_results_as_the_batch_worker(redis_url, c
         assert a["ok"] and b["ok"] and a["meta"] == b["meta"] and a["model"] == b["model"]
         assert [label for label, _ in a["topk"]] == [label for label, _ in b["topk"]]
         assert max(abs(x - y) for (_, x), (_, y) in zip(a["topk"], b["topk"])) <= 1e-5
+
+
+def test_the_plain_rq_path_reads_the_same_settings_as_the_batch_worker(redis_url, tiny_model_path):
+    """WORKER_MAX_PIXELS (and every other environment twin) applies under a plain rq worker too."""
+    producer = Producer(redis_url)
+    small, large = producer.enqueue(image_bytes("cat.jpg")), producer.enqueue(image_bytes("odd_panorama.jpg"))
+    run_plain_rq(redis_url, str(tiny_model_path), env={"WORKER_MAX_PIXELS": "200000", "WORKER_TOPK": "2"})
+    assert len(producer.result(small, timeout=5)["topk"]) == 2
+    with pytest.raises(JobFailed) as failed:
+        producer.result(large, timeout=5)
+    assert failed.value.error["type"] == "image_too_large"

@@ -82,3 +82,11 @@ def test_past_max_wait_it_still_waits_for_jobs_already_taken_and_decoding():
     batch = next_batch(stream.get, max_items=4, max_wait_s=0.005, busy=False, idle_wait_s=1.0,
                        taken_at=lambda item: 0.0, decoding=decoding, clock=stream.clock)  # fmt: skip
     assert batch == ["a", "b", "c", "d"]
+
+
+def test_max_wait_counts_from_the_earliest_take_among_the_jobs_ready_together():
+    # "a" and "b" are both ready when the batch starts; "a" was taken first, so the deadline is 0.0 + 5 ms,
+    # not "b"'s 3 ms + 5 ms: "c", decoded at 6 ms, misses this batch
+    stream = Stream([(0.004, "a"), (0.004, "b"), (0.006, "c")], taken={"a": 0.0, "b": 0.003, "c": 0.005})
+    assert stream.batch() == ["a", "b"]
+    assert abs(stream.now - 0.005) < 1e-9

@@ -6,7 +6,7 @@ import argparse
 
 import yaml
 
-from worker.config import FLAGS, add_arguments
+from worker.config import FLAGS, WorkerSettings, add_arguments
 
 from ..conftest import ROOT
 
@@ -21,6 +21,28 @@ def test_redis_is_persistent_and_health_checked():
     assert redis["image"].startswith("redis:7") and "--appendonly" in redis["command"]
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
     assert any(v.endswith(":/data") for v in redis["volumes"]) and "ping" in redis["healthcheck"]["test"]
+
+
+def test_redis_has_a_memory_cap_that_refuses_rather_than_evicts_jobs():
+    command = SERVICES["redis"]["command"]
+    assert "--maxmemory" in command
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def seconds(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * units[unit]
+    return float(text)
+
+
+def test_workers_restart_and_get_longer_to_stop_than_their_shutdown_bound():
+    for name, service in WORKERS.items():
+        assert service["restart"] in ("unless-stopped", "always", "on-failure"), name
+        env = {**WORKERS["worker-gpu0"]["environment"], **service["environment"]}
+        bound = float(env.get("WORKER_SHUTDOWN_TIMEOUT_S", WorkerSettings(model="").shutdown_timeout_s))
+        assert seconds(service["stop_grace_period"]) > bound, name
 
 
 def test_workers_are_configured_by_environment_the_cli_knows():

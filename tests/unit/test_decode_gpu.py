@@ -285,7 +285,9 @@ def test_decode_flags_refuse_what_cannot_work(values, error):
 @pytest.mark.parametrize("values", [{"decode": "gpu", "device": "cuda:1"}, {"decode": "gpu", "devices": "all"},
                                     {"decode": "auto"}, {"decode": "cpu", "decode_sync": "off"}])  # fmt: skip
 def test_decode_flags_accept_what_can(values):
-    check_decode(WorkerSettings(model="m", **values))
+    settings = WorkerSettings(model="m", **values)
+    assert check_decode(settings) is None  # accepted: no SystemExit
+    assert (settings.decode, settings.decode_sync) == (values["decode"], values.get("decode_sync", "on"))
 
 
 def test_the_decode_flag_has_an_environment_twin():

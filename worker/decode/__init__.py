@@ -3,7 +3,8 @@
 ``Decoder`` is the interface the pipeline uses; ``worker.decode.pool`` has the thread and process
 pools that run ``worker.decode.cpu`` (Pillow), ``worker.decode.gpu`` the nvImageCodec decoder that
 falls back to them image by image. Jobs by reference (``image_url``) pass through a fetch stage first
-(``Fetches``; ``worker.decode.fetch``, its policy in ``worker.decode.urls``). Nothing here imports torch.
+(``Fetches``; ``worker.decode.fetch``, its policy in ``worker.decode.urls``). This module, ``cpu``, ``pool``,
+``header``, ``gate`` and ``budget`` import no torch; ``gpu`` does (it hands tensors to the model).
 """
 
 from __future__ import annotations

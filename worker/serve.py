@@ -1,0 +1,65 @@
+"""One worker process: its logging, its signal handlers, and the run until a signal stops it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+
+from .config import WorkerSettings
+
+log = logging.getLogger("worker")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, pid, msg (and exc when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "pid": record.process, "msg": record.getMessage()}  # fmt: skip
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(settings: WorkerSettings) -> None:
+    """Log to stderr as text or JSON lines (``--log-json``), at ``--log-level``; once per process."""
+    if logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    if settings.log_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+
+
+def serve_one(settings: WorkerSettings) -> int:
+    """Run one worker in this process until a signal stops it."""
+    setup_logging(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            log.warning("second signal %s: exiting at once", signum)
+            os._exit(1)
+        log.info("signal %s: finishing the batch in hand, then exiting", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    from .pipeline import ShutdownIncomplete
+    from .service import run  # torch loads here, after argument errors had their chance
+    from .store.names import NameTaken
+
+    try:
+        run(settings, stop)
+    except ShutdownIncomplete as exc:
+        log.error("exiting 1: %s", exc)
+        return 1
+    except NameTaken as exc:
+        log.error("exiting 2: %s", exc)
+        return 2
+    return 0
