@@ -14,7 +14,9 @@ builds its Flask app in this process and:
 - replaces its two description helpers so no page renders image bytes, even with
   ``--show-full-args`` (bytes become ``bytes[12345]``), with ``<``, ``>`` and ``&`` escaped because
   its job page and its workers page insert them as HTML;
-- writes bytes inside results and meta as ``"bytes[N]"`` in its JSON.
+- writes bytes inside results and meta as ``"bytes[N]"`` in its JSON;
+- guards every request (``dashboard_guard``): an allow-listed ``Host``, basic auth with a password
+  (required beyond loopback), no state change on ``GET``, and no cross-site state change.
 
 Only ``run()``/``create_app()`` change anything (nothing at import). Needs the ``dashboard`` extra.
 """
@@ -24,12 +26,19 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
 import re
+import sys
+from collections.abc import Iterable
 from typing import Any
 
+from .dashboard_guard import DEFAULT_USERNAME, Guard, default_allowed_hosts, install, is_loopback
 from .wire.serializer import MsgpackSerializer
 
 DEFAULT_PORT = 9181
+DEFAULT_BIND = "127.0.0.1"
+ALLOWED_HOSTS_ENV = "DASHBOARD_ALLOWED_HOSTS"
+PASSWORD_ENV = "DASHBOARD_PASSWORD"
 DESCRIPTION_CHARS = 200  # longest description shown
 ARG_CHARS = 200  # longest single argument in a full call string
 _BYTES_LITERAL = re.compile(r"""\bb['"]""")
@@ -97,28 +106,50 @@ def _configure_rq(web: Any) -> None:
     def serialize_current_job(job: Any) -> Any:
         if job is None:
             return "idle"
-        return {"job_id": job.id, "description": format_job_description(job),
-                "created_at": web.serialize_date(job.created_at),
-                "call_string": html.escape(call_string(job), quote=False)}  # fmt: skip
+        return {
+            "job_id": job.id,
+            "description": format_job_description(job),
+            "created_at": web.serialize_date(job.created_at),
+            "call_string": html.escape(call_string(job), quote=False),
+        }
 
     web.format_job_description = format_job_description
     web.serialize_current_job = serialize_current_job
 
 
-def create_app(redis_urls: list[str], *, show_full_args: bool = False, username: str | None = None,
-               password: str | None = None, poll_interval_ms: int = 2500) -> Any:  # fmt: skip
+def create_app(
+    redis_urls: list[str],
+    *,
+    show_full_args: bool = False,
+    username: str | None = None,
+    password: str | None = None,
+    poll_interval_ms: int = 2500,
+    allowed_hosts: Iterable[str] | None = None,
+) -> Any:
     """rq-dashboard's Flask app on ``redis_urls`` (one dashboard instance per URL, e.g. per shard),
-    reading our msgpack jobs. Changes RQ's fallback serializer in this process (see the module doc)."""
+    reading our msgpack jobs, behind the guard: ``allowed_hosts`` (default: loopback names with the
+    default port), basic auth when ``password`` is set (user ``username``, default ``admin``).
+    Changes RQ's fallback serializer in this process (see the module doc)."""
     try:
         from rq_dashboard import web
         from rq_dashboard.cli import make_flask_app
     except ImportError as exc:
-        raise SystemExit(f"dashboard: rq-dashboard is not installed ({exc}): "
-                         "pip install 'adclassify[dashboard]'") from exc
+        raise SystemExit(
+            f"dashboard: rq-dashboard is not installed ({exc}): pip install 'adclassify[dashboard]'"
+        ) from exc
+    hosts = default_allowed_hosts(DEFAULT_BIND, DEFAULT_PORT) if allowed_hosts is None else allowed_hosts
+    guard = Guard.build(hosts, password=password, username=username)
     _configure_rq(web)
-    app = make_flask_app(None, username, password, "")
-    app.config.update(RQ_DASHBOARD_REDIS_URL=tuple(redis_urls), RQ_DASHBOARD_SHOW_FULL_ARGS=show_full_args,
-                      RQ_DASHBOARD_JSON_ENCODER=_MetaEncoder, RQ_DASHBOARD_POLL_INTERVAL=poll_interval_ms)  # fmt: skip
+    # No credentials to rq-dashboard: its basic auth hooks its module-level blueprint (once per app
+    # built, never removed) and compares with ``!=``; the guard's auth covers every route instead.
+    app = make_flask_app(None, None, None, "")
+    install(app, guard)
+    app.config.update(
+        RQ_DASHBOARD_REDIS_URL=tuple(redis_urls),
+        RQ_DASHBOARD_SHOW_FULL_ARGS=show_full_args,
+        RQ_DASHBOARD_JSON_ENCODER=_MetaEncoder,
+        RQ_DASHBOARD_POLL_INTERVAL=poll_interval_ms,
+    )
     flask_default = app.json.default
     app.json.default = lambda o: repr(_Elided(len(o))) if isinstance(o, bytes | bytearray) else flask_default(o)
     web.setup_rq_connection(app)
@@ -127,23 +158,72 @@ def create_app(redis_urls: list[str], *, show_full_args: bool = False, username:
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """``dashboard``: its own options (the Redis URL is the CLI's ``--redis-url``)."""
-    p = sub.add_parser("dashboard", help="rq-dashboard on our msgpack jobs (needs the dashboard extra)",
-                       description="Serve rq-dashboard (queues, jobs, results, workers) set up for our msgpack jobs. "
-                                   "A comma-separated --redis-url gives one dashboard instance per shard.")  # fmt: skip
+    p = sub.add_parser(
+        "dashboard",
+        help="rq-dashboard on our msgpack jobs (needs the dashboard extra)",
+        description="Serve rq-dashboard (queues, jobs, results, workers) set up for our msgpack jobs. "
+        "A comma-separated --redis-url gives one dashboard instance per shard. State changes (requeue, "
+        "delete, empty) are POST only and refused from other sites; see docs/dashboard.md.",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
-    p.add_argument("--bind", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
+    p.add_argument(
+        "--bind",
+        default=DEFAULT_BIND,
+        help=f"address to listen on (default {DEFAULT_BIND}); beyond loopback (0.0.0.0 in a container) "
+        f"it needs {PASSWORD_ENV}",
+    )
     p.add_argument("--show-full-args", action="store_true", help="show each job's call (image bytes still elided)")
-    p.add_argument("--username", help="HTTP basic auth user; the password comes from DASHBOARD_PASSWORD")
+    p.add_argument(
+        "--username",
+        help=f"HTTP basic auth user (default {DEFAULT_USERNAME}); the password comes from {PASSWORD_ENV}, "
+        "which turns basic auth on for every page",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="a Host header this dashboard answers to, with its port unless it is the scheme's default "
+        "(e.g. dash.example.com behind a proxy on 443); repeatable; else env "
+        f"{ALLOWED_HOSTS_ENV}, comma-separated; default: the --bind address, localhost, 127.0.0.1 and "
+        "[::1], each with --port",
+    )
     return p
 
 
+def startup_problem(bind: str, username: str | None, password: str | None) -> str | None:
+    """Why the dashboard must not start with these settings (one line), or ``None``."""
+    if username and not password:
+        return f"--username needs {PASSWORD_ENV} in the environment"
+    if not password and not is_loopback(bind):
+        return (
+            f"--bind {bind} reaches beyond this host and the dashboard can requeue, delete and empty "
+            f"queues: set {PASSWORD_ENV} (HTTP basic auth) or bind 127.0.0.1"
+        )
+    return None
+
+
 def run(redis_url: str, args: argparse.Namespace, password: str | None = None) -> int:
-    """Serve the dashboard until interrupted (Flask's threaded server: an operator's tool, not a site)."""
+    """Serve the dashboard until interrupted (Flask's threaded server: an operator's tool, not a site).
+    Returns 2, saying why in one line, when the settings are unsafe or an allowed host is malformed."""
     urls = [u.strip() for u in redis_url.split(",") if u.strip()]
-    if args.username and not password:
-        raise SystemExit("dashboard: --username needs DASHBOARD_PASSWORD in the environment")
-    app = create_app(urls, show_full_args=args.show_full_args, username=args.username, password=password)
-    print(f"rq-dashboard for our msgpack jobs on http://{args.bind}:{args.port}/ ({len(urls)} Redis)", flush=True)
+    env_hosts = [h for h in os.environ.get(ALLOWED_HOSTS_ENV, "").split(",") if h.strip()]
+    hosts = args.allowed_host or env_hosts or default_allowed_hosts(args.bind, args.port)
+    problem = startup_problem(args.bind, args.username, password)
+    try:
+        Guard.build(hosts)  # a malformed --allowed-host: one line, not a traceback
+    except ValueError as exc:
+        problem = problem or str(exc)
+    if problem:
+        print(f"python -m producer dashboard: {problem}", file=sys.stderr)
+        return 2
+    app = create_app(
+        urls, show_full_args=args.show_full_args, username=args.username, password=password, allowed_hosts=hosts
+    )
+    auth = "basic auth" if password else "no auth"
+    print(
+        f"rq-dashboard for our msgpack jobs on http://{args.bind}:{args.port}/ ({len(urls)} Redis, {auth}; "
+        f"hosts: {', '.join(sorted(hosts))})",
+        flush=True,
+    )
     app.run(host=args.bind, port=args.port, threaded=True)
     return 0

@@ -3,12 +3,14 @@ its JSON endpoints answer for a finished job, a failed job and a busy worker, an
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from rq import Queue
@@ -22,9 +24,10 @@ from ..conftest import ROOT, image_bytes, wait_for, wait_for_workers
 pytest.importorskip("rq_dashboard", reason="rq-dashboard is not installed (pip install -e '.[dashboard]')")
 
 
-def get(base: str, path: str) -> tuple[int, str]:
+def get(base: str, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, str]:
+    request = urllib.request.Request(base + path, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(base + path, timeout=10) as reply:
+        with urllib.request.urlopen(request, timeout=10) as reply:
             return reply.status, reply.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -32,32 +35,48 @@ def get(base: str, path: str) -> tuple[int, str]:
         return 0, ""
 
 
+def post(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    return get(base, path, headers, method="POST")
+
+
 @pytest.fixture
-def dashboard(redis_url: str) -> Iterator[str]:
-    """The dashboard (with --show-full-args: the page most likely to show bytes) on a free port."""
-    port = free_port()
-    args = [sys.executable, "-m", "producer", "dashboard", "--redis-url", redis_url, "--port", str(port),
-            "--show-full-args"]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: get(base, "/")[0] == 200 or proc.poll() is not None, 30)
+def start_dashboard(redis_url: str) -> Iterator[Callable[..., str]]:
+    """Starts ``python -m producer dashboard`` on a free port; returns its base URL once it answers."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*extra: str, env: dict[str, str] | None = None, ready_status: int = 200) -> str:
+        port = free_port()
+        args = [sys.executable, "-m", "producer", "dashboard", "--redis-url", redis_url, "--port", str(port), *extra]
+        env = {**os.environ, **(env or {})}
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: get(base, "/")[0] == ready_status or proc.poll() is not None, 30)
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        yield base
-    finally:
+        return base
+
+    yield start
+    for proc in procs:
         proc.terminate()
         proc.wait(timeout=10)
 
 
+@pytest.fixture
+def dashboard(start_dashboard: Callable[..., str]) -> str:
+    """The dashboard (with --show-full-args: the page most likely to show bytes) on a free port."""
+    return start_dashboard("--show-full-args")
+
+
 def test_dashboard_shows_finished_and_failed_jobs_with_results_and_no_image_bytes(
     redis_url, conn, start_worker, dashboard
-):  # fmt: skip
+):
     start_worker()
     wait_for_workers(conn)
     producer = Producer(redis_url)
     ok = producer.enqueue(image_bytes("cat.jpg"), meta={"ad_id": 42})
-    plain = Queue("classify", connection=conn, serializer=MsgpackSerializer).enqueue(
-        "worker.tasks.classify", kwargs={"image": image_bytes("coffee.jpg"), "meta": {}})  # RQ's own description
+    queue = Queue("classify", connection=conn, serializer=MsgpackSerializer)
+    coffee = {"image": image_bytes("coffee.jpg"), "meta": {}}
+    plain = queue.enqueue("worker.tasks.classify", kwargs=coffee)  # RQ's own description
     bad = producer.enqueue(b"not an image")
     producer.result(ok, timeout=60)
     producer.result(plain.id, timeout=60)
@@ -81,7 +100,7 @@ def test_dashboard_shows_finished_and_failed_jobs_with_results_and_no_image_byte
 
 def test_dashboard_lists_a_busy_worker_and_its_current_job_without_image_bytes(
     redis_url, conn, start_worker, dashboard
-):  # fmt: skip
+):
     start_worker("--batch-size", "1", "--name", "dash-host:cpu:7")
     wait_for_workers(conn)
     producer = Producer(redis_url)
@@ -101,3 +120,36 @@ def test_dashboard_lists_a_busy_worker_and_its_current_job_without_image_bytes(
     # no image bytes, ever; a job that just finished shows its call without the image (the finish released it)
     assert call.startswith("worker.tasks.classify(") and "\\x" not in call
     assert "image=bytes[" in call or "image=" not in call
+
+
+def test_only_the_dashboards_own_pages_can_requeue_or_empty_and_never_with_get(conn, dashboard):
+    queue = Queue("classify", connection=conn, serializer=MsgpackSerializer)
+    job = queue.enqueue("worker.tasks.classify", kwargs={"image": b"not an image", "meta": {}})
+    queue.remove(job)
+    queue.failed_job_registry.add(job, exc_string="unsupported_image")
+    own = {"Origin": dashboard, "X-Requested-With": "XMLHttpRequest"}  # what the dashboard's $.post sends
+
+    assert get(dashboard, "/requeue/classify")[0] == 405  # what a cross-site <img> does
+    assert post(dashboard, "/requeue/classify", {"Origin": "https://evil.example"})[0] == 403
+    assert post(dashboard, "/requeue/classify", {"Content-Type": "application/x-www-form-urlencoded"})[0] == 403
+    assert queue.failed_job_registry.get_job_ids() == [job.id] and queue.count == 0
+    assert post(dashboard, "/requeue/classify", own) == (200, '{"count":1,"status":"OK"}\n')
+    assert queue.job_ids == [job.id] and queue.failed_job_registry.get_job_ids() == []
+
+    assert post(dashboard, "/queue/classify/queued/empty", {"Origin": "https://evil.example"})[0] == 403
+    assert queue.count == 1
+    assert post(dashboard, "/queue/classify/queued/empty", own)[0] == 200
+    assert queue.count == 0
+
+
+def test_the_dashboard_answers_only_its_own_host_names(dashboard):
+    port = dashboard.rsplit(":", 1)[1]
+    assert get(dashboard, "/0/data/queues.json", {"Host": f"localhost:{port}"})[0] == 200
+    assert get(dashboard, "/0/data/queues.json", {"Host": f"rebind.evil.example:{port}"})[0] == 421
+
+
+def test_dashboard_password_alone_turns_on_basic_auth_as_admin(start_dashboard):
+    base = start_dashboard(env={"DASHBOARD_PASSWORD": "s3cret"}, ready_status=401)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"admin:s3cret").decode()}
+    assert get(base, "/0/data/queues.json")[0] == 401
+    assert get(base, "/0/data/queues.json", auth)[0] == 200
