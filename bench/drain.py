@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import redis
 
@@ -76,8 +77,9 @@ def rate_from_end_times(ended: list[datetime]) -> float:
 
 
 def drain(kind: str, url: str, model: str, payloads: list[bytes], *, batch: int = 8, device: str = "cpu",
-          timeout_s: float = 600, extra: list[str] | None = None) -> Drain:  # fmt: skip
-    """Fill the queue with ``payloads`` (one job each), run a burst worker to empty it, measure."""
+          timeout_s: float = 600, extra: list[str] | None = None, root: Path = ROOT) -> Drain:  # fmt: skip
+    """Fill the queue with ``payloads`` (one job each), run a burst worker to empty it, measure. ``root`` is the
+    source tree the worker runs from (another commit's worktree for a before/after comparison, bench/ab.py)."""
     conn = redis.Redis.from_url(url)
     conn.flushdb()
     cpu_start = redis_cpu_s(conn)
@@ -86,9 +88,10 @@ def drain(kind: str, url: str, model: str, payloads: list[bytes], *, batch: int 
     counts = OUT / f"round-trips-{kind}.json"
     cpu_enqueued = redis_cpu_s(conn)
     before = commands_total(conn)  # after INFO cpu: that call is not counted as the worker's
-    env = {**os.environ, "WORKER_MODEL": model, "WORKER_DEVICE": device, "PYTHONPATH": pythonpath()}
+    path = pythonpath() if root == ROOT else os.pathsep.join([str(root), *pythonpath().split(os.pathsep)[1:]])
+    env = {**os.environ, "WORKER_MODEL": model, "WORKER_DEVICE": device, "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "bench.counted", str(counts), *worker_args(kind, url, model, batch, device, extra)]
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=timeout_s, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, cwd=root, env=env, check=True, timeout=timeout_s, stdout=subprocess.DEVNULL)
     commands, cpu_end = commands_total(conn) - before - 1, redis_cpu_s(conn)
     ended, ok = ended_times(conn, ids)
     round_trips = json.loads(counts.read_text())["round_trips"]

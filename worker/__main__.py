@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import WorkerSettings, add_arguments, settings_from
+from .config import WorkerSettings, add_arguments, redis_url_problem, settings_from
 from .serve import serve_one, setup_logging
 
 log = logging.getLogger("worker")
@@ -26,6 +26,9 @@ def run_main(argv: list[str]) -> int:
     )
     add_arguments(parser)
     settings = settings_from(parser.parse_args(argv))
+    problem = redis_url_problem(settings)
+    if problem:
+        parser.exit(2, f"worker: {problem}\n")
     if not Path(settings.model).is_file():  # one line and a way out, not a traceback from torch.jit.load
         parser.exit(2, f"worker: no model file at {settings.model}; build the demo model with 'python -m worker "
                        f"export --demo --out {settings.model}' (or pass --model / WORKER_MODEL)\n")  # fmt: skip

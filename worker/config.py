@@ -242,6 +242,22 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     return settings
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redis_url_problem(settings: WorkerSettings) -> str | None:
+    """Why ``--redis-url`` cannot name a Redis server (one line), or None when every URL can."""
+    if not settings.redis_urls:
+        return "--redis-url / REDIS_URL is empty"
+    for url in settings.redis_urls:
+        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+        if scheme not in REDIS_SCHEMES:
+            shown = mask_url(url)
+            return (f"--redis-url must be {', '.join(s + '://' for s in REDIS_SCHEMES)} (a comma list for shards); "
+                    f"got {shown!r}" + (f" (try redis://{shown})" if not scheme else ""))
+    return None
+
+
 def settings_from_env(environ: dict[str, str] | None = None) -> WorkerSettings:
     """The settings from environment variables alone (``WORKER_MODEL``, ...): the plain ``rq worker`` path,
     which has no flags of ours, reads the same settings with the same defaults and checks."""

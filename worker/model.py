@@ -45,7 +45,11 @@ def read_extra_files(
 ) -> tuple[torch.jit.ScriptModule, ModelInfo]:
     """Load a TorchScript file onto ``device`` with its ``_extra_files``; raise ``ModelError`` if incomplete."""
     extra = dict.fromkeys(EXTRA_FILES, "")
-    module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    try:
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except (RuntimeError, ValueError) as exc:  # not a zip, not TorchScript: torch's own multi-line text
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a TorchScript model file ({first[:160]})") from exc
     missing = [name for name, text in extra.items() if not text]
     if missing:
         raise ModelError(f"{path}: model file lacks {', '.join(missing)} (see docs/model-format.md)")

@@ -50,6 +50,7 @@ def serve_one(settings: WorkerSettings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    from .model import ModelError
     from .pipeline import ShutdownIncomplete
     from .service import run  # torch loads here, after argument errors had their chance
     from .store.names import NameTaken
@@ -59,7 +60,7 @@ def serve_one(settings: WorkerSettings) -> int:
     except ShutdownIncomplete as exc:
         log.error("exiting 1: %s", exc)
         return 1
-    except NameTaken as exc:
+    except (NameTaken, ModelError) as exc:
         log.error("exiting 2: %s", exc)
         return 2
     return 0

@@ -76,3 +76,23 @@ def test_a_missing_model_file_says_what_is_missing_and_how_to_build_it(tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert str(missing) in line and f"python -m worker export --demo --out {missing}" in line
+
+
+def test_a_redis_url_that_is_not_one_is_one_line_and_exit_2(tiny_model_path):
+    for url, hint in (("http://localhost:6379/0", "got 'http://localhost:6379/0'"),
+                      ("localhost:6379", "try redis://localhost:6379")):
+        done = subprocess.run([sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", url],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--redis-url must be redis://" in lines[0] and hint in lines[0]
+
+
+def test_a_file_that_is_not_a_model_is_one_line_and_exit_2(redis_url, tmp_path):
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"this is not a TorchScript file\n" * 10)
+    done = subprocess.run([sys.executable, "-m", "worker", "--model", str(fake), "--redis-url", redis_url],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "not a TorchScript model file" in done.stderr

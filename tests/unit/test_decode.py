@@ -128,3 +128,11 @@ def test_decompression_bomb_and_oversize_payloads_are_refused():
         decode(bomb.getvalue(), SPEC, Limits())
     with pytest.raises(ImageTooLarge, match="bytes"):
         decode(image_bytes("coffee.jpg"), SPEC, Limits(max_bytes=1000))
+
+
+@pytest.mark.parametrize("megapixels", [100, 200])
+def test_an_image_past_pillows_own_bomb_guard_is_image_too_large_in_our_limits_terms(megapixels):
+    side = int((megapixels * 1_000_000) ** 0.5)
+    with pytest.raises(ImageTooLarge, match=r"over the limit of 40,000,000 \(--max-pixels\)") as refused:
+        decode(png_bomb(side, side), SPEC, Limits(max_pixels=40_000_000))
+    assert f"{side * side:,} pixels" in str(refused.value)

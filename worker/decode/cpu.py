@@ -83,9 +83,12 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"decompression bomb refused: {exc}") from exc
-    except (Image.DecompressionBombWarning, UnidentifiedImageError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own bomb guard (89 Mpx warning, 179 Mpx error) speaks first: answer in our limit's terms
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)):,} pixels" if found else "more pixels than Pillow opens"
+        raise ImageTooLarge(f"image has {pixels}, over the limit of {limits.max_pixels:,} (--max-pixels)") from exc
+    except UnidentifiedImageError as exc:
         raise UnsupportedImage(f"not a supported image ({'/'.join(ALLOWED_FORMATS)}): {_clean(exc)}") from exc
     except Exception as exc:  # Pillow's parsers raise any type on hostile bytes
         raise UnsupportedImage(f"corrupt image header: {type(exc).__name__}: {_clean(exc)}") from exc
