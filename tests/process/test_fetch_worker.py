@@ -35,8 +35,13 @@ def outcome(producer: Producer, job_id: str) -> dict | str:
 
 def test_url_jobs_and_byte_jobs_are_classified_together_in_one_batch(redis_url, conn, start_worker, server):
     producer = Producer(redis_url)
-    images = [image_bytes("cat.jpg"), ImageRef(server.url("/img/cat.jpg")), image_bytes("coffee.jpg"),
-              ImageRef(server.url("/img/coffee.jpg")), IMAGES / "flower.jpg"]  # fmt: skip
+    images = [
+        image_bytes("cat.jpg"),
+        ImageRef(server.url("/img/cat.jpg")),
+        image_bytes("coffee.jpg"),
+        ImageRef(server.url("/img/coffee.jpg")),
+        IMAGES / "flower.jpg",
+    ]
     ids = producer.enqueue_many(images, metas=[{"i": i} for i in range(len(images))])
     data = conn.hget(Job.key_for(ids[1]), "data")
     assert len(data) < 300 and b"image_url" in data  # a reference, not the image
@@ -49,9 +54,15 @@ def test_url_jobs_and_byte_jobs_are_classified_together_in_one_batch(redis_url, 
 
 
 def test_fetch_failures_are_retried_only_when_a_retry_can_help(redis_url, conn, start_worker, server):
-    start_worker("--fetch-allow", f"http://127.0.0.1:{server.port}/img/,http://127.0.0.1:{server.port}/slow.jpg,"
-                 f"http://127.0.0.1:{server.port}/missing.jpg,http://127.0.0.1:{server.port}/redirect",
-                 "--fetch-read-timeout-s", "0.5", "--fetch-timeout-s", "1")  # fmt: skip
+    start_worker(
+        "--fetch-allow",
+        f"http://127.0.0.1:{server.port}/img/,http://127.0.0.1:{server.port}/slow.jpg,"
+        f"http://127.0.0.1:{server.port}/missing.jpg,http://127.0.0.1:{server.port}/redirect",
+        "--fetch-read-timeout-s",
+        "0.5",
+        "--fetch-timeout-s",
+        "1",
+    )
     wait_for_workers(conn)
     producer = Producer(redis_url, options=JobOptions(retries=1))
     urls = {
@@ -62,7 +73,7 @@ def test_fetch_failures_are_retried_only_when_a_retry_can_help(redis_url, conn, 
         "fine": server.url("/img/cat.jpg"),
     }
     ids = producer.enqueue_many(image_urls=list(urls.values()))
-    got = dict(zip(urls, (outcome(producer, job_id) for job_id in ids)))
+    got = dict(zip(urls, (outcome(producer, job_id) for job_id in ids), strict=True))
     assert got["slow"] == "fetch_error" and server.hits["/slow.jpg"] == 2  # the first try and one retry
     assert got["missing"] == "fetch_failed" and server.hits["/missing.jpg"] == 1  # deterministic: not retried
     assert got["not listed"] == got["redirected out"] == "forbidden_url" and server.hits["/page.html"] == 0
@@ -90,16 +101,35 @@ def test_push_url_and_the_async_producer_enqueue_jobs_by_reference(redis_url, co
     assert job.kwargs == {"image_url": url, "meta": {"a": 1}} and job.description == f"classify {url}"
     start_worker("--fetch-allow", f"http://127.0.0.1:{server.port}/img/")
     pushed = subprocess.run(
-        [sys.executable, "-m", "producer", "--redis-url", redis_url, "push", "--wait", str(IMAGES / "cat.jpg"),
-         "--url", url, server.url("/img/missing.jpg")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "producer",
+            "--redis-url",
+            redis_url,
+            "push",
+            "--wait",
+            str(IMAGES / "cat.jpg"),
+            "--url",
+            url,
+            server.url("/img/missing.jpg"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = pushed.stdout.strip().splitlines()
     assert pushed.returncode == 1, pushed.stderr
     assert lines[0].startswith("cat.jpg") and lines[1].startswith(url) and "class" in lines[1]
     assert "FAILED fetch_failed" in lines[2] and "3 sent, 2 ok, 1 failed" in lines[-1]
-    bad = subprocess.run([sys.executable, "-m", "producer", "--redis-url", redis_url, "push", "--url", "ftp://x/a"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "producer", "--redis-url", redis_url, "push", "--url", "ftp://x/a"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0 and "push: --url" in bad.stderr
 
 

@@ -54,10 +54,29 @@ def test_enqueue_takes_exactly_one_of_image_and_image_url():
 # -- addresses -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "address",
-    ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "169.254.169.254", "0.0.0.0",
-     "224.0.0.1", "255.255.255.255", "198.18.0.1", "::1", "::", "fe80::1%eth0", "fc00::1", "fd12::1", "ff02::1",
-     "::ffff:127.0.0.1", "::ffff:10.0.0.1", "2002:7f00:1::", "64:ff9b::a00:1"],
-)  # fmt: skip
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "100.64.0.1",
+        "169.254.169.254",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "198.18.0.1",
+        "::1",
+        "::",
+        "fe80::1%eth0",
+        "fc00::1",
+        "fd12::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "2002:7f00:1::",
+        "64:ff9b::a00:1",
+    ],
+)
 def test_loopback_private_shared_link_local_multicast_and_embedded_ones_are_not_public(address):
     assert not public_address(address)
 
@@ -109,8 +128,13 @@ def test_a_scheme_prefix_allows_any_public_host_but_no_private_address():
     policy = FetchPolicy.parse("https://,http://")
     target = policy.check("https://images.example.org/x.jpg?v=2")
     assert target == Target("https://images.example.org/x.jpg?v=2", "https", "images.example.org", 443, "/x.jpg?v=2")
-    for url in ("http://127.0.0.1:8080/x.jpg", "http://[::1]/x.jpg", "http://169.254.169.254/latest/meta-data/",
-                "http://10.0.0.5/x.jpg", "http://[::ffff:7f00:1]/x.jpg"):  # fmt: skip
+    for url in (
+        "http://127.0.0.1:8080/x.jpg",
+        "http://[::1]/x.jpg",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.5/x.jpg",
+        "http://[::ffff:7f00:1]/x.jpg",
+    ):
         assert refused(policy.check, url).kind == "forbidden_url", url
     assert policy.check("http://8.8.8.8/x.jpg").named is False
 
@@ -130,8 +154,14 @@ def test_a_redirect_is_followed_only_inside_the_allow_list():
     assert policy.redirect(here, "b.jpg").url == "https://cdn.example.com/ads/b.jpg"
     assert policy.redirect(here, "/v2/a.jpg").url == "https://cdn.example.com/v2/a.jpg"
     assert policy.redirect(here, "https://img.example.net/a.jpg").host == "img.example.net"
-    for location in ("https://evil.net/a.jpg", "http://cdn.example.com/a.jpg", "//evil.net/a.jpg",
-                     "file:///etc/passwd", "http://169.254.169.254/", "https://cdn.example.com@evil.net/"):  # fmt: skip
+    for location in (
+        "https://evil.net/a.jpg",
+        "http://cdn.example.com/a.jpg",
+        "//evil.net/a.jpg",
+        "file:///etc/passwd",
+        "http://169.254.169.254/",
+        "https://cdn.example.com@evil.net/",
+    ):
         error = refused(policy.redirect, here, location)
         assert error.kind == "forbidden_url" and not error.retryable, location
     assert refused(policy.redirect, here, None).kind == "fetch_failed"
@@ -169,8 +199,13 @@ def test_file_urls_are_read_only_under_the_fetch_root(tmp_path):
     os.symlink(outside, root / "escape")
     policy = FetchPolicy.parse("", str(root))
     assert policy.enabled and policy.check(f"file://{root}/a.jpg").path == str(root.resolve() / "a.jpg")
-    for url in (f"file://{outside}/a.jpg", f"file://{root}/../outside/a.jpg", f"file://{root}/escape/a.jpg",
-                f"file://otherhost{root}/a.jpg", "file:///etc/passwd"):  # fmt: skip
+    for url in (
+        f"file://{outside}/a.jpg",
+        f"file://{root}/../outside/a.jpg",
+        f"file://{root}/escape/a.jpg",
+        f"file://otherhost{root}/a.jpg",
+        "file:///etc/passwd",
+    ):
         assert refused(policy.check, url).kind == "forbidden_url", url
     assert refused(FetchPolicy.parse("https://", "").check, f"file://{root}/a.jpg").kind == "forbidden_url"
     with pytest.raises(ValueError, match="not a directory"):
@@ -187,10 +222,17 @@ def test_fetch_flags_have_environment_twins_and_bad_values_stop_the_worker_at_st
     add_arguments(parser)
     env = {"WORKER_MODEL": "m.pt", "WORKER_FETCH_ALLOW": "https://cdn.example.com/", "WORKER_FETCH_THREADS": "3"}
     settings = settings_from(parser.parse_args(["--fetch-root", str(tmp_path)]), env)
-    assert (settings.fetch_allow, settings.fetch_root, settings.fetch_threads) == (env["WORKER_FETCH_ALLOW"],
-                                                                                  str(tmp_path), 3)  # fmt: skip
+    assert (settings.fetch_allow, settings.fetch_root, settings.fetch_threads) == (
+        env["WORKER_FETCH_ALLOW"],
+        str(tmp_path),
+        3,
+    )
     assert settings_from(parser.parse_args([]), {"WORKER_MODEL": "m.pt"}).fetch_allow == ""
-    for argv in (["--fetch-allow", "ftp://x/"], ["--fetch-root", str(tmp_path / "nope")], ["--fetch-threads", "0"],
-                 ["--fetch-timeout-s", "0"]):  # fmt: skip
+    for argv in (
+        ["--fetch-allow", "ftp://x/"],
+        ["--fetch-root", str(tmp_path / "nope")],
+        ["--fetch-threads", "0"],
+        ["--fetch-timeout-s", "0"],
+    ):
         with pytest.raises(SystemExit, match="fetch"):
             settings_from(parser.parse_args(argv), {"WORKER_MODEL": "m.pt"})

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from worker.decode import Fetched
+from worker.decode import Fetched, Fetches
 from worker.errors import JobError
 from worker.pipeline import Pipeline, PipelineSettings
 from worker.store.memory import MemoryBroker, MemoryStore
@@ -44,10 +44,11 @@ class FakeFetch:
             thread.join(10)
 
 
-def run(broker: MemoryBroker, predictor: Recorder, fetcher: FakeFetch | None, max_wait_ms: float = 50.0) -> int:
+def run(broker: MemoryBroker, predictor: Recorder, fetcher: Fetches | None, max_wait_ms: float = 50.0) -> int:
     settings = PipelineSettings("w1", max_wait_ms=max_wait_ms, idle_wait_ms=20, burst=True)
-    return Pipeline(MemoryStore(broker, "w1"), PassThrough(), predictor, settings, threading.Event(),
-                    fetcher=fetcher).run()  # fmt: skip
+    return Pipeline(
+        MemoryStore(broker, "w1"), PassThrough(), predictor, settings, threading.Event(), fetcher=fetcher
+    ).run()
 
 
 def results(broker: MemoryBroker) -> dict[str, dict]:
@@ -56,8 +57,12 @@ def results(broker: MemoryBroker) -> dict[str, dict]:
 
 def test_url_jobs_are_fetched_then_decoded_and_batched_with_byte_jobs():
     broker = MemoryBroker()
-    ids = [broker.enqueue({"image": b"a"}), broker.enqueue({"image_url": "https://x/b", "meta": {"ad": 2}}),
-           broker.enqueue({"image": b"c"}), broker.enqueue({"image_url": "https://x/d"})]  # fmt: skip
+    ids = [
+        broker.enqueue({"image": b"a"}),
+        broker.enqueue({"image_url": "https://x/b", "meta": {"ad": 2}}),
+        broker.enqueue({"image": b"c"}),
+        broker.enqueue({"image_url": "https://x/d"}),
+    ]
     predictor, fetcher = Recorder(cap=8), FakeFetch()
     assert run(broker, predictor, fetcher, max_wait_ms=300) == 4
     assert fetcher.urls == ["https://x/b", "https://x/d"]

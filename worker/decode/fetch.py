@@ -5,73 +5,41 @@ address is checked once the socket is connected, so what DNS answered at connect
 judged: no rebinding between a check and the connection), follows at most ``max_redirects``
 redirects itself, re-checking every hop, and streams the body up to ``max_bytes``. Deadlines:
 ``connect_timeout_s`` per connection, ``read_timeout_s`` per silence while reading, and
-``total_timeout_s`` for the whole fetch, redirects included. ``FetchStage`` runs fetches on a small
-thread pool and hands each outcome to a callback (the pipeline then submits the bytes to the decoder).
+``total_timeout_s`` for the whole fetch, redirects included. urllib3's timeouts bound one socket
+operation each, so the total deadline is kept by ``worker.decode.transport.Deadlines``, which shuts a
+fetch's sockets down when its time is up: a server trickling a byte at a time ends there in any phase
+(status line, headers, chunk-size lines, body). ``FetchStage`` runs fetches on a small thread pool and hands
+each outcome to a callback (the pipeline then submits the bytes to the decoder).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import socket
 import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager, Timeout
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.exceptions import HTTPError, NewConnectionError, SSLError
+from urllib3 import Timeout
+from urllib3.exceptions import HTTPError, LocationValueError, NewConnectionError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.response import BaseHTTPResponse
 
 from ..errors import JobError
 from . import Fetched
-from .urls import REDIRECTS, FetchPolicy, Target, answer_error, public_address, too_large
+from .transport import Deadlines, ForbiddenAddress, WatchedPoolManager
+from .urls import REDIRECTS, FetchPolicy, Target, answer_error, forbidden, too_large
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 * 1024
 HEADERS = {"Accept": "image/*", "Accept-Encoding": "identity", "User-Agent": "adclassify-worker"}
-
-
-class ForbiddenAddress(Exception):
-    """A connection reached a non-public address that no allow-list prefix names (raised before any byte is sent)."""
-
-
-def _public_only(sock: socket.socket) -> socket.socket:
-    peer = sock.getpeername()[0]
-    if not public_address(peer):
-        sock.close()
-        raise ForbiddenAddress(peer)
-    return sock
-
-
-class _PublicHTTPConnection(HTTPConnection):
-    def _new_conn(self) -> socket.socket:
-        return _public_only(super()._new_conn())
-
-
-class _PublicHTTPSConnection(HTTPSConnection):
-    def _new_conn(self) -> socket.socket:  # before the TLS handshake: nothing is sent to a refused peer
-        return _public_only(super()._new_conn())
-
-
-class _PublicHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _PublicHTTPConnection
-
-
-class _PublicHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _PublicHTTPSConnection
-
-
-class PublicPoolManager(PoolManager):
-    """A ``PoolManager`` whose connections refuse, once connected, any peer that is not a public address."""
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        self.pool_classes_by_scheme = {"http": _PublicHTTPPool, "https": _PublicHTTPSPool}
+# urlopen options all off: one request as it is (redirects are followed and checked here), its body streamed raw
+REQUEST = dict.fromkeys(("redirect", "retries", "preload_content", "decode_content", "release_conn"), False)
+DETERMINISTIC_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENXIO, errno.EINVAL})  # file:// paths
 
 
 @dataclass(frozen=True)
@@ -91,16 +59,31 @@ class Fetcher:
     def __init__(self, policy: FetchPolicy, limits: FetchLimits, pool_size: int = 8) -> None:
         self.policy, self.limits = policy, limits
         options = {"num_pools": 64, "maxsize": pool_size, "block": False, "retries": False}
-        self.public = PublicPoolManager(**options)  # host names and public IP literals
-        self.named = PoolManager(**options)  # IP literals an allow-list prefix names: no address check
+        self.public = WatchedPoolManager(True, **options)  # host names and public IP literals
+        self.named = WatchedPoolManager(False, **options)  # IP literals an allow-list prefix names: no address check
+        self.deadlines = Deadlines()
 
     def fetch(self, url: str) -> bytes:
         """The image's bytes, or ``JobError``: ``forbidden_url``, ``fetch_failed`` (deterministic) or
-        ``fetch_error`` (retryable: timeouts, connection failures and resets, 5xx)."""
+        ``fetch_error`` (retryable: timeouts, the total deadline, connection failures and resets, 5xx)."""
         target = self.policy.check(url)
         if target.scheme == "file":
             return read_file(target, self.limits.max_bytes)
         deadline = time.monotonic() + self.limits.total_timeout_s
+        with self.deadlines.watch(deadline) as watch:
+            try:
+                data = self._follow(target, deadline)
+            except JobError:
+                if watch.expired:  # whatever the cut-short answer looked like, the deadline ended it
+                    raise _deadline_error(target) from None
+                raise
+            if watch.expired:
+                raise _deadline_error(target)
+            return data
+
+    def _follow(self, target: Target, deadline: float) -> bytes:
+        """Request ``target`` and the redirects it leads to; the final answer's body."""
+        url = target.url
         for _ in range(self.limits.max_redirects + 1):
             response, read = self._request(target, deadline), False
             try:
@@ -119,26 +102,25 @@ class Fetcher:
         left = _left(target, deadline)
         timeout = Timeout(connect=min(self.limits.connect_timeout_s, left), read=min(self.limits.read_timeout_s, left))
         manager = self.named if target.named else self.public
-        pool = manager.connection_from_host(target.host, target.port, target.scheme)
         try:
-            return pool.urlopen("GET", target.path, headers=HEADERS, redirect=False, retries=False, timeout=timeout,
-                                preload_content=False, decode_content=False, release_conn=False,
-                                assert_same_host=False)  # fmt: skip
+            pool = manager.connection_from_host(target.host, target.port, target.scheme)
+            return pool.urlopen("GET", target.path, headers=HEADERS, timeout=timeout, assert_same_host=False, **REQUEST)
         except ForbiddenAddress as exc:
-            raise JobError("forbidden_url", f"{target.url}: {target.host} is at {exc}, not a public address, and no "
-                                            "--fetch-allow prefix names that address") from None  # fmt: skip
+            why = f"{target.host} is at {exc}, not a public address, and no --fetch-allow prefix names that address"
+            raise forbidden(f"{target.url}: {why}") from None
+        except LocationValueError as exc:  # a host no resolver can be asked about: never fetchable
+            raise forbidden(f"{target.url}: not a host name ({str(exc)[:200]})") from None
         except HTTPError as exc:
             raise _past(target, deadline) or transport_error(target.url, exc) from exc
 
     def _body(self, response: BaseHTTPResponse, target: Target, deadline: float) -> bytes:
-        """The whole body, read as it streams: stops at ``max_bytes`` + 1 and at the deadline."""
+        """The whole body, read as it streams: stops at ``max_bytes`` + 1 (and, by ``Deadlines``, at the deadline)."""
         max_bytes = self.limits.max_bytes
         refused = answer_error(target.url, response.status, response.headers, max_bytes)
         if refused is not None:
             raise refused
         chunks, size = [], 0
         while True:
-            _read_timeout(response, min(self.limits.read_timeout_s, _left(target, deadline)))
             try:
                 chunk = response.read1(CHUNK_BYTES, decode_content=False)
             except HTTPError as exc:
@@ -151,32 +133,29 @@ class Fetcher:
             chunks.append(chunk)
 
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection and stop the deadline watchdog."""
         self.public.clear()
         self.named.clear()
+        self.deadlines.close()
 
 
 def _left(target: Target, deadline: float) -> float:
     """Seconds left before the fetch's total deadline; past it, the retryable ``fetch_error``."""
     left = deadline - time.monotonic()
     if left <= 0:
-        raise _past(target, deadline, slack_s=0.0)
+        raise _deadline_error(target)
     return left
 
 
 def _past(target: Target, deadline: float, slack_s: float = 0.01) -> JobError | None:
-    """The total deadline's error when it has passed (a socket timeout set to the time left may fire a little
-    early), else None."""
-    if time.monotonic() < deadline - slack_s:
-        return None
-    return JobError("fetch_error", f"{target.url}: the fetch took longer than its total deadline", retryable=True)
+    """The total deadline's error when it has passed (a timeout set to the time left may fire a little early),
+    else None."""
+    return _deadline_error(target) if time.monotonic() >= deadline - slack_s else None
 
 
-def _read_timeout(response: BaseHTTPResponse, seconds: float) -> None:
-    """Bound the next read by the time left, so a body that trickles cannot outlive the total deadline."""
-    conn = response.connection
-    if conn is not None and conn.sock is not None:
-        conn.sock.settimeout(max(seconds, 0.001))
+def _deadline_error(target: Target) -> JobError:
+    message = f"{target.url}: the fetch took longer than its total deadline (--fetch-timeout-s)"
+    return JobError("fetch_error", message, retryable=True)
 
 
 def transport_error(url: str, exc: HTTPError) -> JobError:
@@ -194,22 +173,35 @@ def transport_error(url: str, exc: HTTPError) -> JobError:
 
 
 def read_file(target: Target, max_bytes: int) -> bytes:
-    """A ``file://`` image under the fetch root: a regular file (no FIFOs, devices or a final symlink), at most
-    ``max_bytes``. Missing or unreadable is ``fetch_failed``; other I/O errors are retryable ``fetch_error``."""
+    """A ``file://`` image under the fetch root: a regular file (no FIFOs, devices, directories or a final
+    symlink), at most ``max_bytes``. Missing, unreadable or impossible is ``fetch_failed``; other I/O errors are
+    retryable ``fetch_error``."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block open
     try:
         fd = os.open(target.path, flags)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        raise JobError("fetch_failed", f"{target.url}: {exc.strerror}") from None
     except OSError as exc:
-        raise JobError("fetch_error", f"{target.url}: {exc}", retryable=True) from None
-    with os.fdopen(fd, "rb") as file:
+        raise _file_error(target, exc) from None
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise JobError("fetch_failed", f"{target.url}: not a regular file")
-        data = file.read(max_bytes + 1)
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(max_bytes + 1)
+    except OSError as exc:
+        raise _file_error(target, exc) from None
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise too_large(target.url, max_bytes, f"is over {max_bytes} bytes")
     return data
+
+
+def _file_error(target: Target, exc: OSError) -> JobError:
+    """Missing, not permitted, a directory, a path too long or a symlink swapped in: ``fetch_failed``; anything
+    else (EIO, too many open files, ...) may pass: ``fetch_error``."""
+    deterministic = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+    if isinstance(exc, deterministic) or exc.errno in DETERMINISTIC_ERRNOS:
+        return JobError("fetch_failed", f"{target.url[:300]}: {exc.strerror}")
+    return JobError("fetch_error", f"{target.url[:300]}: {exc.strerror}", retryable=True)
 
 
 class FetchStage:

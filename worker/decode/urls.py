@@ -40,8 +40,8 @@ def public_address(text: str) -> bool:
             inner = IPv4Address(int(addr) & 0xFFFFFFFF)
         if inner is not None:
             return public_address(str(inner))
-    bad = (addr.is_loopback or addr.is_link_local or addr.is_private or addr.is_multicast or addr.is_unspecified
-           or addr.is_reserved or (isinstance(addr, IPv4Address) and addr in SHARED))  # fmt: skip
+    kinds = (addr.is_loopback, addr.is_link_local, addr.is_private, addr.is_multicast, addr.is_unspecified)
+    bad = any(kinds) or addr.is_reserved or (isinstance(addr, IPv4Address) and addr in SHARED)
     return addr.is_global and not bad
 
 
@@ -148,7 +148,10 @@ class FetchPolicy:
             raise forbidden(f"{url[:200]!r}: file:// URLs are fetched only under --fetch-root (WORKER_FETCH_ROOT)")
         if netloc not in ("", "localhost"):
             raise forbidden(f"{url[:200]!r}: a file:// URL names no host")
-        resolved = Path(os.path.realpath(unquote(path)))  # symlinks resolved: a link may not lead out of the root
+        try:  # symlinks resolved: a link may not lead out of the root
+            resolved = Path(os.path.realpath(unquote(path, errors="strict")))
+        except (ValueError, OSError) as exc:  # a NUL byte, bytes that are not UTF-8, a link loop, ...
+            raise forbidden(f"{url[:200]!r} names no file: {exc}") from None
         if not resolved.is_relative_to(self.root):
             raise forbidden(f"{url[:200]!r} is outside --fetch-root {str(self.root)!r}")
         return Target(url, "file", path=str(resolved))
