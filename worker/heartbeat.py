@@ -30,8 +30,18 @@ class Heartbeat(threading.Thread):
     """Beats every ``ttl_s / 3`` and after every batch (seen within ``current_s``), and reaps every
     ``reap_s``, on behalf of one pipeline."""
 
-    def __init__(self, store: QueueStore, hand: InHand, stats: Stats, ttl_s: float, *, reap_s: float = 5.0,
-                 current_s: float = 0.1, metrics: Any = None, health: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: QueueStore,
+        hand: InHand,
+        stats: Stats,
+        ttl_s: float,
+        *,
+        reap_s: float = 5.0,
+        current_s: float = 0.1,
+        metrics: Any = None,
+        health: Any = None,
+    ) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.store, self.hand, self.stats, self.metrics, self.health = store, hand, stats, metrics, health
         self.ttl_s, self.reap_s, self.current_s = ttl_s, reap_s, current_s
@@ -76,7 +86,7 @@ class Heartbeat(threading.Thread):
         """The results feed's lag per consumer group, for metrics (read at each reaper pass, not each beat)."""
         if self.metrics is None:
             return
-        for group, lag in getattr(self.store, "feed_lags", dict)().items():
+        for group, lag in self.store.feed_lags().items():
             if lag is not None:
                 self.metrics.feed_lag.labels(group).set(lag)
 

@@ -10,45 +10,28 @@ is not counted as decoding: a slow origin never holds a batch past ``max_wait_ms
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from producer.wire.cache import digest
 from producer.wire.jobs import ImageRef
 
+from .backoff import Backoff
 from .batching import next_batch
 from .decode import Decoder, DecodeResult, Fetched, Fetches, NoFetch
 from .errors import JobError
 from .jobs import answer, job_inputs
-from .progress import InHand, PipelineSettings, ShutdownIncomplete, Stats
+from .progress import InHand, Observer, PipelineSettings, Predicts, ShutdownIncomplete, Stats
 from .store import JobRecord, Outcome, QueueStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 CLOSED = object()  # end of a stage's stream
-MAX_BACKOFF_S = 30.0
-
-
-class Predicts(Protocol):
-    """The inference stage as the pipeline sees it (``worker.infer.Predictor``)."""
-
-    cap: int
-    tag: str
-
-    def predict(self, pixels: list[bytes]) -> tuple[list[Any], float]:
-        """Top-k (or a ``JobError``) per image, and the forward pass's ms."""
-
-
-class Observer(Protocol):
-    """Whoever records finished batches (``worker.metrics.Metrics``)."""
-
-    def observe_batch(self, results: list[dict[str, Any]], publish_s: float) -> None:
-        """One finished batch."""
 
 
 @dataclass
@@ -57,6 +40,7 @@ class Item:
 
     job: JobRecord
     meta: dict[str, Any] = field(default_factory=dict)
+    digest: str | None = None  # SHA-256 of the image bytes: the result cache's key; duplicates in a batch
     pixels: bytes | None = None
     error: JobError | None = None
     decode_ms: float = 0.0
@@ -65,10 +49,20 @@ class Item:
 class Pipeline:
     """One worker's stages, wired in the constructor; ``run()`` until ``stop`` is set and all is drained."""
 
-    def __init__(self, store: QueueStore, decoder: Decoder, predictor: Predicts, settings: PipelineSettings,
-                 stop: threading.Event, *, hand: InHand | None = None, stats: Stats | None = None,
-                 observer: Observer | None = None, health: Any = None,
-                 fetcher: Fetches | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: QueueStore,
+        decoder: Decoder,
+        predictor: Predicts,
+        settings: PipelineSettings,
+        stop: threading.Event,
+        *,
+        hand: InHand | None = None,
+        stats: Stats | None = None,
+        observer: Observer | None = None,
+        health: Any = None,
+        fetcher: Fetches | None = None,
+    ) -> None:
         self.store, self.decoder, self.predictor, self.settings = store, decoder, predictor, settings
         self.fetcher = fetcher or NoFetch()
         self.stop, self.observer = stop, observer
@@ -86,8 +80,10 @@ class Pipeline:
 
     def run(self) -> int:
         """take -> decode -> batch -> infer -> finish; return the number of jobs finished."""
-        stages = [threading.Thread(target=stage, name=stage.__name__, daemon=True)
-                  for stage in (self.take, self.infer, self.finish)]  # fmt: skip
+        stages = [
+            threading.Thread(target=stage, name=stage.__name__, daemon=True)
+            for stage in (self.take, self.infer, self.finish)
+        ]
         for stage in stages:
             stage.start()
         for stage in stages:
@@ -101,19 +97,19 @@ class Pipeline:
     # -- take and decode -------------------------------------------------------------------------
     def take(self) -> None:
         """Take jobs while there is room in hand; each goes to decoding at once."""
-        backoff_s = 0.5
+        backoff = Backoff()
         while not self.stop.is_set():
             held = self.hand.wait_until(lambda n: n < self.limit, self.stop)
             if self.stop.is_set():
                 break
             try:
                 jobs = self.store.take(min(self.limit - held, self.predictor.cap), self.settings.idle_wait_ms / 1000)
-                backoff_s = 0.5
+                backoff.reset()
             except StoreUnavailable as exc:
                 self.stats.store_error(exc)
-                log.warning("queue store unavailable (%s); retrying in %.1f s", exc, backoff_s)
-                self.stop.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+                delay_s = backoff.next()
+                log.warning("queue store unavailable (%s); retrying in %.1f s", exc, delay_s)
+                self.stop.wait(delay_s)
                 continue
             if not jobs and self.settings.burst:  # done once the queue is empty with nothing in hand
                 if held == 0:
@@ -146,7 +142,7 @@ class Pipeline:
         self._decode(item, fetched.data)
 
     def _decode(self, item: Item, image: bytes) -> None:
-        item.job.digest = hashlib.sha256(image).hexdigest()  # the result cache's key; duplicates in a batch
+        item.digest = digest(image)
         with self.lock:
             self.decoding += 1
         self.decoder.submit(image, lambda result: self._decoded(item, result))
@@ -190,9 +186,11 @@ class Pipeline:
             if batch:
                 preds, infer_ms = self._predict(batch)
                 self.progressed()
-                for item, pred in zip(batch, preds):
+                for item, pred in zip(batch, preds, strict=True):
                     item.error = pred if isinstance(pred, JobError) else None
-                outcomes = [self._outcome(item, len(batch), infer_ms, pred) for item, pred in zip(batch, preds)]
+                outcomes = [
+                    self._outcome(item, len(batch), infer_ms, pred) for item, pred in zip(batch, preds, strict=True)
+                ]
                 self.done.put((outcomes, time.monotonic()))
             elif self.closed:
                 break
@@ -204,7 +202,7 @@ class Pipeline:
         unique: list[Any] = []
         slots = []
         for n, item in enumerate(batch):
-            key = item.job.digest or f"#{n}"
+            key = item.digest or f"#{n}"
             if key not in first:
                 first[key] = len(unique)
                 unique.append(item.pixels)
@@ -238,13 +236,13 @@ class Pipeline:
             error=item.error,
             batch=batch,
         )
-        return Outcome(item.job, result, retry=bool(item.error and item.error.retryable))
+        return Outcome(item.job, result, retry=bool(item.error and item.error.retryable), digest=item.digest)
 
     # -- finish ----------------------------------------------------------------------------------
     def finish(self) -> None:
         """Record finished batches (all that are ready, in one store call); keep them through outages."""
         pending: list[tuple[list[Outcome], float]] = []
-        closing, backoff_s = False, 0.5
+        closing, backoff = False, Backoff()
         while not (closing and not pending):
             closing = self._collect(pending, block=not pending) or closing
             if not pending:
@@ -252,25 +250,33 @@ class Pipeline:
             outcomes = [o for batch, _ in pending for o in batch]
             try:
                 self.store.finish(outcomes)
-                backoff_s = 0.5
-                self.progressed()
             except StoreUnavailable as exc:
                 self.progressed()  # waiting on Redis is not a stall
                 self.stats.store_error(exc)
-                left = self._shutdown_left()
-                if left <= 0:
-                    self.unrecorded = len(outcomes)
-                    log.error("stopping, and the queue store stayed unavailable for %.0f s: exiting with %d "
-                              "finished job(s) unrecorded (re-queued by the reaper once this worker's key "
-                              "expires)", self.settings.shutdown_timeout_s, len(outcomes))  # fmt: skip
+                if not self._wait_out(exc, len(outcomes), backoff):
                     return
-                log.warning("queue store unavailable (%s); %d finished job(s) kept, retrying in %.1f s",
-                            exc, len(outcomes), min(backoff_s, left))  # fmt: skip
-                time.sleep(min(backoff_s, left))
-                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
                 continue
+            backoff.reset()
+            self.progressed()
             self._acknowledged(pending)
             pending = []
+
+    def _wait_out(self, exc: StoreUnavailable, count: int, backoff: Backoff) -> bool:
+        """Wait before recording ``count`` finished jobs again; False once stopping has waited long enough."""
+        left = self._shutdown_left()
+        if left <= 0:
+            self.unrecorded = count
+            log.error(
+                "stopping, and the queue store stayed unavailable for %.0f s: exiting with %d finished job(s) "
+                "unrecorded (re-queued by the reaper once this worker's key expires)",
+                self.settings.shutdown_timeout_s,
+                count,
+            )
+            return False
+        delay_s = min(backoff.next(), left)
+        log.warning("queue store unavailable (%s); %d finished job(s) kept, retrying in %.1f s", exc, count, delay_s)
+        time.sleep(delay_s)
+        return True
 
     def _shutdown_left(self) -> float:
         """Seconds left to record finished jobs: unbounded until stopping, then the shutdown timeout."""

@@ -1,5 +1,6 @@
-"""What a worker holds and has done: the executions in hand (with waits on their count), and the
-pipeline's own counters and costs (for the heartbeat, metrics and the exit log)."""
+"""The pipeline's parts besides its loop: what a worker holds (the executions in hand, with waits on their
+count), what it has done (counters and costs, for the heartbeat, metrics and the exit log), its settings,
+and the interfaces of the stages it is wired with besides the store and the decoder."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .store import JobRecord, StoreFull
 
@@ -63,8 +65,10 @@ class Stats:
         def p50(values: deque[float]) -> str:
             return f"{statistics.median(values):.2f}" if values else "n/a"
 
-        return (f"{self.jobs} jobs in {self.batches} batches; pipeline cost p50: taken->decode "
-                f"{p50(self.to_decode_ms)} ms, forward end->published {p50(self.to_publish_ms)} ms")  # fmt: skip
+        return (
+            f"{self.jobs} jobs in {self.batches} batches; pipeline cost p50: taken->decode "
+            f"{p50(self.to_decode_ms)} ms, forward end->published {p50(self.to_publish_ms)} ms"
+        )
 
 
 @dataclass(frozen=True)
@@ -82,3 +86,20 @@ class PipelineSettings:
 class ShutdownIncomplete(RuntimeError):
     """Stopping, the store stayed unavailable past the shutdown timeout: finished jobs were not recorded
     (the reaper re-queues them once this worker's key expires)."""
+
+
+class Predicts(Protocol):
+    """The inference stage as the pipeline sees it (``worker.infer.Predictor``)."""
+
+    cap: int
+    tag: str
+
+    def predict(self, pixels: list[bytes]) -> tuple[list[Any], float]:
+        """Top-k (or a ``JobError``) per image, and the forward pass's ms."""
+
+
+class Observer(Protocol):
+    """Whoever records finished batches (``worker.metrics.Metrics``)."""
+
+    def observe_batch(self, results: list[dict[str, Any]], publish_s: float) -> None:
+        """One finished batch."""

@@ -8,10 +8,12 @@ import os
 import threading
 import time
 from dataclasses import replace
+from typing import Any
 
 import redis
 import torch
 
+from .backoff import Backoff
 from .config import WorkerSettings
 from .decode import Decoder, Fetches, NoFetch
 from .decode.cpu import Limits, Preprocess
@@ -21,16 +23,15 @@ from .decode.urls import FetchPolicy
 from .health import Health, ProbeServer, Watchdog
 from .heartbeat import Heartbeat
 from .infer import Predictor
+from .metrics import Metrics
 from .model import Classifier, load_model
 from .perf import autotune, choose_threads
 from .pipeline import InHand, Pipeline, PipelineSettings, Stats
-from .store import StoreUnavailable
+from .store import QueueStore, StoreUnavailable
 from .store.rq import RedisStore
 from .store.sharded import ShardedStore
 
 log = logging.getLogger(__name__)
-
-MAX_BACKOFF_S = 30.0
 
 
 def prepare_model(settings: WorkerSettings) -> tuple[Classifier, WorkerSettings]:
@@ -69,8 +70,9 @@ def make_decoder(settings: WorkerSettings, spec: Preprocess, gate: Gate, device:
     ``--decode-threads`` threads. ``--decode gpu`` that cannot start is a startup error (``SystemExit``)."""
     limits = Limits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
     if settings.decode_workers > 0:
-        cpu: Decoder = ProcessDecoder(spec, limits, settings.decode_workers, timeout_s=settings.decode_timeout_s,
-                                      gate=gate)  # fmt: skip
+        cpu: Decoder = ProcessDecoder(
+            spec, limits, settings.decode_workers, timeout_s=settings.decode_timeout_s, gate=gate
+        )
         pillow = f"Pillow in {settings.decode_workers} processes"
     else:
         threads = settings.decode_threads or os.cpu_count() or 1
@@ -100,39 +102,58 @@ def make_fetcher(settings: WorkerSettings) -> Fetches:
         return NoFetch()
     from .decode.fetch import Fetcher, FetchLimits, FetchStage  # urllib3: only for a worker that fetches
 
-    limits = FetchLimits(settings.max_image_bytes, settings.fetch_connect_timeout_s, settings.fetch_read_timeout_s,
-                         settings.fetch_timeout_s)  # fmt: skip
-    log.info("fetching image URLs on %d threads: allow %r, file root %s", settings.fetch_threads,
-             settings.fetch_allow, policy.root)  # fmt: skip
+    limits = FetchLimits(
+        settings.max_image_bytes,
+        settings.fetch_connect_timeout_s,
+        settings.fetch_read_timeout_s,
+        settings.fetch_timeout_s,
+    )
+    log.info(
+        "fetching image URLs on %d threads: allow %r, file root %s",
+        settings.fetch_threads,
+        settings.fetch_allow,
+        policy.root,
+    )
     return FetchStage(Fetcher(policy, limits, pool_size=settings.fetch_threads), settings.fetch_threads)
 
 
-def register(store: RedisStore | ShardedStore, stop: threading.Event) -> bool:
+def register(store: QueueStore, stop: threading.Event) -> bool:
     """Register with RQ, waiting out a Redis that is down (capped back-off); False if stopped first."""
-    backoff_s = 0.5
+    backoff = Backoff()
     while not stop.is_set():
         try:
             store.register(stop)
             return True
         except StoreUnavailable as exc:
-            log.warning("redis unavailable at start (%s); retrying in %.1f s", exc, backoff_s)
-            stop.wait(backoff_s)
-            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+            delay_s = backoff.next()
+            log.warning("redis unavailable at start (%s); retrying in %.1f s", exc, delay_s)
+            stop.wait(delay_s)
     return False
 
 
-def build_store(settings: WorkerSettings, cache: dict | None = None) -> RedisStore | ShardedStore:
+def build_store(settings: WorkerSettings, cache: dict | None = None) -> QueueStore:
     """The Redis store for this worker's queue and name; with several URLs (shards) or queues (priorities),
     one per server and queue behind one ``ShardedStore``."""
     queues = [q.strip() for q in settings.queue.split(",") if q.strip()]  # by priority: --queue high,default
-    stores, levels = [], []
+    stores: list[RedisStore] = []
+    levels: list[int] = []
     for url in settings.redis_urls:
         connection = redis.Redis.from_url(url, health_check_interval=30)
         for level, queue in enumerate(queues):
-            stores.append(RedisStore(connection, queue, settings.worker_name, worker_ttl_s=settings.worker_ttl_s,
-                                     max_deliveries=settings.max_deliveries, results_maxlen=settings.results_maxlen,
-                                     max_data_bytes=settings.max_image_bytes + (1 << 20), queues=queues,
-                                     primary=level == 0, cache=cache))  # fmt: skip
+            stores.append(
+                RedisStore(
+                    connection,
+                    queue,
+                    settings.worker_name,
+                    worker_ttl_s=settings.worker_ttl_s,
+                    max_deliveries=settings.max_deliveries,
+                    results_maxlen=settings.results_maxlen,
+                    max_data_bytes=settings.max_image_bytes + (1 << 20),
+                    queues=queues,
+                    primary=level == 0,
+                    cache=cache,
+                )
+            )
             levels.append(level)
     if len(stores) == 1:
         return stores[0]
@@ -153,33 +174,78 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
     loading = time.perf_counter()
     health = Health(redis_ttl_s=settings.worker_ttl_s)
     probes = start_probes(settings, health)
-    model, settings = prepare_model(settings)
-    health.warmed = True
-    metrics = None
-    if settings.metrics_port:
-        from .metrics import Metrics
+    try:
+        model, settings = prepare_model(settings)
+        health.warmed = True
+        metrics = start_metrics(settings, health, time.perf_counter() - loading)
+        gate = make_gate(settings, model)
+        decoder = make_decoder(settings, model.info.preprocess, gate, model.device)
+        store = build_store(settings, announcement(settings, model.info.tag, decoder.backend))
+        if not register(store, stop):
+            decoder.close()
+            return 0
+        health.redis_answered()
+        predictor = Predictor(model, int(settings.batch_size), settings.topk, gate)
+        return serve(settings, stop, store=store, decoder=decoder, predictor=predictor, health=health, metrics=metrics)
+    finally:
+        for server in probes:
+            server.close()
 
-        metrics = Metrics(settings.device)
-        health.registry = metrics.registry
-        metrics.warm_up.set(time.perf_counter() - loading)
-    gate = make_gate(settings, model)
-    decoder = make_decoder(settings, model.info.preprocess, gate, model.device)
-    backend = "gpu" if type(decoder).__name__ == "GpuDecoder" else "cpu"
-    store = build_store(settings, {"tag": model.info.tag, "precision": settings.precision, "decode": backend,
-                                   "topk": settings.topk, "ttl_s": settings.cache_ttl_s})  # fmt: skip
-    if not register(store, stop):
-        decoder.close()
-        return 0
-    health.redis_answered()
+
+def start_metrics(settings: WorkerSettings, health: Health, warm_up_s: float) -> Metrics | None:
+    """Prometheus metrics when ``--metrics-port`` is set (served by the probes), else None."""
+    if not settings.metrics_port:
+        return None
+    metrics = Metrics(settings.device)  # imports prometheus_client: only for a worker that exports metrics
+    health.registry = metrics.registry
+    metrics.warm_up.set(warm_up_s)
+    return metrics
+
+
+def announcement(settings: WorkerSettings, tag: str, decode: str) -> dict[str, Any]:
+    """What this worker announces about the results it writes (the result cache's key parts and TTL)."""
+    return {
+        "tag": tag,
+        "precision": settings.precision,
+        "decode": decode,
+        "topk": settings.topk,
+        "ttl_s": settings.cache_ttl_s,
+    }
+
+
+def serve(
+    settings: WorkerSettings,
+    stop: threading.Event,
+    *,
+    store: QueueStore,
+    decoder: Decoder,
+    predictor: Predictor,
+    health: Health,
+    metrics: Metrics | None,
+) -> int:
+    """Run the pipeline, with its heartbeat and watchdog, until ``stop``; unregister; return the jobs finished."""
     hand, stats = InHand(), Stats()
-    pipeline_settings = PipelineSettings(settings.worker_name, settings.max_wait_ms, settings.idle_wait_ms,
-                                         burst=settings.burst,
-                                         shutdown_timeout_s=settings.shutdown_timeout_s)  # fmt: skip
-    predictor = Predictor(model, int(settings.batch_size), settings.topk, gate)
-    pipeline = Pipeline(store, decoder, predictor, pipeline_settings, stop, hand=hand, stats=stats,
-                        observer=metrics, health=health, fetcher=make_fetcher(settings))  # fmt: skip
-    heartbeat = Heartbeat(store, hand, stats, settings.worker_ttl_s, reap_s=min(5.0, settings.worker_ttl_s / 2),
-                          metrics=metrics, health=health)  # fmt: skip
+    pipeline_settings = PipelineSettings(
+        settings.worker_name,
+        settings.max_wait_ms,
+        settings.idle_wait_ms,
+        burst=settings.burst,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+    )
+    pipeline = Pipeline(
+        store,
+        decoder,
+        predictor,
+        pipeline_settings,
+        stop,
+        hand=hand,
+        stats=stats,
+        observer=metrics,
+        health=health,
+        fetcher=make_fetcher(settings),
+    )
+    reap_s = min(5.0, settings.worker_ttl_s / 2)
+    heartbeat = Heartbeat(store, hand, stats, settings.worker_ttl_s, reap_s=reap_s, metrics=metrics, health=health)
     watchdog = Watchdog(health, hand.count, settings.stall_timeout_s, on_stall=lambda: _die(heartbeat, store))
     heartbeat.start()
     watchdog.start()
@@ -192,13 +258,11 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
         heartbeat.stop()
         with contextlib.suppress(StoreUnavailable):
             store.unregister()
-        for server in probes:
-            server.close()
         log.info("worker %s stopped after %d jobs", settings.worker_name, processed)
     return processed
 
 
-def _die(heartbeat: Heartbeat, store: RedisStore | ShardedStore) -> None:
+def _die(heartbeat: Heartbeat, store: QueueStore) -> None:
     """A wedged worker's last acts: stop beating, register the death (the reaper re-queues at once)."""
     heartbeat.stopping.set()
     with contextlib.suppress(StoreUnavailable):

@@ -75,14 +75,19 @@ def test_the_feed_is_capped_and_zero_turns_it_off(redis_url, conn):
     store.register()
     for _ in range(3):
         jobs = store.take(100, 1.0)
-        store.finish([Outcome(j, make_result(j.job_id, model="m", worker="w1", timings_ms={}, meta={},
-                                             topk=[("a", 1.0)])) for j in jobs])  # fmt: skip
+        store.finish(
+            [
+                Outcome(j, make_result(j.job_id, model="m", worker="w1", timings_ms={}, meta={}, topk=[("a", 1.0)]))
+                for j in jobs
+            ]
+        )
     assert 100 <= conn.xlen(STREAM) < 300  # approximate trimming: about the cap, never all
     conn.delete(STREAM)
     off = RedisStore(conn, "classify", "w2", results_maxlen=0)
     off.register()
     Producer(redis_url).enqueue_many([b"y"])
     (job,) = off.take(1, 1.0)
-    off.finish([Outcome(job, make_result(job.job_id, model="m", worker="w2", timings_ms={}, meta={},
-                                         topk=[("a", 1.0)]))])  # fmt: skip
+    off.finish(
+        [Outcome(job, make_result(job.job_id, model="m", worker="w2", timings_ms={}, meta={}, topk=[("a", 1.0)]))]
+    )
     assert conn.xlen(STREAM) == 0 and len(ids) == 300

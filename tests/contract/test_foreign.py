@@ -13,7 +13,8 @@ import worker.store.rq as rq_store
 from producer import Producer
 from producer.wire.results import make_result
 from worker.store import Outcome
-from worker.store.rq import STARTED_TTL_S, RedisStore
+from worker.store.rq import RedisStore
+from worker.store.rqcalls import DEFAULT_RESULT_TTL_S, STARTED_TTL_S
 
 from ..conftest import image_bytes
 
@@ -31,8 +32,10 @@ def test_foreign_ids_and_hashes_never_half_apply_a_take(redis_url, conn):
     conn.rpush("rq:queue:classify", "a-string")
     conn.hset("rq:job:no-data", mapping={"status": "queued", "lost_deliveries": "many", "retries_left": "x"})
     conn.rpush("rq:queue:classify", "no-data")
-    conn.hset("rq:job:odd-fields", mapping={"data": b"\x93", "status": "queued", "result_ttl": "soon",
-                                            "enqueued_at": "yesterday"})  # fmt: skip
+    conn.hset(
+        "rq:job:odd-fields",
+        mapping={"data": b"\x93", "status": "queued", "result_ttl": "soon", "enqueued_at": "yesterday"},
+    )
     conn.rpush("rq:queue:classify", "odd-fields")
     store = RedisStore(conn, "classify", "w1")
     store.register()
@@ -56,8 +59,10 @@ def test_a_finish_skips_a_job_whose_key_changed_type_and_records_the_rest(redis_
     jobs = store.take(2, 1.0)
     conn.delete(Job.key_for(ids[0]))
     conn.set(Job.key_for(ids[0]), "replaced by something else")
-    outcomes = [Outcome(j, make_result(j.job_id, model="m@1", worker="w1", timings_ms={}, meta={},
-                                       topk=[("a", 1.0)])) for j in jobs]  # fmt: skip
+    outcomes = [
+        Outcome(j, make_result(j.job_id, model="m@1", worker="w1", timings_ms={}, meta={}, topk=[("a", 1.0)]))
+        for j in jobs
+    ]
     assert store.finish(outcomes) == [ids[0]]
     assert conn.get(Job.key_for(ids[0])) == b"replaced by something else"
     assert conn.hget(Job.key_for(ids[1]), "status") == b"finished"
@@ -85,7 +90,7 @@ def test_scores_and_times_come_from_redis_not_the_workers_clock(redis_url, conn,
     assert abs(started - now) < 5
     result = make_result(job_id, model="m@1", worker="w1", timings_ms={}, meta={}, topk=[("a", 1.0)])
     store.finish([Outcome(job, result)])
-    ttl = job.result_ttl_s if job.result_ttl_s is not None else rq_store.DEFAULT_RESULT_TTL_S
+    ttl = job.result_ttl_s if job.result_ttl_s is not None else DEFAULT_RESULT_TTL_S
     (entry,) = conn.zrange("rq:finished:classify", 0, -1, withscores=True)
     assert abs(entry[1] - (redis_now(conn) + ttl)) < 5
     assert abs(Job.fetch(job_id, connection=conn).ended_at.timestamp() - redis_now(conn)) < 5

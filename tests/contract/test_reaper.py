@@ -50,7 +50,7 @@ def test_an_id_given_back_between_its_move_and_its_start_is_not_started_twice(re
     conn.lmove("rq:queue:classify", "rq:queue:classify:intermediate", "LEFT", "RIGHT")
     slow.reap()
     assert slow.reap() == ([job_id], [])  # another worker's reaper gave it back to the queue
-    assert slow._start([job_id], 1) == []  # the stalled worker wakes up: its start finds the id gone, skips it
+    assert slow.start_moved([job_id.encode()], 1) == []  # the stalled worker wakes up: its start finds the id gone
     assert [i.decode() for i in conn.lrange("rq:queue:classify", 0, -1)] == [job_id]  # queued once
     assert conn.hget(f"rq:job:{job_id}", "status") == b"queued" and conn.zcard("rq:wip:classify") == 0
 

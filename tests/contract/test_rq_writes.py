@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import zlib
+from dataclasses import replace
 
 import pytest
 import redis
@@ -19,7 +20,8 @@ from producer import JobOptions, Producer
 from producer.wire.results import exc_string_for, make_result
 from producer.wire.serializer import MsgpackSerializer
 from worker.store import Outcome
-from worker.store.rq import STARTED_TTL_S, RedisStore
+from worker.store.rq import RedisStore
+from worker.store.rqcalls import STARTED_TTL_S
 
 from ..conftest import image_bytes
 
@@ -105,9 +107,17 @@ def rq_reference(url: str, kind: str = "ok", **options) -> tuple[dict, dict]:
         result = make_result(job_id, model="m@1", worker="w1", timings_ms={}, meta={}, topk=[("a", 0.5)])
         with conn.pipeline() as pipe:
             pipe.hset(job.key, mapping={"status": JobStatus.FINISHED, "ended_at": utcformat(job.ended_at)})
-            Result.create(job, Result.Type.SUCCESSFUL, job.result_ttl, return_value=result, worker_name="w1",
-                          pipeline=pipe, execution_id=execution.id, execution_started_at=job.started_at,
-                          execution_ended_at=job.ended_at)  # fmt: skip
+            Result.create(
+                job,
+                Result.Type.SUCCESSFUL,
+                job.result_ttl,
+                return_value=result,
+                worker_name="w1",
+                pipeline=pipe,
+                execution_id=execution.id,
+                execution_started_at=job.started_at,
+                execution_ended_at=job.ended_at,
+            )
             if job.result_ttl != 0:  # as RQ's worker does
                 job.finished_job_registry.add(job, job.result_ttl, pipe)
             job.cleanup(job.result_ttl, pipeline=pipe, remove_from_queue=False)
@@ -139,7 +149,7 @@ def ours(url: str, kind: str = "ok", flush_scripts: bool = False, **options) -> 
         result = make_result(job_id, model="m@1", worker="w1", timings_ms={}, meta={}, topk=[("a", 0.5)])
     else:
         result = make_result(job_id, model="m@1", worker="w1", timings_ms={}, meta={}, error=ERROR)
-        job.retries_left = 0 if kind == "fail" else job.retries_left
+        job = replace(job, retries_left=0) if kind == "fail" else job
     store.finish([Outcome(job, result, retry=kind == "retry")])
     return started, snapshot(conn, ids)
 

@@ -34,7 +34,7 @@ def test_takes_rotate_over_shards_so_none_starves(three):
     Producer(servers[0].url).enqueue_many([b"x"] * 100)
     Producer(servers[1].url).enqueue_many([b"y"] * 5)
     Producer(servers[2].url).enqueue_many([b"z"] * 5)
-    seen = [{job.shard for job in store.take(8, 0.0)} for _ in range(3)]
+    seen = [{store.shard_of(job) for job in store.take(8, 0.0)} for _ in range(3)]
     assert {0, 1, 2} <= set().union(*seen)  # within three takes every shard was served
     assert all(len(s) >= 1 for s in seen)
 
@@ -46,7 +46,7 @@ def test_an_idle_take_wakes_on_the_first_shard_to_get_a_job(three):
     start = time.monotonic()
     jobs = store.take(8, 5.0)
     waited = time.monotonic() - start
-    assert [j.shard for j in jobs] == [2] and waited < 1.5  # not the 5 s timeout, nor a poll of each shard
+    assert [store.shard_of(j) for j in jobs] == [2] and waited < 1.5  # not the 5 s timeout, nor a poll of each shard
 
 
 def test_each_job_is_finished_on_its_own_shard(three):
@@ -54,9 +54,23 @@ def test_each_job_is_finished_on_its_own_shard(three):
     for server in servers:
         Producer(server.url).enqueue_many([b"img"] * 2)
     jobs = store.take(6, 0.0)
-    assert sorted(j.shard for j in jobs) == [0, 0, 1, 1, 2, 2]
-    store.finish([Outcome(j, make_result(j.job_id, model="m", worker="w1", timings_ms={}, meta={},
-                                         topk=[("a", 1.0)])) for j in jobs])  # fmt: skip
+    assert sorted(store.shard_of(j) for j in jobs) == [0, 0, 1, 1, 2, 2]
+    store.finish(
+        [
+            Outcome(j, make_result(j.job_id, model="m", worker="w1", timings_ms={}, meta={}, topk=[("a", 1.0)]))
+            for j in jobs
+        ]
+    )
     for server in servers:
         conn = redis.Redis.from_url(server.url)
         assert conn.zcard("rq:finished:classify") == 2 and conn.zcard("rq:wip:classify") == 0
+
+
+def test_an_id_moved_on_one_shard_is_started_there(three):
+    servers, store = three
+    (job_id,) = Producer(servers[1].url).enqueue_many([b"img"])
+    conn = redis.Redis.from_url(servers[1].url)
+    moved = conn.lmove("rq:queue:classify", "rq:queue:classify:intermediate", "LEFT", "RIGHT")
+    (job,) = store.start_moved([moved], 4)
+    assert job.job_id == job_id and store.shard_of(job) == 1
+    assert conn.llen("rq:queue:classify:intermediate") == 0 and conn.zcard("rq:wip:classify") == 1

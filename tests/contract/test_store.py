@@ -38,6 +38,9 @@ class MemoryBackend:
     def kill(self, name: str) -> None:
         self.broker.alive.discard(name)
 
+    def move(self) -> bytes:
+        return self.broker.move().encode()
+
 
 class RedisBackend:
     def __init__(self, url: str) -> None:
@@ -59,6 +62,9 @@ class RedisBackend:
 
     def kill(self, name: str) -> None:
         self.conn.delete(f"rq:worker:{name}")  # its heartbeat lapsed
+
+    def move(self) -> bytes:
+        return self.conn.lmove("rq:queue:classify", "rq:queue:classify:intermediate", "LEFT", "RIGHT")
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +171,17 @@ def test_give_back_requeues_own_starts_that_are_not_in_hand(backend):
     assert store.give_back({held.execution}, min_age_s=0.0) == [lost_reply.job_id]
     assert backend.queued() == [ids[1]] and backend.status(ids[0]) == "started"
     assert store.give_back({held.execution}, min_age_s=0.0) == []
+
+
+def test_an_id_a_blocking_wait_moved_is_started_first_then_queued_ones_up_to_the_limit(backend):
+    ids = backend.enqueue(3)
+    store = backend.store("w1")
+    moved = backend.move()  # the queue's head, moved off it by a blocking wait
+    jobs = store.start_moved([moved], 2)
+    assert [j.job_id for j in jobs] == ids[:2] and backend.queued() == ids[2:]
+    assert {backend.status(i) for i in ids[:2]} == {"started"}
+    assert store.start_moved([moved], 1) == []  # no longer in the intermediate list: never started twice
+
+
+def test_the_store_reports_no_feed_lag_before_any_consumer_group_reads(backend):
+    assert backend.store("w1").feed_lags() == {}

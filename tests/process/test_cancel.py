@@ -50,7 +50,7 @@ def test_a_job_taken_but_not_started_is_skipped_by_the_start_script(redis_url, c
     producer.cancel(job_id)
     store = RedisStore(conn, "classify", "w1")
     store.register()
-    assert store._start([job_id.encode()], 8) == []
+    assert store.start_moved([job_id.encode()], 8) == []
     assert conn.zcard("rq:wip:classify") == 0 and conn.hget(Job.key_for(job_id), "status") == b"canceled"
     assert conn.llen("rq:queue:classify:intermediate") == 0
 

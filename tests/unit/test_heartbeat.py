@@ -73,11 +73,13 @@ def test_a_store_that_is_down_is_not_retried_in_a_tight_loop():
             raise StoreUnavailable("redis is down")
 
     store, stats = DownStore(), Stats()
-    heartbeat = Heartbeat(store, InHand(), stats, ttl_s=60.0, reap_s=30.0)
+    heartbeat = Heartbeat(store, InHand(), stats, ttl_s=60.0, reap_s=30.0)  # regular beats only every 20 s
     heartbeat.start()
     try:
+        wait_for(lambda: store.beats)  # the first beat, at start: it failed
         stats.batches += 1
-        time.sleep(0.6)
+        wait_for(lambda: len(store.beats) >= 2)  # the beat for the batch: it failed too
+        time.sleep(0.5)  # five polls of the batch counter (every 0.1 s): none of them beats again
     finally:
         heartbeat.stop()
-    assert len(store.beats) <= 3  # the first beat and the one for the batch, not one per poll
+    assert len(store.beats) == 2  # the first beat and the one for the batch, not one per poll

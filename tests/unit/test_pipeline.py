@@ -44,8 +44,34 @@ class Recorder:
         return [[(p.decode(), 1.0)] for p in pixels], 0.1
 
 
-def run(store: MemoryStore, predictor, *, hand: InHand | None = None, burst: bool = True,
-        stop: threading.Event | None = None, max_wait_ms: float = 1.0) -> int:  # fmt: skip
+class WatchedHand(InHand):
+    """Jobs in hand that tell when the taker first held some (``holding``) and when it waited for room and
+    found none (``full``): events to wait on, instead of sleeping and hoping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding, self.full = threading.Event(), threading.Event()
+
+    def add(self, jobs: list) -> None:
+        super().add(jobs)
+        if jobs:
+            self.holding.set()
+
+    def wait_until(self, ok: Callable[[int], bool], stop: threading.Event | None = None) -> int:
+        if not ok(self.count()):
+            self.full.set()
+        return super().wait_until(ok, stop)
+
+
+def run(
+    store: MemoryStore,
+    predictor,
+    *,
+    hand: InHand | None = None,
+    burst: bool = True,
+    stop: threading.Event | None = None,
+    max_wait_ms: float = 1.0,
+) -> int:
     settings = PipelineSettings("w1", max_wait_ms=max_wait_ms, idle_wait_ms=20, burst=burst)
     return Pipeline(store, PassThrough(), predictor, settings, stop or threading.Event(), hand=hand).run()
 
@@ -91,14 +117,12 @@ def test_a_job_lost_with_a_worker_before_runs_alone_with_nothing_else_in_hand():
 def test_jobs_in_hand_are_bounded_to_a_few_batches():
     broker = MemoryBroker()
     fill(broker, [b"x"] * 100)
-    gate, stop = threading.Event(), threading.Event()
+    gate, stop, hand = threading.Event(), threading.Event(), WatchedHand()
     predictor = Recorder(cap=4, gate=gate)
-    thread = threading.Thread(target=run, args=(MemoryStore(broker, "w1"), predictor), kwargs={"stop": stop})
+    kwargs = {"stop": stop, "hand": hand}
+    thread = threading.Thread(target=run, args=(MemoryStore(broker, "w1"), predictor), kwargs=kwargs)
     thread.start()
-    deadline = time.monotonic() + 5
-    while len(broker.queue) > 100 - 12 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    time.sleep(0.05)  # give the taker every chance to over-take while the model is blocked
+    assert hand.full.wait(5)  # the taker waits for room, the model blocked: nothing is released meanwhile
     assert len(broker.queue) == 100 - 12  # 3 batches of 4 in hand, no more
     stop.set()
     gate.set()
@@ -109,12 +133,11 @@ def test_jobs_in_hand_are_bounded_to_a_few_batches():
 def test_stop_finishes_and_acknowledges_everything_in_hand_and_takes_no_more():
     broker = MemoryBroker()
     ids = fill(broker, [b"x"] * 40)
-    gate, stop = threading.Event(), threading.Event()
-    thread = threading.Thread(target=run, args=(MemoryStore(broker, "w1"), Recorder(cap=4, gate=gate)),
-                              kwargs={"stop": stop, "burst": False})  # fmt: skip
+    gate, stop, hand = threading.Event(), threading.Event(), WatchedHand()
+    kwargs = {"stop": stop, "burst": False, "hand": hand}
+    thread = threading.Thread(target=run, args=(MemoryStore(broker, "w1"), Recorder(cap=4, gate=gate)), kwargs=kwargs)
     thread.start()
-    while len(broker.queue) == 40:
-        time.sleep(0.001)
+    assert hand.holding.wait(5)  # jobs taken, their batch held at the model
     stop.set()
     gate.set()
     thread.join(10)
@@ -209,9 +232,6 @@ def test_a_photo_twice_in_a_batch_runs_once_and_both_jobs_get_its_answer():
     broker = MemoryBroker()
     ids = fill(broker, [b"same", b"other", b"same", b"same"])
     predictor = Recorder(cap=8)
-    gate = threading.Event()
-    predictor.gate = gate
-    gate.set()
     assert run(MemoryStore(broker, "w1"), predictor, max_wait_ms=200) == 4
     assert sum(len(b) for b in predictor.batches) < 4  # forward rows: the repeats were not run again
     results = {r["job_id"]: r for r in broker.published}

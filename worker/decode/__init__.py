@@ -31,6 +31,8 @@ class DecodeResult:
 class Decoder(Protocol):
     """Decodes images in the background; ``done`` is called once per submitted image, from any thread."""
 
+    backend: str  # "cpu" (Pillow) or "gpu" (nvImageCodec): results carry what decoded them
+
     def submit(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
         """Queue one image."""
 
@@ -63,8 +65,11 @@ class NoFetch:
 
     def submit(self, url: str, done: Callable[[Fetched], None]) -> None:
         """Refuse at once: ``forbidden_url``."""
-        error = JobError("forbidden_url", "this worker fetches no URLs: --fetch-allow (WORKER_FETCH_ALLOW) and "
-                                          "--fetch-root (WORKER_FETCH_ROOT) are empty")  # fmt: skip
+        error = JobError(
+            "forbidden_url",
+            "this worker fetches no URLs: --fetch-allow (WORKER_FETCH_ALLOW) and "
+            "--fetch-root (WORKER_FETCH_ROOT) are empty",
+        )
         done(Fetched(None, error, time.monotonic(), 0.0))
 
     def close(self) -> None:

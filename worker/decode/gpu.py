@@ -86,7 +86,7 @@ def prepare(images: Sequence[torch.Tensor], headers: Sequence[Header], spec: Pre
     """Decoded full-size ``h x w x 3`` images to the model's input, as ``worker.decode.cpu.decode`` would: the
     draft scale (unrotated JPEGs), the EXIF orientation, the resize plan. Images alike are done together."""
     groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (image, header) in enumerate(zip(images, headers)):
+    for i, (image, header) in enumerate(zip(images, headers, strict=True)):
         scale = draft_scale(header.width, header.height, spec) if header.orientation == 1 else 1
         groups.setdefault((*image.shape, scale, header.orientation), []).append(i)
     out: list[torch.Tensor | None] = [None] * len(images)
@@ -95,7 +95,7 @@ def prepare(images: Sequence[torch.Tensor], headers: Sequence[Header], spec: Pre
         for k in range(0, len(same), chunk):
             indices = same[k : k + chunk]
             batch = orient(reduce(torch.stack([images[i] for i in indices]), scale), turn)
-            for i, image in zip(indices, resize_batch(batch, spec)):
+            for i, image in zip(indices, resize_batch(batch, spec), strict=True):
                 out[i] = image
     return out  # type: ignore[return-value]
 
@@ -105,8 +105,10 @@ def load_nvimgcodec() -> Any:
     try:
         from nvidia import nvimgcodec
     except ImportError as exc:
-        raise GpuDecodeUnavailable(f"nvImageCodec is not installed ({exc}): pip install 'adclassify[gpu]' "
-                                   "(nvidia-nvimgcodec-cu13, nvidia-nvjpeg)") from exc  # fmt: skip
+        raise GpuDecodeUnavailable(
+            f"nvImageCodec is not installed ({exc}): pip install 'adclassify[gpu]' "
+            "(nvidia-nvimgcodec-cu13, nvidia-nvjpeg)"
+        ) from exc
     return nvimgcodec
 
 
@@ -122,8 +124,9 @@ class NvImageCodec:
             self.decoder = codec.Decoder(device_id=index, backends=[codec.Backend(k) for k in kinds], options=options)
         except RuntimeError as exc:
             raise GpuDecodeUnavailable(f"nvImageCodec cannot start on {device}: {exc}") from exc
-        self.params = codec.DecodeParams(apply_exif_orientation=False, color_spec=codec.ColorSpec.SRGB,
-                                         sample_format=codec.SampleFormat.I_RGB)  # fmt: skip
+        self.params = codec.DecodeParams(
+            apply_exif_orientation=False, color_spec=codec.ColorSpec.SRGB, sample_format=codec.SampleFormat.I_RGB
+        )
 
     def __call__(self, images: Sequence[bytes], stream: int) -> list[torch.Tensor | None]:
         """Decode a batch in one call; an image nvImageCodec cannot parse or decode comes back None."""
@@ -137,7 +140,7 @@ class NvImageCodec:
         if not parsed:
             return out
         decoded = self.decoder.decode([s for _, s in parsed], params=self.params, cuda_stream=stream)
-        for (i, _), image in zip(parsed, decoded):
+        for (i, _), image in zip(parsed, decoded, strict=True):
             out[i] = None if image is None else self._tensor(image)
         return out
 
@@ -155,9 +158,19 @@ class NvImageCodec:
 class GpuDecoder:
     """``Decoder`` that batches JPEGs onto ``batch_decode`` and sends the rest to ``fallback`` (Pillow)."""
 
-    def __init__(self, spec: Preprocess, limits: Limits, fallback: Decoder, batch_decode: BatchDecode,
-                 device: torch.device | str, *, max_batch: int = DEFAULT_MAX_BATCH,
-                 sync: bool = True) -> None:  # fmt: skip
+    backend = "gpu"  # what decodes the pixels (the result cache's key names it: ``producer.wire.cache``)
+
+    def __init__(
+        self,
+        spec: Preprocess,
+        limits: Limits,
+        fallback: Decoder,
+        batch_decode: BatchDecode,
+        device: torch.device | str,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        sync: bool = True,
+    ) -> None:
         self.spec, self.limits, self.fallback, self.batch_decode = spec, limits, fallback, batch_decode
         self.device, self.max_batch, self.sync = torch.device(device), max(1, max_batch), sync
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -231,14 +244,14 @@ class GpuDecoder:
                 ok = [i for i, image in enumerate(decoded) if image is not None]
                 prepared = prepare([decoded[i] for i in ok], [gpu[i][2] for i in ok], self.spec)
                 outputs = [None] * len(gpu)
-                for i, image in zip(ok, prepared):
+                for i, image in zip(ok, prepared, strict=True):
                     outputs[i] = image
                 self._finish()
         except (RuntimeError, ValueError, TypeError) as exc:  # the whole batch failed on the device: Pillow takes it
             log.warning("gpu decode failed for a batch of %d (%s): decoding it on the CPU", len(gpu), exc)
             outputs = [None] * len(gpu)
         ms = (time.monotonic() - start) * 1000
-        for (data, done, _), image in zip(gpu, outputs):
+        for (data, done, _), image in zip(gpu, outputs, strict=True):
             if image is None:
                 self.routes["gpu failed"] += 1
                 self.fallback.submit(data, done)
@@ -266,14 +279,24 @@ class GpuDecoder:
             torch.cuda.default_stream(self.device).wait_stream(self.stream)
 
 
-def build_gpu_decoder(spec: Preprocess, limits: Limits, fallback: Decoder, device: torch.device | str, *,
-                      max_batch: int = DEFAULT_MAX_BATCH, sync: bool = True,
-                      options: str = "") -> GpuDecoder:  # fmt: skip
+def build_gpu_decoder(
+    spec: Preprocess,
+    limits: Limits,
+    fallback: Decoder,
+    device: torch.device | str,
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    sync: bool = True,
+    options: str = "",
+) -> GpuDecoder:
     """A ``GpuDecoder`` on nvImageCodec, checked on a small JPEG first; raise ``GpuDecodeUnavailable``."""
     dev = torch.device(device)
     if dev.type != "cuda" or not torch.cuda.is_available():
-        raise GpuDecodeUnavailable(f"GPU decoding needs a CUDA device, not {dev}" if dev.type != "cuda" else
-                                   "GPU decoding needs a CUDA device, and torch sees none")  # fmt: skip
+        raise GpuDecodeUnavailable(
+            f"GPU decoding needs a CUDA device, not {dev}"
+            if dev.type != "cuda"
+            else "GPU decoding needs a CUDA device, and torch sees none"
+        )
     codec = NvImageCodec(dev, options)
     stream, buf = torch.cuda.Stream(dev), io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "JPEG", quality=90)
@@ -281,8 +304,10 @@ def build_gpu_decoder(spec: Preprocess, limits: Limits, fallback: Decoder, devic
         check = codec([buf.getvalue()], stream.cuda_stream)
     stream.synchronize()
     if check[0] is None:
-        raise GpuDecodeUnavailable("nvImageCodec could not decode a JPEG on the GPU (is libnvjpeg for CUDA 13 "
-                                   "there? pip install nvidia-nvjpeg)")  # fmt: skip
+        raise GpuDecodeUnavailable(
+            "nvImageCodec could not decode a JPEG on the GPU (is libnvjpeg for CUDA 13 "
+            "there? pip install nvidia-nvjpeg)"
+        )
     return GpuDecoder(spec, limits, fallback, codec, dev, max_batch=max_batch, sync=sync)
 
 

@@ -40,8 +40,16 @@ class ThreadDecoder:
     """``threads`` decoding threads; each decode holds ``gate`` (see ``worker.decode.gate``) and its
     pixels from ``budget`` (default: ``limits.max_pixels``, so one image at the limit decodes alone)."""
 
-    def __init__(self, spec: Preprocess, limits: Limits, threads: int, gate: Gate | None = None,
-                 budget: PixelBudget | None = None) -> None:  # fmt: skip
+    backend = "cpu"  # what decodes the pixels (the result cache's key names it: ``producer.wire.cache``)
+
+    def __init__(
+        self,
+        spec: Preprocess,
+        limits: Limits,
+        threads: int,
+        gate: Gate | None = None,
+        budget: PixelBudget | None = None,
+    ) -> None:
         self.spec, self.limits, self.gate = spec, limits, gate or NoGate()
         self.budget = budget or PixelBudget(limits.max_pixels)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
@@ -91,8 +99,9 @@ class _Slot:
 
     def start(self) -> None:
         self.conn, child = self.context.Pipe()
-        self.proc = self.context.Process(target=_child, args=(child, self.shm.name, self.spec, self.limits),
-                                         daemon=True, name="decode")  # fmt: skip
+        self.proc = self.context.Process(
+            target=_child, args=(child, self.shm.name, self.spec, self.limits), daemon=True, name="decode"
+        )
         self.proc.start()
         child.close()
 
@@ -132,15 +141,25 @@ class _Slot:
 class ProcessDecoder:
     """``workers`` decode processes (spawned, torch-free), each fed by its own dispatcher thread."""
 
-    def __init__(self, spec: Preprocess, limits: Limits, workers: int, timeout_s: float = 10.0,
-                 gate: Gate | None = None, budget: PixelBudget | None = None) -> None:  # fmt: skip
+    backend = "cpu"  # what decodes the pixels (the result cache's key names it: ``producer.wire.cache``)
+
+    def __init__(
+        self,
+        spec: Preprocess,
+        limits: Limits,
+        workers: int,
+        timeout_s: float = 10.0,
+        gate: Gate | None = None,
+        budget: PixelBudget | None = None,
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self.timeout_s, self.gate = timeout_s, gate or NoGate()
         self.budget = budget or PixelBudget(limits.max_pixels)
         self.tasks: queue.Queue = queue.Queue()
         self.slots = [_Slot(context, spec, limits) for _ in range(workers)]
-        self.threads = [threading.Thread(target=self._dispatch, args=(s,), name="decode-dispatch", daemon=True)
-                        for s in self.slots]  # fmt: skip
+        self.threads = [
+            threading.Thread(target=self._dispatch, args=(s,), name="decode-dispatch", daemon=True) for s in self.slots
+        ]
         for thread in self.threads:
             thread.start()
 

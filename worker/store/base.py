@@ -1,13 +1,16 @@
-"""The queue store's interface: take, finish, heartbeat, reap, give back; and the records it trades in.
+"""The queue store's interface: register, take, finish, heartbeat, reap, give back; and the records it trades in.
 
-The pipeline talks to a store, never to Redis: ``worker.store.rq.RedisStore`` is the RQ/Redis
-implementation, ``worker.store.memory.MemoryStore`` the in-memory twin with the same contract
-(tests/contract runs one suite against both).
+The pipeline and the heartbeat talk to a store, never to Redis: ``worker.store.rq.RedisStore`` is the
+RQ/Redis implementation, ``worker.store.sharded.ShardedStore`` several of them (shards, priorities) behind
+this same interface, ``worker.store.memory.MemoryStore`` the in-memory twin with the same contract
+(tests/contract runs one suite against both). Records are immutable: what the pipeline learns about a
+job on its way (its image's digest) travels on its own item and on the ``Outcome``.
 """
 
 from __future__ import annotations
 
 import abc
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +25,9 @@ class StoreFull(StoreUnavailable):
     memory, so the pipeline keeps its finished batches and retries with back-off."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobRecord:
-    """A job taken and started by this worker.
+    """A job taken and started by this worker, as the store read it (built once, never changed).
 
     ``func_name``/``args``/``kwargs`` are the job's call as its data says; ``read_error`` is set
     instead when the data could not be read. Times: ``enqueued_at``/``started_at`` are Unix seconds
@@ -45,8 +48,6 @@ class JobRecord:
     retries_left: int = 0
     result_ttl_s: int | None = None
     failure_ttl_s: int | None = None
-    shard: int = 0  # which Redis server it came from (``worker.store.sharded``)
-    digest: str | None = None  # SHA-256 of the image bytes (the result cache; duplicates in a batch)
 
     def now(self) -> float:
         """The store's clock now (Unix seconds), from the start's time and this process's monotonic
@@ -61,13 +62,15 @@ class JobRecord:
         return f"{self.job_id}:{self.execution_id}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    """How a job ended: ``result`` is the result map; ``retry`` re-queues it if it has retries left."""
+    """How a job ended: ``result`` is the result map; ``retry`` re-queues it if it has retries left;
+    ``digest`` is the SHA-256 of its image bytes when it had one (the result cache's key)."""
 
     job: JobRecord
     result: dict[str, Any]
     retry: bool = False
+    digest: str | None = None
 
 
 @dataclass
@@ -86,8 +89,9 @@ class QueueStore(abc.ABC):
     dropped: int = 0  # queued ids dropped unstarted because no client could name them (not UTF-8)
 
     @abc.abstractmethod
-    def register(self) -> None:
-        """Announce this worker (``rq info`` lists it)."""
+    def register(self, stop: threading.Event | None = None) -> None:
+        """Announce this worker (``rq info`` lists it); waiting for a predecessor of the same name to stop
+        beating ends early once ``stop`` is set."""
 
     @abc.abstractmethod
     def unregister(self) -> None:
@@ -99,6 +103,11 @@ class QueueStore(abc.ABC):
         ``max_jobs`` in all, and mark them started. Jobs whose data is gone are answered and dropped.
 
         At most one job lost with a dead worker before (``lost > 0``) is in one take."""
+
+    @abc.abstractmethod
+    def start_moved(self, ids: list[bytes], max_jobs: int) -> list[JobRecord]:
+        """Start ``ids`` that a blocking wait already moved off the queue (each only if it is still ours: a
+        reaper may have given it back meanwhile), then whatever else is queued, up to ``max_jobs`` in all."""
 
     @abc.abstractmethod
     def finish(self, outcomes: list[Outcome]) -> list[str]:
@@ -120,3 +129,7 @@ class QueueStore(abc.ABC):
     def give_back(self, in_hand: set[str], min_age_s: float = 10.0) -> list[str]:
         """Re-queue jobs started under this worker's name whose executions are not ``in_hand``
         (a start whose reply never arrived). Returns their ids."""
+
+    @abc.abstractmethod
+    def feed_lags(self) -> dict[str, int | None]:
+        """Per consumer group of the results feed, the entries it has yet to read (None where unknown)."""

@@ -38,14 +38,21 @@ class MemoryBroker:
     def __init__(self) -> None:
         self.lock = threading.Condition()
         self.queue: deque[str] = deque()
+        self.intermediate: list[str] = []  # ids a blocking wait moved off the queue, not yet started
         self.jobs: dict[str, MemoryJob] = {}
         self.started: dict[str, str] = {}  # execution -> worker name
         self.alive: set[str] = set()
         self.published: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
 
-    def enqueue(self, kwargs: dict[str, Any], *, func_name: str = "worker.tasks.classify", retries: int = 0,
-                job_id: str | None = None) -> str:  # fmt: skip
+    def enqueue(
+        self,
+        kwargs: dict[str, Any],
+        *,
+        func_name: str = "worker.tasks.classify",
+        retries: int = 0,
+        job_id: str | None = None,
+    ) -> str:
         """Queue a job; return its id."""
         with self.lock:
             job_id = job_id or f"job-{next(self._ids)}"
@@ -53,6 +60,14 @@ class MemoryBroker:
             self.queue.append(job_id)
             self.lock.notify_all()
             return job_id
+
+    def move(self) -> str | None:
+        """Move the queue's head to the intermediate list, as a worker's blocking wait does; its id, or None."""
+        with self.lock:
+            if not self.queue:
+                return None
+            self.intermediate.append(self.queue.popleft())
+            return self.intermediate[-1]
 
     def status(self, job_id: str) -> str:
         """``queued``, ``started``, ``finished`` or ``failed``."""
@@ -67,7 +82,7 @@ class MemoryStore(QueueStore):
         self.broker, self.worker_name, self.max_deliveries = broker, worker_name, max_deliveries
         self._eids = itertools.count(1)
 
-    def register(self) -> None:
+    def register(self, stop: threading.Event | None = None) -> None:
         with self.broker.lock:
             self.broker.alive.add(self.worker_name)
 
@@ -81,20 +96,43 @@ class MemoryStore(QueueStore):
         with b.lock:
             while not b.queue and b.lock.wait(max(0.0, deadline - time.monotonic())):
                 pass
-            taken, suspects = [], 0
-            while b.queue and len(taken) < max_jobs:
-                job = b.jobs[b.queue.popleft()]
-                if job.lost and suspects:
-                    b.queue.appendleft(job.job_id)  # one suspect per take
-                    break
-                suspects += bool(job.lost)
-                job.status = "started"
-                record = JobRecord(job.job_id, f"e{next(self._eids)}", func_name=job.func_name, kwargs=job.kwargs,
-                                   enqueued_at=job.enqueued_at, started_at=time.time(), taken_at=time.monotonic(),
-                                   lost=job.lost, retries_left=job.retries_left)  # fmt: skip
-                b.started[record.execution] = self.worker_name
-                taken.append(record)
-            return taken
+            return self._start([], max_jobs)
+
+    def start_moved(self, ids: list[bytes], max_jobs: int) -> list[JobRecord]:
+        with self.broker.lock:
+            return self._start([i.decode() for i in ids], max_jobs)
+
+    def _start(self, ids: list[str], max_jobs: int) -> list[JobRecord]:
+        """Start ``ids`` still in the intermediate list, then queued jobs, up to ``max_jobs``; one suspect at most
+        (the broker's lock is held)."""
+        b = self.broker
+        moved = [i for i in ids if i in b.intermediate]
+        for job_id in moved:
+            b.intermediate.remove(job_id)
+        popped = [b.queue.popleft() for _ in range(min(len(b.queue), max(0, max_jobs - len(ids))))]
+        taken: list[JobRecord] = []
+        bounced: list[str] = []
+        for job_id in moved + popped:
+            job = b.jobs[job_id]
+            if job.lost and any(t.lost for t in taken):
+                bounced.append(job_id)  # one suspect per take: the others go back to the queue's head
+                continue
+            job.status = "started"
+            record = JobRecord(
+                job.job_id,
+                f"e{next(self._eids)}",
+                func_name=job.func_name,
+                kwargs=job.kwargs,
+                enqueued_at=job.enqueued_at,
+                started_at=time.time(),
+                taken_at=time.monotonic(),
+                lost=job.lost,
+                retries_left=job.retries_left,
+            )
+            b.started[record.execution] = self.worker_name
+            taken.append(record)
+        b.queue.extendleft(reversed(bounced))
+        return taken
 
     def finish(self, outcomes: list[Outcome]) -> list[str]:
         b, skipped = self.broker, []
@@ -131,8 +169,9 @@ class MemoryStore(QueueStore):
                 if job.lost >= self.max_deliveries:
                     job.status = "failed"
                     error = {"type": "poison", "message": f"lost with its worker {job.lost} times"}
-                    result = make_result(job.job_id, model="", worker=self.worker_name, timings_ms={}, meta={},
-                                         error=error)  # fmt: skip
+                    result = make_result(
+                        job.job_id, model="", worker=self.worker_name, timings_ms={}, meta={}, error=error
+                    )
                     job.results.append(result)
                     b.published.append(result)
                     poison.append(job.job_id)
@@ -142,6 +181,9 @@ class MemoryStore(QueueStore):
                     requeued.append(job.job_id)
             b.lock.notify_all()
         return requeued, poison
+
+    def feed_lags(self) -> dict[str, int | None]:
+        return {}  # no results feed in memory
 
     def give_back(self, in_hand: set[str], min_age_s: float = 10.0) -> list[str]:
         b, given = self.broker, []

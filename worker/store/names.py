@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-if TYPE_CHECKING:
-    from .rq import RedisStore
+import redis
+
+from producer.wire import keys
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +27,30 @@ class NameTaken(RuntimeError):
     """Another live worker is registered, and beating, under this name."""
 
 
-def claim_name(store: RedisStore, stop: threading.Event | None = None, poll_s: float = 0.25) -> None:
-    """Make ``store.worker_name`` ours (see the module's text); raise ``NameTaken`` if it is in use."""
-    conn, key = store.connection, store.keys["worker"]
-    first = conn.hmget(key, "last_heartbeat", "death")
+def claim_name(
+    connection: redis.Redis,
+    name: str,
+    ttl_s: float,
+    reap: Callable[[], tuple[list[str], list[str]]],
+    stop: threading.Event | None = None,
+    poll_s: float = 0.25,
+) -> None:
+    """Make worker ``name`` ours (see the module's text), waiting at most ``ttl_s`` for a predecessor to stop
+    beating; ``reap`` re-queues what it left. Raise ``NameTaken`` if the name is in use."""
+    key = keys.worker(name)
+    first = connection.hmget(key, "last_heartbeat", "death")
     if first[0] is not None and first[1] is None:  # registered and not dead: alive, or crashed recently
-        log.warning("worker name %s is registered: waiting up to %d s for its heartbeat to stop",
-                    store.worker_name, store.worker_ttl_s)  # fmt: skip
-        deadline = time.monotonic() + store.worker_ttl_s
+        log.warning("worker name %s is registered: waiting up to %d s for its heartbeat to stop", name, ttl_s)
+        deadline = time.monotonic() + ttl_s
         while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
-            beat = conn.hget(key, "last_heartbeat")
+            beat = connection.hget(key, "last_heartbeat")
             if beat is None:
                 break  # its key expired: gone
             if beat != first[0]:
-                raise NameTaken(f"a live worker named {store.worker_name!r} is still beating; "
-                                "give this one another --name")  # fmt: skip
+                raise NameTaken(f"a live worker named {name!r} is still beating; give this one another --name")
             time.sleep(poll_s)
-        log.warning("worker %s stopped beating: taking over its name", store.worker_name)
-    conn.delete(key)  # a dead predecessor's key: its started jobs now show as a dead worker's
-    requeued, poison = store.reap()
+        log.warning("worker %s stopped beating: taking over its name", name)
+    connection.delete(key)  # a dead predecessor's key: its started jobs now show as a dead worker's
+    requeued, poison = reap()
     if requeued or poison:
         log.warning("re-queued %d job(s) of this name's predecessor (%d failed as poison)", len(requeued), len(poison))

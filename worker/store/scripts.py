@@ -1,31 +1,41 @@
-"""The Lua scripts of the Redis store: take+start, finish, reap and give back, each one atomic step.
+"""The Lua scripts of the Redis store (``lua/*.lua``, package data), loaded once and called by their typed calls.
 
-They write exactly the keys and fields that RQ 2.6-3.0's own calls write (``Execution.create``,
-``Job.prepare_for_execution``, ``Result.create``, ``FailedJobRegistry.add``, ``Job.retry``,
-``Job.cleanup``, ``Execution.delete``), so RQ's ``Job``/``Queue``/``Worker`` APIs read the same
-state; tests/contract/test_rq_writes.py compares them key by key. Key prefixes come in as
-arguments from ``producer.rqkeys``. Scripts never fail halfway on a job: every job is checked
-before anything about it is written.
+Take+start, finish, reap, give back, register and heartbeat are each one atomic step. They write exactly
+the keys and fields that RQ 2.6-3.0's own calls write (``Execution.create``, ``Job.prepare_for_execution``,
+``Result.create``, ``FailedJobRegistry.add``, ``Job.retry``, ``Job.cleanup``, ``Execution.delete``), so
+RQ's ``Job``/``Queue``/``Worker`` APIs read the same state; tests/contract/test_rq_writes.py compares them
+key by key. Every script is ``lua/prelude.lua`` (the shared helpers) followed by its own file; its
+arguments are one call object of ``worker.store.calls``. Scripts never fail halfway on a job: every job
+is checked before anything about it is written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from functools import cache
+from importlib.resources import files
 from typing import Any
 
 import redis
 from redis.exceptions import NoScriptError
 
-from .lua_jobs import FINISH, TAKE
-from .lua_workers import GIVE_BACK, HEARTBEAT, REAP, REGISTER
+from .calls import CALLS, wire
 
-SOURCES = {"take": TAKE, "finish": FINISH, "reap": REAP, "give_back": GIVE_BACK, "register": REGISTER,
-           "heartbeat": HEARTBEAT}  # fmt: skip
 # Redis 7 runs scripts that declare allow-oom on a full Redis (maxmemory reached, noeviction): ours free
 # at least as much as they write (a start pops the queue, a finish drops the image). Redis 6.2 knows no
 # flags; there a script that has written anything may go on writing, and each of ours writes first with
 # a command that a full Redis allows (LREM/LPOP, DEL, EXPIRE, ZREM, HINCRBY...), so they run there too.
 ALLOW_OOM = "#!lua flags=allow-oom\n"
+
+
+@cache
+def lua(name: str) -> str:
+    """The text of ``lua/<name>.lua``, as shipped in the package."""
+    return files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+def source(name: str) -> str:
+    """Script ``name`` as Redis runs it (without the flags line): the shared prelude, then the script."""
+    return lua("prelude") + "\n" + lua(name)
 
 
 class Scripts:
@@ -38,21 +48,23 @@ class Scripts:
 
     def load(self) -> None:
         """Load every script now (at start-up), so the first batch pays no extra round trips."""
-        for name in SOURCES:
-            self._sha(name)
+        for call in CALLS:
+            self._sha(call.script)
 
     def _sha(self, name: str) -> str:
         if self.flags is None:
             version = str(self.connection.info("server").get("redis_version", "0"))
             self.flags = ALLOW_OOM if int(version.split(".")[0]) >= 7 else ""
         if name not in self.sha:
-            self.sha[name] = self.connection.script_load(self.flags + SOURCES[name])
+            self.sha[name] = self.connection.script_load(self.flags + source(name))
         return self.sha[name]
 
-    def call(self, name: str, args: Sequence[Any]) -> Any:
-        """Run script ``name`` with ``args`` (one round trip; two after a restart wiped the script cache)."""
+    def call(self, call: Any) -> Any:
+        """Run ``call``'s script with its ``KEYS`` and ``ARGV`` (one round trip; two after a restart wiped the
+        script cache)."""
+        keys, argv = wire(call)
         try:
-            return self.connection.evalsha(self._sha(name), 0, *args)
+            return self.connection.evalsha(self._sha(call.script), len(keys), *keys, *argv)
         except NoScriptError:
-            self.sha.pop(name, None)
-            return self.connection.evalsha(self._sha(name), 0, *args)
+            self.sha.pop(call.script, None)
+            return self.connection.evalsha(self._sha(call.script), len(keys), *keys, *argv)

@@ -34,24 +34,25 @@ T = TypeVar("T")
 class _Waiter(threading.Thread):
     """Blocks on one shard's queue while ``wanted`` is set; hands each moved id to ``arrivals``."""
 
-    def __init__(self, index: int, store: RedisStore, wanted: threading.Event, arrivals: queue.Queue,
-                 block_s: float) -> None:  # fmt: skip
+    def __init__(
+        self, index: int, store: RedisStore, wanted: threading.Event, arrivals: queue.Queue, block_s: float
+    ) -> None:
         super().__init__(name=f"shard-waiter-{index}", daemon=True)
         self.index, self.store, self.wanted, self.arrivals, self.block_s = index, store, wanted, arrivals, block_s
-        kwargs = dict(store.connection.connection_pool.connection_kwargs)
+        pool = store.connection.connection_pool
+        kwargs = dict(pool.connection_kwargs)
         kwargs["socket_timeout"] = block_s + 10  # a dedicated connection: BLMOVE holds it
-        self.connection = redis.Redis(connection_pool=redis.ConnectionPool(
-            connection_class=store.connection.connection_pool.connection_class, **kwargs))  # fmt: skip
+        pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        self.connection = redis.Redis(connection_pool=pool)
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        k = self.store.keys
         while not self.stopping.is_set():
             if not self.wanted.wait(0.5):
                 continue
             try:
-                moved = self.connection.blmove(k["queue"], k["intermediate"], self.block_s, "LEFT", "RIGHT")
-            except redis.RedisError as exc:
+                moved = self.store.wait_one(self.block_s, self.connection)
+            except StoreUnavailable as exc:
                 log.warning("shard %d: blocking take failed (%s)", self.index, exc)
                 self.stopping.wait(1.0)
                 continue
@@ -64,6 +65,7 @@ class ShardedStore(QueueStore):
 
     def __init__(self, shards: list[RedisStore], block_s: float = 1.0, levels: list[int] | None = None) -> None:
         self.shards, self.worker_name = shards, shards[0].worker_name
+        self.homes: dict[str, int] = {}  # execution -> the shard it was taken from, until it is recorded
         self.levels = levels or [0] * len(shards)  # priority of each store: 0 first (``--queue high,default``)
         self.next: dict[int, int] = {}  # per level, where the next sweep starts (fairness among equals)
         self.wanted, self.arrivals = threading.Event(), queue.Queue()
@@ -90,6 +92,7 @@ class ShardedStore(QueueStore):
         return out
 
     def register(self, stop: threading.Event | None = None) -> None:
+        """Register on every shard (one that is down is skipped, unless all are)."""
         self._each("register", lambda s: s.register(stop))
 
     def unregister(self) -> None:
@@ -111,6 +114,24 @@ class ShardedStore(QueueStore):
         self.arrivals.put(first)
         return self._arrived(max_jobs)
 
+    def start_moved(self, ids: list[bytes], max_jobs: int) -> list[JobRecord]:
+        """Start ``ids`` moved off a queue by a blocking wait on any shard (an id is started on the shard whose
+        intermediate list holds it), then whatever else is queued, up to ``max_jobs``. This store's own waiters
+        know their shard: see ``_arrived``."""
+        jobs: list[JobRecord] = []
+        for index in self._order():
+            if len(jobs) >= max_jobs:
+                break
+            try:
+                started = self._taken(index, self.shards[index].start_moved(ids, max_jobs - len(jobs)))
+            except StoreUnavailable as exc:  # its ids stay in its intermediate list: its reaper returns them
+                log.warning("shard %d: start failed (%s)", index, exc)
+                continue
+            names = {job.job_id for job in started}
+            ids = [i for i in ids if i.decode("utf-8", "backslashreplace") not in names]
+            jobs += started
+        return jobs
+
     def _arrived(self, max_jobs: int) -> list[JobRecord]:
         """Start the ids the waiters moved (and whatever else their shards hold, up to ``max_jobs``)."""
         jobs: list[JobRecord] = []
@@ -120,7 +141,7 @@ class ShardedStore(QueueStore):
             except queue.Empty:
                 break
             try:
-                jobs += self._tag(index, self.shards[index]._start([moved], max_jobs - len(jobs)))
+                jobs += self._taken(index, self.shards[index].start_moved([moved], max_jobs - len(jobs)))
             except StoreUnavailable as exc:  # the id stays in that shard's intermediate list: its reaper returns it
                 log.warning("shard %d: start failed (%s)", index, exc)
         return jobs
@@ -133,7 +154,7 @@ class ShardedStore(QueueStore):
             if len(jobs) >= max_jobs:
                 break
             try:
-                jobs += self._tag(index, self.shards[index].take(max_jobs - len(jobs), 0))
+                jobs += self._taken(index, self.shards[index].take(max_jobs - len(jobs), 0))
             except StoreUnavailable as exc:
                 log.warning("shard %d: take failed (%s)", index, exc)
         return jobs
@@ -147,11 +168,14 @@ class ShardedStore(QueueStore):
             order += members[start:] + members[:start]
         return order
 
-    @staticmethod
-    def _tag(index: int, jobs: list[JobRecord]) -> list[JobRecord]:
-        for job in jobs:
-            job.shard = index
+    def _taken(self, index: int, jobs: list[JobRecord]) -> list[JobRecord]:
+        """Remember where ``jobs`` came from: each is finished on its own shard."""
+        self.homes.update((job.execution, index) for job in jobs)
         return jobs
+
+    def shard_of(self, job: JobRecord) -> int:
+        """The index of the shard ``job`` was taken from (until its finish is recorded)."""
+        return self.homes[job.execution]
 
     def finish(self, outcomes: list[Outcome]) -> list[str]:
         """One atomic finish per shard; if a shard is down, the others' are kept and the call raises
@@ -159,7 +183,7 @@ class ShardedStore(QueueStore):
         todo = [o for o in outcomes if o.job.execution not in self.recorded]
         skipped, failure = [], None
         for index, shard in enumerate(self.shards):
-            mine = [o for o in todo if o.job.shard == index]
+            mine = [o for o in todo if self.shard_of(o.job) == index]
             if not mine:
                 continue
             try:
@@ -169,7 +193,9 @@ class ShardedStore(QueueStore):
                 failure = exc
         if failure is not None:
             raise failure
-        self.recorded.difference_update(o.job.execution for o in outcomes)
+        for outcome in outcomes:
+            self.recorded.discard(outcome.job.execution)
+            self.homes.pop(outcome.job.execution, None)
         return skipped
 
     def heartbeat(self, stats: WorkerStats) -> int:
@@ -184,6 +210,7 @@ class ShardedStore(QueueStore):
         return [i for ids in self._each("give_back", lambda s: s.give_back(in_hand, min_age_s)) for i in ids]
 
     def feed_lags(self) -> dict[str, int | None]:
+        """Each shard's results-feed lags, per ``queue@shard:group``."""
         lags: dict[str, int | None] = {}
         for i, shard_lags in enumerate(self._each("feed lags", lambda s: s.feed_lags())):
             lags.update({f"{self.shards[i].queue}@{i}:{group}": lag for group, lag in shard_lags.items()})

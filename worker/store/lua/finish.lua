@@ -1,0 +1,96 @@
+-- FINISH: record every job's end and announce every final result, in one atomic step.
+-- KEYS: wip, worker_key, worker_executions, queue, queues, finished, failed, stream
+-- ARGV: worker_name, channel, first_start, job_prefix, dependents_prefix, dependents_suffix,
+--       dependencies_prefix, dependencies_suffix, execution_prefix, executions_prefix, results_prefix,
+--       stream_maxlen, canceled_size, canceled_pairs, canceled_exc, cache_ttl_s, jobs...
+-- ARGV per job: kind, job_id, execution_id, ttl_s, started_at, message, payload, data, retries_left,
+--       cache_key, cache_value
+-- kind: ok | fail | retry; payload: the return value (ok) or RQ's exc_string (fail), base64; data: the
+-- job's call without its image (ok) or ''; cache_key: '' when the result is not cached.
+-- A job no longer registered as started by this execution (a reaper gave it back meanwhile), or whose
+-- key is no longer a hash, is skipped: nothing of it is written. A job canceled while it ran (RQ's cancel
+-- drops its started entry and sets status canceled) ends canceled: an RQ failure result and an ok: false
+-- "canceled" result, announced; it stays in RQ's canceled registry. Returns {skipped ids, canceled ids}.
+local wip, worker_key, worker_executions, queue, queues, finished, failed, stream = unpack(KEYS, 1, 8)
+local worker_name, channel, first_start, job_prefix, dependents_prefix, dependents_suffix,
+      dependencies_prefix, dependencies_suffix, execution_prefix, executions_prefix, results_prefix,
+      stream_maxlen, canceled_size, canceled_pairs, canceled_exc, cache_ttl_s = unpack(ARGV, 1, 16)
+first_start, canceled_size, cache_ttl_s = tonumber(first_start), tonumber(canceled_size), tonumber(cache_ttl_s)
+local now_ts, now_s, now_us = clock()
+local ended_iso, ended_text = iso(now_s, now_us), string.format('%.6f', now_ts)
+local skipped, canceled, ok, bad = {}, {}, 0, 0
+
+local function expire_or_persist(key, ttl)
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) elseif ttl < 0 then redis.call('PERSIST', key) end
+end
+
+-- What RQ's Job.cleanup keeps (ttl > 0), keeps for ever (ttl < 0): the job, its result stream, its
+-- dependents and dependencies.
+local function keep(job_id, job_key, results, ttl)
+  expire_or_persist(results, ttl)
+  expire_or_persist(job_key, ttl)
+  expire_or_persist(dependents_prefix .. job_id .. dependents_suffix, ttl)
+  expire_or_persist(dependencies_prefix .. job_id .. dependencies_suffix, ttl)
+end
+
+for i = 17, #ARGV, 11 do
+  local kind, job_id, execution_id, ttl_s, started_at, message, payload, data, retries_left,
+        cache_key, cache_value = unpack(ARGV, i, i + 10)
+  ttl_s = tonumber(ttl_s)
+  local member = job_id .. ':' .. execution_id
+  local job_key, results = job_prefix .. job_id, results_prefix .. job_id
+  if redis.call('ZSCORE', wip, member) == false then
+    if redis.call('TYPE', job_key)['ok'] == 'hash' and redis.call('HGET', job_key, 'status') == 'canceled' then
+      redis.call('DEL', execution_prefix .. member)
+      redis.call('ZREM', executions_prefix .. job_id, execution_id)
+      redis.call('SREM', worker_executions, member)
+      add_result(results, '2', worker_name, 'exc_string', canceled_exc, execution_id, started_at, ended_text)
+      announce(channel, stream, stream_maxlen, job_id, result_for(job_id, canceled_size, canceled_pairs))
+      canceled[#canceled + 1] = job_id
+    else
+      skipped[#skipped + 1] = job_id
+    end
+  else
+    redis.call('DEL', execution_prefix .. member)
+    redis.call('ZREM', wip, member)
+    redis.call('ZREM', executions_prefix .. job_id, execution_id)
+    redis.call('SREM', worker_executions, member)
+    if redis.call('TYPE', job_key)['ok'] ~= 'hash' then
+      skipped[#skipped + 1] = job_id
+    elseif kind == 'ok' then
+      ok = ok + 1
+      redis.call('HSET', job_key, 'status', 'finished', 'ended_at', ended_iso)
+      -- the image is not needed any more: keep the call without it (RQ's Job API still reads the job)
+      if data ~= '' then redis.call('HSET', job_key, 'data', data) end
+      add_result(results, '1', worker_name, 'return_value', payload, execution_id, started_at, ended_text)
+      if ttl_s == 0 then
+        redis.call('DEL', job_key, dependents_prefix .. job_id .. dependents_suffix,
+                   dependencies_prefix .. job_id .. dependencies_suffix, results)
+      else
+        redis.call('ZADD', finished, ttl_s > 0 and now_ts + ttl_s or '+inf', job_id)
+        keep(job_id, job_key, results, ttl_s)
+      end
+      announce(channel, stream, stream_maxlen, job_id, message)
+      -- the result cache (repeated photos): written with the result, in the same step
+      if cache_key ~= '' and cache_ttl_s > 0 then redis.call('SET', cache_key, cache_value, 'EX', cache_ttl_s) end
+    elseif kind == 'fail' then
+      bad = bad + 1
+      redis.call('HSET', job_key, 'status', 'failed', 'ended_at', ended_iso, 'retries_left', retries_left)
+      redis.call('ZADD', failed, ttl_s < 0 and '+inf' or now_ts + ttl_s, job_id)
+      add_result(results, '2', worker_name, 'exc_string', payload, execution_id, started_at, ended_text)
+      keep(job_id, job_key, results, ttl_s)
+      announce(channel, stream, stream_maxlen, job_id, message)
+    else
+      bad = bad + 1
+      redis.call('HSET', job_key, 'status', 'queued', 'ended_at', ended_iso, 'enqueued_at', ended_iso,
+                 'retries_left', retries_left)
+      redis.call('RPUSH', queue, job_id)
+      redis.call('SADD', queues, queue)
+    end
+  end
+end
+if ok > 0 then redis.call('HINCRBY', worker_key, 'successful_job_count', ok) end
+if bad > 0 then redis.call('HINCRBY', worker_key, 'failed_job_count', bad) end
+redis.call('HINCRBYFLOAT', worker_key, 'total_working_time', math.max(0, now_ts - first_start))
+redis.call('HSET', worker_key, 'state', 'idle')
+return {skipped, canceled}
