@@ -23,10 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
-from rq import Queue, Retry
 
 from producer import Producer
-from producer.wire.jobs import TASK_NAME
 
 from .common import ROOT, ensure_model, pythonpath, report, table
 from .devserver import RedisServer
@@ -98,15 +96,10 @@ def enqueue_images(producer: Producer, payload: bytes, jobs: int, batch: int) ->
 
 
 def enqueue_refs(producer: Producer, jobs: int, batch: int) -> list[str]:
-    """Jobs that carry ``image_url`` instead of ``image``, written by RQ with the producer's options and job class."""
-    opts, ids = producer.options, []
+    """Jobs that carry ``image_url`` instead of ``image`` (the producer writes them as RQ does)."""
+    ids: list[str] = []
     for start in range(0, jobs, batch):
-        datas = [Queue.prepare_data(TASK_NAME, kwargs={"image_url": reference_url(n), "meta": {}},
-                                    timeout=opts.job_timeout_s, result_ttl=opts.result_ttl_s,
-                                    failure_ttl=opts.failure_ttl_s, description=f"classify {reference_url(n)}",
-                                    retry=Retry(max=opts.retries))
-                 for n in range(start, min(jobs, start + batch))]  # fmt: skip
-        ids += [job.id for job in producer.queue.enqueue_many(datas)]
+        ids += producer.enqueue_many(image_urls=[reference_url(n) for n in range(start, min(jobs, start + batch))])
     return ids
 
 
@@ -114,8 +107,9 @@ def drain_with_worker(url: str, model: str, batch: int, timeout_s: float) -> Non
     """One ``python -m worker --burst`` until the queue is empty."""
     env = {**os.environ, "PYTHONPATH": pythonpath()}
     args = worker_args("ours", url, model, batch, "cpu", ["--log-level", "ERROR"])  # URL jobs fail: no log per job
-    subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, check=True, timeout=timeout_s,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=env, check=True, timeout=timeout_s, stdout=subprocess.DEVNULL
+    )
 
 
 def measure(url: str, model: str, name: str, enqueue: Callable[[Producer], list[str]], batch: int) -> Ceiling:
@@ -130,8 +124,15 @@ def measure(url: str, model: str, name: str, enqueue: Callable[[Producer], list[
     done = snapshot(conn)
     _, ok = ended_times(conn, ids)
     n, base = len(ids), start.used_memory
-    return Ceiling(name, n, ok, side(start, queued, n), side(queued, done, n), (queued.used_memory - base) / n,
-                   (done.used_memory - base) / n)  # fmt: skip
+    return Ceiling(
+        name,
+        n,
+        ok,
+        side(start, queued, n),
+        side(queued, done, n),
+        (queued.used_memory - base) / n,
+        (done.used_memory - base) / n,
+    )
 
 
 def cases(scale: float, batch: int) -> dict[str, tuple[int, Callable[[Producer], list[str]]]]:
@@ -148,14 +149,39 @@ def cases(scale: float, batch: int) -> dict[str, tuple[int, Callable[[Producer],
 
 def render(rows: list[Ceiling]) -> tuple[str, str]:
     """The per-job table and the commands table."""
-    headers = ["payload", "jobs", "ok", "enqueue: Redis µs/job", "worker: Redis µs/job", "Redis µs/job",
-               "jobs/s per Redis core", "enqueue: cmds/job", "worker: cmds/job", "KB per queued job",
-               "KB per finished job"]  # fmt: skip
-    main_rows = [[r.payload, r.jobs, r.ok, r.enqueue.cpu_us, r.worker.cpu_us, r.cpu_us, f"{1e6 / r.cpu_us:,.0f}",
-                  r.enqueue.commands, r.worker.commands, r.queued_bytes / 1024, r.finished_bytes / 1024]
-                 for r in rows]  # fmt: skip
-    commands = table(["payload", "enqueue: commands per job", "worker: commands per job"],
-                     [[r.payload, r.enqueue.top, r.worker.top] for r in rows])  # fmt: skip
+    headers = [
+        "payload",
+        "jobs",
+        "ok",
+        "enqueue: Redis µs/job",
+        "worker: Redis µs/job",
+        "Redis µs/job",
+        "jobs/s per Redis core",
+        "enqueue: cmds/job",
+        "worker: cmds/job",
+        "KB per queued job",
+        "KB per finished job",
+    ]
+    main_rows = [
+        [
+            r.payload,
+            r.jobs,
+            r.ok,
+            r.enqueue.cpu_us,
+            r.worker.cpu_us,
+            r.cpu_us,
+            f"{1e6 / r.cpu_us:,.0f}",
+            r.enqueue.commands,
+            r.worker.commands,
+            r.queued_bytes / 1024,
+            r.finished_bytes / 1024,
+        ]
+        for r in rows
+    ]
+    commands = table(
+        ["payload", "enqueue: commands per job", "worker: commands per job"],
+        [[r.payload, r.enqueue.top, r.worker.top] for r in rows],
+    )
     return table(headers, main_rows), commands
 
 
@@ -173,8 +199,10 @@ def main() -> None:
             rows.append(measure(server.url, model, name, enqueue, args.batch))
             print(f"{name}: {rows[-1].cpu_us:.0f} µs/job", flush=True)
     per_job, commands = render(rows)
-    notes = (f"Tiny model, our worker `--batch-size {args.batch}`, `enqueue_many` of {args.batch}; "
-             "Redis 7 on the same 2-core box. Sizing rule: docs/scaling.md.")  # fmt: skip
+    notes = (
+        f"Tiny model, our worker `--batch-size {args.batch}`, `enqueue_many` of {args.batch}; "
+        "Redis 7 on the same 2-core box. Sizing rule: docs/scaling.md."
+    )
     report("redis-ceiling-cpu", "What one Redis costs per job", f"{per_job}\n\n{commands}\n\n{notes}", args.write)
 
 

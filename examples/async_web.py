@@ -4,7 +4,9 @@
     curl --data-binary @examples/images/cat.jpg http://localhost:8080/classify
 
 The handler enqueues the upload with ``AsyncProducer`` and awaits the result; the event loop
-serves other requests meanwhile. 503 when the queue is full, 504 on timeout, 422 for a bad image.
+serves other requests meanwhile. A photo classified before is answered from the workers' result
+cache (``cache=True``) without queueing. ``--redis-url`` may list several servers (shards),
+comma-separated. 503 when the queue is full, 504 on timeout, 422 for a bad image.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from producer import JobFailed, JobOptions, JobTimeout, QueueFull
-from producer.aio import AsyncProducer
+from producer import AsyncProducer, JobFailed, JobOptions, JobTimeout, QueueFull
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 PRODUCER = web.AppKey("producer", AsyncProducer)
@@ -33,7 +34,7 @@ async def classify(request: web.Request) -> web.Response:
     if not image:
         return web.json_response({"error": "send the image bytes as the request body"}, status=400)
     try:
-        result = await producer.classify(image, timeout=request.app[TIMEOUT_S], meta={"source": "web"})
+        result = await producer.classify(image, timeout=request.app[TIMEOUT_S], meta={"source": "web"}, cache=True)
     except QueueFull as exc:
         return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "1"})
     except JobTimeout as exc:

@@ -10,9 +10,18 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "AsyncProducer": ".aio", "JobOptions": ".client", "Producer": ".client", "Subscription": ".client",
-    "JobFailed": ".errors", "JobTimeout": ".errors", "ProducerError": ".errors", "QueueFull": ".errors",
-    "RedisFull": ".errors", "ShardUnavailable": ".errors", "ImageRef": ".wire.jobs",
+    "AsyncProducer": ".aio",
+    "Producer": ".client",
+    "JobOptions": ".jobdata",
+    "Subscription": ".channel",
+    "JobFailed": ".errors",
+    "JobNotFound": ".errors",
+    "JobTimeout": ".errors",
+    "ProducerError": ".errors",
+    "QueueFull": ".errors",
+    "RedisFull": ".errors",
+    "ShardUnavailable": ".errors",
+    "ImageRef": ".wire.jobs",
     "MsgpackSerializer": ".wire.serializer",
 }
 __all__ = sorted(_EXPORTS)

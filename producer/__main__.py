@@ -17,7 +17,6 @@ from .client import Producer
 from .errors import JobFailed, JobTimeout, ShardUnavailable
 from .jsonout import dumps_json
 from .wire.jobs import DEFAULT_QUEUE, ImageRef, ProtocolError
-from .wire.keys import results_stream
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
@@ -58,8 +57,10 @@ class Progress:
             print(message, flush=True)
         filled = self.width * self.done // max(1, self.total)
         rate = self.done / max(1e-9, time.monotonic() - self.start)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-                         f"ok {self.done - failed} failed {failed} {rate:.1f} images/s")  # fmt: skip
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
+            f"ok {self.done - failed} failed {failed} {rate:.1f} images/s"
+        )
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -82,11 +83,11 @@ def push(producer: Producer, args: argparse.Namespace) -> int:
     ids = producer.enqueue_many([*paths, *refs], metas=metas)
     print(f"enqueued {len(ids)} image(s) on queue {producer.queue.name}", file=sys.stderr)
     if not args.wait:
-        for job_id, name in zip(ids, [*map(str, paths), *urls]):
+        for job_id, name in zip(ids, [*map(str, paths), *urls], strict=True):
             print(f"{job_id} {name}")
         return 0
     failed, bar = 0, Progress(len(ids), start) if sys.stderr.isatty() else None
-    for job_id, name in zip(ids, [p.name for p in paths] + urls):
+    for job_id, name in zip(ids, [p.name for p in paths] + urls, strict=True):
         try:
             line = format_result(name, producer.result(job_id, timeout=args.timeout))
         except JobFailed as exc:
@@ -102,8 +103,10 @@ def push(producer: Producer, args: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     elapsed = time.monotonic() - start
-    print(f"{len(ids)} sent, {len(ids) - failed} ok, {failed} failed in {elapsed:.2f} s: "
-          f"{len(ids) / elapsed:.1f} images/s end to end")  # fmt: skip
+    print(
+        f"{len(ids)} sent, {len(ids) - failed} ok, {failed} failed in {elapsed:.2f} s: "
+        f"{len(ids) / elapsed:.1f} images/s end to end"
+    )
     return 1 if failed else 0
 
 
@@ -120,8 +123,7 @@ def listen(producer: Producer, args: argparse.Namespace) -> int:
     show = dumps_json if args.json else result_line
     if args.group:
         feed = producer.results(args.group, consumer=args.consumer, start=args.start, claim_idle_s=args.claim_idle_s)
-        print(f"reading {results_stream(producer.queue.name)} as {feed.cursor.consumer} of group {args.group}",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(f"reading {producer.queue.stream} as {feed.consumer} of group {args.group}", file=sys.stderr, flush=True)
         for count, result in enumerate(feed, start=1):
             print(show(result), flush=True)
             if args.count and count >= args.count:
@@ -140,17 +142,33 @@ def listen(producer: Producer, args: argparse.Namespace) -> int:
 def add_listen_parser(sub: argparse._SubParsersAction) -> None:
     """``listen``: the channel by default, the durable feed with ``--group``."""
     p = sub.add_parser("listen", help="print results as they come: the durable feed with --group, else the channel")
-    p.add_argument("--json", action="store_true",
-                   help='one JSON object per line (bytes as {"$bytes": base64}, timestamps as ISO 8601)')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per line (bytes as {"$bytes": base64}, timestamps as ISO 8601)',
+    )
     p.add_argument("--count", type=int, default=0, help="exit after this many results")
-    p.add_argument("--group", help="read the durable feed <queue>:results:stream as this consumer group "
-                                   "(at least once); without it: the results channel (best-effort)")
-    p.add_argument("--consumer", help="consumer name within the group (default host:pid); the same name after a "
-                                      "restart gets back what it left unacknowledged")
-    p.add_argument("--start", default="$", help="where a new group starts: $ (results from now on, the default) "
-                                                "or 0 (all the feed still holds)")
-    p.add_argument("--claim-idle-s", type=float, default=30.0,
-                   help="claim entries other consumers of the group left unacknowledged this long (default 30)")
+    p.add_argument(
+        "--group",
+        help="read the durable feed <queue>:results:stream as this consumer group "
+        "(at least once); without it: the results channel (best-effort)",
+    )
+    p.add_argument(
+        "--consumer",
+        help="consumer name within the group (default host:pid); the same name after a "
+        "restart gets back what it left unacknowledged",
+    )
+    p.add_argument(
+        "--start",
+        default="$",
+        help="where a new group starts: $ (results from now on, the default) or 0 (all the feed still holds)",
+    )
+    p.add_argument(
+        "--claim-idle-s",
+        type=float,
+        default=30.0,
+        help="claim entries other consumers of the group left unacknowledged this long (default 30)",
+    )
 
 
 def add_common_options(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -159,11 +177,16 @@ def add_common_options(parser: argparse.ArgumentParser, top: bool) -> None:
     def default(value: str) -> str:
         return value if top else argparse.SUPPRESS
 
-    parser.add_argument("--redis-url", default=default(os.environ.get("REDIS_URL", "redis://localhost:6379/0")),
-                        help="Redis URL (env REDIS_URL)")  # fmt: skip
-    parser.add_argument("--queue", default=default(os.environ.get("PRODUCER_QUEUE", DEFAULT_QUEUE)),
-                        help="queue to push to and read from; env PRODUCER_QUEUE "
-                             "(not WORKER_QUEUE, which may list several)")  # fmt: skip
+    parser.add_argument(
+        "--redis-url",
+        default=default(os.environ.get("REDIS_URL", "redis://localhost:6379/0")),
+        help="Redis URL (env REDIS_URL)",
+    )
+    parser.add_argument(
+        "--queue",
+        default=default(os.environ.get("PRODUCER_QUEUE", DEFAULT_QUEUE)),
+        help="queue to push to and read from; env PRODUCER_QUEUE (not WORKER_QUEUE, which may list several)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,8 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_push = sub.add_parser("push", help="enqueue image files, folders or globs, and image URLs (--url)")
     p_push.add_argument("paths", nargs="*")
-    p_push.add_argument("--url", nargs="+", action="extend", metavar="URL",
-                        help="images by reference: the worker fetches each URL (its --fetch-allow must permit it)")
+    p_push.add_argument(
+        "--url",
+        nargs="+",
+        action="extend",
+        metavar="URL",
+        help="images by reference: the worker fetches each URL (its --fetch-allow must permit it)",
+    )
     p_push.add_argument("--wait", action="store_true", help="wait and print each result (top-3 labels)")
     p_push.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per result")
     add_listen_parser(sub)
@@ -190,10 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             from .status import gather, render
 
-            shards = getattr(producer, "shards", [producer])  # every shard of a sharded queue, in turn
-            names = getattr(producer, "names", [None])
-            statuses = [gather(shard.connection, args.queue) | ({"shard": name} if name else {})
-                        for shard, name in zip(shards, names)]  # fmt: skip
+            several = len(producer.shards) > 1  # every shard of a sharded queue, in turn
+            statuses = [
+                gather(shard.connection, args.queue) | ({"shard": shard.name} if several else {})
+                for shard in producer.shards
+            ]
             if args.json:
                 print(json.dumps(statuses[0] if len(statuses) == 1 else statuses, indent=1))
             else:

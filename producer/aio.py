@@ -1,151 +1,131 @@
-"""``AsyncProducer``: the asyncio twin of ``Producer`` (redis.asyncio), for async web backends.
-
-Jobs are written exactly as RQ writes them: RQ's own ``Queue.enqueue_many`` runs against a
-recording pipeline on an unconnected client, and the commands it queued are replayed on the async
-connection in one round trip. Results come from RQ's result stream (XREAD), as in ``Producer``.
-"""
+"""``AsyncProducer``: ``Producer`` for asyncio web backends, on ``redis.asyncio``: the same surface, as
+coroutines, and the same logic (``producer.core``), so the jobs it writes are the jobs RQ writes."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from rq.job import Job
-from rq.results import Result
 
-from .cancel import CANCELED_ERROR, cancel
-from .client import ImageInput, JobOptions, Producer, final_result
-from .errors import JobFailed, JobTimeout, QueueFull, RedisFull
+from .channel import subscribe_async
+from .core import ProducerCore
+from .drivers import AsyncDriver
 from .feed import AsyncResultFeed
-from .groupcursor import DEFAULT_BLOCK_MS, GroupCursor, default_consumer
-from .wire.jobs import DEFAULT_QUEUE, ProtocolError, image_list, image_source
-from .wire.keys import results_stream
-from .wire.results import validate_result
-from .wire.serializer import SerializationError, loads
+from .groupcursor import DEFAULT_BLOCK_MS
+from .jobdata import ImageInput, JobOptions
+from .shards import Shard, open_shards
+from .wire.jobs import DEFAULT_QUEUE
+
+DEFAULT_URL = "redis://localhost:6379/0"
 
 
 class AsyncProducer:
-    """``await producer.classify(image)``; the same methods as ``Producer``, as coroutines."""
+    """``await producer.classify(image)``; the methods of ``Producer``, as coroutines.
 
-    def __init__(self, redis_url: str = "redis://localhost:6379/0", queue: str = DEFAULT_QUEUE, *,
-                 connection: aioredis.Redis | None = None, options: JobOptions | None = None) -> None:  # fmt: skip
-        self.connection = connection or aioredis.Redis.from_url(redis_url)
-        self._url = redis_url  # for cancel, which runs RQ's own (synchronous) Job.cancel in a thread
+    Shards, ``connection`` and ``connect`` as in ``Producer`` (asyncio clients). ``cancel`` runs RQ's
+    own (synchronous) ``Job.cancel`` in a thread, on a synchronous client of the job's shard made by
+    ``connect_sync(url)`` on first use (so with an explicit ``connection``, give its ``redis_url`` too).
+    """
+
+    def __init__(
+        self,
+        redis_url: str | Sequence[str] = DEFAULT_URL,
+        queue: str = DEFAULT_QUEUE,
+        *,
+        connection: aioredis.Redis | None = None,
+        connect: Callable[[str], aioredis.Redis] = aioredis.Redis.from_url,
+        connect_sync: Callable[[str], redis.Redis] = redis.Redis.from_url,
+        options: JobOptions | None = None,
+    ) -> None:
+        self.shards: list[Shard[aioredis.Redis]] = open_shards(redis_url, connection, connect)
+        self.names = [shard.name for shard in self.shards]
         self.options = options or JobOptions()
-        # An unconnected sync client: RQ builds the jobs on it, nothing is sent through it.
-        self._recorder = Producer(queue=queue, connection=redis.Redis(host="unused.invalid"), options=self.options)
-        self._recorder.queue.redis_server_version = (7, 0, 0)
-        self.queue_name, self.channel = queue, self._recorder.channel
+        self.core = ProducerCore(self.names, queue, self.options)
+        self.queue, self.channel = self.core.queue, self.core.queue.channel
+        self.cache = self.core.cache  # hits and misses of enqueue(cache=True): self.cache.hits, .misses
+        connections = [shard.connection for shard in self.shards]
+        self._driver = AsyncDriver(connections, lambda shard: connect_sync(self.shards[shard].url))
 
-    async def enqueue(self, image: ImageInput | None = None, *, image_url: str | None = None,
-                      job_id: str | None = None, meta: dict | None = None,
-                      deadline_s: float | None = None) -> str:  # fmt: skip
+    @property
+    def connection(self) -> aioredis.Redis:
+        """The client of the one shard (with several, each has its own: ``shards[i].connection``)."""
+        if len(self.shards) > 1:
+            raise AttributeError(f"this producer has {len(self.shards)} shards: use producer.shards[i].connection")
+        return self.shards[0].connection
+
+    def shard_for(self, job_id: str) -> Shard[aioredis.Redis]:
+        """The shard that holds (or will hold) ``job_id``."""
+        return self.shards[self.core.shard_of(job_id)]
+
+    async def enqueue(
+        self,
+        image: ImageInput | None = None,
+        *,
+        image_url: str | None = None,
+        job_id: str | None = None,
+        meta: dict | None = None,
+        deadline_s: float | None = None,
+        cache: bool = False,
+    ) -> str:
         """Enqueue one image, or a job by reference (``image_url``); return its job id (see ``Producer.enqueue``)."""
-        source = image_source(image, image_url)
-        return (await self.enqueue_many([source], job_ids=[job_id], metas=[meta], deadline_s=deadline_s))[0]
+        return await self._driver.run(
+            self.core.enqueue(image, image_url=image_url, job_id=job_id, meta=meta, deadline_s=deadline_s, cache=cache)
+        )
 
-    async def enqueue_many(self, images: Iterable[ImageInput] = (), *, image_urls: Iterable[str] | None = None,
-                           job_ids: Iterable[str | None] | None = None,
-                           metas: Iterable[dict | None] | None = None,
-                           deadline_s: float | None = None) -> list[str]:  # fmt: skip
-        """Enqueue many images in one round trip (more for caller ids and the queue limit); caller-chosen
-        ids are created only if absent, atomically (WATCH, as in ``Producer.enqueue_many``)."""
-        images = image_list(images, image_urls)
-        ids = list(job_ids) if job_ids is not None else [None] * len(images)
-        meta_list = list(metas) if metas is not None else None
-        chosen = [i for i in ids if i is not None]
-        async with self.connection.pipeline() as pipe:
-            while True:
-                try:
-                    if chosen:
-                        await pipe.watch(*(Job.key_for(i) for i in chosen))
-                    existing = await self._existing(chosen)
-                    await self._check_room(len(images) - len(existing))
-                    pipe.multi()
-                    recorder = self._recorder.connection.pipeline()
-                    fresh = self._recorder.record(recorder, images, ids, meta_list, deadline_s, existing)
-                    for args, options in recorder.command_stack:
-                        pipe.execute_command(*args, **options)
-                    await pipe.execute()
-                    return fresh
-                except redis.WatchError:  # another producer created one of these ids meanwhile: look again
-                    continue
-                except redis.OutOfMemoryError as exc:
-                    raise RedisFull(self.queue_name, len(images), str(exc)) from exc
-
-    async def _existing(self, chosen: list[str]) -> set[str]:
-        if not chosen:
-            return set()
-        found = await asyncio.gather(*(self.connection.exists(Job.key_for(i)) for i in chosen))
-        return {i for i, hit in zip(chosen, found) if hit}
-
-    async def _check_room(self, adding: int) -> None:
-        limit = self.options.max_queue_length
-        if limit is not None and adding > 0:
-            length = await self.connection.llen(self._recorder.queue.key)
-            if length + adding > limit:
-                raise QueueFull(self.queue_name, length, adding, limit)
+    async def enqueue_many(
+        self,
+        images: Iterable[ImageInput] = (),
+        *,
+        image_urls: Iterable[str] | None = None,
+        job_ids: Iterable[str | None] | None = None,
+        metas: Iterable[dict | None] | None = None,
+        deadline_s: float | None = None,
+    ) -> list[str]:
+        """Enqueue many images in one round trip per shard (see ``Producer.enqueue_many``)."""
+        return await self._driver.run(
+            self.core.enqueue_many(images, image_urls=image_urls, job_ids=job_ids, metas=metas, deadline_s=deadline_s)
+        )
 
     async def result(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """Wait for a job's final result; raise ``JobFailed`` or ``JobTimeout``."""
-        deadline = time.monotonic() + timeout
-        key, last_id = Result.get_key(job_id), "0-0"
-        while True:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                raise JobTimeout(job_id, timeout)
-            response = await self.connection.xread({key: last_id}, block=min(left_ms, 1000))
-            for result_id, payload in response[0][1] if response else []:
-                last_id = result_id
-                final = final_result(job_id, result_id, payload)
-                if final is not None:
-                    return final
-            if not response and await self.connection.hget(Job.key_for(job_id), "status") == b"canceled":
-                raise JobFailed(job_id, dict(CANCELED_ERROR))  # canceled before it ran: no result will come
+        return await self._driver.run(self.core.result(job_id, timeout))
 
-    async def classify(self, image: ImageInput, timeout: float = 30.0, *, meta: dict | None = None) -> dict:
-        """Enqueue one image and wait for its result."""
-        return await self.result(await self.enqueue(image, meta=meta), timeout=timeout)
-
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
-        """Every result published on the channel, as it arrives (de-duplicate on ``job_id``)."""
-        pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self.channel)
-        try:
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    try:
-                        result = validate_result(loads(message["data"]))
-                    except (SerializationError, ProtocolError):
-                        continue
-                    yield result
-        finally:
-            await pubsub.aclose()
-
-    def results(self, group: str, consumer: str | None = None, start: str = "$", claim_idle_s: float = 30,
-                block_ms: int = DEFAULT_BLOCK_MS) -> AsyncResultFeed:  # fmt: skip
-        """The durable feed read through ``group``, as ``async for r in producer.results(group=...)``: the
-        same semantics as ``Producer.results``, except that the group is created on the first read, or by
-        ``await feed.open()`` (do that before enqueuing when ``start="$"``)."""
-        cursor = GroupCursor(results_stream(self.queue_name), group, consumer or default_consumer(), start=start,
-                             claim_idle_s=claim_idle_s, block_ms=block_ms)  # fmt: skip
-        return AsyncResultFeed(self.connection, cursor)
+    async def classify(
+        self, image: ImageInput, timeout: float = 30.0, *, meta: dict | None = None, cache: bool = False
+    ) -> dict[str, Any]:
+        """Enqueue one image and wait for its result (``cache=True``: see ``Producer.enqueue``)."""
+        return await self._driver.run(self.core.classify(image, timeout, meta, cache))
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job with RQ's semantics (``Producer.cancel``); True if canceled now."""
-        def run() -> bool:
-            sync = redis.Redis.from_url(self._url)
-            try:
-                return cancel(sync, job_id)
-            finally:
-                sync.close()
+        return await self._driver.run(self.core.cancel(job_id))
 
-        return await asyncio.to_thread(run)
+    def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """Every result published on the channel (of every shard), as it arrives (de-duplicate on ``job_id``);
+        the subscription starts with the first ``anext``."""
+        return subscribe_async([shard.connection for shard in self.shards], self.channel)
+
+    def results(
+        self,
+        group: str,
+        consumer: str | None = None,
+        start: str = "$",
+        claim_idle_s: float = 30,
+        block_ms: int = DEFAULT_BLOCK_MS,
+    ) -> AsyncResultFeed:
+        """The durable feed read through ``group``, as ``async for r in producer.results(group=...)``: the
+        same semantics as ``Producer.results``, except that the group is created on the first read, or by
+        ``await feed.open()`` (do that before enqueuing when ``start="$"``)."""
+        return AsyncResultFeed(self._driver, self.core.cursors(group, consumer, start, claim_idle_s, block_ms))
 
     async def close(self) -> None:
         """Close the Redis connections."""
-        await self.connection.aclose()
+        await self._driver.close()
+
+    async def __aenter__(self) -> AsyncProducer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

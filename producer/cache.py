@@ -1,20 +1,28 @@
 """The producer's side of the result cache for repeated photos (re-posted ads, stock photos).
 
-Key, value and announcement are the wire's (``producer.wire.cache``). ``Producer.enqueue(...,
-cache=True)`` reads what the queue's workers announce and the photo's key: a hit is answered to the
-caller only, marked ``cached: true``, without queueing (the producer's ACL stays read + enqueue).
-Memory: about ``hits kept`` x (~100 B of key + ~300 B of value); bounded by the TTL and the rate of
-distinct photos (see docs/scaling.md).
+Key, value and announcement are the wire's (``producer.wire.cache``). ``enqueue(..., cache=True)``
+reads what the queue's workers announce and the photo's key: a hit is answered to the caller only,
+marked ``cached: true``, without queueing (the producer's ACL stays read + enqueue). With several
+shards each is asked in turn (an entry lives on the shard whose worker classified the photo); a
+shard that cannot be reached counts as a miss there (the cache is an optimisation; the enqueue that
+follows reports a shard that is down). Memory: about ``hits kept`` x (~100 B of key + ~300 B of
+value); bounded by the TTL and the rate of distinct photos (see docs/scaling.md).
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
+import redis
+
+from .ops import Procedure, call
 from .wire import keys
 from .wire.cache import cached_result, digest, key_for, parse_announcement
 from .wire.serializer import loads
+
+log = logging.getLogger(__name__)
 
 
 class ProducerCache:
@@ -24,14 +32,20 @@ class ProducerCache:
         self.answers: dict[str, dict[str, Any]] = {}  # cached job ids -> their results (this process only)
         self.hits = self.misses = 0
 
-    def lookup(self, connection: Any, queue: str, image: bytes, meta: dict | None) -> str | None:
-        """A hit's job id (its result kept here), or None (a miss: enqueue as usual)."""
-        announced = parse_announcement(connection.get(keys.announcement(queue)))
-        raw = connection.get(key_for(digest(image), announced)) if announced else None
-        if raw is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        job_id = f"cached-{uuid.uuid4()}"
-        self.answers[job_id] = cached_result(job_id, loads(raw), meta)
-        return job_id
+    def lookup(self, queue: str, image: bytes, meta: dict | None, shards: int) -> Procedure[str | None]:
+        """A hit's job id (its result kept here for ``result()``), or None (a miss: enqueue as usual)."""
+        image_digest = digest(image)
+        for shard in range(shards):
+            try:
+                announced = parse_announcement((yield call(shard, "GET", keys.announcement(queue))))
+                raw = (yield call(shard, "GET", key_for(image_digest, announced))) if announced else None
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("cache lookup on shard %d failed (%s); counting it as a miss there", shard, exc)
+                continue
+            if raw is not None:
+                self.hits += 1
+                job_id = f"cached-{uuid.uuid4()}"
+                self.answers[job_id] = cached_result(job_id, loads(raw), meta)
+                return job_id
+        self.misses += 1
+        return None

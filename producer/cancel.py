@@ -9,11 +9,12 @@
   the status). Its result stream gets a failure, so ``result()`` raises ``JobFailed``.
 - ``result()`` of a job canceled before it ran raises ``JobFailed`` too (it checks the status while
   it waits), so it never hangs.
+
+``AsyncProducer.cancel`` runs this same function in a thread, on a synchronous client of the job's
+shard: RQ's ``Job.cancel`` is synchronous code, and it stays the one implementation.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -36,9 +37,3 @@ def cancel(connection: redis.Redis, job_id: str) -> bool:
     except InvalidJobOperation:  # already canceled: cancelling twice is not an error here
         return False
     return True
-
-
-def canceled_before_running(connection: redis.Redis, job_id: str) -> dict[str, Any] | None:
-    """The ``canceled`` error if ``job_id`` is canceled (and so will never get a result of its own)."""
-    status = connection.hget(Job.key_for(job_id), "status")
-    return dict(CANCELED_ERROR) if status == b"canceled" else None

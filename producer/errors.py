@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+
 
 class ProducerError(Exception):
     """Base class of the producer's errors."""
@@ -42,21 +44,27 @@ class RedisFull(QueueFull):
     once workers have drained jobs (finishing a job frees its image), or give Redis more memory."""
 
     def __init__(self, queue: str, adding: int, reason: str) -> None:
-        ProducerError.__init__(self, f"queue {queue!r} is full: Redis refused {adding} job(s) ({reason}); "
-                                     "retry later")  # fmt: skip
+        ProducerError.__init__(self, f"queue {queue!r} is full: Redis refused {adding} job(s) ({reason}); retry later")
         self.queue, self.adding, self.reason = queue, adding, reason
         self.length = self.limit = None  # not a producer-side limit
 
 
-class ShardUnavailable(ProducerError):
+class ShardUnavailable(ProducerError, redis.ConnectionError):
     """One shard's Redis could not be reached: its jobs were NOT enqueued (never moved to another shard).
 
-    ``enqueued`` are the ids written on other shards before it failed, ``not_enqueued`` the rest."""
+    ``enqueued`` are the ids written on other shards before it failed, ``not_enqueued`` the rest. With one
+    shard that is every id of the call. A ``redis.ConnectionError`` too (what one server's enqueue raised
+    before), whether the cause was a refused connection or a timeout."""
 
     def __init__(self, shard: str, reason: str, enqueued: list[str], not_enqueued: list[str]) -> None:
         self.shard, self.reason, self.enqueued, self.not_enqueued = shard, reason, enqueued, not_enqueued
-        super().__init__(f"shard {shard} is unavailable ({reason}): {len(not_enqueued)} job(s) not enqueued, "
-                         f"{len(enqueued)} enqueued on other shards")  # fmt: skip
+        super().__init__(
+            f"shard {shard} is unavailable ({reason}): {len(not_enqueued)} job(s) not enqueued, "
+            f"{len(enqueued)} enqueued on other shards"
+        )
+
+    def __repr__(self) -> str:  # redis's errors show only their kind
+        return f"ShardUnavailable({str(self)!r})"
 
 
 class JobNotFound(ProducerError, KeyError):

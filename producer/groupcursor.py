@@ -54,7 +54,7 @@ def decode_entry(entry_id: Any, fields: Any) -> Entry:
         log.debug("feed entry %s was deleted; acknowledging it", entry_id)
         return Entry(entry_id, None)
     if isinstance(fields, list | tuple):  # a raw flat [name, value, ...] reply
-        fields = dict(zip(fields[::2], fields[1::2]))
+        fields = dict(zip(fields[::2], fields[1::2], strict=False))
     payload = fields.get(b"result", fields.get("result"))
     try:
         if not isinstance(payload, bytes):
@@ -94,9 +94,18 @@ class GroupCursor:
     ``claim_idle_s``) -> new entries (``>``, blocking), with a sweep again every ``claim_idle_s / 2``.
     """
 
-    def __init__(self, stream: str, group: str, consumer: str, *, start: str = "$", claim_idle_s: float = 30,
-                 block_ms: int = DEFAULT_BLOCK_MS, count: int = DEFAULT_COUNT,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        start: str = "$",
+        claim_idle_s: float = 30,
+        block_ms: int = DEFAULT_BLOCK_MS,
+        count: int = DEFAULT_COUNT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if claim_idle_s < 0 or block_ms < 1 or count < 1:
             raise ValueError("claim_idle_s must be >= 0, block_ms and count >= 1")
         self.stream, self.group, self.consumer, self.start = stream, group, consumer, start
@@ -117,8 +126,16 @@ class GroupCursor:
         if self.phase == OWN:
             return ("XREADGROUP", *group, "STREAMS", self.stream, self.own_from)
         if self.phase == CLAIM:
-            return ("XAUTOCLAIM", self.stream, self.group, self.consumer, self.claim_idle_ms, self.claim_from,
-                    "COUNT", self.count)  # fmt: skip
+            return (
+                "XAUTOCLAIM",
+                self.stream,
+                self.group,
+                self.consumer,
+                self.claim_idle_ms,
+                self.claim_from,
+                "COUNT",
+                self.count,
+            )
         block = min(self.block_ms, math.ceil((self.next_sweep - now) * 1000), max_block_ms or self.block_ms)
         return ("XREADGROUP", *group, "BLOCK", max(1, block), "STREAMS", self.stream, ">")
 

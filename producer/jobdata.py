@@ -1,10 +1,43 @@
-"""How the producer stores a job's ``data`` field: as the serializer wrote it, not zlib-compressed."""
+"""Jobs as the producer writes them: the options, the image read, and RQ's own commands for new jobs
+(built here on a client that never connects; a driver sends them), with ``data`` stored uncompressed."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import redis
+from rq import Queue, Retry
 from rq.job import Job
+
+from .ops import Command
+from .wire.jobs import TASK_NAME, ImageRef, job_kwargs
+from .wire.serializer import MsgpackSerializer
+
+ImageInput = bytes | bytearray | str | os.PathLike | ImageRef  # an ImageRef: a job by reference (image_url)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How jobs are enqueued; units in names."""
+
+    job_timeout_s: int = 300
+    result_ttl_s: int = 3600
+    failure_ttl_s: int = 86400
+    retries: int = 2
+    max_queue_length: int | None = None  # enqueue raises QueueFull past this many waiting jobs (per shard)
+    deadline_s: float | None = None  # default per-job deadline, seconds from enqueue
+    compress_data: bool = False  # zlib-compress job data as RQ does by default (images do not shrink: slower)
+
+
+def read_image(image: ImageInput) -> bytes:
+    """Bytes as they are; a path is read from disk."""
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    return Path(image).read_bytes()
 
 
 class PlainDataJob(Job):
@@ -28,3 +61,41 @@ class PlainDataJob(Job):
             self._data = data
         obj["data"] = data
         return obj
+
+
+class JobWriter:
+    """RQ's commands that create jobs: RQ's own ``Queue.enqueue_many`` runs against a recording pipeline of
+    a client that never connects, so every shard gets exactly what RQ writes (msgpack, ``Retry``, TTLs)."""
+
+    def __init__(self, queue: str, options: JobOptions) -> None:
+        self.options = options
+        self._recorder = redis.Redis(host="unused.invalid")  # RQ builds the jobs on it; nothing is sent
+        job_class = Job if options.compress_data else PlainDataJob
+        self._queue = Queue(queue, connection=self._recorder, serializer=MsgpackSerializer, job_class=job_class)
+        self._queue.redis_server_version = (7, 0, 0)  # RQ would ask the server (it only steers LPOS reads)
+
+    def data(self, image: ImageInput, job_id: str, meta: dict | None, deadline: float | None) -> Any:
+        """One job's RQ call data (the image read from disk if it is a path; ``ProtocolError`` for a bad meta)."""
+        if isinstance(image, ImageRef):  # a job by reference: the worker fetches image_url
+            payload, name = image, image.url
+        else:
+            payload = read_image(image)
+            # An explicit description: RQ would otherwise build one from repr() of the whole image.
+            name = os.fspath(image) if isinstance(image, str | os.PathLike) else f"{len(payload)} bytes"
+        opts = self.options
+        return Queue.prepare_data(
+            TASK_NAME,
+            kwargs=job_kwargs(payload, meta, deadline),
+            timeout=opts.job_timeout_s,
+            result_ttl=opts.result_ttl_s,
+            failure_ttl=opts.failure_ttl_s,
+            description=f"classify {name}",
+            job_id=job_id,
+            retry=Retry(max=opts.retries) if opts.retries > 0 else None,
+        )
+
+    def commands(self, datas: Sequence[Any]) -> tuple[Command, ...]:
+        """The commands that create these jobs (from ``data``), to run in one transaction."""
+        pipe = self._recorder.pipeline()
+        self._queue.enqueue_many(datas, pipeline=pipe)
+        return tuple(Command(args, options) for args, options in pipe.command_stack)

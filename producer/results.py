@@ -1,25 +1,26 @@
-"""Reading results: a job's final entry in RQ's result stream, and the best-effort results channel."""
+"""A job's final result: reading RQ's result stream of the job until a final entry comes (a procedure,
+``producer.ops``), and what such an entry means (the result map, or ``JobFailed``)."""
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import redis
 from rq.results import Result
 
-from .errors import JobFailed
-from .wire.jobs import ProtocolError
+from .cancel import CANCELED_ERROR
+from .errors import JobFailed, JobTimeout
+from .ops import Procedure, Sleep, call
+from .wire import keys
 from .wire.results import parse_exc_string, validate_result
-from .wire.serializer import MsgpackSerializer, SerializationError, loads
-
-log = logging.getLogger(__name__)
+from .wire.serializer import MsgpackSerializer
 
 _FINAL = {Result.Type.SUCCESSFUL, Result.Type.FAILED, Result.Type.STOPPED, Result.Type.MAX_RETRIES_EXCEEDED}
 
 _PARSER = redis.Redis(host="unused.invalid")  # Result.restore wants a client; parsing sends nothing
+MAX_BLOCK_MS = 1000  # short blocks: a client's socket timeout (redis-py's default is 5 s) must not cut one off
+RECONNECT_WAIT_S = 0.5
 
 
 def final_result(job_id: str, result_id: bytes, payload: dict) -> dict[str, Any] | None:
@@ -35,42 +36,26 @@ def final_result(job_id: str, result_id: bytes, payload: dict) -> dict[str, Any]
     raise JobFailed(job_id, parse_exc_string(res.exc_string))
 
 
-class Subscription:
-    """Results published on the channel, as they arrive (at-least-once: de-duplicate on job_id)."""
-
-    def __init__(self, connection: redis.Redis, channel: str) -> None:
-        self._pubsub = connection.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(channel)
-        # Wait for the subscription to be confirmed so that nothing published after we return is missed.
-        self._pubsub.get_message(timeout=5.0, ignore_subscribe_messages=False)
-
-    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
-        """The next result, or None when none came within ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            message = self._pubsub.get_message(timeout=left if left is not None else 3600.0)
-            if message is not None and message.get("type") == "message":
-                try:
-                    return validate_result(loads(message["data"]))
-                except (SerializationError, ProtocolError) as exc:
-                    log.warning("ignoring a message on the results channel that is not a result: %s", exc)
-                    continue
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            result = self.get(timeout=None)
-            if result is not None:
-                yield result
-
-    def close(self) -> None:
-        """Unsubscribe and close the connection."""
-        self._pubsub.close()
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def wait_for_result(shard: int, job_id: str, timeout_s: float) -> Procedure[dict[str, Any]]:
+    """The job's final result from its result stream (XREAD BLOCK: durable, no pub/sub race); ``JobFailed``
+    (also for a job canceled before it ran, which gets no result) or ``JobTimeout`` after ``timeout_s``.
+    While Redis is unreachable (restarting), it waits and reads again until the deadline."""
+    deadline = time.monotonic() + timeout_s
+    stream, last_id = keys.results(job_id), "0-0"
+    while True:
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            exists = yield call(shard, "EXISTS", keys.job(job_id))
+            raise JobTimeout(job_id, timeout_s, "" if exists else " (no such job)")
+        try:
+            response = yield call(shard, "XREAD", "BLOCK", min(left_ms, MAX_BLOCK_MS), "STREAMS", stream, last_id)
+        except (redis.ConnectionError, redis.TimeoutError):
+            yield Sleep(min(RECONNECT_WAIT_S, max(0.0, deadline - time.monotonic())))
+            continue
+        for result_id, payload in response[0][1] if response else []:
+            last_id = result_id
+            final = final_result(job_id, result_id, payload)
+            if final is not None:
+                return final
+        if not response and (yield call(shard, "HGET", keys.job(job_id), "status")) == b"canceled":
+            raise JobFailed(job_id, dict(CANCELED_ERROR))  # canceled before it ran: no result will come

@@ -25,22 +25,30 @@ def gather(connection: redis.Redis, queue_name: str) -> dict[str, Any]:
         if beat is not None and beat.tzinfo is None:
             beat = beat.replace(tzinfo=timezone.utc)
         parts = worker.name.split(":")
-        workers.append({
-            "name": worker.name, "device": parts[1] if len(parts) == 3 else "?", "state": worker.get_state(),
-            "jobs_ok": worker.successful_job_count, "jobs_failed": worker.failed_job_count,
-            "batches": int(extra[0] or 0), "images_per_s_1m": float(extra[1] or 0.0),
-            "last_heartbeat_s_ago": round((now - beat).total_seconds(), 1) if beat else None,
-        })  # fmt: skip
+        workers.append(
+            {
+                "name": worker.name,
+                "device": parts[1] if len(parts) == 3 else "?",
+                "state": worker.get_state(),
+                "jobs_ok": worker.successful_job_count,
+                "jobs_failed": worker.failed_job_count,
+                "batches": int(extra[0] or 0),
+                "images_per_s_1m": float(extra[1] or 0.0),
+                "last_heartbeat_s_ago": round((now - beat).total_seconds(), 1) if beat else None,
+            }
+        )
     return {
         # get_job_count(cleanup=False): read-only. RQ's ``count`` runs its clean-up, which fails jobs whose
         # started-registry score has passed (wrongly, for a worker whose clock is behind) and runs their
         # on_failure callbacks inside this process.
-        "queue": queue_name, "queued": queue.count,
+        "queue": queue_name,
+        "queued": queue.count,
         "started": queue.started_job_registry.get_job_count(cleanup=False),
         "failed": queue.failed_job_registry.get_job_count(cleanup=False),
         "finished": queue.finished_job_registry.get_job_count(cleanup=False),
-        "workers": workers, "feed": feed_info(connection, queue_name),
-    }  # fmt: skip
+        "workers": workers,
+        "feed": feed_info(connection, queue_name),
+    }
 
 
 def render(status: dict[str, Any]) -> str:
@@ -56,8 +64,10 @@ def render(status: dict[str, Any]) -> str:
         lines += ["", head]
         for w in status["workers"]:
             beat = "?" if w["last_heartbeat_s_ago"] is None else f"{w['last_heartbeat_s_ago']:.0f}s"
-            lines.append(f"{w['name']:<36} {w['device']:<7} {w['state']:<6} {w['batches']:>8} {w['jobs_ok']:>8} "
-                         f"{w['jobs_failed']:>7} {w['images_per_s_1m']:>9.1f} {beat:>6}")  # fmt: skip
+            lines.append(
+                f"{w['name']:<36} {w['device']:<7} {w['state']:<6} {w['batches']:>8} {w['jobs_ok']:>8} "
+                f"{w['jobs_failed']:>7} {w['images_per_s_1m']:>9.1f} {beat:>6}"
+            )
     return "\n".join(lines + feed_lines(status["feed"]))
 
 
@@ -73,6 +83,8 @@ def feed_lines(feed: dict[str, Any]) -> list[str]:
             lag = "lag unknown (Redis cannot tell after deletions)"
         else:
             lag = "lag unknown (Redis < 7 does not report it)"
-        lines.append(f"  group {g['name']}: {lag}, {g['pending']} pending, {g['consumers']} consumer(s), "
-                     f"last delivered {g['last_delivered_id']}")  # fmt: skip
+        lines.append(
+            f"  group {g['name']}: {lag}, {g['pending']} pending, {g['consumers']} consumer(s), "
+            f"last delivered {g['last_delivered_id']}"
+        )
     return lines

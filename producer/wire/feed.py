@@ -18,13 +18,15 @@ def group_rows(groups: list[dict[Any, Any]]) -> list[dict[str, Any]]:
     rows = []
     for raw in groups:
         info = {_text(key): value for key, value in raw.items()}
-        rows.append({
-            "name": _text(info["name"]),
-            "consumers": int(info["consumers"]),
-            "pending": int(info["pending"]),
-            "last_delivered_id": _text(info["last-delivered-id"]),
-            "entries_read": info.get("entries-read"),
-            "lag": info.get("lag"),
-            "reports_lag": "lag" in info,
-        })
+        rows.append(
+            {
+                "name": _text(info["name"]),
+                "consumers": int(info["consumers"]),
+                "pending": int(info["pending"]),
+                "last_delivered_id": _text(info["last-delivered-id"]),
+                "entries_read": info.get("entries-read"),
+                "lag": info.get("lag"),
+                "reports_lag": "lag" in info,
+            }
+        )
     return rows

@@ -107,8 +107,9 @@ def parse_job_args(args: Any, kwargs: Any) -> tuple[bytes | ImageRef, dict[str, 
     if extra:
         raise ProtocolError(f"unexpected job arguments: {', '.join(extra)}")
     if ("image" in kwargs) == ("image_url" in kwargs):
-        raise ProtocolError("missing job argument: image" if "image" not in kwargs else
-                            "a job carries image or image_url, not both")  # fmt: skip
+        raise ProtocolError(
+            "missing job argument: image" if "image" not in kwargs else "a job carries image or image_url, not both"
+        )
     image = ImageRef(check_image_url(kwargs["image_url"])) if "image_url" in kwargs else kwargs["image"]
     if not isinstance(image, bytes | bytearray | ImageRef):
         raise ProtocolError(f"image must be bytes, got {type(image).__name__}")

@@ -20,8 +20,10 @@ CANCELED = {"type": "canceled", "message": "the job was canceled while it ran; i
 
 def poison_error(max_deliveries: int) -> dict[str, str]:
     """The error of a job lost with its worker ``max_deliveries`` times."""
-    return {"type": "poison", "message": f"the job was lost with its worker {max_deliveries} times "
-            "(it may crash the worker); not retried"}  # fmt: skip
+    return {
+        "type": "poison",
+        "message": f"the job was lost with its worker {max_deliveries} times (it may crash the worker); not retried",
+    }
 
 
 def script_template(error: dict[str, str], worker: str) -> tuple[int, bytes]:

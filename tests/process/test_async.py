@@ -54,8 +54,9 @@ def test_async_classify_result_subscribe_and_queue_full(redis_url, conn, start_w
             with pytest.raises(JobFailed) as failed:
                 await producer.result(bad, timeout=60)
             assert failed.value.error["type"] == "unsupported_image"
-            results = await asyncio.gather(*(producer.classify(image_bytes("coffee.jpg"), timeout=60)
-                                             for _ in range(5)))  # fmt: skip
+            results = await asyncio.gather(
+                *(producer.classify(image_bytes("coffee.jpg"), timeout=60) for _ in range(5))
+            )
             assert len({r["job_id"] for r in results}) == 5 and all(r["ok"] for r in results)
         finally:
             await producer.close()

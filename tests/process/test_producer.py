@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+import redis
 from rq import Queue
 from rq.job import Job
 
-from producer import JobTimeout, Producer
+from producer import AsyncProducer, JobTimeout, Producer
+from producer.drivers import AsyncDriver, SyncDriver
+from producer.ops import Batch
 from producer.wire.jobs import TASK_NAME
 from producer.wire.serializer import MsgpackSerializer
 
@@ -33,32 +38,39 @@ def test_a_caller_chosen_job_id_makes_enqueue_idempotent(redis_url, conn):
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_two_producers_racing_on_one_caller_chosen_id_leave_one_job(redis_url, conn, flavour):
     # Producer A checks the id, then B creates it before A writes: A must keep B's job, not add a second.
-    import asyncio
-
-    from producer.aio import AsyncProducer
-
     other = Producer(redis_url)
-    racer = Producer(redis_url) if flavour == "sync" else AsyncProducer(redis_url)
-    checked = racer._existing
 
-    def existing_then_raced(chosen):
-        found = checked(chosen)
-        if not conn.exists(Job.key_for("ad-9")):
+    def race(op) -> None:
+        if isinstance(op, Batch) and not conn.exists(Job.key_for("ad-9")):  # A has just checked the id
             other.enqueue(b"B's photo", job_id="ad-9", meta={"by": "B"})
-        return found
 
-    async def existing_then_raced_async(chosen):
-        found = await checked(chosen)
-        if not conn.exists(Job.key_for("ad-9")):
-            other.enqueue(b"B's photo", job_id="ad-9", meta={"by": "B"})
-        return found
+    class RacingSync(SyncDriver):
+        def _perform(self, op, watching):
+            reply = super()._perform(op, watching)
+            race(op)
+            return reply
+
+    class RacingAsync(AsyncDriver):
+        async def _perform(self, op, watching):
+            reply = await super()._perform(op, watching)
+            race(op)
+            return reply
 
     if flavour == "sync":
-        racer._existing = existing_then_raced
-        assert racer.enqueue(b"A's photo", job_id="ad-9", meta={"by": "A"}) == "ad-9"
+        racer = Producer(redis_url)
+        sent = RacingSync([racer.connection]).run(racer.core.enqueue(b"A's photo", job_id="ad-9", meta={"by": "A"}))
     else:
-        racer._existing = existing_then_raced_async
-        assert asyncio.run(racer.enqueue(b"A's photo", job_id="ad-9", meta={"by": "A"})) == "ad-9"
+
+        async def go() -> str:
+            racer = AsyncProducer(redis_url)
+            driver = RacingAsync([racer.connection], lambda shard: redis.Redis.from_url(redis_url))
+            try:
+                return await driver.run(racer.core.enqueue(b"A's photo", job_id="ad-9", meta={"by": "A"}))
+            finally:
+                await racer.close()
+
+        sent = asyncio.run(go())
+    assert sent == "ad-9"
     assert Queue("classify", connection=conn).job_ids == ["ad-9"]
     job = Job.fetch("ad-9", connection=conn, serializer=MsgpackSerializer)
     assert job.kwargs == {"image": b"B's photo", "meta": {"by": "B"}}

@@ -30,8 +30,8 @@ def shards():
 
 def worker(urls: list[str], model: object) -> subprocess.Popen:
     flags = [arg for url in urls for arg in ("--redis-url", url)]
-    args = [sys.executable, "-m", "worker", "--model", str(model), *flags, "--batch-size", "8",
-            "--worker-ttl-s", "2", "--idle-wait-ms", "200"]  # fmt: skip
+    args = [sys.executable, "-m", "worker", "--model", str(model), *flags]
+    args += ["--batch-size", "8", "--worker-ttl-s", "2", "--idle-wait-ms", "200"]
     return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ))
 
 
@@ -48,8 +48,10 @@ def test_one_worker_serves_every_shard_and_results_come_back_from_each(shards, t
             for job_id in ids:
                 assert producer.result(job_id, timeout=90)["ok"]
             published = set()
-            wait_for(lambda: published.update([r["job_id"]] if (r := sub.get(timeout=0.5)) else []) or
-                     published >= set(ids), 60)  # fmt: skip
+            wait_for(
+                lambda: published.update([r["job_id"]] if (r := sub.get(timeout=0.5)) else []) or published >= set(ids),
+                60,
+            )
         fed = set()
         wait_for(lambda: fed.update([r["job_id"]] if (r := feed.get(timeout_s=0.5)) else []) or fed >= set(ids), 60)
         for url in urls:  # each shard finished its own jobs, and knows the worker
@@ -90,10 +92,22 @@ def test_status_shows_every_shard(shards):
 
     urls = ",".join(s.url for s in shards)
     Producer(urls).enqueue_many([b"x"] * 9)
-    out = subprocess.run([sys.executable, "-m", "producer", "--redis-url", urls, "status", "--json"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "producer", "--redis-url", urls, "status", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     statuses = json.loads(out.stdout)
     assert [s["shard"] for s in statuses] == Producer(urls).names and sum(s["queued"] for s in statuses) == 9
-    text = subprocess.run([sys.executable, "-m", "producer", "--redis-url", urls, "status"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+    text = subprocess.run(
+        [sys.executable, "-m", "producer", "--redis-url", urls, "status"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert text.count("shard ") == 3

@@ -10,6 +10,7 @@ import msgpack
 import pytest
 import redis
 
+from producer.drivers import SyncDriver
 from producer.feed import ResultFeed
 from producer.groupcursor import (
     CLAIM,
@@ -146,26 +147,31 @@ def test_bad_options_are_refused():
 
 
 class ScriptedRedis:
-    """Answers commands from a list of replies (an exception is raised); records XACKs."""
+    """Answers commands from a list of replies (an exception is raised); records XACKs (answered 1)."""
 
     def __init__(self, replies: list) -> None:
         self.replies, self.acked, self.sent = list(replies), [], []
 
     def execute_command(self, *args):
+        if args[0] == "XACK":
+            self.acked.append(args[3])
+            return 1
         self.sent.append(args[0])
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
         return reply
 
-    def xack(self, stream, group, entry_id):
-        self.acked.append(entry_id)
+
+def feed_on(*conns: ScriptedRedis, **options) -> ResultFeed:
+    """A feed over one scripted connection per shard."""
+    return ResultFeed(SyncDriver(conns), [cursor(**options) for _ in conns])
 
 
 def test_the_feed_acknowledges_an_entry_when_the_next_is_asked_for_and_skips_bad_ones():
     entries = [(b"1-0", fields("a")), (b"2-0", {b"result": b"junk"}), (b"3-0", fields("b"))]
     conn = ScriptedRedis([b"OK", [[b"s", []]], [b"0-0", [], []], [[b"s", entries]]])
-    feed = ResultFeed(conn, cursor(claim_idle_s=60)).open()
+    feed = feed_on(conn, claim_idle_s=60).open()
     assert next(feed)["job_id"] == "a" and conn.acked == ["2-0"]  # junk acknowledged unseen; "a" handed out
     assert next(feed)["job_id"] == "b" and conn.acked == ["2-0", "1-0"]  # asking for "b" acknowledged "a"
     feed.ack()
@@ -174,14 +180,26 @@ def test_the_feed_acknowledges_an_entry_when_the_next_is_asked_for_and_skips_bad
 
 def test_the_feed_retries_when_redis_is_unreachable_and_returns_none_on_timeout():
     conn = ScriptedRedis([b"OK", redis.ConnectionError("refused"), [[b"s", [(b"1-0", fields("a"))]]]])
-    feed = ResultFeed(conn, cursor()).open()
+    feed = feed_on(conn).open()
     assert feed.get(timeout_s=5)["job_id"] == "a"
     assert conn.sent == ["XGROUP", "XREADGROUP", "XREADGROUP"]
-    assert ResultFeed(ScriptedRedis([]), cursor()).get(timeout_s=0) is None
+    assert feed_on(ScriptedRedis([])).get(timeout_s=0) is None
+
+
+def test_a_feed_over_two_shards_reads_each_in_turn_and_acknowledges_where_an_entry_came_from():
+    def shard(job_id: str) -> ScriptedRedis:  # group created, own list empty, sweep finds nothing, one new entry
+        return ScriptedRedis([b"OK", [[b"s", []]], [b"0-0", [], []], [[b"s", [(b"1-0", fields(job_id))]]]])
+
+    a, b = shard("a"), shard("b")
+    feed = feed_on(a, b, claim_idle_s=60).open()
+    assert feed.get(timeout_s=5)["job_id"] == "a" and a.acked == b.acked == []
+    assert feed.get(timeout_s=5)["job_id"] == "b" and a.acked == ["1-0"] and b.acked == []
+    feed.ack()
+    assert b.acked == ["1-0"] and a.sent == b.sent == ["XGROUP", "XREADGROUP", "XAUTOCLAIM", "XREADGROUP"]
 
 
 def test_the_feed_raises_errors_that_are_not_part_of_the_protocol():
-    feed = ResultFeed(ScriptedRedis([redis.exceptions.NoPermissionError("NOPERM")]), cursor())
+    feed = feed_on(ScriptedRedis([redis.exceptions.NoPermissionError("NOPERM")]))
     with pytest.raises(redis.exceptions.NoPermissionError):
         feed.open()
 
@@ -191,10 +209,17 @@ def test_the_feed_raises_errors_that_are_not_part_of_the_protocol():
 
 def test_json_output_handles_every_value_msgpack_decodes():
     meta = {
-        "raw": b"\x00\xffbytes", "ext": msgpack.ExtType(5, b"\x01\x02"), "when": msgpack.Timestamp(1_700_000_000, 5),
-        "whole": msgpack.Timestamp(0, 0), "far": msgpack.Timestamp(2**62, 0), "nan": math.nan, "inf": -math.inf,
-        b"bkey": 1, "nested": [{"t": (1, b"x")}], "text": "caf\u00e9",
-    }  # fmt: skip
+        "raw": b"\x00\xffbytes",
+        "ext": msgpack.ExtType(5, b"\x01\x02"),
+        "when": msgpack.Timestamp(1_700_000_000, 5),
+        "whole": msgpack.Timestamp(0, 0),
+        "far": msgpack.Timestamp(2**62, 0),
+        "nan": math.nan,
+        "inf": -math.inf,
+        b"bkey": 1,
+        "nested": [{"t": (1, b"x")}],
+        "text": "caf\u00e9",
+    }
     decoded = loads(msgpack.packb(meta, use_bin_type=True, datetime=False))
     line = dumps_json({"meta": decoded})
     assert line.isascii()

@@ -1,0 +1,148 @@
+"""The best-effort results channel ``<queue>:results``: every result as it is published, on every shard.
+
+At-least-once and best-effort (a subscriber that is away misses what was published meanwhile):
+de-duplicate on ``job_id``; use the durable feed (``producer.feed``) for what must not be lost. A
+message that is not a result is logged and skipped. With several shards there is one subscription
+per shard, merged (threads for the sync client, tasks for asyncio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from .wire.jobs import ProtocolError
+from .wire.results import validate_result
+from .wire.serializer import SerializationError, loads
+
+log = logging.getLogger(__name__)
+
+AWAY_WAIT_S = 1.0  # a shard whose subscription lost its server is tried again after this
+
+
+def decode_message(message: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A pub/sub message's result map; None for anything else (subscribe notices, foreign messages)."""
+    if message is None or message.get("type") != "message":
+        return None
+    try:
+        return validate_result(loads(message["data"]))
+    except (SerializationError, ProtocolError) as exc:
+        log.warning("ignoring a message on the results channel that is not a result: %s", exc)
+        return None
+
+
+class Subscription:
+    """Results published on the channel of one server, as they arrive (``get``, iteration, ``with``)."""
+
+    def __init__(self, connection: redis.Redis, channel: str) -> None:
+        self._pubsub = connection.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(channel)
+        # Wait for the subscription to be confirmed so that nothing published after we return is missed.
+        self._pubsub.get_message(timeout=5.0, ignore_subscribe_messages=False)
+
+    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next result, or None when none came within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            result = decode_message(self._pubsub.get_message(timeout=left))
+            if result is not None:
+                return result
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            result = self.get(timeout=None)
+            if result is not None:
+                yield result
+
+    def close(self) -> None:
+        """Unsubscribe and close the connection."""
+        self._pubsub.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MergedSubscription(Subscription):
+    """The channel of every shard: one subscription and one thread per shard; ``get`` returns whichever
+    result came first."""
+
+    def __init__(self, subs: list[Subscription]) -> None:  # no pubsub of its own: it merges the shards'
+        self.subs, self.arrived = subs, queue.Queue()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._pump, args=(s,), daemon=True) for s in subs]
+        for thread in self.threads:
+            thread.start()
+
+    def _pump(self, sub: Subscription) -> None:
+        while not self.stopping.is_set():
+            try:
+                result = sub.get(timeout=0.2)
+            except (redis.ConnectionError, redis.TimeoutError):
+                self.stopping.wait(AWAY_WAIT_S)  # that shard is away; the others go on
+                continue
+            if result is not None:
+                self.arrived.put(result)
+
+    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        try:
+            return self.arrived.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=2)
+        for sub in self.subs:
+            sub.close()
+
+
+def subscribe(connections: Sequence[redis.Redis], channel: str) -> Subscription:
+    """Subscribe now on every shard; the returned object yields results."""
+    subs = [Subscription(conn, channel) for conn in connections]
+    return subs[0] if len(subs) == 1 else MergedSubscription(subs)
+
+
+async def subscribe_async(connections: Sequence[aioredis.Redis], channel: str) -> AsyncIterator[dict[str, Any]]:
+    """Every result published on the channel of every shard, as it arrives (subscribes on the first ``anext``)."""
+    pubsubs = [conn.pubsub(ignore_subscribe_messages=True) for conn in connections]
+    arrived: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    pumps: list[asyncio.Task] = []
+    try:
+        for pubsub in pubsubs:
+            await pubsub.subscribe(channel)
+        pumps = [asyncio.create_task(_pump(pubsub, arrived)) for pubsub in pubsubs]
+        while True:
+            yield await arrived.get()
+    finally:
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        for pubsub in pubsubs:
+            await pubsub.aclose()
+
+
+async def _pump(pubsub: Any, arrived: asyncio.Queue[dict[str, Any]]) -> None:
+    while True:
+        try:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=AWAY_WAIT_S)
+        except (redis.ConnectionError, redis.TimeoutError):
+            await asyncio.sleep(AWAY_WAIT_S)  # that shard is away; the others go on
+            continue
+        result = decode_message(message)
+        if result is not None:
+            arrived.put_nowait(result)

@@ -1,0 +1,197 @@
+"""The producer's logic, shared by ``Producer`` (sync) and ``AsyncProducer`` (asyncio), without I/O:
+argument checks, job building, routing by shard, the cache decision, waiting for a result.
+
+Each public method returns a procedure (``producer.ops``): a front end's driver runs it on redis-py's
+sync or asyncio clients. A job's shard is the rendezvous hash of its id (``producer.shards``), so ids
+are chosen here, before routing (RQ's own format: a UUID4 string).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import redis
+
+from .cache import ProducerCache
+from .cancel import cancel
+from .errors import QueueFull, RedisFull, ShardUnavailable
+from .groupcursor import GroupCursor, default_consumer
+from .jobdata import ImageInput, JobOptions, JobWriter, read_image
+from .ops import Batch, Commit, Procedure, RunSync, Watch, command
+from .results import wait_for_result
+from .shards import rendezvous
+from .wire import keys
+from .wire.jobs import ImageRef, image_list, image_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueueRef:
+    """The queue a producer writes to (the same name on every shard), and the names derived from it."""
+
+    name: str
+
+    @property
+    def key(self) -> str:
+        """RQ's list of queued job ids."""
+        return keys.queue(self.name)
+
+    @property
+    def channel(self) -> str:
+        """The best-effort results channel."""
+        return keys.results_channel(self.name)
+
+    @property
+    def stream(self) -> str:
+        """The durable results feed."""
+        return keys.results_stream(self.name)
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """A job of an ``enqueue_many`` call, built before anything is sent."""
+
+    id: str
+    chosen: bool  # the caller chose the id: the job is created only if absent
+    data: Any  # RQ's call data (``Queue.prepare_data``)
+
+
+class ProducerCore:
+    """What ``Producer`` and ``AsyncProducer`` do, as procedures; ``names`` are the shards' names, in order."""
+
+    def __init__(self, names: Sequence[str], queue: str, options: JobOptions) -> None:
+        self.names, self.queue, self.options = list(names), QueueRef(queue), options
+        self.writer = JobWriter(queue, options)
+        self.cache = ProducerCache()  # hits and misses of enqueue(cache=True): .hits, .misses
+
+    def shard_of(self, job_id: str) -> int:
+        """The index of the shard that holds (or will hold) ``job_id``."""
+        return rendezvous(self.names, job_id) if len(self.names) > 1 else 0
+
+    def enqueue(
+        self,
+        image: ImageInput | None = None,
+        *,
+        image_url: str | None = None,
+        job_id: str | None = None,
+        meta: dict | None = None,
+        deadline_s: float | None = None,
+        cache: bool = False,
+    ) -> Procedure[str]:
+        """One image or one job by reference; a cache hit (``cache=True``, an image, no caller-chosen id) is
+        answered without queueing."""
+        source = image_source(image, image_url)
+        if cache and job_id is None and not isinstance(source, ImageRef):
+            hit = yield from self.cache.lookup(self.queue.name, read_image(source), meta, len(self.names))
+            if hit is not None:
+                return hit
+        ids = yield from self.enqueue_many([source], job_ids=[job_id], metas=[meta], deadline_s=deadline_s)
+        return ids[0]
+
+    def enqueue_many(
+        self,
+        images: Iterable[ImageInput] = (),
+        *,
+        image_urls: Iterable[str] | None = None,
+        job_ids: Iterable[str | None] | None = None,
+        metas: Iterable[dict | None] | None = None,
+        deadline_s: float | None = None,
+    ) -> Procedure[list[str]]:
+        """Every job built and checked first (nothing is sent if one is bad), then one transaction per shard.
+
+        ``ShardUnavailable`` names a shard that cannot be reached, with the ids written before it."""
+        jobs = self.plan(images, image_urls, job_ids, metas, deadline_s)
+        by_shard: dict[int, list[PlannedJob]] = {}
+        for job in jobs:
+            by_shard.setdefault(self.shard_of(job.id), []).append(job)
+        done: list[str] = []
+        for shard, shard_jobs in by_shard.items():
+            try:
+                yield from self._write(shard, shard_jobs)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                left = [job.id for job in jobs if job.id not in done]
+                raise ShardUnavailable(self.names[shard], str(exc), done, left) from exc
+            done += [job.id for job in shard_jobs]
+        return [job.id for job in jobs]
+
+    def plan(
+        self,
+        images: Iterable[ImageInput],
+        image_urls: Iterable[str] | None,
+        job_ids: Iterable[str | None] | None,
+        metas: Iterable[dict | None] | None,
+        deadline_s: float | None,
+    ) -> list[PlannedJob]:
+        """The jobs of an ``enqueue_many`` call, checked and built (ids chosen, images read, metas checked)."""
+        sources = image_list(images, image_urls)
+        ids = list(job_ids) if job_ids is not None else [None] * len(sources)
+        meta_list = list(metas) if metas is not None else [None] * len(sources)
+        if not len(sources) == len(ids) == len(meta_list):
+            raise ValueError("images, job_ids and metas must have the same length")
+        chosen = [job_id for job_id in ids if job_id is not None]
+        if len(set(chosen)) != len(chosen):
+            raise ValueError("a job id appears more than once in one call")
+        after = deadline_s if deadline_s is not None else self.options.deadline_s
+        deadline = time.time() + after if after is not None else None
+        planned = []
+        for source, job_id, meta in zip(sources, ids, meta_list, strict=True):
+            final_id = job_id if job_id is not None else str(uuid.uuid4())
+            planned.append(PlannedJob(final_id, job_id is not None, self.writer.data(source, final_id, meta, deadline)))
+        return planned
+
+    def _write(self, shard: int, jobs: list[PlannedJob]) -> Procedure[None]:
+        """Create the jobs on one shard in one transaction. Caller-chosen ids are created only if absent,
+        atomically: their keys are WATCHed from the check to the write, so two producers racing on one id
+        leave one job (the first to write); the loser sees it exists and keeps it."""
+        watched = tuple(keys.job(job.id) for job in jobs if job.chosen)
+        limit = self.options.max_queue_length
+        reads = [command("EXISTS", key) for key in watched]
+        reads += [command("LLEN", self.queue.key)] if limit is not None else []
+        while True:
+            if watched:
+                yield Watch(shard, watched)
+            replies = (yield Batch(shard, tuple(reads))) if reads else []
+            existing = {key for key, found in zip(watched, replies, strict=False) if found}
+            fresh = [job for job in jobs if keys.job(job.id) not in existing]
+            if not fresh:
+                return
+            if limit is not None and replies[-1] + len(fresh) > limit:
+                raise QueueFull(self.queue.name, replies[-1], len(fresh), limit)
+            try:
+                if (yield Commit(shard, self.writer.commands([job.data for job in fresh]))):
+                    return
+            except redis.OutOfMemoryError as exc:
+                raise RedisFull(self.queue.name, len(fresh), str(exc)) from exc
+            log.info("a caller-chosen job id was created concurrently; checking again")
+
+    def result(self, job_id: str, timeout: float = 30.0) -> Procedure[dict[str, Any]]:
+        """The job's final result (``JobFailed``, ``JobTimeout``); a cache hit of this producer at once."""
+        if job_id in self.cache.answers:
+            return self.cache.answers.pop(job_id)
+        return (yield from wait_for_result(self.shard_of(job_id), job_id, timeout))
+
+    def classify(self, image: ImageInput, timeout: float, meta: dict | None, cache: bool) -> Procedure[dict]:
+        """Enqueue one image and wait for its result."""
+        job_id = yield from self.enqueue(image, meta=meta, cache=cache)
+        return (yield from self.result(job_id, timeout))
+
+    def cancel(self, job_id: str) -> Procedure[bool]:
+        """RQ's own ``Job.cancel`` on the job's shard (``producer.cancel``)."""
+        return (yield RunSync(self.shard_of(job_id), partial(cancel, job_id=job_id)))
+
+    def cursors(
+        self, group: str, consumer: str | None, start: str, claim_idle_s: float, block_ms: int
+    ) -> list[GroupCursor]:
+        """One group cursor per shard's feed: the same group and consumer name on each."""
+        name = consumer or default_consumer()
+        return [
+            GroupCursor(self.queue.stream, group, name, start=start, claim_idle_s=claim_idle_s, block_ms=block_ms)
+            for _ in self.names
+        ]

@@ -1,0 +1,141 @@
+"""Drivers: perform a procedure's operations (``producer.ops``) on redis-py's sync or asyncio clients.
+
+The only I/O of the producer's logic. Each operation names its shard; a Redis error is thrown back
+into the procedure, which decides (retry, wait, wrap, or let it rise). A ``Watch`` holds a
+transaction connection of its shard until that shard's ``Commit`` (or the end of the procedure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aioredis
+
+from .ops import Batch, Call, Commit, Done, Op, Procedure, RunSync, Sleep, Watch, advance
+
+T = TypeVar("T")
+
+
+class SyncDriver:
+    """Runs procedures on synchronous clients, one per shard (index = shard)."""
+
+    def __init__(self, connections: Sequence[redis.Redis]) -> None:
+        self.connections = list(connections)
+
+    def run(self, procedure: Procedure[T]) -> T:
+        """Run ``procedure`` to its end; its return value."""
+        watching: dict[int, Any] = {}
+        try:
+            op = advance(procedure, None, None)
+            while not isinstance(op, Done):
+                try:
+                    reply, error = self._perform(op, watching), None
+                except redis.RedisError as exc:
+                    reply, error = None, exc
+                op = advance(procedure, reply, error)
+            return op.value
+        finally:
+            procedure.close()
+            for pipe in watching.values():
+                pipe.reset()
+
+    def _perform(self, op: Op, watching: dict[int, Any]) -> Any:
+        if isinstance(op, Sleep):
+            time.sleep(op.seconds)
+            return None
+        conn = self.connections[op.shard]
+        if isinstance(op, Call):
+            return conn.execute_command(*op.command.args, **op.command.options)
+        if isinstance(op, Batch):
+            with conn.pipeline(transaction=False) as pipe:
+                for cmd in op.commands:
+                    pipe.execute_command(*cmd.args, **cmd.options)
+                return pipe.execute()
+        if isinstance(op, Watch):
+            watching.setdefault(op.shard, conn.pipeline()).watch(*op.keys)
+            return None
+        if isinstance(op, Commit):
+            pipe = watching.pop(op.shard, None) or conn.pipeline()
+            try:
+                pipe.multi()
+                for cmd in op.commands:
+                    pipe.execute_command(*cmd.args, **cmd.options)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+            finally:
+                pipe.reset()
+        assert isinstance(op, RunSync)
+        return op.function(conn)
+
+
+class AsyncDriver:
+    """Runs procedures on asyncio clients, one per shard; ``RunSync`` (RQ's synchronous code) runs in a
+    thread on a synchronous client of the shard, made by ``sync_connect(shard)`` when first needed."""
+
+    def __init__(self, connections: Sequence[aioredis.Redis], sync_connect: Callable[[int], redis.Redis]) -> None:
+        self.connections = list(connections)
+        self._sync_connect = sync_connect
+        self._sync: dict[int, redis.Redis] = {}
+
+    async def run(self, procedure: Procedure[T]) -> T:
+        """Run ``procedure`` to its end; its return value."""
+        watching: dict[int, Any] = {}
+        try:
+            op = advance(procedure, None, None)
+            while not isinstance(op, Done):
+                try:
+                    reply, error = await self._perform(op, watching), None
+                except redis.RedisError as exc:
+                    reply, error = None, exc
+                op = advance(procedure, reply, error)
+            return op.value
+        finally:
+            procedure.close()
+            for pipe in watching.values():
+                await pipe.reset()
+
+    async def _perform(self, op: Op, watching: dict[int, Any]) -> Any:
+        if isinstance(op, Sleep):
+            await asyncio.sleep(op.seconds)
+            return None
+        conn = self.connections[op.shard]
+        if isinstance(op, Call):
+            return await conn.execute_command(*op.command.args, **op.command.options)
+        if isinstance(op, Batch):
+            async with conn.pipeline(transaction=False) as pipe:
+                for cmd in op.commands:
+                    pipe.execute_command(*cmd.args, **cmd.options)
+                return await pipe.execute()
+        if isinstance(op, Watch):
+            await watching.setdefault(op.shard, conn.pipeline()).watch(*op.keys)
+            return None
+        if isinstance(op, Commit):
+            pipe = watching.pop(op.shard, None) or conn.pipeline()
+            try:
+                pipe.multi()
+                for cmd in op.commands:
+                    pipe.execute_command(*cmd.args, **cmd.options)
+                await pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+            finally:
+                await pipe.reset()
+        assert isinstance(op, RunSync)
+        if op.shard not in self._sync:
+            self._sync[op.shard] = self._sync_connect(op.shard)
+        return await asyncio.to_thread(op.function, self._sync[op.shard])
+
+    async def close(self) -> None:
+        """Close every client (the asyncio ones and any synchronous one made for ``RunSync``)."""
+        for conn in self.connections:
+            await conn.aclose()
+        for sync in self._sync.values():
+            sync.close()
+        self._sync.clear()

@@ -1,0 +1,145 @@
+"""The producer's shared core on scripted replies (no server): what it sends to which shard, and what it
+makes of the answers. ``Producer`` and ``AsyncProducer`` run exactly these procedures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from producer.core import ProducerCore
+from producer.errors import JobTimeout, QueueFull, RedisFull, ShardUnavailable
+from producer.jobdata import JobOptions
+from producer.ops import Batch, Call, Commit, Done, Op, Watch, advance
+from producer.shards import rendezvous
+from producer.wire import keys
+from producer.wire.cache import announcement, compact, digest, key_for
+from producer.wire.jobs import ProtocolError
+from producer.wire.results import make_result
+from producer.wire.serializer import loads
+
+NAMES = ["a:6379/0", "b:6379/0"]
+ANNOUNCED = announcement("tiny@7", "fp32", "cpu", 5, ttl_s=600)
+
+
+def run(procedure: Any, answer: Callable[[Op], Any]) -> tuple[Any, list[Op]]:
+    """Run a procedure as a driver does, ``answer(op)`` standing in for Redis; its value and the ops sent."""
+    sent: list[Op] = []
+    op = advance(procedure, None, None)
+    while not isinstance(op, Done):
+        sent.append(op)
+        try:
+            reply, error = answer(op), None
+        except redis.RedisError as exc:
+            reply, error = None, exc
+        op = advance(procedure, reply, error)
+    return op.value, sent
+
+
+def committed_ids(commit: Commit) -> list[str]:
+    """The job ids a transaction queues (RQ's RPUSH of each id onto the queue)."""
+    pushes = [c.args for c in commit.commands if c.args[0] == "RPUSH" and c.args[1] == keys.queue("classify")]
+    return [job_id for args in pushes for job_id in args[2:]]
+
+
+def test_enqueue_many_sends_one_transaction_per_shard_and_nothing_else():
+    core = ProducerCore(NAMES, "classify", JobOptions())
+    ids, sent = run(core.enqueue_many([b"img"] * 12), lambda op: True)
+    assert all(isinstance(op, Commit) for op in sent) and sorted(op.shard for op in sent) == [0, 1]
+    for commit in sent:
+        assert sorted(committed_ids(commit)) == sorted(i for i in ids if rendezvous(NAMES, i) == commit.shard)
+
+
+def test_jobs_by_reference_are_routed_like_any_job():
+    core = ProducerCore(NAMES, "classify", JobOptions())
+    urls = [f"https://images.example/{n}.jpg" for n in range(8)]
+    ids, sent = run(core.enqueue_many(image_urls=urls), lambda op: True)
+    assert len(ids) == 8 and sorted(i for op in sent for i in committed_ids(op)) == sorted(ids)
+
+
+def test_a_bad_job_stops_the_call_before_anything_is_sent():
+    core = ProducerCore(NAMES, "classify", JobOptions())
+    with pytest.raises(ProtocolError):
+        run(core.enqueue_many([b"a", b"b"], metas=[{}, {"when": object()}]), lambda op: pytest.fail(f"sent {op}"))
+
+
+def test_an_unreachable_shard_is_named_with_the_ids_written_before_it():
+    core = ProducerCore(NAMES, "classify", JobOptions())
+    ids = [f"ad-{n}" for n in range(10)]
+
+    def answer(op: Op) -> Any:
+        if op.shard == 1:
+            raise redis.ConnectionError("refused")
+        return [0] * len(op.commands) if isinstance(op, Batch) else True
+
+    with pytest.raises(ShardUnavailable) as down:
+        run(core.enqueue_many([b"x"] * 10, job_ids=ids), answer)
+    on_b = [i for i in ids if rendezvous(NAMES, i) == 1]
+    assert down.value.shard == "b:6379/0" and set(on_b) <= set(down.value.not_enqueued)
+    assert sorted(down.value.enqueued + down.value.not_enqueued) == sorted(ids)
+
+
+def test_caller_chosen_ids_are_watched_checked_and_kept_when_they_exist():
+    core = ProducerCore(NAMES[:1], "classify", JobOptions())
+    ids, sent = run(core.enqueue_many([b"x"], job_ids=["ad-1"]), lambda op: [1] if isinstance(op, Batch) else None)
+    assert ids == ["ad-1"] and [type(op) for op in sent] == [Watch, Batch]  # exists: nothing written
+    assert sent[0].keys == (keys.job("ad-1"),)
+
+
+def test_a_watched_id_created_meanwhile_makes_the_write_check_again():
+    core = ProducerCore(NAMES[:1], "classify", JobOptions())
+    commits = iter([False, True])
+    answer = {Watch: lambda op: None, Batch: lambda op: [0], Commit: lambda op: next(commits)}
+    ids, sent = run(core.enqueue_many([b"x"], job_ids=["ad-1"]), lambda op: answer[type(op)](op))
+    assert ids == ["ad-1"] and [type(op) for op in sent] == [Watch, Batch, Commit] * 2
+
+
+def test_the_queue_limit_and_a_full_redis_are_the_producers_errors():
+    core = ProducerCore(NAMES[:1], "classify", JobOptions(max_queue_length=5))
+    with pytest.raises(QueueFull):
+        run(core.enqueue_many([b"x"]), lambda op: [5])  # LLEN 5 + 1 > 5
+
+    def out_of_memory(op: Op) -> Any:
+        if isinstance(op, Commit):
+            raise redis.OutOfMemoryError("OOM command not allowed")
+        return [0]
+
+    with pytest.raises(RedisFull):
+        run(core.enqueue_many([b"x"]), out_of_memory)
+
+
+def test_a_cache_hit_on_any_shard_is_answered_without_queueing_and_result_needs_no_redis():
+    core = ProducerCore(NAMES, "classify", JobOptions())
+    photo = b"photo"
+    entry = key_for(digest(photo), loads(ANNOUNCED))
+    numbers = compact(make_result("x", model="tiny@7", worker="w", timings_ms={}, meta={}, topk=[("cat", 0.9)]))
+
+    def answer(op: Op) -> Any:
+        if op.shard == 0:
+            raise redis.ConnectionError("shard a is away")  # a miss there, not an error
+        return ANNOUNCED if op.command.args[1] == keys.announcement("classify") else numbers
+
+    job_id, sent = run(core.enqueue(photo, cache=True, meta={"ad": 1}), answer)
+    assert (
+        all(isinstance(op, Call) and op.command.args[0] == "GET" for op in sent) and sent[-1].command.args[1] == entry
+    )
+    result, sent = run(core.result(job_id), lambda op: pytest.fail(f"sent {op}"))
+    assert result["cached"] is True and result["label"] == "cat" and result["meta"] == {"ad": 1} and sent == []
+    assert (core.cache.hits, core.cache.misses) == (1, 0)
+
+
+def test_no_cache_lookup_for_a_url_or_a_caller_chosen_id():
+    core = ProducerCore(NAMES[:1], "classify", JobOptions())
+    _, sent = run(core.enqueue(image_url="https://images.example/a.jpg", cache=True), lambda op: True)
+    assert [type(op) for op in sent] == [Commit]
+    _, sent = run(core.enqueue(b"x", job_id="ad-1", cache=True), lambda op: [0] if isinstance(op, Batch) else True)
+    assert [type(op) for op in sent] == [Watch, Batch, Commit] and core.cache.misses == 0
+
+
+def test_result_of_an_unknown_job_times_out_saying_so():
+    core = ProducerCore(NAMES, "classify", JobOptions())
+    with pytest.raises(JobTimeout, match="no such job") as waited:
+        run(core.result("ghost", timeout=0), lambda op: 0)
+    assert waited.value.job_id == "ghost"
