@@ -38,8 +38,21 @@ def run(cache: bool, jobs: int, model: str) -> dict:
     server = RedisServer().start()
     proc = None
     try:
-        args = [sys.executable, "-m", "worker", "--model", model, "--redis-url", server.url, "--batch-size", "32",
-                "--log-level", "WARNING", "--cache-ttl-s", "3600" if cache else "0"]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "worker",
+            "--model",
+            model,
+            "--redis-url",
+            server.url,
+            "--batch-size",
+            "32",
+            "--log-level",
+            "WARNING",
+            "--cache-ttl-s",
+            "3600" if cache else "0",
+        ]
         proc = subprocess.Popen(args, cwd=ROOT, env={"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"})
         producer = Producer(server.url)
         earlier = photos(int(jobs * 0.3), seed=1)
@@ -54,8 +67,13 @@ def run(cache: bool, jobs: int, model: str) -> dict:
         for job_id in ids:
             producer.result(job_id, timeout=300)
         elapsed = time.perf_counter() - start
-        return {"cache": cache, "jobs": len(stream), "queued": server_finished(producer) - before,
-                "hits": producer.cache.hits, "images_per_s": len(stream) / elapsed}  # fmt: skip
+        return {
+            "cache": cache,
+            "jobs": len(stream),
+            "queued": server_finished(producer) - before,
+            "hits": producer.cache.hits,
+            "images_per_s": len(stream) / elapsed,
+        }
     finally:
         if proc is not None:
             proc.terminate()
@@ -78,10 +96,12 @@ def main() -> None:
     rows = [["off", r["jobs"], r["queued"], r["hits"], round(r["images_per_s"], 1)] for r in (off,)]
     rows += [["on", on["jobs"], on["queued"], on["hits"], round(on["images_per_s"], 1)]]
     body = table(["cache", "answers", "jobs run by a worker", "cache hits", "answers/s"], rows)
-    body += (f"\n\nWith 30% repeats the cache ran {on['queued'] / max(1, off['queued']):.2f}x the jobs and answered "
-             f"at {on['images_per_s'] / off['images_per_s']:.2f}x the rate (one producer thread, {args.model} model, "
-             "96 px noise JPEGs, 2-core box). A lookup costs two reads (the workers' announcement, then the "
-             "entry): it pays when a forward pass costs more than those round trips.")  # fmt: skip
+    body += (
+        f"\n\nWith 30% repeats the cache ran {on['queued'] / max(1, off['queued']):.2f}x the jobs and answered "
+        f"at {on['images_per_s'] / off['images_per_s']:.2f}x the rate (one producer thread, {args.model} model, "
+        "96 px noise JPEGs, 2-core box). A lookup costs two reads (the workers' announcement, then the "
+        "entry): it pays when a forward pass costs more than those round trips."
+    )
     report(f"cache-{args.model}-cpu", f"Result cache ({args.model}): 30% repeated photos, on vs off", body, args.write)
 
 

@@ -18,8 +18,17 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
-PHOTOS = ("astronaut.jpg", "cat.jpg", "china.jpg", "coffee.jpg", "flower.jpg", "grace_hopper.jpg",
-          "motorcycle.jpg", "rocket.jpg", "retina_large.jpg")  # fmt: skip
+PHOTOS = (
+    "astronaut.jpg",
+    "cat.jpg",
+    "china.jpg",
+    "coffee.jpg",
+    "flower.jpg",
+    "grace_hopper.jpg",
+    "motorcycle.jpg",
+    "rocket.jpg",
+    "retina_large.jpg",
+)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

@@ -54,8 +54,9 @@ def _work(task: tuple[int, tuple[int, int]]) -> int:
     return len(prepare(_payloads[index], size))
 
 
-def capacity(payloads: Sequence[bytes], size: tuple[int, int] = (224, 224), processes: int | None = None,
-             repeats: int = 30) -> float:  # fmt: skip
+def capacity(
+    payloads: Sequence[bytes], size: tuple[int, int] = (224, 224), processes: int | None = None, repeats: int = 30
+) -> float:
     """Images/s that ``processes`` (default: all cores) Pillow processes reach on ``payloads`` x ``repeats``.
 
     The pool is warmed first (every process started and through every payload once), then the fixed set of

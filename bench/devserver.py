@@ -77,8 +77,22 @@ class RedisServer:
         created = self.dir is None
         self.dir = self.dir or Path(tempfile.mkdtemp(prefix="redis-"))
         self.port = self.port or free_port()
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--save", "", "--appendonly", "no", "--daemonize", "no", *self.extra_args]  # fmt: skip
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            *self.extra_args,
+        ]
         try:
             with open(self.dir / "redis.log", "ab") as log_file:  # the process keeps its own copy of the file
                 self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)

@@ -42,10 +42,36 @@ class Drain:
 def worker_args(kind: str, url: str, model: str, batch: int, device: str, extra: list[str] | None = None) -> list[str]:
     """The module and arguments of ``ours`` (the batch worker) or ``rq`` (a plain SimpleWorker)."""
     if kind == "ours":
-        return ["worker", "--model", model, "--redis-url", url, "--batch-size", str(batch), "--device", device,
-                "--max-wait-ms", "5", "--burst", "--log-level", "WARNING", *(extra or [])]  # fmt: skip
-    return ["rq.cli", "worker", "--burst", "--quiet", "-w", "rq.SimpleWorker", "-S", SERIALIZER, "--url", url,
-            "classify"]  # fmt: skip
+        return [
+            "worker",
+            "--model",
+            model,
+            "--redis-url",
+            url,
+            "--batch-size",
+            str(batch),
+            "--device",
+            device,
+            "--max-wait-ms",
+            "5",
+            "--burst",
+            "--log-level",
+            "WARNING",
+            *(extra or []),
+        ]
+    return [
+        "rq.cli",
+        "worker",
+        "--burst",
+        "--quiet",
+        "-w",
+        "rq.SimpleWorker",
+        "-S",
+        SERIALIZER,
+        "--url",
+        url,
+        "classify",
+    ]
 
 
 def redis_cpu_s(conn: redis.Redis) -> float:
@@ -76,8 +102,18 @@ def rate_from_end_times(ended: list[datetime]) -> float:
     return after / span if span > 0 else float("nan")
 
 
-def drain(kind: str, url: str, model: str, payloads: list[bytes], *, batch: int = 8, device: str = "cpu",
-          timeout_s: float = 600, extra: list[str] | None = None, root: Path = ROOT) -> Drain:  # fmt: skip
+def drain(
+    kind: str,
+    url: str,
+    model: str,
+    payloads: list[bytes],
+    *,
+    batch: int = 8,
+    device: str = "cpu",
+    timeout_s: float = 600,
+    extra: list[str] | None = None,
+    root: Path = ROOT,
+) -> Drain:
     """Fill the queue with ``payloads`` (one job each), run a burst worker to empty it, measure. ``root`` is the
     source tree the worker runs from (another commit's worktree for a before/after comparison, bench/ab.py)."""
     conn = redis.Redis.from_url(url)
@@ -96,5 +132,13 @@ def drain(kind: str, url: str, model: str, payloads: list[bytes], *, batch: int 
     ended, ok = ended_times(conn, ids)
     round_trips = json.loads(counts.read_text())["round_trips"]
     n = len(ids)
-    return Drain(kind, n, ok, rate_from_end_times(ended), round_trips / n, commands / n,
-                 (cpu_enqueued - cpu_start) * 1e6 / n, (cpu_end - cpu_enqueued) * 1e6 / n)  # fmt: skip
+    return Drain(
+        kind,
+        n,
+        ok,
+        rate_from_end_times(ended),
+        round_trips / n,
+        commands / n,
+        (cpu_enqueued - cpu_start) * 1e6 / n,
+        (cpu_end - cpu_enqueued) * 1e6 / n,
+    )

@@ -93,10 +93,30 @@ def render(cells: dict[tuple[str, str, str], Cost], batch: int) -> str:
             continue
         old = cells[("before", name, mode)]
         label = "enqueue (one at a time)" if mode == "one" else f"enqueue_many ({batch} per call)"
-        rows.append([name, label, old.wall_ms, cost.wall_ms, f"{old.wall_ms / cost.wall_ms:.1f}x", old.cpu_ms,
-                     cost.cpu_ms, old.redis_us, cost.redis_us])  # fmt: skip
-    headers = ["payload", "call", "before: ms/job", "after: ms/job", "speed-up", "before: producer CPU ms",
-               "after: producer CPU ms", "before: Redis µs/job", "after: Redis µs/job"]  # fmt: skip
+        rows.append(
+            [
+                name,
+                label,
+                old.wall_ms,
+                cost.wall_ms,
+                f"{old.wall_ms / cost.wall_ms:.1f}x",
+                old.cpu_ms,
+                cost.cpu_ms,
+                old.redis_us,
+                cost.redis_us,
+            ]
+        )
+    headers = [
+        "payload",
+        "call",
+        "before: ms/job",
+        "after: ms/job",
+        "speed-up",
+        "before: producer CPU ms",
+        "after: producer CPU ms",
+        "before: Redis µs/job",
+        "after: Redis µs/job",
+    ]
     after = {(n, m): c for (v, n, m), c in cells.items() if v == "after"}
     big, small = after[("119 KB photo", "one")], after[("1 KB", "one")]
     big_many, small_many = after[("119 KB photo", "many")], after[("1 KB", "many")]

@@ -82,30 +82,39 @@ def model_capacity(model_path: str, device: str, batch: int) -> float:
     return time_buckets(model, [batch], budget_s=1.0)[0].images_per_s
 
 
-def side_by_side(urls: list[str], model: str, payloads: list[bytes], args: argparse.Namespace,
-                 decode: str) -> tuple[float, list[float], float]:  # fmt: skip
+def side_by_side(
+    urls: list[str], model: str, payloads: list[bytes], args: argparse.Namespace, decode: str
+) -> tuple[float, list[float], float]:
     """Independent Redis + worker pairs draining at once: images/s of all together (every pair's completions
     in one window), each pair's alone, and Redis CPU µs per job (per server)."""
     conns = [redis.Redis.from_url(u) for u in urls]
     ids, cpu = [], []
-    for url, conn in zip(urls, conns):
+    for url, conn in zip(urls, conns, strict=False):
         conn.flushdb()
         cpu.append(redis_cpu_s(conn))
         ids.append(Producer(url).enqueue_many(payloads))
     extra = ["--decode", decode, "--max-wait-ms", "5"]
     env = {**os.environ, "PYTHONPATH": pythonpath()}
-    procs = [subprocess.Popen([sys.executable, "-m", *worker_args("ours", u, model, args.batch, args.device, extra)],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL) for u in urls]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", *worker_args("ours", u, model, args.batch, args.device, extra)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        for u in urls
+    ]
     for proc in procs:
         proc.wait(timeout=600)
-    ended = [ended_times(c, i)[0] for c, i in zip(conns, ids)]
-    used = sum(redis_cpu_s(c) - before for c, before in zip(conns, cpu)) / len(urls)
+    ended = [ended_times(c, i)[0] for c, i in zip(conns, ids, strict=False)]
+    used = sum(redis_cpu_s(c) - before for c, before in zip(conns, cpu, strict=False)) / len(urls)
     together = rate_from_end_times([e for each in ended for e in each])  # all pairs' completions, one window
     return together, [rate_from_end_times(e) for e in ended], used * 1e6 / len(payloads)
 
 
-def _e2e_row(name: str, decode: str, servers: int, run: Drain | None, rate: float, cap: float,
-             us_per_job: float) -> list[object]:  # fmt: skip
+def _e2e_row(
+    name: str, decode: str, servers: int, run: Drain | None, rate: float, cap: float, us_per_job: float
+) -> list[object]:
     jobs = f"{run.ok}/{run.jobs}" if run else "-"
     per_core = 1e6 / us_per_job if us_per_job > 0 else float("nan")
     return [name, decode, servers, jobs, rate, rate / cap, us_per_job, per_core]
@@ -139,20 +148,34 @@ def main() -> None:
     forward = model_capacity(model, args.device, args.batch)
     print(f"model alone: {forward:.0f} images/s at batch {args.batch}", flush=True)
     rows = e2e_rows(sets, model, caps, forward, args, cuda)
-    body = "\n\n".join([
-        "Decoder alone (224 x 224 output; GPU: header read, decode, EXIF, resize, crop on the device):",
-        table(["payloads", "mean KB", "decoder", "images/s"], cap_rows),
-        f"Model alone: efficientnet-lite0 at batch {args.batch}: **{forward:.0f} images/s**.",
-        "End to end (jobs already queued, our worker, EfficientNet-Lite0; efficiency = images/s / min(decoder, "
-        "model); Redis CPU = the server's user + sys CPU per job, enqueue and worker):",
-        table(["payloads", "decode", "Redis servers", "ok/jobs", "images/s", "efficiency", "Redis CPU µs/job",
-               "jobs/s per Redis core"], rows),
-    ])  # fmt: skip
+    body = "\n\n".join(
+        [
+            "Decoder alone (224 x 224 output; GPU: header read, decode, EXIF, resize, crop on the device):",
+            table(["payloads", "mean KB", "decoder", "images/s"], cap_rows),
+            f"Model alone: efficientnet-lite0 at batch {args.batch}: **{forward:.0f} images/s**.",
+            "End to end (jobs already queued, our worker, EfficientNet-Lite0; efficiency = images/s / min(decoder, "
+            "model); Redis CPU = the server's user + sys CPU per job, enqueue and worker):",
+            table(
+                [
+                    "payloads",
+                    "decode",
+                    "Redis servers",
+                    "ok/jobs",
+                    "images/s",
+                    "efficiency",
+                    "Redis CPU µs/job",
+                    "jobs/s per Redis core",
+                ],
+                rows,
+            ),
+        ]
+    )
     report(f"gpu-decode-{args.device.split(':')[0]}", f"Feeding the GPU on {args.device}", body, args.write)
 
 
-def e2e_rows(sets: dict[str, list[bytes]], model: str, caps: dict, forward: float, args: argparse.Namespace,
-             cuda: bool) -> list[list[object]]:  # fmt: skip
+def e2e_rows(
+    sets: dict[str, list[bytes]], model: str, caps: dict, forward: float, args: argparse.Namespace, cuda: bool
+) -> list[list[object]]:
     """End-to-end drains with each decoder (one Redis), then ``--pairs`` Redis + worker pairs with the GPU one."""
     rows = []
     servers = [RedisServer(binary=find_redis_server(prefer_embedded=False)).start() for _ in range(max(1, args.pairs))]
@@ -162,19 +185,28 @@ def e2e_rows(sets: dict[str, list[bytes]], model: str, caps: dict, forward: floa
             jobs = args.jobs if name == "photos" else args.jobs // 2
             payloads = [sources[i % len(sources)] for i in range(jobs)]
             for decode in ("cpu", "gpu") if cuda else ("cpu",):
-                run = drain("ours", url, model, payloads, batch=args.batch, device=args.device,
-                            extra=["--decode", decode])  # fmt: skip
+                run = drain(
+                    "ours", url, model, payloads, batch=args.batch, device=args.device, extra=["--decode", decode]
+                )
                 cap = min(caps[name, decode], forward)
                 rows.append(_e2e_row(name, decode, 1, run, run.images_per_s, cap, run.redis_us_per_job))
-                print(table(["payloads", "decode", "servers", "ok/jobs", "images/s", "efficiency", "µs/job", "/core"],
-                            rows[-1:]), flush=True)  # fmt: skip
+                print(
+                    table(
+                        ["payloads", "decode", "servers", "ok/jobs", "images/s", "efficiency", "µs/job", "/core"],
+                        rows[-1:],
+                    ),
+                    flush=True,
+                )
         if args.pairs > 1 and "photos" in sets:
             decode = "gpu" if cuda else "cpu"
             payloads = [sets["photos"][i % len(sets["photos"])] for i in range(args.jobs)]
             total, each, us = side_by_side([s.url for s in servers], model, payloads, args, decode)
             cap = min(caps["photos", decode] * args.pairs, forward)  # a decoder per worker, one model's GPU
-            rows.append(_e2e_row(f"photos (rates: {', '.join(f'{r:.0f}' for r in each)})", decode, args.pairs, None,
-                                 total, cap, us))  # fmt: skip
+            rows.append(
+                _e2e_row(
+                    f"photos (rates: {', '.join(f'{r:.0f}' for r in each)})", decode, args.pairs, None, total, cap, us
+                )
+            )
     finally:
         for server in servers:
             server.stop()

@@ -44,8 +44,21 @@ def main() -> None:
     args = parser.parse_args()
     server = RedisServer(binary=find_redis_server(prefer_embedded=False)).start()
     hz = server_hz(server.url)
-    cmd = [sys.executable, "-m", "worker", "--model", str(ensure_model("tiny")), "--redis-url", server.url,
-           "--batch-size", "8", "--max-wait-ms", str(args.max_wait_ms), "--log-level", "INFO"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--model",
+        str(ensure_model("tiny")),
+        "--redis-url",
+        server.url,
+        "--batch-size",
+        "8",
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--log-level",
+        "INFO",
+    ]
     OUT.mkdir(parents=True, exist_ok=True)
     log = OUT / "idle-worker.log"
     worker = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath()}, stderr=log.open("wb"))

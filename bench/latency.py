@@ -91,8 +91,21 @@ def open_loop(producer: Producer, collector: Collector, payloads: list[bytes], r
 
 
 def start_worker(url: str, model: str, args: argparse.Namespace, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "worker", "--model", model, "--redis-url", url, "--device", args.device,
-           "--batch-size", str(args.batch_size), "--max-wait-ms", str(args.max_wait_ms)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--model",
+        model,
+        "--redis-url",
+        url,
+        "--device",
+        args.device,
+        "--batch-size",
+        str(args.batch_size),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+    ]
     if args.decode:
         cmd += ["--decode", args.decode]
     out = log.open("wb")
@@ -154,26 +167,41 @@ def run_levels(url: str, args: argparse.Namespace) -> tuple[list[list], list[dic
 
 
 def render(rows: list[list], levels: list[dict], cap: float, args: argparse.Namespace) -> str:
-    headers = ["load", "jobs", "offered/s", "p50 ms", "p95 ms", "p99 ms", "queue p50", "decode p50", "infer p50",
-               "publish p50"]  # fmt: skip
+    headers = [
+        "load",
+        "jobs",
+        "offered/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "queue p50",
+        "decode p50",
+        "infer p50",
+        "publish p50",
+    ]
     lines = [f"capacity {cap:.1f} images/s (batch size {args.batch_size}, max wait {args.max_wait_ms} ms)", ""]
     lines.append(table(headers, rows))
     lines.append("\nbatch sizes formed (jobs per size):\n")
-    lines.append(table(["load", "histogram"], [[f"{lv['level']:.0%}", dict(sorted(lv["batches"].items()))]
-                                              for lv in levels]))  # fmt: skip
+    lines.append(
+        table(["load", "histogram"], [[f"{lv['level']:.0%}", dict(sorted(lv["batches"].items()))] for lv in levels])
+    )
     half = next(lv for lv in levels if lv["level"] == 0.5)
     f50, f99 = percentile(half["parts"]["infer"], 50), percentile(half["parts"]["infer"], 99)
     bound = args.max_wait_ms + f99 + f50 + 10
     p99 = percentile(half["e2e"], 99)
     verdict = "meets" if p99 <= bound else f"misses by {p99 - bound:.0f} ms"
-    lines.append(f"\nAt 50% load p99 = {p99:.1f} ms; target max_wait + p99 forward + p50 forward + 10 ms = "
-                 f"{args.max_wait_ms:.0f} + {f99:.1f} + {f50:.1f} + 10 = {bound:.1f} ms: **{verdict}**.")  # fmt: skip
+    lines.append(
+        f"\nAt 50% load p99 = {p99:.1f} ms; target max_wait + p99 forward + p50 forward + 10 ms = "
+        f"{args.max_wait_ms:.0f} + {f99:.1f} + {f50:.1f} + 10 = {bound:.1f} ms: **{verdict}**."
+    )
     if args.decode == "gpu":
         verdict = "meets" if p99 <= 15 else "misses"
         lines.append(f"\nGPU-decode target (issue 12): p99 <= 15 ms at 50% load: **{verdict}**.")
     if args.pipeline_cost:
-        lines.append(f"\nThe pipeline's own cost over the run (worker log, p50 per job): {args.pipeline_cost}; "
-                     "target <= 2 ms each.")  # fmt: skip
+        lines.append(
+            f"\nThe pipeline's own cost over the run (worker log, p50 per job): {args.pipeline_cost}; "
+            "target <= 2 ms each."
+        )
     decode = f"{args.decode}decode-" if args.decode else ""
     png = latency_plot(levels, f"latency-{decode}{args.device.split(':')[0]}.png")
     if png:

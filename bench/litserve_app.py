@@ -82,7 +82,7 @@ class ClassifierAPI(ls.LitAPI):
         with torch.inference_mode():
             logits = self.model((x[None] if single else x).to(self.device))
             scores, indices = torch.softmax(logits.float(), dim=1).topk(TOP_K, dim=1)
-        rows = list(zip(scores.cpu().tolist(), indices.cpu().tolist()))
+        rows = list(zip(scores.cpu().tolist(), indices.cpu().tolist(), strict=False))
         return rows[0] if single else rows
 
     def unbatch(self, output: list) -> list:
@@ -90,7 +90,7 @@ class ClassifierAPI(ls.LitAPI):
 
     def encode_response(self, output: tuple[list[float], list[int]]) -> dict:
         scores, indices = output
-        topk = [[self.labels[i], round(s, 6)] for s, i in zip(scores, indices)]
+        topk = [[self.labels[i], round(s, 6)] for s, i in zip(scores, indices, strict=False)]
         return {"label": topk[0][0], "topk": topk}
 
 

@@ -63,11 +63,23 @@ def serve(model: str, max_batch: int, device: str = "cpu", start_timeout_s: floa
     """Run ``bench.litserve_app`` on a free port until the block ends; yields the port once /health answers."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": pythonpath()}
-    cmd = [sys.executable, "-m", "bench.litserve_app", "--model", str(model), "--max-batch", str(max_batch),
-           "--port", str(port), "--device", device]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.litserve_app",
+        "--model",
+        str(model),
+        "--max-batch",
+        str(max_batch),
+        "--port",
+        str(port),
+        "--device",
+        device,
+    ]
     # Its own process group: LitServe spawns API and inference processes that must all go at the end.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         _wait_until(lambda: _healthy(port) or proc.poll() is not None, start_timeout_s, "LitServe to start")
         if proc.poll() is not None:

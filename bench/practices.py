@@ -23,8 +23,9 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=1.0)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    result = report(str(ensure_model("lite0")), args.device, args.max_batch, "worker.export:efficientnet_lite0",
-                    args.budget_s)  # fmt: skip
+    result = report(
+        str(ensure_model("lite0")), args.device, args.max_batch, "worker.export:efficientnet_lite0", args.budget_s
+    )
     dev = args.device.split(":")[0]
     body = "`python -m worker bench --model M --eager worker.export:efficientnet_lite0`\n\n" + render(result)
     PLOTS.mkdir(parents=True, exist_ok=True)

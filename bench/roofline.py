@@ -32,8 +32,17 @@ def main() -> None:
         model.warm_up(rounds=1)
         timings = time_buckets(model, bucket_sizes(most), budget_s=args.budget_s)
         best = max(t.images_per_s for t in timings)
-        rows += [[model.info.tag, t.batch, t.ms_per_batch, t.images_per_s, t.images_per_s / timings[0].images_per_s,
-                  "**best**" if t.images_per_s == best else ""] for t in timings]  # fmt: skip
+        rows += [
+            [
+                model.info.tag,
+                t.batch,
+                t.ms_per_batch,
+                t.images_per_s,
+                t.images_per_s / timings[0].images_per_s,
+                "**best**" if t.images_per_s == best else "",
+            ]
+            for t in timings
+        ]
         series[model.info.tag] = [(t.batch, t.images_per_s) for t in timings]
     body = table(["model", "batch", "ms/batch", "images/s", "x batch 1", ""], rows)
     dev = args.device.split(":")[0]

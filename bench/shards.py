@@ -26,8 +26,23 @@ from .drain import redis_cpu_s
 
 def worker(urls: list[str], model: str, burst: bool) -> subprocess.Popen:
     flags = [arg for url in urls for arg in ("--redis-url", url)]
-    args = [sys.executable, "-m", "worker", "--model", model, *flags, "--batch-size", "32", "--max-wait-ms", "5",
-            "--log-level", "WARNING", "--idle-wait-ms", "1000", *(["--burst"] if burst else [])]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--model",
+        model,
+        *flags,
+        "--batch-size",
+        "32",
+        "--max-wait-ms",
+        "5",
+        "--log-level",
+        "WARNING",
+        "--idle-wait-ms",
+        "1000",
+        *(["--burst"] if burst else []),
+    ]
     return subprocess.Popen(args, cwd=ROOT, env={"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"})
 
 
@@ -46,10 +61,15 @@ def drain(n: int, jobs: int, model: str, payload: bytes) -> dict:
         proc = worker(urls, model, burst=True)
         proc.wait(timeout=600)
         elapsed = time.monotonic() - start
-        cpu = [(redis_cpu_s(c) - b) * 1e6 for c, b in zip(conns, before)]
+        cpu = [(redis_cpu_s(c) - b) * 1e6 for c, b in zip(conns, before, strict=False)]
         finished = sum(c.zcard("rq:finished:classify") for c in conns)
-        return {"shards": n, "jobs": finished, "per_shard": per_shard, "elapsed_s": elapsed,
-                "us_per_job": [c / max(1, j) for c, j in zip(cpu, per_shard)]}  # fmt: skip
+        return {
+            "shards": n,
+            "jobs": finished,
+            "per_shard": per_shard,
+            "elapsed_s": elapsed,
+            "us_per_job": [c / max(1, j) for c, j in zip(cpu, per_shard, strict=False)],
+        }
     finally:
         for server in servers:
             server.stop()
@@ -92,15 +112,35 @@ def main() -> None:
         mean_load = statistics.mean(r["per_shard"])
         spread = max(abs(j - mean_load) / mean_load for j in r["per_shard"])
         us = r["us_per_job"]
-        rows.append([r["shards"], r["jobs"], " / ".join(str(j) for j in r["per_shard"]), f"{spread:.1%}",
-                     " / ".join(f"{u:.0f}" for u in us), f"{max(abs(u - base) / base for u in us):.1%}",
-                     round(r["jobs"] / r["elapsed_s"], 1)])  # fmt: skip
+        rows.append(
+            [
+                r["shards"],
+                r["jobs"],
+                " / ".join(str(j) for j in r["per_shard"]),
+                f"{spread:.1%}",
+                " / ".join(f"{u:.0f}" for u in us),
+                f"{max(abs(u - base) / base for u in us):.1%}",
+                round(r["jobs"] / r["elapsed_s"], 1),
+            ]
+        )
     rt = {n: idle_round_trip(n, model, payload, args.rounds) for n in (1, 3)}
-    body = table(["shards", "jobs done", "jobs per shard", "load vs mean (max)", "Redis CPU µs/job per shard",
-                  "vs 1 shard (max)", "images/s"], rows)  # fmt: skip
-    body += (f"\n\nIdle `classify()` round trip, p50 of {args.rounds}: 1 shard {rt[1]:.1f} ms, "
-             f"3 shards {rt[3]:.1f} ms ({rt[3] / rt[1]:.2f}x).\n\nPayload {len(payload) // 1024} KB photo, tiny "
-             "model, one worker serving every shard, all on this machine.")  # fmt: skip
+    body = table(
+        [
+            "shards",
+            "jobs done",
+            "jobs per shard",
+            "load vs mean (max)",
+            "Redis CPU µs/job per shard",
+            "vs 1 shard (max)",
+            "images/s",
+        ],
+        rows,
+    )
+    body += (
+        f"\n\nIdle `classify()` round trip, p50 of {args.rounds}: 1 shard {rt[1]:.1f} ms, "
+        f"3 shards {rt[3]:.1f} ms ({rt[3] / rt[1]:.2f}x).\n\nPayload {len(payload) // 1024} KB photo, tiny "
+        "model, one worker serving every shard, all on this machine."
+    )
     report("shards-cpu", "Sharding: Redis CPU per job per shard, balance, idle round trip", body, args.write)
 
 

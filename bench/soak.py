@@ -52,8 +52,9 @@ class Listener:
 
 def run(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
-    server = RedisServer(binary=find_redis_server(prefer_embedded=False),
-                         extra_args=["--maxmemory-policy", "noeviction"]).start()  # fmt: skip
+    server = RedisServer(
+        binary=find_redis_server(prefer_embedded=False), extra_args=["--maxmemory-policy", "noeviction"]
+    ).start()
     conn = redis.Redis.from_url(server.url)
     producer = Producer(server.url)
     listener = Listener(producer)
@@ -67,8 +68,10 @@ def run(args: argparse.Namespace) -> dict:
     per_kill = args.jobs // (args.kills + 1)
     try:
         for k in range(args.kills + 1):
-            chunk = [rng.choice(HOSTILE) if rng.random() < args.hostile else rng.choice(good)
-                     for _ in range(per_kill if k < args.kills else args.jobs - len(ids))]  # fmt: skip
+            chunk = [
+                rng.choice(HOSTILE) if rng.random() < args.hostile else rng.choice(good)
+                for _ in range(per_kill if k < args.kills else args.jobs - len(ids))
+            ]
             faults.burst_start(k)
             if k % 2 == 1 and consumer.kills < args.consumer_kills:
                 consumer.kill_and_restart()
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
                 if i // 100 == len(chunk) // 200:  # mid-chunk: workers are busy
                     faults.mid_burst(k)
             ids += new
-            hostile.update(j for j, data in zip(new, chunk) if data in HOSTILE)
+            hostile.update(j for j, data in zip(new, chunk, strict=False) if data in HOSTILE)
             _pause(fleet, args.interval_s)  # workers restart (a few s) and recover before the next burst
         states = _wait_final(conn, ids + foreign, fleet)
         expected = set(ids) | set(foreign)
@@ -100,8 +103,9 @@ def run(args: argparse.Namespace) -> dict:
         consumer.stop()
         fleet.stop()
         server.stop()
-    return _summary(args, ids, hostile, foreign, unaddressable, states, listener, fleet, faults,
-                    time.monotonic() - started)  # fmt: skip
+    return _summary(
+        args, ids, hostile, foreign, unaddressable, states, listener, fleet, faults, time.monotonic() - started
+    )
 
 
 def _pause(fleet: Fleet, seconds: float) -> None:
@@ -121,43 +125,69 @@ def _wait_final(conn: redis.Redis, ids: list[str], fleet: Fleet) -> dict[str, st
         time.sleep(0.2)
 
 
-def _summary(args: argparse.Namespace, ids: list[str], hostile: set[str], foreign: list[str],
-             unaddressable: int, states: dict[str, str], listener: Listener, fleet: Fleet, faults: Faults,
-             elapsed: float) -> dict:  # fmt: skip
+def _summary(
+    args: argparse.Namespace,
+    ids: list[str],
+    hostile: set[str],
+    foreign: list[str],
+    unaddressable: int,
+    states: dict[str, str],
+    listener: Listener,
+    fleet: Fleet,
+    faults: Faults,
+    elapsed: float,
+) -> dict:
     published = listener.published
     lost = [i for i in ids if states[i] not in ("finished", "failed")]
     failed = {i for i in ids if states[i] == "failed"}
     return {
-        "jobs": len(ids), "hostile": len(hostile), "lost": len(lost), "failed": len(failed),
-        "failed_not_hostile": len(failed - hostile), "hostile_not_failed": len(hostile - failed),
+        "jobs": len(ids),
+        "hostile": len(hostile),
+        "lost": len(lost),
+        "failed": len(failed),
+        "failed_not_hostile": len(failed - hostile),
+        "hostile_not_failed": len(hostile - failed),
         "published_missing": sum(1 for i in ids if published[i] == 0),
-        "duplicates_published": sum(max(0, published[i] - 1) for i in ids), "kills": args.kills,
-        "foreign": len(foreign) + unaddressable, "foreign_unaddressable": unaddressable,
-        "foreign_unanswered": sum(1 for i in foreign if published[i] == 0), "crashes": fleet.crashes,
-        "redis_full_refusals": faults.counts["redis_full_refusals"], "frozen": faults.counts["frozen"],
-        "consumer_kills": faults.counts["consumer_kills"], "feed_missing": faults.counts["feed_missing"],
-        "recoveries": faults.recoveries, "elapsed_s": elapsed, "workers": args.workers,
+        "duplicates_published": sum(max(0, published[i] - 1) for i in ids),
+        "kills": args.kills,
+        "foreign": len(foreign) + unaddressable,
+        "foreign_unaddressable": unaddressable,
+        "foreign_unanswered": sum(1 for i in foreign if published[i] == 0),
+        "crashes": fleet.crashes,
+        "redis_full_refusals": faults.counts["redis_full_refusals"],
+        "frozen": faults.counts["frozen"],
+        "consumer_kills": faults.counts["consumer_kills"],
+        "feed_missing": faults.counts["feed_missing"],
+        "recoveries": faults.recoveries,
+        "elapsed_s": elapsed,
+        "workers": args.workers,
         "unexpected_errors": dict(Counter(listener.errors.get(i, "?") for i in failed - hostile)),
-    }  # fmt: skip
+    }
 
 
 def render(r: dict) -> str:
     measured = [x for x in r["recoveries"] if x is not None]
     rows = [
-        ["jobs", r["jobs"]], ["hostile (5%)", r["hostile"]], ["workers", r["workers"]],
-        ["kill -9 (with restart)", r["kills"]], ["Redis CLIENT KILL", 1],
+        ["jobs", r["jobs"]],
+        ["hostile (5%)", r["hostile"]],
+        ["workers", r["workers"]],
+        ["kill -9 (with restart)", r["kills"]],
+        ["Redis CLIENT KILL", 1],
         [f"worker frozen (SIGSTOP) for {3 * WORKER_TTL_S} s, TTL {WORKER_TTL_S} s", r["frozen"]],
         ["enqueues refused by a full Redis (RedisFull, retried)", r["redis_full_refusals"]],
         ["foreign ids and hashes (0.5%)", f"{r['foreign']} ({r['foreign_unaddressable']} not UTF-8: dropped)"],
         ["foreign (addressable) never answered", r["foreign_unanswered"]],
         ["worker crashes (exits not caused by the soak)", r["crashes"]],
         ["feed consumer kill -9 (with restart)", r["consumer_kills"]],
-        ["results lost through the durable feed", r["feed_missing"]], ["**lost**", r["lost"]],
+        ["results lost through the durable feed", r["feed_missing"]],
+        ["**lost**", r["lost"]],
         ["failed", r["failed"]],
         ["failed but not hostile", f"{r['failed_not_hostile']} {r['unexpected_errors'] or ''}".strip()],
-        ["hostile but not failed", r["hostile_not_failed"]], ["never published", r["published_missing"]],
-        ["duplicates published", r["duplicates_published"]], ["wall time (s)", round(r["elapsed_s"], 1)],
-    ]  # fmt: skip
+        ["hostile but not failed", r["hostile_not_failed"]],
+        ["never published", r["published_missing"]],
+        ["duplicates published", r["duplicates_published"]],
+        ["wall time (s)", round(r["elapsed_s"], 1)],
+    ]
     rec = ", ".join("held none" if x is None else f"{x:.1f}" for x in r["recoveries"])
     text = table(["", "value"], rows)
     if measured:
@@ -185,8 +215,13 @@ def main() -> None:
     print(body)
     if args.write:
         write_section("soak", body, ROOT / "RELIABILITY.md")
-    bad = (result["lost"] or result["failed_not_hostile"] or result["duplicates_published"] or result["crashes"]
-           or result["feed_missing"])
+    bad = (
+        result["lost"]
+        or result["failed_not_hostile"]
+        or result["duplicates_published"]
+        or result["crashes"]
+        or result["feed_missing"]
+    )
     sys.exit(1 if bad else 0)
 
 

@@ -74,8 +74,23 @@ class Fleet:
         return thread
 
     def _start(self) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "worker", "--model", self.model, "--redis-url", self.url, "--batch-size", "32",
-               "--worker-ttl-s", str(WORKER_TTL_S), "--max-wait-ms", "5", "--log-level", "ERROR"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "worker",
+            "--model",
+            self.model,
+            "--redis-url",
+            self.url,
+            "--batch-size",
+            "32",
+            "--worker-ttl-s",
+            str(WORKER_TTL_S),
+            "--max-wait-ms",
+            "5",
+            "--log-level",
+            "ERROR",
+        ]
         return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath()})
 
     def kill_one(self, conn: redis.Redis, rng: random.Random) -> tuple[float, set[str]]:
@@ -112,7 +127,7 @@ def final(conn: redis.Redis, ids: list[str]) -> dict[str, str]:
         for job_id in ids:
             pipe.hget(rqkeys.job(job_id), "status")
         replies = pipe.execute(raise_on_error=False)  # a foreign key of another type answers WRONGTYPE
-        return {i: s.decode() if isinstance(s, bytes) else "gone" for i, s in zip(ids, replies)}
+        return {i: s.decode() if isinstance(s, bytes) else "gone" for i, s in zip(ids, replies, strict=False)}
 
 
 def watch_recovery(conn: redis.Redis, killed_at: float, jobs: set[str], out: list) -> None:

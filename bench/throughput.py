@@ -52,8 +52,15 @@ def _median(runs: list[Drain]) -> Drain:
 
 
 def _row(regime: str, runner: str, run: Drain, ratio: float) -> list:
-    return [regime, runner, f"{run.ok}/{run.jobs}", run.images_per_s, ratio, run.round_trips_per_job,
-            run.commands_per_job]  # fmt: skip
+    return [
+        regime,
+        runner,
+        f"{run.ok}/{run.jobs}",
+        run.images_per_s,
+        ratio,
+        run.round_trips_per_job,
+        run.commands_per_job,
+    ]
 
 
 def overhead(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]:
@@ -64,13 +71,17 @@ def overhead(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]
     for _ in range(args.repeats):
         ours.append(drain("ours", url, model, payloads, batch=args.overhead_batch, device=args.device))
         plain.append(drain("rq", url, model, payloads[: len(payloads) // args.plain_fraction], device=args.device))
-    ratios = [o.images_per_s / p.images_per_s for o, p in zip(ours, plain)]
+    ratios = [o.images_per_s / p.images_per_s for o, p in zip(ours, plain, strict=False)]
     o, p = _median(ours), _median(plain)
-    rows = [_row("overhead", f"ours (batch {args.overhead_batch})", o, o.images_per_s / p.images_per_s),
-            _row("overhead", "plain rq SimpleWorker", p, 1.0)]  # fmt: skip
+    rows = [
+        _row("overhead", f"ours (batch {args.overhead_batch})", o, o.images_per_s / p.images_per_s),
+        _row("overhead", "plain rq SimpleWorker", p, 1.0),
+    ]
     each = ", ".join(f"{r:.1f}" for r in ratios)
-    return rows, [f"- overhead: ours / plain RQ = **{o.images_per_s / p.images_per_s:.1f}x** (medians; each run: "
-                  f"{each}), {o.round_trips_per_job:.3f} round trips/job (target >= 15x, <= 0.25)"]  # fmt: skip
+    return rows, [
+        f"- overhead: ours / plain RQ = **{o.images_per_s / p.images_per_s:.1f}x** (medians; each run: "
+        f"{each}), {o.round_trips_per_job:.3f} round trips/job (target >= 15x, <= 0.25)"
+    ]
 
 
 def compute(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]:
@@ -81,26 +92,47 @@ def compute(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]:
     payloads = [sources[i % len(sources)] for i in range(args.compute_jobs)]
     ours, lit = [], {1: [], 4: [], 8: []}
     for _ in range(args.repeats):
-        ours.append(drain("ours", url, model, payloads, batch=args.compute_batch, device=args.device,
-                          extra=decode_flags(args)))  # fmt: skip
+        ours.append(
+            drain("ours", url, model, payloads, batch=args.compute_batch, device=args.device, extra=decode_flags(args))
+        )
         if not args.no_litserve:
             for max_batch in lit:
                 lit[max_batch].append(measure(model, payloads[: args.litserve_requests], max_batch, args.device))
     inproc = in_process(model, payloads, args.compute_batch, args.device)
     o = _median(ours)
     rows = [_row("compute", f"ours (batch {args.compute_batch})", o, o.images_per_s / inproc)]
-    rows.append(["compute", f"in-process decode + model (batch {args.compute_batch}, no Redis)", len(payloads),
-                 inproc, 1.0, 0.0, 0.0])  # fmt: skip
+    rows.append(
+        [
+            "compute",
+            f"in-process decode + model (batch {args.compute_batch}, no Redis)",
+            len(payloads),
+            inproc,
+            1.0,
+            0.0,
+            0.0,
+        ]
+    )
     notes = [f"- compute: pipeline efficiency (ours / in-process) = **{o.images_per_s / inproc:.2f}**"]
     if not args.no_litserve:
         medians = {b: sorted(r)[len(r) // 2] for b, r in lit.items()}
         best = max(medians.values())
         for max_batch, rate in medians.items():
-            rows.append(["compute", f"LitServe max_batch {max_batch} (its own load + Pillow; HTTP, 16 clients)",
-                         args.litserve_requests, rate, rate / inproc, "n/a", "n/a"])  # fmt: skip
+            rows.append(
+                [
+                    "compute",
+                    f"LitServe max_batch {max_batch} (its own load + Pillow; HTTP, 16 clients)",
+                    args.litserve_requests,
+                    rate,
+                    rate / inproc,
+                    "n/a",
+                    "n/a",
+                ]
+            )
         each = ", ".join(f"{r.images_per_s / max(lit[b][i] for b in lit):.2f}" for i, r in enumerate(ours))
-        notes.append(f"- compute: ours / LitServe's best = **{o.images_per_s / best:.2f}x** (each round: {each}; "
-                     "target >= 1.1x, floor 1.0x)")  # fmt: skip
+        notes.append(
+            f"- compute: ours / LitServe's best = **{o.images_per_s / best:.2f}x** (each round: {each}; "
+            "target >= 1.1x, floor 1.0x)"
+        )
     return rows, notes
 
 
@@ -112,17 +144,37 @@ def decode_bound(url: str, args: argparse.Namespace) -> tuple[list[list], list[s
     payloads = [sources[i % len(sources)] for i in range(args.decode_jobs)]
     ours, caps = [], []
     for _ in range(args.repeats):
-        ours.append(drain("ours", url, model, payloads, batch=args.decode_batch, device=args.device,
-                          extra=[*args.worker_flags, *decode_flags(args)]))  # fmt: skip
+        ours.append(
+            drain(
+                "ours",
+                url,
+                model,
+                payloads,
+                batch=args.decode_batch,
+                device=args.device,
+                extra=[*args.worker_flags, *decode_flags(args)],
+            )
+        )
         caps.append(capacity(sources))
     o, cap = _median(ours), sorted(caps)[len(caps) // 2]
     label = f"ours (batch {args.decode_batch}, jobs queued{', --decode ' + args.decode if args.decode else ''})"
-    rows = [_row("decode", label, o, o.images_per_s / cap),
-            ["decode", "all-core Pillow decode + resize (process pool, no Redis, no model)", len(sources), cap, 1.0,
-             0.0, 0.0]]  # fmt: skip
-    each = ", ".join(f"{r.images_per_s / c:.2f}" for r, c in zip(ours, caps))
-    return rows, [f"- decode-bound efficiency (ours / all-core decode capacity) = **{o.images_per_s / cap:.2f}** "
-                  f"(each round: {each}; target >= 0.8, floor 0.7)"]  # fmt: skip
+    rows = [
+        _row("decode", label, o, o.images_per_s / cap),
+        [
+            "decode",
+            "all-core Pillow decode + resize (process pool, no Redis, no model)",
+            len(sources),
+            cap,
+            1.0,
+            0.0,
+            0.0,
+        ],
+    ]
+    each = ", ".join(f"{r.images_per_s / c:.2f}" for r, c in zip(ours, caps, strict=False))
+    return rows, [
+        f"- decode-bound efficiency (ours / all-core decode capacity) = **{o.images_per_s / cap:.2f}** "
+        f"(each round: {each}; target >= 0.8, floor 0.7)"
+    ]
 
 
 def decode_flags(args: argparse.Namespace) -> list[str]:
@@ -141,8 +193,11 @@ def main() -> None:
     parser.add_argument("--decode-jobs", type=int, default=1500)
     parser.add_argument("--decode-batch", type=int, default=32)
     parser.add_argument("--worker-flags", nargs="*", default=[], help="extra flags for our worker (decode regime)")
-    parser.add_argument("--decode", choices=["cpu", "gpu", "auto"], help="our worker's --decode (compute and decode "
-                        "regimes; default: the worker's, auto)")  # fmt: skip
+    parser.add_argument(
+        "--decode",
+        choices=["cpu", "gpu", "auto"],
+        help="our worker's --decode (compute and decode regimes; default: the worker's, auto)",
+    )
     parser.add_argument("--plain-fraction", type=int, default=3, help="the plain worker drains jobs/this")
     parser.add_argument("--litserve-requests", type=int, default=160)
     parser.add_argument("--no-litserve", action="store_true")

@@ -52,7 +52,7 @@ def classify_all(url: str) -> None:
     start = time.monotonic()
     ids = producer.enqueue_many(photos * ROUNDS, metas=[{"file": p.name} for p in photos * ROUNDS])
     results = []
-    for job_id, path in zip(ids, photos * ROUNDS):
+    for job_id, path in zip(ids, photos * ROUNDS, strict=False):
         try:
             results.append((path, producer.result(job_id, timeout=120)))
         except JobFailed as exc:
@@ -66,9 +66,11 @@ def classify_all(url: str) -> None:
             print(f"{path.name:<24} FAILED {result['error']}")
     ok = sum(1 for _, r in results if r["ok"])
     first = results[0][1]
-    print(f"\n{len(results)} images ({len(photos)} photos x {ROUNDS}), {ok} ok, in {elapsed:.2f} s: "
-          f"{len(results) / elapsed:.1f} images/s end to end, model {first.get('model')}, "
-          f"worker {first.get('worker')}")  # fmt: skip
+    print(
+        f"\n{len(results)} images ({len(photos)} photos x {ROUNDS}), {ok} ok, in {elapsed:.2f} s: "
+        f"{len(results) / elapsed:.1f} images/s end to end, model {first.get('model')}, "
+        f"worker {first.get('worker')}"
+    )
     producer.close()
 
 
@@ -81,10 +83,23 @@ def main() -> int:
         url = server.url
         print(f"started an embedded Redis {server.version()} at {url}")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "worker", "--model", str(MODEL), "--redis-url", url, "--batch-size", "4",
-         "--max-wait-ms", "10", "--log-level", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "--model",
+            str(MODEL),
+            "--redis-url",
+            url,
+            "--batch-size",
+            "4",
+            "--max-wait-ms",
+            "10",
+            "--log-level",
+            "WARNING",
+        ],
         cwd=ROOT,
-    )  # fmt: skip
+    )
     try:
         wait_for_worker(url, worker)
         classify_all(url)

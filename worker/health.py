@@ -54,9 +54,16 @@ class Health:
 class Watchdog(threading.Thread):
     """Exits the process (status 3) when ``in_hand()`` > 0 and nothing progressed for ``timeout_s``."""
 
-    def __init__(self, health: Health, in_hand: Callable[[], int], timeout_s: float,
-                 on_stall: Callable[[], None], *, check_s: float = 1.0,
-                 exit: Callable[[int], None] = os._exit) -> None:  # fmt: skip
+    def __init__(
+        self,
+        health: Health,
+        in_hand: Callable[[], int],
+        timeout_s: float,
+        on_stall: Callable[[], None],
+        *,
+        check_s: float = 1.0,
+        exit: Callable[[int], None] = os._exit,
+    ) -> None:
         super().__init__(name="watchdog", daemon=True)
         self.health, self.in_hand, self.timeout_s, self.on_stall = health, in_hand, timeout_s, on_stall
         self.check_s, self.exit = check_s, exit
@@ -70,9 +77,13 @@ class Watchdog(threading.Thread):
             idle_s = time.monotonic() - self.health.progress_at
             if idle_s > self.timeout_s:
                 self.health.stalled = True
-                log.error("watchdog: no progress for %.0f s with %d job(s) in hand: the pipeline is wedged; "
-                          "stopping the heartbeat and exiting %d (the jobs are re-queued)",
-                          idle_s, self.in_hand(), STALL_EXIT)  # fmt: skip
+                log.error(
+                    "watchdog: no progress for %.0f s with %d job(s) in hand: the pipeline is wedged; "
+                    "stopping the heartbeat and exiting %d (the jobs are re-queued)",
+                    idle_s,
+                    self.in_hand(),
+                    STALL_EXIT,
+                )
                 self._give_up()
                 return
 

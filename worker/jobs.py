@@ -41,12 +41,33 @@ def checked_args(args: Any, kwargs: Any, now: float | None = None) -> tuple[byte
     return image, meta
 
 
-def answer(job: JobRecord, *, model: str, worker: str, meta: dict[str, Any], decode_ms: float = 0.0,
-           infer_ms: float = 0.0, topk: list[tuple[str, float]] | None = None, error: JobError | None = None,
-           batch: int = 1) -> dict[str, Any]:  # fmt: skip
+def answer(
+    job: JobRecord,
+    *,
+    model: str,
+    worker: str,
+    meta: dict[str, Any],
+    decode_ms: float = 0.0,
+    infer_ms: float = 0.0,
+    topk: list[tuple[str, float]] | None = None,
+    error: JobError | None = None,
+    batch: int = 1,
+) -> dict[str, Any]:
     """The job's result map, with its timings: queue (enqueue to start), decode, infer, total (to now)."""
     enqueued = job.enqueued_at if job.enqueued_at is not None else job.started_at
-    timings = {"queue": max(0.0, job.started_at - enqueued) * 1000, "decode": decode_ms,
-               "infer": 0.0 if error else infer_ms, "total": max(0.0, job.now() - enqueued) * 1000}  # fmt: skip
-    return make_result(job.job_id, model=model, worker=worker, timings_ms=timings, meta=meta, topk=topk,
-                       error=error.as_error() if error else None, batch=batch)  # fmt: skip
+    timings = {
+        "queue": max(0.0, job.started_at - enqueued) * 1000,
+        "decode": decode_ms,
+        "infer": 0.0 if error else infer_ms,
+        "total": max(0.0, job.now() - enqueued) * 1000,
+    }
+    return make_result(
+        job.job_id,
+        model=model,
+        worker=worker,
+        timings_ms=timings,
+        meta=meta,
+        topk=topk,
+        error=error.as_error() if error else None,
+        batch=batch,
+    )

@@ -48,8 +48,10 @@ def parse_devices(spec: str) -> list[str]:
     if spec == "all":
         gpus = count_gpus()
         if gpus == 0:
-            raise SystemExit("worker: --devices all: no NVIDIA GPU found on this machine (nvidia-smi lists none); "
-                             "use --devices cpu:N for CPU workers")  # fmt: skip
+            raise SystemExit(
+                "worker: --devices all: no NVIDIA GPU found on this machine (nvidia-smi lists none); "
+                "use --devices cpu:N for CPU workers"
+            )
         return [f"cuda:{k}" for k in range(gpus)]
     try:
         return [f"cuda:{int(k)}" for k in spec.split(",") if k.strip()]
@@ -71,10 +73,19 @@ class Launcher:
         self.context = multiprocessing.get_context("spawn")
         port, health = settings.metrics_port, settings.health_port  # each child on its own ports: base + index
         # a fixed --name gets the child's index: same-named workers would take each other for restarts
-        self.settings = [asdict(replace(settings, device=d, devices="", metrics_port=port + i if port else 0,
-                                        health_port=health + i if health else 0,
-                                        name=f"{settings.name}:{i}" if settings.name else ""))
-                         for i, d in enumerate(devices)]  # fmt: skip
+        self.settings = [
+            asdict(
+                replace(
+                    settings,
+                    device=d,
+                    devices="",
+                    metrics_port=port + i if port else 0,
+                    health_port=health + i if health else 0,
+                    name=f"{settings.name}:{i}" if settings.name else "",
+                )
+            )
+            for i, d in enumerate(devices)
+        ]
         self.procs: list[multiprocessing.process.BaseProcess | None] = [None] * len(devices)
         self.started = [0.0] * len(devices)
         self.backoff = [Backoff(1.0) for _ in devices]  # between restarts of each child
@@ -98,8 +109,9 @@ class Launcher:
                     if ran > HEALTHY_AFTER_S:
                         self.backoff[i].reset()
                     delay_s = self.backoff[i].next()
-                    log.warning("worker %d (pid %d) exited with %s; restarting in %.0f s", i, proc.pid,
-                                proc.exitcode, delay_s)
+                    log.warning(
+                        "worker %d (pid %d) exited with %s; restarting in %.0f s", i, proc.pid, proc.exitcode, delay_s
+                    )
                     due[i] = time.monotonic() + delay_s
             for i, when in list(due.items()):
                 if time.monotonic() >= when:

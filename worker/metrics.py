@@ -23,32 +23,49 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry = CollectorRegistry()
-        self.jobs = Counter("adclassify_jobs_total", "Jobs finished, by outcome (ok, or the error type)",
-                            ["outcome"], registry=registry)  # fmt: skip
-        self.batch_size = Histogram("adclassify_batch_size", "Jobs per batch", buckets=BATCH_BUCKETS,
-                                    registry=registry)  # fmt: skip
-        self.stage = Histogram("adclassify_stage_duration_seconds",
-                               "Per job: queue wait, decode, infer (its batch's forward pass), publish",
-                               ["stage"], buckets=LATENCY_BUCKETS_S, registry=registry)  # fmt: skip
-        self.end_to_end = Histogram("adclassify_job_duration_seconds", "Enqueue to result written",
-                                    buckets=LATENCY_BUCKETS_S, registry=registry)  # fmt: skip
-        self.dropped = Counter("adclassify_dropped_ids_total",
-                               "Queued ids dropped unstarted: not UTF-8, so no client can name them",
-                               registry=registry)  # fmt: skip
-        self.store_errors = Counter("adclassify_store_errors_total",
-                                    "Redis calls refused, by kind: full (maxmemory reached) or unavailable",
-                                    ["kind"], registry=registry)  # fmt: skip
-        self.duplicates = Counter("adclassify_batch_duplicates_total",
-                                  "Photos that came again within their batch and were run once (repeated ads)",
-                                  registry=registry)  # fmt: skip
+        self.jobs = Counter(
+            "adclassify_jobs_total", "Jobs finished, by outcome (ok, or the error type)", ["outcome"], registry=registry
+        )
+        self.batch_size = Histogram("adclassify_batch_size", "Jobs per batch", buckets=BATCH_BUCKETS, registry=registry)
+        self.stage = Histogram(
+            "adclassify_stage_duration_seconds",
+            "Per job: queue wait, decode, infer (its batch's forward pass), publish",
+            ["stage"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.end_to_end = Histogram(
+            "adclassify_job_duration_seconds", "Enqueue to result written", buckets=LATENCY_BUCKETS_S, registry=registry
+        )
+        self.dropped = Counter(
+            "adclassify_dropped_ids_total",
+            "Queued ids dropped unstarted: not UTF-8, so no client can name them",
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "adclassify_store_errors_total",
+            "Redis calls refused, by kind: full (maxmemory reached) or unavailable",
+            ["kind"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "adclassify_batch_duplicates_total",
+            "Photos that came again within their batch and were run once (repeated ads)",
+            registry=registry,
+        )
         self.backlog = Gauge("adclassify_queue_backlog_jobs", "Jobs waiting in the queue", registry=registry)
-        self.warm_up = Gauge("adclassify_model_warmup_seconds", "Model load and warm-up time at start",
-                             registry=registry)  # fmt: skip
-        self.gpu_memory = Gauge("adclassify_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated on the device",
-                                registry=registry)  # fmt: skip
-        self.feed_lag = Gauge("adclassify_results_feed_lag_entries",
-                              "Entries of the durable results feed not yet read, by consumer group (Redis >= 7)",
-                              ["group"], registry=registry)  # fmt: skip
+        self.warm_up = Gauge(
+            "adclassify_model_warmup_seconds", "Model load and warm-up time at start", registry=registry
+        )
+        self.gpu_memory = Gauge(
+            "adclassify_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated on the device", registry=registry
+        )
+        self.feed_lag = Gauge(
+            "adclassify_results_feed_lag_entries",
+            "Entries of the durable results feed not yet read, by consumer group (Redis >= 7)",
+            ["group"],
+            registry=registry,
+        )
         self.device = device
 
     def observe_batch(self, results: Iterable[dict[str, Any]], publish_s: float) -> None:

@@ -17,8 +17,13 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, pid, msg (and exc when there is one)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                 "pid": record.process, "msg": record.getMessage()}  # fmt: skip
+        entry = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "msg": record.getMessage(),
+        }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -35,6 +35,7 @@ from .model import Classifier, load_model
 
 log = logging.getLogger(__name__)
 
+
 def decode_image(data: bytes, spec: Preprocess, limits: Limits) -> torch.Tensor:
     """One image as a uint8 ``[H, W, 3]`` tensor; bad input raises ``JobError`` (never retried)."""
     result = decode_one(data, spec, limits)
@@ -63,8 +64,12 @@ def _process_fetcher() -> Any:
     from .decode.fetch import Fetcher, FetchLimits  # urllib3: only for a process that fetches
 
     settings = process_settings()
-    limits = FetchLimits(settings.max_image_bytes, connect_timeout_s=settings.fetch_connect_timeout_s,
-                         read_timeout_s=settings.fetch_read_timeout_s, total_timeout_s=settings.fetch_timeout_s)
+    limits = FetchLimits(
+        settings.max_image_bytes,
+        connect_timeout_s=settings.fetch_connect_timeout_s,
+        read_timeout_s=settings.fetch_read_timeout_s,
+        total_timeout_s=settings.fetch_timeout_s,
+    )
     return Fetcher(FetchPolicy.parse(settings.fetch_allow, settings.fetch_root), limits, pool_size=1)
 
 
@@ -86,8 +91,9 @@ def _process_model() -> Classifier:
     return model
 
 
-def classify(image: bytes | None = None, meta: dict | None = None, deadline: float | None = None,
-             image_url: str | None = None) -> dict[str, Any]:
+def classify(
+    image: bytes | None = None, meta: dict | None = None, deadline: float | None = None, image_url: str | None = None
+) -> dict[str, Any]:
     """Classify one image, given as bytes or by ``image_url`` (plain ``rq worker`` path); publish and return the
     result map."""
     job = get_current_job()
@@ -109,8 +115,17 @@ def classify(image: bytes | None = None, meta: dict | None = None, deadline: flo
         timings["infer"] = (time.perf_counter() - t0) * 1000 - timings["decode"]
     except JobError as err:
         timings["total"] = timings["queue"] + (time.perf_counter() - t0) * 1000
-        _publish(job, make_result(job_id, model=model.info.tag, worker=worker, timings_ms=timings,
-                                  meta=meta if isinstance(meta, dict) else {}, error=err.as_error()))
+        _publish(
+            job,
+            make_result(
+                job_id,
+                model=model.info.tag,
+                worker=worker,
+                timings_ms=timings,
+                meta=meta if isinstance(meta, dict) else {},
+                error=err.as_error(),
+            ),
+        )
         if job is not None and not err.retryable:
             job.retries_left = 0  # deterministic: a retry would fail the same way
         raise

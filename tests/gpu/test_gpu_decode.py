@@ -30,8 +30,9 @@ def _unavailable() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA device: the GPU decoder is tested on a GPU machine (bench/gpu.sh)"
     try:
-        build_gpu_decoder(Preprocess(size=(8, 8)), Limits(), ThreadDecoder(Preprocess(size=(8, 8)), Limits(), 1),
-                          "cuda").close()  # fmt: skip
+        build_gpu_decoder(
+            Preprocess(size=(8, 8)), Limits(), ThreadDecoder(Preprocess(size=(8, 8)), Limits(), 1), "cuda"
+        ).close()
     except GpuDecodeUnavailable as exc:
         return f"nvImageCodec unavailable: {exc}"
     return None
@@ -42,13 +43,23 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 SPEC = Preprocess(size=(224, 224), mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 TIE = 0.01  # top-1 and top-2 probabilities closer than this on the CPU path: a coin flip for any other decoder
-PHOTOS = ["astronaut.jpg", "cat.jpg", "china.jpg", "coffee.jpg", "flower.jpg", "grace_hopper.jpg", "motorcycle.jpg",
-          "rocket.jpg", "retina_large.jpg", "odd_panorama.jpg", "odd_exif_rotated.jpg"]  # fmt: skip
+PHOTOS = [
+    "astronaut.jpg",
+    "cat.jpg",
+    "china.jpg",
+    "coffee.jpg",
+    "flower.jpg",
+    "grace_hopper.jpg",
+    "motorcycle.jpg",
+    "rocket.jpg",
+    "retina_large.jpg",
+    "odd_panorama.jpg",
+    "odd_exif_rotated.jpg",
+]
 
 
 def make(spec: Preprocess = SPEC, *, sync: bool = True, max_batch: int = 64) -> GpuDecoder:
-    return build_gpu_decoder(spec, Limits(), ThreadDecoder(spec, Limits(), 4), "cuda", sync=sync,
-                             max_batch=max_batch)  # fmt: skip
+    return build_gpu_decoder(spec, Limits(), ThreadDecoder(spec, Limits(), 4), "cuda", sync=sync, max_batch=max_batch)
 
 
 def decode_all(decoder: GpuDecoder, images: list[bytes], close: bool = True) -> list[DecodeResult]:
@@ -97,7 +108,7 @@ def test_photos_decode_on_the_gpu_close_to_the_cpu_path():
     results = decode_all(decoder, [image_bytes(n) for n in PHOTOS])
     assert decoder.routes["gpu"] == len(PHOTOS), dict(decoder.routes)
     diffs = {}
-    for name, result in zip(PHOTOS, results):
+    for name, result in zip(PHOTOS, results, strict=True):
         assert result.error is None and result.pixels.is_cuda and result.pixels.shape == (224, 224, 3)
         diffs[name] = (host(result.pixels).float() - cpu_pixels(image_bytes(name)).float()).abs().mean().item()
     print("\nmean abs pixel difference GPU vs CPU decode (224 px):", {k: round(v, 2) for k, v in diffs.items()})
@@ -108,7 +119,7 @@ def test_png_cmyk_progressive_and_webp_fall_back_to_pillow_with_its_pixels():
     names = ["odd.webp", "odd_cmyk.jpg", "odd_progressive.jpg", "odd_rgba.png", "odd_16bit.png", "cat.jpg"]
     decoder = make()
     results = decode_all(decoder, [image_bytes(n) for n in names])
-    for name, result in zip(names[:-1], results):
+    for name, result in zip(names[:-1], results, strict=True):
         assert isinstance(result.pixels, bytes) and result.pixels == decode(image_bytes(name), SPEC, Limits()), name
     assert results[-1].pixels.is_cuda and decoder.routes["gpu"] == 1
 
@@ -128,7 +139,7 @@ def test_one_corrupt_jpeg_fails_alone_among_good_ones():
     decoder = make()
     results = decode_all(decoder, [*good[:4], corrupt, *good[4:]])
     alone = decode_all(make(), good)
-    for got, want in zip(results[:4] + results[5:], alone):  # the same, up to the decode path nvJPEG took
+    for got, want in zip(results[:4] + results[5:], alone, strict=True):  # the same, up to the decode path nvJPEG took
         assert got.error is None and (host(got.pixels).int() - host(want.pixels).int()).abs().max() <= 3
     bad = results[4]
     print(f"\ncorrupt JPEG in a batch of {len(results)}: error={bad.error}, routes={dict(decoder.routes)}")
@@ -147,15 +158,21 @@ def test_top1_labels_agree_with_the_cpu_path_on_every_shared_image(request):
     spec = model.info.preprocess
     predictor = Predictor(model, 32)
     flips = {}
-    for label, images in (("shared images", [p.read_bytes() for p in all_images()]),
-                          ("phone photos", list(phone_photos()))):  # fmt: skip
+    for label, images in (
+        ("shared images", [p.read_bytes() for p in all_images()]),
+        ("phone photos", list(phone_photos())),
+    ):
         gpu = [r.pixels for r in decode_all(make(spec), images)]  # tensors, and Pillow's bytes for the odd files
         cpu = [decode(d, spec, Limits()) for d in images]
         on_gpu, on_cpu = _top5(predictor, gpu), _top5(predictor, cpu)
-        flips[label] = [(g[0], c[:2]) for g, c in zip(on_gpu, on_cpu) if g[0][0] != c[0][0]]
-        worst = max(abs(score - dict(c).get(name, 0.0)) for g, c in zip(on_gpu, on_cpu) for name, score in g)
-        print(f"\n{label}: top-1 agrees on {len(images) - len(flips[label])} of {len(images)}; largest abs "
-              f"difference in top-5 probabilities {worst:.4f}; flips (gpu top-1, cpu top-2): {flips[label]}")
+        flips[label] = [(g[0], c[:2]) for g, c in zip(on_gpu, on_cpu, strict=True) if g[0][0] != c[0][0]]
+        worst = max(
+            abs(score - dict(c).get(name, 0.0)) for g, c in zip(on_gpu, on_cpu, strict=True) for name, score in g
+        )
+        print(
+            f"\n{label}: top-1 agrees on {len(images) - len(flips[label])} of {len(images)}; largest abs "
+            f"difference in top-5 probabilities {worst:.4f}; flips (gpu top-1, cpu top-2): {flips[label]}"
+        )
     assert all(cpu_top2[0][1] - cpu_top2[1][1] < TIE for _, cpu_top2 in flips["shared images"]), flips
 
 
@@ -201,7 +218,9 @@ def _stress(sync: bool, batches: int, per_batch: int) -> tuple[int, int, float]:
 def test_stress_many_batches_give_the_same_pixels_every_time(sync):
     batches = 150
     checked, mismatched, rate = _stress(sync, batches=batches, per_batch=32)
-    print(f"\nstress sync={sync}: {checked} images in {batches} batches, {mismatched} differ from the first decode "
-          f"({rate:.0f} img/s with a busy default stream)")  # fmt: skip
+    print(
+        f"\nstress sync={sync}: {checked} images in {batches} batches, {mismatched} differ from the first decode "
+        f"({rate:.0f} img/s with a busy default stream)"
+    )
     if sync:
         assert mismatched == 0

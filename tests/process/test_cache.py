@@ -20,9 +20,16 @@ from ..tinymodels import TINY_CLASSES, TINY_SIZE
 @pytest.fixture(scope="module")
 def tiny_v8(tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "tiny8.pt"
-    export(ExportSpec(factory="tests.tinymodels:tiny_cnn", out=out, name="tiny", version="8",
-                      preprocess=Preprocess(size=TINY_SIZE, resize="stretch"),
-                      labels=tuple(f"class{i}" for i in range(TINY_CLASSES))))  # fmt: skip
+    export(
+        ExportSpec(
+            factory="tests.tinymodels:tiny_cnn",
+            out=out,
+            name="tiny",
+            version="8",
+            preprocess=Preprocess(size=TINY_SIZE, resize="stretch"),
+            labels=tuple(f"class{i}" for i in range(TINY_CLASSES)),
+        )
+    )
     return out
 
 

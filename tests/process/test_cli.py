@@ -13,14 +13,30 @@ def test_push_wait_prints_top3_for_each_image_and_listen_sees_them(redis_url, co
     wait_for_workers(conn)
     listener = subprocess.Popen(
         [sys.executable, "-m", "producer", "--redis-url", redis_url, "listen", "--count", "3", "--json"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert "listening on classify:results" in listener.stderr.readline()
     pushed = subprocess.run(
-        [sys.executable, "-m", "producer", "--redis-url", redis_url, "push", "--wait",
-         str(IMAGES / "coffee.jpg"), str(IMAGES / "cat.jpg"), str(IMAGES / "odd*.webp")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "producer",
+            "--redis-url",
+            redis_url,
+            "push",
+            "--wait",
+            str(IMAGES / "coffee.jpg"),
+            str(IMAGES / "cat.jpg"),
+            str(IMAGES / "odd*.webp"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert pushed.returncode == 0, pushed.stderr
     lines = pushed.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines[:3]] == ["coffee.jpg", "cat.jpg", "odd.webp"]

@@ -19,7 +19,7 @@ def test_producer_jobs_are_classified_and_readable_through_rq(redis_url, conn, s
     producer = Producer(redis_url)
     paths = all_images()
     ids = producer.enqueue_many(paths, metas=[{"name": p.name} for p in paths])
-    for job_id, path in zip(ids, paths):
+    for job_id, path in zip(ids, paths, strict=True):
         result = producer.result(job_id, timeout=60)
         assert set(RESULT_KEYS) <= set(result)
         assert result["ok"] and result["error"] is None
@@ -109,8 +109,11 @@ def test_rq_info_shows_the_queue_and_the_batch_worker(redis_url, conn, start_wor
     assert [w.name for w in Worker.all(connection=conn)] == ["host-a:cpu:1"]
     info = subprocess.run(
         [sys.executable, "-m", "rq.cli", "info", "-S", "producer.serializer.MsgpackSerializer", "--url", redis_url],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert info.returncode == 0, info.stderr
     assert "classify" in info.stdout and "host-a:cpu:1" in info.stdout
 

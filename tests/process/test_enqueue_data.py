@@ -48,13 +48,15 @@ def test_enqueue_many_writes_what_rq_writes_except_that_data_is_not_compressed(r
     photos = [image_bytes("cat.jpg"), image_bytes("coffee.jpg")]
     metas = [{"n": 1}, {"n": 2}]
     ours = Producer(redis_url).enqueue_many(photos, job_ids=["p1", "p2"], metas=metas)
-    rqs = Producer(redis_url, options=JobOptions(compress_data=True)).enqueue_many(photos, job_ids=["z1", "z2"],
-                                                                                  metas=metas)  # fmt: skip
-    for plain_id, zlib_id in zip(ours, rqs):
+    rqs = Producer(redis_url, options=JobOptions(compress_data=True)).enqueue_many(
+        photos, job_ids=["z1", "z2"], metas=metas
+    )
+    for plain_id, zlib_id in zip(ours, rqs, strict=True):
         plain, packed = conn.hgetall(Job.key_for(plain_id)), conn.hgetall(Job.key_for(zlib_id))
         assert plain.keys() == packed.keys()
         assert {k: v for k, v in plain.items() if k not in PER_JOB_FIELDS} == {
-            k: v for k, v in packed.items() if k not in PER_JOB_FIELDS}  # fmt: skip
+            k: v for k, v in packed.items() if k not in PER_JOB_FIELDS
+        }
         assert plain[b"data"] == zlib.decompress(packed[b"data"])
         assert conn.ttl(Job.key_for(plain_id)) == conn.ttl(Job.key_for(zlib_id))
     assert [i.decode() for i in conn.lrange("rq:queue:classify", 0, -1)] == ["p1", "p2", "z1", "z2"]
@@ -75,9 +77,23 @@ def test_the_async_producer_writes_plain_data_too(redis_url, conn):
 
 def test_rq_info_and_rq_queue_api_list_plain_data_jobs(redis_url, conn):
     job_id = Producer(redis_url).enqueue(image_bytes("cat.jpg"))
-    shown = subprocess.run([sys.executable, "-m", "rq.cli", "info", "--url", redis_url, "-S",
-                            "producer.serializer.MsgpackSerializer", "classify"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=60)  # fmt: skip
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rq.cli",
+            "info",
+            "--url",
+            redis_url,
+            "-S",
+            "producer.serializer.MsgpackSerializer",
+            "classify",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr
     assert "1 jobs total" in shown.stdout
     (job,) = Queue("classify", connection=conn, serializer=MsgpackSerializer).jobs  # fetch_many: RQ's restore

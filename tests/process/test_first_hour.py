@@ -32,14 +32,24 @@ def on_a_terminal(args: list[str], timeout_s: float = 120.0) -> tuple[int, str]:
     return proc.wait(timeout=timeout_s), b"".join(chunks).decode(errors="replace")
 
 
-def test_push_takes_its_options_after_the_command_and_shows_top3_per_image_on_a_terminal(
-    redis_url, conn, start_worker
-):  # fmt: skip
+def test_push_takes_its_options_after_the_command_and_shows_top3_per_image_on_a_terminal(redis_url, conn, start_worker):
     start_worker("--batch-size", "4", "--worker-ttl-s", "60", "--name", "first-hour:cpu:1")
     wait_for_workers(conn)
     names = ["coffee.jpg", "cat.jpg", "flower.jpg", "rocket.jpg", "china.jpg"]
-    code, out = on_a_terminal([sys.executable, "-m", "producer", "push", "--redis-url", redis_url, "--queue",
-                               "classify", "--wait", *(str(IMAGES / n) for n in names)])  # fmt: skip
+    code, out = on_a_terminal(
+        [
+            sys.executable,
+            "-m",
+            "producer",
+            "push",
+            "--redis-url",
+            redis_url,
+            "--queue",
+            "classify",
+            "--wait",
+            *(str(IMAGES / n) for n in names),
+        ]
+    )
     assert code == 0, out
     lines = [line.split("\r")[-1].replace("\x1b[K", "") for line in out.splitlines()]
     for name in names:  # each image's own line with its top-3 labels, above the progress bar
@@ -61,8 +71,13 @@ def test_push_takes_its_options_after_the_command_and_shows_top3_per_image_on_a_
 def test_a_redis_that_is_down_is_one_line_and_a_non_zero_exit():
     down = f"redis://127.0.0.1:{free_port()}/0"
     for command in (["push", str(IMAGES / "cat.jpg")], ["status"], ["listen", "--count", "1"]):
-        proc = subprocess.run([sys.executable, "-m", "producer", *command, "--redis-url", down],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "producer", *command, "--redis-url", down],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert f"python -m producer {command[0]}: cannot reach Redis" in proc.stderr
@@ -79,10 +94,17 @@ def test_a_missing_model_file_says_what_is_missing_and_how_to_build_it(tmp_path)
 
 
 def test_a_redis_url_that_is_not_one_is_one_line_and_exit_2(tiny_model_path):
-    for url, hint in (("http://localhost:6379/0", "got 'http://localhost:6379/0'"),
-                      ("localhost:6379", "try redis://localhost:6379")):
-        done = subprocess.run([sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", url],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    for url, hint in (
+        ("http://localhost:6379/0", "got 'http://localhost:6379/0'"),
+        ("localhost:6379", "try redis://localhost:6379"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "--redis-url must be redis://" in lines[0] and hint in lines[0]
@@ -91,8 +113,13 @@ def test_a_redis_url_that_is_not_one_is_one_line_and_exit_2(tiny_model_path):
 def test_a_file_that_is_not_a_model_is_one_line_and_exit_2(redis_url, tmp_path):
     fake = tmp_path / "model.pt"
     fake.write_bytes(b"this is not a TorchScript file\n" * 10)
-    done = subprocess.run([sys.executable, "-m", "worker", "--model", str(fake), "--redis-url", redis_url],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "--model", str(fake), "--redis-url", redis_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "not a TorchScript model file" in done.stderr

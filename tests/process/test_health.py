@@ -32,9 +32,26 @@ def probe(port: int, path: str) -> int:
 
 def test_a_wedged_pipeline_exits_3_and_its_jobs_are_answered_elsewhere(redis_url, conn, tiny_model_path, tmp_path):
     port = free_port()
-    args = [sys.executable, "-m", "tests.stalling_worker", MARKER.decode(), "--model", str(tiny_model_path),
-            "--redis-url", redis_url, "--stall-timeout-s", "3", "--worker-ttl-s", "2", "--health-port", str(port),
-            "--batch-size", "4", "--idle-wait-ms", "200"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "tests.stalling_worker",
+        MARKER.decode(),
+        "--model",
+        str(tiny_model_path),
+        "--redis-url",
+        redis_url,
+        "--stall-timeout-s",
+        "3",
+        "--worker-ttl-s",
+        "2",
+        "--health-port",
+        str(port),
+        "--batch-size",
+        "4",
+        "--idle-wait-ms",
+        "200",
+    ]
     wedged = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ))
     other = None
     try:
@@ -72,6 +89,18 @@ def test_readyz_follows_redis_and_healthz_stays_up(tiny_model_path):
 
 
 def _worker(url: str, model: object, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "worker", "--model", str(model), "--redis-url", url, "--worker-ttl-s", "2",
-            "--idle-wait-ms", "200", *extra]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--model",
+        str(model),
+        "--redis-url",
+        url,
+        "--worker-ttl-s",
+        "2",
+        "--idle-wait-ms",
+        "200",
+        *extra,
+    ]
     return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ))

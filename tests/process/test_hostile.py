@@ -60,8 +60,15 @@ IMAGES = {  # name: (image bytes, expected error type)
 
 def raw_job(conn, queue: Queue, job_id: str, data: bytes) -> None:
     """A job hash with arbitrary (compressed) data, queued like RQ queues it."""
-    conn.hset(Job.key_for(job_id), mapping={"data": zlib.compress(data), "status": "queued", "origin": queue.name,
-                                            "created_at": "2026-01-01T00:00:00.000000Z"})  # fmt: skip
+    conn.hset(
+        Job.key_for(job_id),
+        mapping={
+            "data": zlib.compress(data),
+            "status": "queued",
+            "origin": queue.name,
+            "created_at": "2026-01-01T00:00:00.000000Z",
+        },
+    )
     conn.rpush(queue.key, job_id)
 
 

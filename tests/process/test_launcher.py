@@ -25,14 +25,31 @@ def test_device_specs():
 
 def test_all_without_a_gpu_says_so(tiny_model_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--devices", "all"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--devices", "all"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0 and "no NVIDIA GPU" in proc.stderr and "cpu:N" in proc.stderr
 
 
 def test_two_cpu_workers_restart_and_stop_together(redis_url, conn, tiny_model_path):
-    args = [sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", redis_url,
-            "--devices", "cpu:2", "--idle-wait-ms", "200"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--model",
+        str(tiny_model_path),
+        "--redis-url",
+        redis_url,
+        "--devices",
+        "cpu:2",
+        "--idle-wait-ms",
+        "200",
+    ]
     launcher = subprocess.Popen(args, cwd=ROOT)
     try:
         wait_for(lambda: len(Worker.all(connection=conn)) == 2, 120)

@@ -40,11 +40,42 @@ def test_export_cli_builds_from_a_factory_with_weights_labels_and_preprocessing(
     labels.write_text("\n".join(f"thing {i}" for i in range(10)) + "\n")
     out = tmp_path / "custom.pt"
     done = subprocess.run(
-        [sys.executable, "-m", "worker", "export", "--factory", "tests.tinymodels:tiny_cnn", "--weights",
-         str(weights), "--labels", str(labels), "--size", "16", "24", "--resize", "stretch", "--mean", "0.5",
-         "0.5", "0.5", "--std", "0.25", "0.25", "0.25", "--name", "custom", "--version", "2", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "export",
+            "--factory",
+            "tests.tinymodels:tiny_cnn",
+            "--weights",
+            str(weights),
+            "--labels",
+            str(labels),
+            "--size",
+            "16",
+            "24",
+            "--resize",
+            "stretch",
+            "--mean",
+            "0.5",
+            "0.5",
+            "0.5",
+            "--std",
+            "0.25",
+            "0.25",
+            "0.25",
+            "--name",
+            "custom",
+            "--version",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "custom@2, 10 classes" in done.stdout
     module, info = read_extra_files(out)

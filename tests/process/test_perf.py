@@ -17,7 +17,7 @@ from ..conftest import ROOT, image_bytes, wait_for_workers
 
 def timings(*rates: float) -> list[Timing]:
     sizes = [2**i for i in range(len(rates))]
-    return [Timing(b, b / r * 1000, r, 3) for b, r in zip(sizes, rates)]
+    return [Timing(b, b / r * 1000, r, 3) for b, r in zip(sizes, rates, strict=True)]
 
 
 def test_choose_batch_size_takes_the_fastest():
@@ -71,8 +71,20 @@ def test_a_prefilled_queue_is_served_in_batches_not_one_by_one(redis_url, conn, 
 @pytest.mark.parametrize("eager", [False, True])
 def test_practices_report_cli(tiny_model_path, tmp_path, eager):
     out = tmp_path / "report.json"
-    args = [sys.executable, "-m", "worker", "bench", "--model", str(tiny_model_path), "--max-batch", "4",
-            "--budget-s", "0.05", "--json", str(out)]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "worker",
+        "bench",
+        "--model",
+        str(tiny_model_path),
+        "--max-batch",
+        "4",
+        "--budget-s",
+        "0.05",
+        "--json",
+        str(out),
+    ]
     if eager:
         args += ["--eager", "tests.tinymodels:tiny_cnn"]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)

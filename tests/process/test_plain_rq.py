@@ -15,21 +15,33 @@ from producer.wire.serializer import MsgpackSerializer
 
 from ..conftest import ROOT, image_bytes, wait_for_workers
 
-RQ_WORKER = [sys.executable, "-m", "rq.cli", "worker", "-w", "rq.SimpleWorker", "-S",
-             "producer.serializer.MsgpackSerializer", "--job-class", "worker.store.rqjob.AllowListedJob",
-             "--burst"]  # fmt: skip
+RQ_WORKER = [
+    sys.executable,
+    "-m",
+    "rq.cli",
+    "worker",
+    "-w",
+    "rq.SimpleWorker",
+    "-S",
+    "producer.serializer.MsgpackSerializer",
+    "--job-class",
+    "worker.store.rqjob.AllowListedJob",
+    "--burst",
+]
 
 
 def run_plain_rq(redis_url: str, model: str, command: list[str] = RQ_WORKER, env: dict | None = None) -> None:
     env = {**os.environ, "WORKER_MODEL": model, "PYTHONPATH": str(ROOT), **(env or {})}
-    done = subprocess.run([*command, "--url", redis_url, "classify"], cwd=ROOT, env=env, timeout=120,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [*command, "--url", redis_url, "classify"], cwd=ROOT, env=env, timeout=120, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("job_class", [True, False], ids=["allow-listed", "plain-rq-control"])
-def test_the_plain_rq_path_runs_no_function_or_callback_outside_the_allow_list(redis_url, conn, tiny_model_path,
-                                                                             tmp_path, job_class):  # fmt: skip
+def test_the_plain_rq_path_runs_no_function_or_callback_outside_the_allow_list(
+    redis_url, conn, tiny_model_path, tmp_path, job_class
+):
     marker, imported = tmp_path / "pwned.txt", tmp_path / "callback-imported.txt"
     queue = Queue("classify", connection=conn, serializer=MsgpackSerializer)
     evil = queue.enqueue("os.system", f"touch {marker}")
@@ -62,10 +74,10 @@ def test_plain_rq_worker_gives_the_same_results_as_the_batch_worker(redis_url, c
     wait_for_workers(conn)
     batch_ids = producer.enqueue_many([image_bytes(n) for n in names], metas=[{"n": n} for n in names])
     batched = [producer.result(i, timeout=60) for i in batch_ids]
-    for a, b in zip(plain, batched):
+    for a, b in zip(plain, batched, strict=True):
         assert a["ok"] and b["ok"] and a["meta"] == b["meta"] and a["model"] == b["model"]
         assert [label for label, _ in a["topk"]] == [label for label, _ in b["topk"]]
-        assert max(abs(x - y) for (_, x), (_, y) in zip(a["topk"], b["topk"])) <= 1e-5
+        assert max(abs(x - y) for (_, x), (_, y) in zip(a["topk"], b["topk"], strict=True)) <= 1e-5
 
 
 def test_the_plain_rq_path_reads_the_same_settings_as_the_batch_worker(redis_url, tiny_model_path):

@@ -51,6 +51,12 @@ def test_the_producer_cli_never_reads_the_workers_queue_list(redis_url, conn):
     from ..conftest import ROOT, all_images
 
     env = {**os.environ, "WORKER_QUEUE": "high,default", "PRODUCER_QUEUE": "high", "REDIS_URL": redis_url}
-    subprocess.run([sys.executable, "-m", "producer", "push", str(all_images()[0])], cwd=ROOT, env=env,
-                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "producer", "push", str(all_images()[0])],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert conn.llen("rq:queue:high") == 1 and not conn.exists("rq:queue:high,default")

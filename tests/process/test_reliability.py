@@ -209,8 +209,19 @@ def _worker_on(url: str, model: object, log: object = None, *extra: str):
 
     from ..conftest import ROOT
 
-    args = [sys.executable, "-m", "worker", "--model", str(model), "--redis-url", url, "--batch-size", "8", *FAST,
-            *extra]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--model",
+        str(model),
+        "--redis-url",
+        url,
+        "--batch-size",
+        "8",
+        *FAST,
+        *extra,
+    ]
     out = open(log, "wb") if log else None  # noqa: SIM115 - the process owns it
     return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ), stderr=out)
 

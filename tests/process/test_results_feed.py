@@ -68,8 +68,13 @@ for n, result in enumerate(feed, start=1):
 def test_a_consumer_killed_mid_stream_loses_nothing(redis_url, conn):
     job_ids = [f"job-{i}" for i in range(30)]
     entries = add_results(conn, job_ids)
-    victim = subprocess.Popen([sys.executable, "-c", VICTIM, redis_url, "5"], cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    victim = subprocess.Popen(
+        [sys.executable, "-c", VICTIM, redis_url, "5"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         printed = [victim.stdout.readline().strip() for _ in range(5)]
         left = pending(conn)
@@ -91,8 +96,13 @@ def test_a_consumer_killed_while_a_worker_publishes_loses_no_result(redis_url, c
     producer.results(group="web", start="$")  # the group exists before the first result
     start_worker("--batch-size", "4")
     wait_for_workers(conn)
-    victim = subprocess.Popen([sys.executable, "-c", VICTIM, redis_url, "3"], cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    victim = subprocess.Popen(
+        [sys.executable, "-c", VICTIM, redis_url, "3"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     job_ids = producer.enqueue_many([image_bytes("cat.jpg")] * 20 + [b"not an image"] * 4)
     try:
         printed = [victim.stdout.readline().strip() for _ in range(3)]
@@ -189,8 +199,11 @@ def test_listen_json_prints_bytes_ext_and_timestamps_in_meta_and_acknowledges_wh
     (line,) = out.stdout.splitlines()
     printed = json.loads(line)
     assert printed["job_id"] == "odd-meta"
-    assert printed["meta"] == {"raw": {"$bytes": "AP8="}, "ext": {"$ext": 7, "data": "AQ=="},
-                               "at": "2023-11-14T22:13:20Z"}  # fmt: skip
+    assert printed["meta"] == {
+        "raw": {"$bytes": "AP8="},
+        "ext": {"$ext": 7, "data": "AQ=="},
+        "at": "2023-11-14T22:13:20Z",
+    }
     assert pending(conn, "cli") != {}  # "next" was read with it and stays pending until a consumer takes it
     assert all(entry_consumer.count(":") == 1 for entry_consumer in pending(conn, "cli").values())  # host:pid
     out = producer_cli(redis_url, "listen", "--group", "cli", "--claim-idle-s", "0", "--count", "1")

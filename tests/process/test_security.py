@@ -18,15 +18,19 @@ pytestmark = pytest.mark.both_redis  # ACLs and stream replies differ between 6.
 STREAM = results_stream("classify")
 
 # Keep in step with docs/security.md.
-PRODUCER_ACL = ("on >producer-secret resetkeys ~rq:job:* ~rq:queue:classify ~rq:queues ~rq:results:* "
-                "~classify:results:stream resetchannels &classify:results -@all +ping +hset +hget +hgetall "
-                "+rpush +sadd +exists +llen +xread +xrevrange +multi +exec +watch +unwatch +subscribe +unsubscribe "
-                "+xreadgroup +xack +xautoclaim +xgroup|create +xinfo|groups "
-                "~rq:canceled:classify ~rq:finished:classify ~rq:failed:classify ~rq:wip:classify ~rq:executions:* "
-                "~rq:execution:* +lrem +zadd +zrem +zremrangebyscore +zrange "
-                "~rq:adclassify:cache:* ~rq:adclassify:model:* +get")  # fmt: skip
-WORKER_ACL = ("on >worker-secret resetkeys ~rq:* ~classify:results:stream resetchannels &classify:results "
-              "+@all -@admin -@dangerous +info +client|setname +script|load")  # fmt: skip
+PRODUCER_ACL = (
+    "on >producer-secret resetkeys ~rq:job:* ~rq:queue:classify ~rq:queues ~rq:results:* "
+    "~classify:results:stream resetchannels &classify:results -@all +ping +hset +hget +hgetall "
+    "+rpush +sadd +exists +llen +xread +xrevrange +multi +exec +watch +unwatch +subscribe +unsubscribe "
+    "+xreadgroup +xack +xautoclaim +xgroup|create +xinfo|groups "
+    "~rq:canceled:classify ~rq:finished:classify ~rq:failed:classify ~rq:wip:classify ~rq:executions:* "
+    "~rq:execution:* +lrem +zadd +zrem +zremrangebyscore +zrange "
+    "~rq:adclassify:cache:* ~rq:adclassify:model:* +get"
+)
+WORKER_ACL = (
+    "on >worker-secret resetkeys ~rq:* ~classify:results:stream resetchannels &classify:results "
+    "+@all -@admin -@dangerous +info +client|setname +script|load"
+)
 
 
 @pytest.fixture
@@ -91,12 +95,40 @@ def _certs(folder) -> tuple[str, str, str]:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=test-ca")  # fmt: skip
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    )
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
     (folder / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.pem",
-        "-days", "2", "-extfile", "ext")  # fmt: skip
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    )
     return str(folder / "ca.pem"), str(folder / "srv.pem"), str(folder / "srv.key")
 
 
@@ -114,15 +146,26 @@ def test_tls_rediss_url_for_worker_and_producer(tmp_path, tiny_model_path):
         pytest.skip("no openssl CLI to make test certificates")
     ca, cert, key = _certs(tmp_path)
     tls_port = free_port()
-    tls = ["--tls-port", str(tls_port), "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca,
-           "--tls-auth-clients", "no"]  # fmt: skip
+    tls = [
+        "--tls-port",
+        str(tls_port),
+        "--tls-cert-file",
+        cert,
+        "--tls-key-file",
+        key,
+        "--tls-ca-cert-file",
+        ca,
+        "--tls-auth-clients",
+        "no",
+    ]
     try:
         server = RedisServer(binary=find_redis_server(False), extra_args=tls).start()
     except RedisServerError as exc:
         pytest.skip(f"this redis-server has no TLS: {exc}")
     url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}&ssl_cert_reqs=required"
-    proc = subprocess.Popen([sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", url],
-                            cwd=ROOT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", url], cwd=ROOT
+    )
     try:
         assert Producer(url).classify(image_bytes("cat.jpg"), timeout=60)["ok"]
         plain = redis.Redis.from_url(f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required")

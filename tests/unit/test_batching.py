@@ -36,8 +36,15 @@ class Stream:
         return self.ready.popleft() if self.ready else None
 
     def batch(self, *, cap: int = 8, max_wait_s: float = 0.005, busy: bool = False) -> list[str]:
-        return next_batch(self.get, max_items=cap, max_wait_s=max_wait_s, busy=busy, idle_wait_s=1.0,
-                          taken_at=lambda item: self.taken.get(item, 0.0), clock=self.clock)  # fmt: skip
+        return next_batch(
+            self.get,
+            max_items=cap,
+            max_wait_s=max_wait_s,
+            busy=busy,
+            idle_wait_s=1.0,
+            taken_at=lambda item: self.taken.get(item, 0.0),
+            clock=self.clock,
+        )
 
 
 def test_a_busy_model_takes_what_is_ready_without_waiting():
@@ -79,8 +86,16 @@ def test_past_max_wait_it_still_waits_for_jobs_already_taken_and_decoding():
     # a prefilled queue: 4 jobs taken at 0.0, decoded slowly; max-wait is for traffic, not for our decoders
     stream = Stream([(0.001, "a"), (0.02, "b"), (0.03, "c"), (0.04, "d")])
     decoding = lambda: len(stream.pending)  # noqa: E731
-    batch = next_batch(stream.get, max_items=4, max_wait_s=0.005, busy=False, idle_wait_s=1.0,
-                       taken_at=lambda item: 0.0, decoding=decoding, clock=stream.clock)  # fmt: skip
+    batch = next_batch(
+        stream.get,
+        max_items=4,
+        max_wait_s=0.005,
+        busy=False,
+        idle_wait_s=1.0,
+        taken_at=lambda item: 0.0,
+        decoding=decoding,
+        clock=stream.clock,
+    )
     assert batch == ["a", "b", "c", "d"]
 
 

@@ -81,5 +81,7 @@ def test_dashboard_service_serves_our_launcher_on_this_host_only():
     assert dashboard["environment"]["REDIS_URL"] == WORKERS["worker-gpu0"]["environment"]["REDIS_URL"]
     port = dashboard["command"][dashboard["command"].index("--port") + 1]
     assert dashboard["ports"] == [f"127.0.0.1:{port}:{port}"] and "--bind" in dashboard["command"]
-    assert dashboard["environment"]["DASHBOARD_PASSWORD"].startswith("${DASHBOARD_PASSWORD:?")  # required beyond loopback
+    assert dashboard["environment"]["DASHBOARD_PASSWORD"].startswith(
+        "${DASHBOARD_PASSWORD:?"
+    )  # required beyond loopback
     assert "dashboard" in (ROOT / "Dockerfile").read_text()  # the image has the dashboard extra

@@ -23,7 +23,7 @@ def pixels(data: bytes, spec: Preprocess = SPEC) -> Image.Image:
 
 
 def mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
-    return sum(abs(x - y) for x, y in zip(a.tobytes(), b.tobytes())) / len(a.tobytes())
+    return sum(abs(x - y) for x, y in zip(a.tobytes(), b.tobytes(), strict=True)) / len(a.tobytes())
 
 
 @pytest.mark.parametrize("path", all_images(), ids=lambda p: p.name)
@@ -111,6 +111,7 @@ def test_bad_bytes_raise_a_named_error(data, error):
 def png_bomb(width: int, height: int) -> bytes:
     """A 1-bit PNG of ``width`` x ``height`` zeros, compressed the way a real bomb is (built in
     milliseconds: one zero row compressed once per row would take seconds through Pillow)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

@@ -45,10 +45,16 @@ def as_tensor(img: Image.Image) -> torch.Tensor:
 # -- routing and limits (the header, read without decoding) --------------------------------------
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("odd.webp", "format WEBP"), ("odd_rgba.png", "format PNG"), ("odd_animated.gif", "format GIF"),
-    ("odd_cmyk.jpg", "mode CMYK"), ("odd_progressive.jpg", "progressive"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("odd.webp", "format WEBP"),
+        ("odd_rgba.png", "format PNG"),
+        ("odd_animated.gif", "format GIF"),
+        ("odd_cmyk.jpg", "mode CMYK"),
+        ("odd_progressive.jpg", "progressive"),
+    ],
+)
 def test_non_jpeg_cmyk_and_progressive_images_go_to_the_cpu(name, reason):
     assert read_header(image_bytes(name), Limits()).cpu_reason == reason
 
@@ -121,8 +127,11 @@ def test_the_header_reads_the_exif_orientation():
     assert read_header(image_bytes("cat.jpg"), Limits()).orientation == 1
 
 
-@pytest.mark.parametrize("spec", [SPEC, Preprocess(size=(224, 224)), Preprocess(size=(32, 32), resize="stretch")],
-                         ids=["center_crop-64x48", "center_crop-224", "stretch-32"])  # fmt: skip
+@pytest.mark.parametrize(
+    "spec",
+    [SPEC, Preprocess(size=(224, 224)), Preprocess(size=(32, 32), resize="stretch")],
+    ids=["center_crop-64x48", "center_crop-224", "stretch-32"],
+)
 def test_torch_resize_and_crop_match_pillows_within_one_level(spec):
     worst = 0
     for name in PHOTOS:
@@ -213,7 +222,7 @@ def test_jpegs_are_decoded_in_batches_and_the_rest_by_pillow_image_by_image():
     batch = PillowBatch()
     decoder = gpu_decoder(batch)
     results = collect(decoder, [image_bytes(n) for n in names] + [b"junk"])
-    for name, result in zip(names, results):
+    for name, result in zip(names, results, strict=False):
         assert result.error is None, name
         if name.endswith(".jpg") and read_header(image_bytes(name), Limits()).cpu_reason is None:
             assert isinstance(result.pixels, torch.Tensor) and result.pixels.shape == (64, 48, 3)
@@ -271,19 +280,29 @@ def test_tensor_and_mixed_batches_predict_what_bytes_do(tiny_model_path):
     assert predictor.predict([tensors[0], raw[1], tensors[2]])[0] == want
 
 
-@pytest.mark.parametrize("values, error", [
-    ({"decode": "gpu"}, "needs a CUDA device|decodes on a CUDA device"),
-    ({"decode": "fast"}, "cpu, gpu or auto"),
-    ({"decode": "auto", "decode_sync": "maybe"}, "on or off"),
-    ({"decode": "gpu", "devices": "cpu:2"}, "CUDA device"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "values, error",
+    [
+        ({"decode": "gpu"}, "needs a CUDA device|decodes on a CUDA device"),
+        ({"decode": "fast"}, "cpu, gpu or auto"),
+        ({"decode": "auto", "decode_sync": "maybe"}, "on or off"),
+        ({"decode": "gpu", "devices": "cpu:2"}, "CUDA device"),
+    ],
+)
 def test_decode_flags_refuse_what_cannot_work(values, error):
     with pytest.raises(SystemExit, match=error):
         check_decode(WorkerSettings(model="m", **values))
 
 
-@pytest.mark.parametrize("values", [{"decode": "gpu", "device": "cuda:1"}, {"decode": "gpu", "devices": "all"},
-                                    {"decode": "auto"}, {"decode": "cpu", "decode_sync": "off"}])  # fmt: skip
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"decode": "gpu", "device": "cuda:1"},
+        {"decode": "gpu", "devices": "all"},
+        {"decode": "auto"},
+        {"decode": "cpu", "decode_sync": "off"},
+    ],
+)
 def test_decode_flags_accept_what_can(values):
     settings = WorkerSettings(model="m", **values)
     assert check_decode(settings) is None  # accepted: no SystemExit
@@ -309,8 +328,9 @@ def test_auto_on_a_cpu_device_takes_pillow_without_importing_nvimgcodec(tiny_mod
     from worker.service import make_decoder
 
     imported_before = "nvidia.nvimgcodec" in sys.modules  # the GPU tests, run first in the same process
-    decoder = make_decoder(WorkerSettings(model="m", decode="auto", decode_threads=1), SPEC, NoGate(),
-                           torch.device("cpu"))  # fmt: skip
+    decoder = make_decoder(
+        WorkerSettings(model="m", decode="auto", decode_threads=1), SPEC, NoGate(), torch.device("cpu")
+    )
     try:
         assert isinstance(decoder, ThreadDecoder)
         assert imported_before or "nvidia.nvimgcodec" not in sys.modules

@@ -40,7 +40,7 @@ def test_pools_give_the_decoders_pixels_and_its_errors(kind):
         results = collect(decoder, [image_bytes(n) for n in NAMES] + [b"not an image"])
     finally:
         decoder.close()
-    for name, result in zip(NAMES, results):
+    for name, result in zip(NAMES, results, strict=False):
         assert result.error is None and result.pixels == decode(image_bytes(name), SPEC, Limits())
     assert results[-1].pixels is None and results[-1].error.kind == "unsupported_image"
 

@@ -33,11 +33,14 @@ def test_pillow_failures_on_hostile_bytes_name_no_address(data):
     assert not ADDRESS.search(str(caught.value)), str(caught.value)
 
 
-@pytest.mark.parametrize("message", [
-    "cannot identify image file <_io.BytesIO object at 0x7f3a9c2b1e50>",
-    "cannot identify image file <_io.BytesIO object at 0x000001E5C2A3F1A0>",  # Windows prints upper-case hex
-    "bad mode for <PIL.PngImagePlugin.PngImageFile image mode=I;16 size=8x8 at 0x7F3A9C2B1E50>",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "message",
+    [
+        "cannot identify image file <_io.BytesIO object at 0x7f3a9c2b1e50>",
+        "cannot identify image file <_io.BytesIO object at 0x000001E5C2A3F1A0>",  # Windows prints upper-case hex
+        "bad mode for <PIL.PngImagePlugin.PngImageFile image mode=I;16 size=8x8 at 0x7F3A9C2B1E50>",
+    ],
+)
 def test_any_object_repr_in_a_pillow_message_is_replaced(monkeypatch, message):
     def refuse(*_args: object, **_kwargs: object) -> Image.Image:
         raise UnidentifiedImageError(message)

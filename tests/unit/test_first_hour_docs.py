@@ -35,12 +35,17 @@ def test_numpy_is_a_dependency_so_torch_does_not_warn_at_import():
     assert '"numpy>=' in dependencies
     filters = re.search(r"\nfilterwarnings = \[(.*?)\n\]", pyproject, re.S)
     assert filters is None or "NumPy" not in filters.group(1)  # fixed at the cause, not hidden
-    out = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", "import torch; torch.zeros(1).numpy()"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", "import torch; torch.zeros(1).numpy()"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "Failed to initialize NumPy" not in out.stderr, out.stderr
 
 
 def test_push_help_keeps_the_readme_promise_of_top3_labels():
-    out = subprocess.run([sys.executable, "-m", "producer", "push", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "producer", "push", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    ).stdout
     assert "top-3" in out and "--redis-url" in out  # the global options are accepted after the command too

@@ -19,8 +19,14 @@ def status(port: int, path: str) -> int:
 
 def watch(in_hand: int, timeout_s: float, keep_progressing: bool, run_s: float) -> tuple[list[int], list[str]]:
     health, exits, acts = Health(redis_ttl_s=10), [], []
-    dog = Watchdog(health, lambda: in_hand, timeout_s, on_stall=lambda: acts.append("death registered"),
-                   check_s=0.05, exit=exits.append)  # fmt: skip
+    dog = Watchdog(
+        health,
+        lambda: in_hand,
+        timeout_s,
+        on_stall=lambda: acts.append("death registered"),
+        check_s=0.05,
+        exit=exits.append,
+    )
     dog.start()
     end = time.monotonic() + run_s
     while time.monotonic() < end and not exits:

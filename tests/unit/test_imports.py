@@ -49,8 +49,9 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     known = modules()
-    return {name: {m for m in imports_of(name, path, known) if m in known and m != name}
-            for name, path in known.items()}
+    return {
+        name: {m for m in imports_of(name, path, known) if m in known and m != name} for name, path in known.items()
+    }
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -94,8 +95,11 @@ def test_the_worker_imports_only_the_wire_contract_from_producer():
     for name, path in known.items():
         if not name.startswith("worker"):
             continue
-        bad = {m for m in imports_of(name, path, known)
-               if m.split(".")[0] == "producer" and not (m == "producer.wire" or m.startswith("producer.wire."))}
+        bad = {
+            m
+            for m in imports_of(name, path, known)
+            if m.split(".")[0] == "producer" and not (m == "producer.wire" or m.startswith("producer.wire."))
+        }
         if bad:
             offending[name] = sorted(bad)
     assert offending == {}
@@ -122,9 +126,11 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_importing_the_wire_loads_neither_redis_nor_rq_nor_the_client():
-    code = ("import sys, producer.wire.cache, producer.wire.feed, producer.wire.jobs, producer.wire.keys, "
-            "producer.wire.results, producer.wire.serializer; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'rq', 'torch', 'PIL') "
-            "or m in ('producer.client', 'producer.aio', 'producer.feed')))")
+    code = (
+        "import sys, producer.wire.cache, producer.wire.feed, producer.wire.jobs, producer.wire.keys, "
+        "producer.wire.results, producer.wire.serializer; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'rq', 'torch', 'PIL') "
+        "or m in ('producer.client', 'producer.aio', 'producer.feed')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

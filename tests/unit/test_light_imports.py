@@ -9,14 +9,20 @@ from ..conftest import ROOT
 
 
 def loads_torch(code: str) -> bool:
-    out = subprocess.run([sys.executable, "-c", f"import sys\n{code}\nprint('torch' in sys.modules)"], cwd=ROOT,
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", f"import sys\n{code}\nprint('torch' in sys.modules)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip().splitlines()[-1] == "True"
 
 
 def test_settings_launcher_and_decoder_do_not_import_torch():
-    assert not loads_torch("import worker.config, worker.launcher, worker.decode.cpu, worker.decode.pool, "
-                           "worker.decode.header")
+    assert not loads_torch(
+        "import worker.config, worker.launcher, worker.decode.cpu, worker.decode.pool, worker.decode.header"
+    )
     assert not loads_torch("import producer, producer.wire.keys, producer.wire.jobs, producer.wire.results")
 
 

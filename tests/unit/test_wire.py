@@ -17,8 +17,11 @@ from worker.store import JobRecord
 def test_serializer_round_trips_job_data_with_bytes_and_nesting():
     data = ("worker.tasks.classify", None, (), {"image": b"\x00\xff" * 10, "meta": {"ad": 1, "tags": ["a", None]}})
     assert MsgpackSerializer.loads(MsgpackSerializer.dumps(data)) == [
-        "worker.tasks.classify", None, [], {"image": b"\x00\xff" * 10, "meta": {"ad": 1, "tags": ["a", None]}}
-    ]  # fmt: skip
+        "worker.tasks.classify",
+        None,
+        [],
+        {"image": b"\x00\xff" * 10, "meta": {"ad": 1, "tags": ["a", None]}},
+    ]
 
 
 @pytest.mark.parametrize("blob", [pickle.dumps(("os.system", None, ("id",), {})), b"", b"\xc1", b"{json}"])

@@ -10,8 +10,10 @@ from producer.wire.keys import CACHE_PREFIX
 BASE = {"tag": "tiny@1", "precision": "fp32", "decode": "cpu", "topk": 5, "ttl_s": 60}
 
 
-@pytest.mark.parametrize(("field", "other"), [("tag", "tiny@2"), ("precision", "fp16"), ("precision", "bf16"),
-                                              ("decode", "gpu"), ("topk", 3)])
+@pytest.mark.parametrize(
+    ("field", "other"),
+    [("tag", "tiny@2"), ("precision", "fp16"), ("precision", "bf16"), ("decode", "gpu"), ("topk", 3)],
+)
 def test_a_photo_has_another_key_when_anything_that_changes_its_numbers_changes(field, other):
     photo = digest(b"the same photo bytes")
     assert key_for(photo, {**BASE, field: other}) != key_for(photo, BASE)
