@@ -128,6 +128,11 @@ def main() -> None:
     parser.add_argument("--gpu-images", type=int, default=4000, help="images per GPU-decoder capacity run")
     parser.add_argument("--sets", default="photos,phone", help="payload sets: photos, phone")
     parser.add_argument("--pairs", type=int, default=2, help="also run this many Redis + worker pairs (0: skip)")
+    parser.add_argument(
+        "--workers-per-device",
+        default="",
+        help="also drain the photos with K worker processes on the one device, for each K listed (e.g. 2,4)",
+    )
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
@@ -173,6 +178,31 @@ def main() -> None:
     report(f"gpu-decode-{args.device.split(':')[0]}", f"Feeding the GPU on {args.device}", body, args.write)
 
 
+def processes_rows(
+    url: str, model: str, sets: dict[str, list[bytes]], caps: dict, forward: float, args: argparse.Namespace, cuda: bool
+) -> list[list[object]]:
+    """The photos drained by K worker processes on the one device and one Redis (``--workers-per-device K``);
+    efficiency against min(K x one process's decoder capacity, the model alone)."""
+    rows: list[list[object]] = []
+    counts = [int(k) for k in args.workers_per_device.split(",") if k.strip() and int(k) > 1]
+    if not counts or "photos" not in sets:
+        return rows
+    decode = "gpu" if cuda else "cpu"
+    payloads = [sets["photos"][i % len(sets["photos"])] for i in range(args.jobs)]
+    for k in counts:
+        extra = ["--decode", decode, "--workers-per-device", str(k)]
+        run = drain("ours", url, model, payloads, batch=args.batch, device=args.device, extra=extra)
+        cap = min(caps["photos", decode] * k, forward)
+        rows.append(
+            _e2e_row(f"photos, {k} worker processes", decode, 1, run, run.images_per_s, cap, run.redis_us_per_job)
+        )
+        print(
+            table(["payloads", "decode", "servers", "ok/jobs", "images/s", "efficiency", "µs/job", "/core"], rows[-1:]),
+            flush=True,
+        )
+    return rows
+
+
 def e2e_rows(
     sets: dict[str, list[bytes]], model: str, caps: dict, forward: float, args: argparse.Namespace, cuda: bool
 ) -> list[list[object]]:
@@ -197,6 +227,7 @@ def e2e_rows(
                     ),
                     flush=True,
                 )
+        rows += processes_rows(url, model, sets, caps, forward, args, cuda)
         if args.pairs > 1 and "photos" in sets:
             decode = "gpu" if cuda else "cpu"
             payloads = [sets["photos"][i % len(sets["photos"])] for i in range(args.jobs)]

@@ -34,6 +34,7 @@ class WorkerSettings:
     max_wait_ms: float = 5.0
     device: str = "cpu"
     devices: str = ""
+    workers_per_device: int = 1
     precision: str = "fp32"
     decode: str = "auto"
     decode_sync: str = "on"
@@ -145,6 +146,13 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "WORKER_DEVICES",
         str,
         "run one supervised worker process per device: all (every GPU), 0,1,3, or cpu:N",
+    ),
+    (
+        "--workers-per-device",
+        "WORKER_WORKERS_PER_DEVICE",
+        int,
+        "supervised worker processes per device (each its own GIL; with --devices, or on --device alone); "
+        "decode and intra-op threads left at 0 are split between them",
     ),
     ("--precision", "WORKER_PRECISION", str, "fp32, fp16 or bf16 (half precisions are for GPUs)"),
     (
@@ -327,6 +335,8 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     sizes = [settings.max_batch_size, settings.decode_threads + 1]
     if settings.batch_size != "auto":
         sizes.append(int(settings.batch_size))
+    if settings.workers_per_device < 1:
+        raise SystemExit("worker: --workers-per-device must be >= 1")
     if min(sizes) < 1 or settings.max_wait_ms < 0 or settings.decode_workers < 0:
         raise SystemExit("worker: batch sizes must be >= 1; --decode-threads, --decode-workers and --max-wait-ms >= 0")
     check_decode(settings)

@@ -1,9 +1,13 @@
-"""``python -m worker --devices all|0,1,3|cpu:N``: one worker process per device, supervised.
+"""``python -m worker --devices all|0,1,3|cpu:N [--workers-per-device K]``: K worker processes per device, supervised.
 
 Children are started with the ``spawn`` method, and the parent never imports CUDA (it counts GPUs
 with ``nvidia-smi``), so each child initialises its own device cleanly. A child that dies is
 restarted with a capped back-off; SIGTERM/SIGINT stops every child gracefully (each finishes the
-batch in hand), and a second signal kills them.
+batch in hand), and a second signal kills them. Several processes per device (``--workers-per-device``)
+are Triton's several model instances per GPU in our terms: each has its own GIL, so the per-image
+Python work of one process (take, decode hand-offs, finish) no longer caps the device. Each child gets
+its own ports (base + index) and, where they were left at 0 (automatic), its share of the machine's
+cores for decode and intra-op threads.
 """
 
 from __future__ import annotations
@@ -59,6 +63,39 @@ def parse_devices(spec: str) -> list[str]:
         raise SystemExit(f"worker: --devices must be all, a list like 0,1,3, or cpu:N; got {spec!r}") from None
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, as a container's CPU set shows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def plan_children(settings: WorkerSettings, devices: list[str], cores: int | None = None) -> list[WorkerSettings]:
+    """Each child's settings: ``--workers-per-device`` children per device, in device order, each with its own
+    ports and name index, and its share of ``cores`` for threads left automatic (0)."""
+    per_device = max(1, settings.workers_per_device)
+    children = [d for d in devices for _ in range(per_device)]
+    share = max(1, (cores or usable_cores()) // len(children))
+    split = len(children) > 1
+    port, health = settings.metrics_port, settings.health_port
+    return [
+        replace(
+            settings,
+            device=device,
+            devices="",
+            workers_per_device=1,
+            metrics_port=port + i if port else 0,
+            health_port=health + i if health else 0,
+            # a fixed --name gets the child's index: same-named workers would take each other for restarts
+            name=f"{settings.name}:{i}" if settings.name else "",
+            decode_threads=settings.decode_threads or (share if split else 0),
+            torch_threads=settings.torch_threads or (share if split else 0),
+        )
+        for i, device in enumerate(children)
+    ]
+
+
 def _child(settings: dict) -> None:
     """Entry point of one spawned worker process."""
     from .serve import serve_one
@@ -67,28 +104,15 @@ def _child(settings: dict) -> None:
 
 
 class Launcher:
-    """Starts, restarts and stops one worker process per device."""
+    """Starts, restarts and stops ``--workers-per-device`` worker processes per device."""
 
     def __init__(self, settings: WorkerSettings, devices: list[str]) -> None:
         self.context = multiprocessing.get_context("spawn")
-        port, health = settings.metrics_port, settings.health_port  # each child on its own ports: base + index
-        # a fixed --name gets the child's index: same-named workers would take each other for restarts
-        self.settings = [
-            asdict(
-                replace(
-                    settings,
-                    device=d,
-                    devices="",
-                    metrics_port=port + i if port else 0,
-                    health_port=health + i if health else 0,
-                    name=f"{settings.name}:{i}" if settings.name else "",
-                )
-            )
-            for i, d in enumerate(devices)
-        ]
-        self.procs: list[multiprocessing.process.BaseProcess | None] = [None] * len(devices)
-        self.started = [0.0] * len(devices)
-        self.backoff = [Backoff(1.0) for _ in devices]  # between restarts of each child
+        self.settings = [asdict(child) for child in plan_children(settings, devices)]
+        count = len(self.settings)
+        self.procs: list[multiprocessing.process.BaseProcess | None] = [None] * count
+        self.started = [0.0] * count
+        self.backoff = [Backoff(1.0) for _ in range(count)]  # between restarts of each child
         self.stop = threading.Event()
 
     def _start(self, i: int) -> None:
@@ -98,13 +122,18 @@ class Launcher:
         log.info("started worker %d on %s (pid %d)", i, self.settings[i]["device"], proc.pid)
 
     def run(self) -> int:
-        """Supervise until stopped; return 0 once every child has exited."""
+        """Supervise until stopped; return 0 once every child has exited. With ``--burst``, a child that exits 0
+        (its queue was empty) is done, not restarted, and the launcher returns when every child is done."""
         for i in range(len(self.procs)):
             self._start(i)
         due: dict[int, float] = {}
+        done: set[int] = set()
         while not self.stop.wait(0.2):
             for i, proc in enumerate(self.procs):
-                if proc is not None and not proc.is_alive() and i not in due:
+                if proc is not None and not proc.is_alive() and i not in due and i not in done:
+                    if self.settings[i]["burst"] and proc.exitcode == 0:
+                        done.add(i)
+                        continue
                     ran = time.monotonic() - self.started[i]
                     if ran > HEALTHY_AFTER_S:
                         self.backoff[i].reset()
@@ -113,6 +142,8 @@ class Launcher:
                         "worker %d (pid %d) exited with %s; restarting in %.0f s", i, proc.pid, proc.exitcode, delay_s
                     )
                     due[i] = time.monotonic() + delay_s
+            if len(done) == len(self.procs):
+                return 0
             for i, when in list(due.items()):
                 if time.monotonic() >= when:
                     del due[i]

@@ -66,3 +66,54 @@ def test_two_cpu_workers_restart_and_stop_together(redis_url, conn, tiny_model_p
     finally:
         if launcher.poll() is None:
             launcher.kill()
+
+
+def test_workers_per_device_starts_k_distinct_workers_that_share_the_queue(redis_url, conn, tiny_model_path):
+    args = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--model",
+        str(tiny_model_path),
+        "--redis-url",
+        redis_url,
+        "--workers-per-device",
+        "2",
+        "--idle-wait-ms",
+        "200",
+        "--batch-size",
+        "4",
+    ]
+    launcher = subprocess.Popen(args, cwd=ROOT)
+    try:
+        wait_for(lambda: len(Worker.all(connection=conn)) == 2, 120)
+        assert len({w.name for w in Worker.all(connection=conn)}) == 2
+        producer = Producer(redis_url)
+        ids = producer.enqueue_many([image_bytes("cat.jpg")] * 40)
+        results = [producer.result(job_id, timeout=60) for job_id in ids]
+        assert all(r["ok"] for r in results)
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=60) == 0
+
+
+def test_burst_workers_per_device_drain_the_queue_and_the_launcher_exits(redis_url, tiny_model_path):
+    producer = Producer(redis_url)
+    ids = producer.enqueue_many([image_bytes("cat.jpg")] * 24)
+    args = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--model",
+        str(tiny_model_path),
+        "--redis-url",
+        redis_url,
+        "--workers-per-device",
+        "2",
+        "--burst",
+        "--batch-size",
+        "4",
+    ]
+    done = subprocess.run(args, cwd=ROOT, timeout=180, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all(producer.result(job_id, timeout=5)["ok"] for job_id in ids)
