@@ -34,16 +34,16 @@ def run_main(argv: list[str]) -> int:
                        f"export --demo --out {settings.model}' (or pass --model / WORKER_MODEL)\n")  # fmt: skip
     setup_logging(settings)
     log.info("effective configuration %s", json.dumps(settings.public(), sort_keys=True))
-    if settings.devices:
+    if settings.devices or settings.workers_per_device > 1:
         return launch(settings)
     return serve_one(settings)
 
 
 def launch(settings: WorkerSettings) -> int:
-    """One supervised worker process per device (``--devices``)."""
+    """Supervised worker processes: ``--workers-per-device`` per device of ``--devices`` (or of ``--device``)."""
     from .launcher import Launcher, parse_devices
 
-    launcher = Launcher(settings, parse_devices(settings.devices))
+    launcher = Launcher(settings, parse_devices(settings.devices) if settings.devices else [settings.device])
 
     def on_signal(signum: int, _frame: object) -> None:
         if launcher.stop.is_set():
