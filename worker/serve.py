@@ -57,7 +57,7 @@ def serve_one(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     from .model import ModelError
     from .pipeline import ShutdownIncomplete
-    from .service import run  # torch loads here, after argument errors had their chance
+    from .service import RedisRefused, run  # torch loads here, after argument errors had their chance
     from .store.names import NameTaken
 
     try:
@@ -65,7 +65,7 @@ def serve_one(settings: WorkerSettings) -> int:
     except ShutdownIncomplete as exc:
         log.error("exiting 1: %s", exc)
         return 1
-    except (NameTaken, ModelError) as exc:
+    except (NameTaken, ModelError, RedisRefused) as exc:
         log.error("exiting 2: %s", exc)
         return 2
     return 0

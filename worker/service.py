@@ -14,7 +14,7 @@ import redis
 import torch
 
 from .backoff import Backoff
-from .config import WorkerSettings
+from .config import WorkerSettings, mask_url
 from .decode import Decoder, Fetches, NoFetch
 from .decode.cpu import Limits, Preprocess
 from .decode.gate import Gate, NoGate
@@ -117,6 +117,37 @@ def make_fetcher(settings: WorkerSettings) -> Fetches:
     return FetchStage(Fetcher(policy, limits, pool_size=settings.fetch_threads), settings.fetch_threads)
 
 
+class RedisRefused(RuntimeError):
+    """Redis answers but refuses this worker's credentials (wrong password, no such user, no permission):
+    a configuration error that waiting does not fix."""
+
+
+def wait_for_redis(settings: WorkerSettings, stop: threading.Event) -> bool:
+    """Before the model's seconds-long load: every Redis answers PING (waiting out one that is down, with
+    capped back-off and one line per try), or ``RedisRefused`` for credentials it refuses; False if stopped."""
+    for url in settings.redis_urls:
+        connection = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        backoff = Backoff()
+        try:
+            while not stop.is_set():
+                try:
+                    connection.ping()
+                    break
+                except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+                    raise RedisRefused(f"redis at {mask_url(url)} refuses this worker: {exc}") from None
+                except redis.ResponseError as exc:
+                    if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                        raise RedisRefused(f"redis at {mask_url(url)} refuses this worker: {exc}") from None
+                    raise
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    delay_s = backoff.next()
+                    log.warning("redis at %s unreachable (%s); retrying in %.1f s", mask_url(url), exc, delay_s)
+                    stop.wait(delay_s)
+        finally:
+            connection.close()
+    return not stop.is_set()
+
+
 def register(store: QueueStore, stop: threading.Event) -> bool:
     """Register with RQ, waiting out a Redis that is down (capped back-off); False if stopped first."""
     backoff = Backoff()
@@ -175,6 +206,8 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
     health = Health(redis_ttl_s=settings.worker_ttl_s)
     probes = start_probes(settings, health)
     try:
+        if not wait_for_redis(settings, stop):
+            return 0
         model, settings = prepare_model(settings)
         health.warmed = True
         metrics = start_metrics(settings, health, time.perf_counter() - loading)

@@ -8,6 +8,7 @@ import os
 import pty
 import subprocess
 import sys
+import time
 
 from bench.devserver import free_port
 
@@ -123,3 +124,23 @@ def test_a_file_that_is_not_a_model_is_one_line_and_exit_2(redis_url, tmp_path):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "not a TorchScript model file" in done.stderr
+
+
+def test_credentials_redis_refuses_are_one_line_and_exit_2_before_the_model_loads(redis_url, tmp_path):
+    """Redis is checked first: a wrong password is reported in about a second, not after the model's load
+    (the model file here is not even read: it is garbage, and that would be exit 2 with another line)."""
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"not read: redis is checked first\n")
+    bad = redis_url.replace("redis://", "redis://nobody:wrong@")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "--model", str(fake), "--redis-url", bad],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "refuses this worker" in done.stderr and "not a TorchScript" not in done.stderr
+    assert ":wrong@" not in done.stderr and "nobody:***@" in done.stderr  # the password is masked in the line
+    assert "Traceback" not in done.stderr and time.monotonic() - started < 30
