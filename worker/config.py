@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from producer.wire.jobs import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_QUEUE
 from producer.wire.results import DEFAULT_RESULTS_MAXLEN
+from producer.wire.urls import RedisURLError, mask
+from producer.wire.urls import check as check_url
 
 from .decode.cpu import DEFAULT_MAX_PIXELS
 from .decode.urls import FetchPolicy
@@ -89,14 +89,8 @@ class WorkerSettings:
 
 
 def mask_url(url: str) -> str:
-    """``redis://user:secret@host?password=x`` -> ``redis://user:***@host?password=***``."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        user = parts.username or ""
-        host = parts.hostname or ""
-        parts = parts._replace(netloc=f"{user}:***@{host}" + (f":{parts.port}" if parts.port else ""))
-    query = re.sub(r"(?i)(^|&)(password|pass|pwd)=[^&]*", r"\1\2=***", parts.query)
-    return urlunsplit(parts._replace(query=query))
+    """``redis://user:secret@host?password=x`` -> ``redis://user:***@host?password=***`` (Sentinel URLs too)."""
+    return mask(url)
 
 
 def batch_size_arg(text: str) -> int | str:
@@ -348,21 +342,15 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     return settings
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-
-
 def redis_url_problem(settings: WorkerSettings) -> str | None:
     """Why ``--redis-url`` cannot name a Redis server (one line), or None when every URL can."""
     if not settings.redis_urls:
         return "--redis-url / REDIS_URL is empty"
     for url in settings.redis_urls:
-        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
-        if scheme not in REDIS_SCHEMES:
-            shown = mask_url(url)
-            return (
-                f"--redis-url must be {', '.join(s + '://' for s in REDIS_SCHEMES)} (a comma list for shards); "
-                f"got {shown!r}" + (f" (try redis://{shown})" if not scheme else "")
-            )
+        try:
+            check_url(url)
+        except RedisURLError as exc:
+            return f"--redis-url: {exc} (a comma list for shards)"
     return None
 
 

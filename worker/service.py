@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .model import Classifier, load_model
 from .perf import autotune, choose_threads
 from .pipeline import InHand, Pipeline, PipelineSettings, Stats
+from .redisconn import connect
 from .store import QueueStore, StoreUnavailable
 from .store.rq import RedisStore
 from .store.sharded import ShardedStore
@@ -126,7 +127,7 @@ def wait_for_redis(settings: WorkerSettings, stop: threading.Event) -> bool:
     """Before the model's seconds-long load: every Redis answers PING (waiting out one that is down, with
     capped back-off and one line per try), or ``RedisRefused`` for credentials it refuses; False if stopped."""
     for url in settings.redis_urls:
-        connection = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        connection = connect(url, socket_connect_timeout=5, socket_timeout=5)
         backoff = Backoff()
         try:
             while not stop.is_set():
@@ -169,7 +170,7 @@ def build_store(settings: WorkerSettings, cache: dict | None = None) -> QueueSto
     stores: list[RedisStore] = []
     levels: list[int] = []
     for url in settings.redis_urls:
-        connection = redis.Redis.from_url(url, health_check_interval=30)
+        connection = connect(url, health_check_interval=30)
         for level, queue in enumerate(queues):
             stores.append(
                 RedisStore(

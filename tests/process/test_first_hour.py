@@ -108,7 +108,7 @@ def test_a_redis_url_that_is_not_one_is_one_line_and_exit_2(tiny_model_path):
         )
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and "--redis-url must be redis://" in lines[0] and hint in lines[0]
+        assert len(lines) == 1 and "--redis-url: a Redis URL must start with redis://" in lines[0] and hint in lines[0]
 
 
 def test_a_file_that_is_not_a_model_is_one_line_and_exit_2(redis_url, tmp_path):

@@ -1,0 +1,35 @@
+"""The worker's Redis connections: a plain URL, or a Sentinel-managed primary found through redis-py's ``Sentinel``.
+
+A failover is a connection error to us: the store's call fails with ``StoreUnavailable``, the stage
+backs off and calls again, and redis-py's Sentinel pool asks the sentinels for the (new) primary on
+the next connection. Scripts are re-loaded there on ``NOSCRIPT`` (``worker.store.scripts``), and the
+heartbeat registers again if the worker's key is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.sentinel import Sentinel
+
+from producer.wire.urls import is_sentinel, parse_sentinel
+
+
+def connect(url: str, **options: Any) -> redis.Redis:
+    """A client for ``url`` (``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://``); ``options`` are
+    redis-py connection options (timeouts, ``health_check_interval``)."""
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **options)
+    spec = parse_sentinel(url)
+    sentinel_options = {
+        "socket_timeout": options.get("socket_timeout") or 2.0,
+        "socket_connect_timeout": options.get("socket_connect_timeout") or 2.0,
+        "username": spec.sentinel_username,
+        "password": spec.sentinel_password,
+        "ssl": spec.sentinel_tls,
+    }
+    sentinel = Sentinel(list(spec.sentinels), sentinel_kwargs=sentinel_options)
+    return sentinel.master_for(
+        spec.service, db=spec.db, username=spec.username, password=spec.password, ssl=spec.tls, **options
+    )
