@@ -11,6 +11,8 @@ from typing import Any
 
 _EXPORTS = {
     "AsyncProducer": ".aio",
+    "CancelOutcome": ".cancel",
+    "CannotCancel": ".errors",
     "Producer": ".client",
     "JobOptions": ".jobdata",
     "Subscription": ".channel",
@@ -22,6 +24,7 @@ _EXPORTS = {
     "RedisFull": ".errors",
     "ShardUnavailable": ".errors",
     "ImageRef": ".wire.jobs",
+    "ImageTooLarge": ".wire.jobs",
     "MsgpackSerializer": ".wire.serializer",
 }
 __all__ = sorted(_EXPORTS)

@@ -8,6 +8,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -16,7 +18,7 @@ from . import dashboard
 from .client import Producer
 from .errors import JobFailed, JobTimeout, ShardUnavailable
 from .jsonout import dumps_json
-from .wire.jobs import DEFAULT_QUEUE, ImageRef, ProtocolError
+from .wire.jobs import DEFAULT_QUEUE, ImageRef, ImageTooLarge, ProtocolError, check_image_size
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
@@ -68,9 +70,67 @@ class Progress:
         sys.stderr.flush()
 
 
+@dataclass(frozen=True)
+class Pushed:
+    """One image of a push: how it is named (``name`` in result lines, ``label`` in the list of ids), and its
+    job id once enqueued, or why it was not."""
+
+    name: str
+    label: str
+    job_id: str | None = None
+    refused: str = ""
+
+
+def enqueue_images(producer: Producer, paths: list[Path], refs: list[ImageRef]) -> list[Pushed]:
+    """Enqueue the images in one call; a file over the size limit is refused (not sent) and the rest go.
+    A shard that cannot be reached stops only its own images: the others are enqueued, and each image is
+    marked with what became of it."""
+    items: list[Path | ImageRef] = []
+    images: list[Pushed] = []
+    for path in paths:
+        try:
+            check_image_size(path.stat().st_size, producer.options.max_image_bytes)
+        except ImageTooLarge as exc:
+            images.append(Pushed(path.name, str(path), refused=f"{exc.error['type']}: {exc.error['message']}"))
+            continue
+        items.append(path)
+    items += refs
+    if not items:
+        return images
+    metas = [{"url": item.url} if isinstance(item, ImageRef) else {"path": str(item)} for item in items]
+    try:
+        ids, lost, why = producer.enqueue_many(items, metas=metas), set(), ""
+    except ShardUnavailable as exc:
+        if not exc.enqueued:
+            raise  # nothing went anywhere: Redis cannot be reached
+        ids, lost = exc.ids, set(exc.not_enqueued)
+        why = f"shard {', '.join(exc.shards)} is unavailable"
+        print(f"push: {exc}; push the images marked NOT ENQUEUED again", file=sys.stderr)
+    for item, job_id in zip(items, ids, strict=True):
+        name, label = (item.url, item.url) if isinstance(item, ImageRef) else (item.name, str(item))
+        images.append(Pushed(name, label, refused=why) if job_id in lost else Pushed(name, label, job_id))
+    return images
+
+
+def warn_if_no_worker(producer: Producer, sent: list[Pushed], timeout_s: float) -> None:
+    """Say at once when no live worker serves the queue on a shard that got jobs: the wait is in vain unless
+    one starts. (Silent when it cannot tell: a user whose ACL may not read the worker keys.)"""
+    counts = producer.live_workers()
+    shards = {producer.shard_for(image.job_id).name for image in sent if image.job_id is not None}
+    idle = sorted(name for name in shards if counts.get(name) == 0)
+    if idle:
+        where = f" on shard {', '.join(idle)}" if len(producer.shards) > 1 else ""
+        print(
+            f"push: no live worker serves queue {producer.queue.name}{where}: waiting {timeout_s:g} s in all "
+            "for one to start",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def push(producer: Producer, args: argparse.Namespace) -> int:
     """Enqueue the images (files, and URLs by reference) in one round trip; with --wait print each result and a
-    summary."""
+    summary. Exit 1 when an image failed, timed out or was not enqueued."""
     paths, urls = expand(args.paths), args.url or []
     if not paths and not urls:
         raise SystemExit("push: no images found")
@@ -79,23 +139,33 @@ def push(producer: Producer, args: argparse.Namespace) -> int:
     except ProtocolError as exc:
         raise SystemExit(f"push: --url: {exc}") from None
     start = time.monotonic()
-    metas = [{"path": str(p)} for p in paths] + [{"url": url} for url in urls]
-    ids = producer.enqueue_many([*paths, *refs], metas=metas)
-    print(f"enqueued {len(ids)} image(s) on queue {producer.queue.name}", file=sys.stderr)
+    images = enqueue_images(producer, paths, refs)
+    sent = [image for image in images if image.job_id is not None]
+    unsent = len(images) - len(sent)
+    print(f"enqueued {len(sent)} image(s) on queue {producer.queue.name}", file=sys.stderr)
     if not args.wait:
-        for job_id, name in zip(ids, [*map(str, paths), *urls], strict=True):
-            print(f"{job_id} {name}")
-        return 0
-    failed, bar = 0, Progress(len(ids), start) if sys.stderr.isatty() else None
-    for job_id, name in zip(ids, [p.name for p in paths] + urls, strict=True):
-        try:
-            line = format_result(name, producer.result(job_id, timeout=args.timeout))
-        except JobFailed as exc:
+        for image in images:
+            print(f"{image.job_id} {image.label}" if image.job_id else f"{image.label} NOT ENQUEUED {image.refused}")
+        return 1 if unsent else 0
+    if sent:
+        warn_if_no_worker(producer, sent, args.timeout)
+    ok, failed, bar = 0, 0, Progress(len(images), start) if sys.stderr.isatty() else None
+    last_result = time.monotonic()  # the wait ends when no result came for --timeout s: once for all images
+    for image in images:
+        if image.job_id is None:
             failed += 1
-            line = f"{name:<28} FAILED {exc.error.get('type')}: {exc.error.get('message')}"
-        except JobTimeout as exc:
-            failed += 1
-            line = f"{name:<28} TIMEOUT {exc}"
+            line = f"{image.name:<28} NOT ENQUEUED {image.refused}"
+        else:
+            try:
+                left = max(0.0, last_result + args.timeout - time.monotonic())
+                line = format_result(image.name, producer.result(image.job_id, timeout=left))
+                ok, last_result = ok + 1, time.monotonic()
+            except JobFailed as exc:
+                failed, last_result = failed + 1, time.monotonic()
+                line = f"{image.name:<28} FAILED {exc.error.get('type')}: {exc.error.get('message')}"
+            except JobTimeout:
+                failed += 1
+                line = f"{image.name:<28} TIMEOUT no result came for {args.timeout:g} s"
         if bar is None:
             print(line, flush=True)
         else:  # a terminal: each image's line (top-3 labels, or its failure) above one progress bar
@@ -104,10 +174,40 @@ def push(producer: Producer, args: argparse.Namespace) -> int:
         bar.close()
     elapsed = time.monotonic() - start
     print(
-        f"{len(ids)} sent, {len(ids) - failed} ok, {failed} failed in {elapsed:.2f} s: "
-        f"{len(ids) / elapsed:.1f} images/s end to end"
+        f"{len(sent)} sent, {ok} ok, {len(sent) - ok} failed"
+        + (f", {unsent} not enqueued (push them again)" if unsent else "")
+        + f" in {elapsed:.2f} s: {len(sent) / elapsed:.1f} images/s end to end"
     )
-    return 1 if failed else 0
+    return 1 if ok < len(images) else 0
+
+
+def status(producer: Producer, args: argparse.Namespace) -> int:
+    """Each shard's status in turn. A shard that cannot be reached is marked down, the others shown: exit 1
+    (2 when none could be reached). With one server, an unreachable one is main's one line, exit 2."""
+    from .status import gather, render
+
+    several = len(producer.shards) > 1  # every shard of a sharded queue, in turn
+    statuses = []
+    for shard in producer.shards:
+        try:
+            found = gather(shard.connection, args.queue)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if not several:
+                raise
+            found = {"queue": args.queue, "down": True, "error": f"cannot reach Redis: {exc}"}
+        statuses.append(found | ({"shard": shard.name} if several else {}))
+    if args.json:
+        print(json.dumps(statuses[0] if len(statuses) == 1 else statuses, indent=1))
+    else:
+        print("\n\n".join(shard_status(found, render) for found in statuses))
+    down = sum(1 for found in statuses if found.get("down"))
+    return 0 if not down else 2 if down == len(statuses) else 1
+
+
+def shard_status(found: dict, render: Callable[[dict], str]) -> str:
+    """One shard's part of ``status``: its name (with several), then its table, or DOWN and why."""
+    head = f"shard {found['shard']}\n" if "shard" in found else ""
+    return head + (f"DOWN: {found['error']}" if found.get("down") else render(found))
 
 
 def result_line(result: dict) -> str:
@@ -203,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         help="images by reference: the worker fetches each URL (its --fetch-allow must permit it)",
     )
     p_push.add_argument("--wait", action="store_true", help="wait and print each result (top-3 labels)")
-    p_push.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per result")
+    p_push.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="with --wait: give up when no result has come for this many seconds (default 60)",
+    )
     add_listen_parser(sub)
     p_status = sub.add_parser("status", help="queue depth, failed count, live workers, results feed groups")
     p_status.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -216,23 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     producer = Producer(args.redis_url, queue=args.queue)
     try:
         if args.command == "status":
-            from .status import gather, render
-
-            several = len(producer.shards) > 1  # every shard of a sharded queue, in turn
-            statuses = [
-                gather(shard.connection, args.queue) | ({"shard": shard.name} if several else {})
-                for shard in producer.shards
-            ]
-            if args.json:
-                print(json.dumps(statuses[0] if len(statuses) == 1 else statuses, indent=1))
-            else:
-                print("\n\n".join((f"shard {st['shard']}\n" if "shard" in st else "") + render(st) for st in statuses))
-            return 0
+            return status(producer, args)
         return push(producer, args) if args.command == "push" else listen(producer, args)
     except KeyboardInterrupt:
         return 130
     except (redis.ConnectionError, redis.TimeoutError, ShardUnavailable) as exc:  # one line, not a traceback
         print(f"python -m producer {args.command}: cannot reach Redis: {exc}", file=sys.stderr)
+        return 2
+    except ProtocolError as exc:  # an image or its meta refused before anything was sent
+        print(f"python -m producer {args.command}: {exc}", file=sys.stderr)
         return 2
     finally:
         producer.close()

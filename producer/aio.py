@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 
+from .cancel import CancelOutcome
 from .channel import subscribe_async
 from .core import ProducerCore
 from .drivers import AsyncDriver
@@ -24,9 +24,7 @@ DEFAULT_URL = "redis://localhost:6379/0"
 class AsyncProducer:
     """``await producer.classify(image)``; the methods of ``Producer``, as coroutines.
 
-    Shards, ``connection`` and ``connect`` as in ``Producer`` (asyncio clients). ``cancel`` runs RQ's
-    own (synchronous) ``Job.cancel`` in a thread, on a synchronous client of the job's shard made by
-    ``connect_sync(url)`` on first use (so with an explicit ``connection``, give its ``redis_url`` too).
+    Shards, ``connection`` and ``connect`` as in ``Producer`` (asyncio clients).
     """
 
     def __init__(
@@ -36,7 +34,6 @@ class AsyncProducer:
         *,
         connection: aioredis.Redis | None = None,
         connect: Callable[[str], aioredis.Redis] = aioredis.Redis.from_url,
-        connect_sync: Callable[[str], redis.Redis] = redis.Redis.from_url,
         options: JobOptions | None = None,
     ) -> None:
         self.shards: list[Shard[aioredis.Redis]] = open_shards(redis_url, connection, connect)
@@ -45,8 +42,7 @@ class AsyncProducer:
         self.core = ProducerCore(self.names, queue, self.options)
         self.queue, self.channel = self.core.queue, self.core.queue.channel
         self.cache = self.core.cache  # hits and misses of enqueue(cache=True): self.cache.hits, .misses
-        connections = [shard.connection for shard in self.shards]
-        self._driver = AsyncDriver(connections, lambda shard: connect_sync(self.shards[shard].url))
+        self._driver = AsyncDriver([shard.connection for shard in self.shards])
 
     @property
     def connection(self) -> aioredis.Redis:
@@ -98,9 +94,13 @@ class AsyncProducer:
         """Enqueue one image and wait for its result (``cache=True``: see ``Producer.enqueue``)."""
         return await self._driver.run(self.core.classify(image, timeout, meta, cache))
 
-    async def cancel(self, job_id: str) -> bool:
-        """Cancel a job with RQ's semantics (``Producer.cancel``); True if canceled now."""
+    async def cancel(self, job_id: str) -> CancelOutcome:
+        """Cancel a job in one atomic step (see ``Producer.cancel``): what it did, true if canceled now."""
         return await self._driver.run(self.core.cancel(job_id))
+
+    async def live_workers(self) -> dict[str, int | None]:
+        """Live workers serving this queue, per shard (see ``Producer.live_workers``)."""
+        return await self._driver.run(self.core.live_workers())
 
     def subscribe(self) -> AsyncIterator[dict[str, Any]]:
         """Every result published on the channel (of every shard), as it arrives (de-duplicate on ``job_id``);

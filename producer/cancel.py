@@ -1,39 +1,135 @@
-"""Cancellation with RQ's semantics: ``Producer.cancel(job_id)`` runs RQ's own ``Job.cancel`` (status
-``canceled``, the job leaves its queue or registry and joins ``CanceledJobRegistry``), so RQ's
-``Job.cancel()`` and ours have the same effect.
+"""Cancellation: ``Producer.cancel(job_id)`` runs one atomic script (``producer/lua/cancel.lua``) that writes
+what RQ 3.0's ``Job.cancel`` writes (status ``canceled``, the id off its queue and, for a running job, its
+executions off the started registry, the id in ``CanceledJobRegistry``), so RQ's ``Job`` API and
+rq-dashboard read the state they would after RQ's own cancel; the worker's scripts read it too.
 
-- A queued job never runs (it leaves the queue).
-- A job a worker took but had not started yet is skipped by the start script (status canceled).
-- A job already running is finished as ``ok: false``, ``error.type = "canceled"``, published and
-  fed that way by the worker's finish script (RQ's cancel drops its started entry; the script reads
-  the status). Its result stream gets a failure, so ``result()`` raises ``JobFailed``.
-- ``result()`` of a job canceled before it ran raises ``JobFailed`` too (it checks the status while
-  it waits), so it never hangs.
+RQ's ``Job.cancel`` reads the status in one round trip and writes in another, with nothing watched: a
+worker starting the job in between finished it ok while cancel had said it was canceled. One script leaves
+no such gap: a worker's take (``worker/store/lua/take.lua``) and finish (``finish.lua``) each come wholly
+before or wholly after it.
 
-``AsyncProducer.cancel`` runs this same function in a thread, on a synchronous client of the job's
-shard: RQ's ``Job.cancel`` is synchronous code, and it stays the one implementation.
+- queued, or moved off the queue by a worker's blocking wait and not yet started: it never runs
+  (``CancelOutcome.CANCELED``; the id also leaves the queue's intermediate list, so a reaper never gives
+  it back);
+- running: its worker's finish finds its started entry gone and the status canceled, and answers it
+  ``ok: false``, ``error.type = "canceled"`` (published, fed, an RQ failure result) instead of ok
+  (``CancelOutcome.CANCELING``);
+- finished or failed already: left as it is (``ALREADY_FINAL``); canceled already: ``ALREADY_CANCELED``;
+- no such job: ``JobNotFound``.
+
+``result()`` of a canceled job raises ``JobFailed`` (``canceled``) at once (``producer.results``).
 """
 
 from __future__ import annotations
 
-import redis
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job
+import hashlib
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from functools import cache
+from importlib.resources import files
+from typing import Any
 
-from .errors import JobNotFound
-from .wire.serializer import MsgpackSerializer
+from redis.exceptions import NoScriptError
 
-CANCELED_ERROR = {"type": "canceled", "message": "the job was canceled before it ran"}
+from .errors import CannotCancel, JobNotFound
+from .ops import Procedure, call
+from .wire import keys
+
+CANCELED_ERROR = {"type": "canceled", "message": "the job was canceled"}
 
 
-def cancel(connection: redis.Redis, job_id: str) -> bool:
-    """Cancel ``job_id``; True if it was canceled now, False if it already was. ``JobNotFound`` if no such job."""
+class CancelOutcome(str, Enum):
+    """What a cancel did. True (as a bool) when it canceled the job now, False when the job had already
+    ended or been canceled, so ``if producer.cancel(job_id):`` reads as before."""
+
+    CANCELED = "canceled"  # it had not started: it never will
+    CANCELING = "canceling"  # it was running: its worker answers it ok: false, error.type "canceled"
+    ALREADY_CANCELED = "already_canceled"  # canceled before: nothing changed
+    ALREADY_FINAL = "already_final"  # it had finished or failed: nothing changed, result() answers as before
+
+    def __bool__(self) -> bool:
+        return self is CancelOutcome.CANCELED or self is CancelOutcome.CANCELING
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _key() -> Any:
+    """A field of ``CancelCall`` that travels in ``KEYS``."""
+    return field(metadata={"keys": True})
+
+
+@dataclass(frozen=True)
+class CancelCall:
+    """CANCEL's arguments, in wire order (the header of ``lua/cancel.lua`` names the same fields):
+    the job's keys, then its queue's, in ``KEYS``; the id and the queue's name in ``ARGV``."""
+
+    job: str = _key()
+    executions: str = _key()
+    queue: str = _key()
+    intermediate: str = _key()
+    wip: str = _key()
+    canceled: str = _key()
+    job_id: str
+    queue_name: str
+
+    @classmethod
+    def of(cls, job_id: str, queue: str) -> CancelCall:
+        """The call that cancels ``job_id`` of ``queue``."""
+        return cls(
+            job=keys.job(job_id),
+            executions=keys.executions(job_id),
+            queue=keys.queue(queue),
+            intermediate=keys.intermediate(queue),
+            wip=keys.started(queue),
+            canceled=keys.canceled(queue),
+            job_id=job_id,
+            queue_name=queue,
+        )
+
+    def wire(self) -> tuple[list[str], list[str]]:
+        """``KEYS`` and ``ARGV``, in the fields' order."""
+        out: dict[bool, list[str]] = {True: [], False: []}
+        for f in fields(self):
+            out[bool(f.metadata.get("keys"))].append(getattr(self, f.name))
+        return out[True], out[False]
+
+
+@cache
+def script() -> tuple[str, str]:
+    """The script's text, as shipped in the package, and its SHA-1 (what ``EVALSHA`` names)."""
+    text = files(__package__).joinpath("lua", "cancel.lua").read_text(encoding="utf-8")
+    return text, hashlib.sha1(text.encode()).hexdigest()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def run_cancel(shard: int, cancel: CancelCall) -> Procedure[tuple[str, str]]:
+    """One run of the script on ``shard`` (``EVALSHA``; ``EVAL`` when the server does not have it yet, which
+    also caches it there); its ``(outcome, detail)``."""
+    text, sha = script()
+    keys_, argv = cancel.wire()
     try:
-        job = Job.fetch(job_id, connection=connection, serializer=MsgpackSerializer)
-    except NoSuchJobError as exc:
-        raise JobNotFound(job_id) from exc
+        reply = yield call(shard, "EVALSHA", sha, len(keys_), *keys_, *argv)
+    except NoScriptError:
+        reply = yield call(shard, "EVAL", text, len(keys_), *keys_, *argv)
+    return _text(reply[0]), _text(reply[1])
+
+
+def cancel_job(shard: int, job_id: str, queue: str) -> Procedure[CancelOutcome]:
+    """Cancel ``job_id`` on ``shard`` (on its own queue when that is not ``queue``: one more run)."""
+    outcome, detail = yield from run_cancel(shard, CancelCall.of(job_id, queue))
+    if outcome == "other_queue":
+        outcome, detail = yield from run_cancel(shard, CancelCall.of(job_id, detail))
+    if outcome == "not_found":
+        raise JobNotFound(job_id)
+    if outcome == "wrong_type":
+        raise CannotCancel(job_id, f"key {detail} is not of the type RQ gives it; nothing was written")
+    if outcome == "unsupported":
+        raise CannotCancel(job_id, f"its status is {detail!r}, which this producer does not cancel; nothing written")
     try:
-        job.cancel()
-    except InvalidJobOperation:  # already canceled: cancelling twice is not an error here
-        return False
-    return True
+        return CancelOutcome(outcome)
+    except ValueError as exc:  # the script answers only the outcomes above
+        raise CannotCancel(job_id, f"the cancel script answered {outcome!r} ({detail!r})") from exc

@@ -7,6 +7,7 @@ from typing import Any
 
 import redis
 
+from .cancel import CancelOutcome
 from .channel import Subscription, subscribe
 from .core import ProducerCore
 from .drivers import SyncDriver
@@ -113,10 +114,16 @@ class Producer:
         """Enqueue one image and wait for its result (``cache=True``: see ``enqueue``)."""
         return self._driver.run(self.core.classify(image, timeout, meta, cache))
 
-    def cancel(self, job_id: str) -> bool:
-        """Cancel a job, with RQ's semantics (see ``producer.cancel``); True if canceled now, False if it
-        already was; ``JobNotFound`` if there is no such job."""
+    def cancel(self, job_id: str) -> CancelOutcome:
+        """Cancel a job, with RQ's semantics, in one atomic step (see ``producer.cancel``). What it did:
+        ``CANCELED`` (it had not started: it never will), ``CANCELING`` (it was running: it ends ``ok: false``,
+        ``canceled``), ``ALREADY_CANCELED`` or ``ALREADY_FINAL`` (nothing changed). True as a bool when it
+        canceled the job now. ``JobNotFound`` if there is no such job."""
         return self._driver.run(self.core.cancel(job_id))
+
+    def live_workers(self) -> dict[str, int | None]:
+        """How many live workers serve this queue, per shard name (None: that shard could not be asked)."""
+        return self._driver.run(self.core.live_workers())
 
     def subscribe(self) -> Subscription:
         """Subscribe to the results channel (of every shard) now; iterate the returned object for results."""

@@ -13,17 +13,16 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import redis
 
 from .cache import ProducerCache
-from .cancel import cancel
+from .cancel import CancelOutcome, cancel_job
 from .errors import QueueFull, RedisFull, ShardUnavailable
 from .groupcursor import GroupCursor, default_consumer
 from .jobdata import ImageInput, JobOptions, JobWriter, read_image
-from .ops import Batch, Commit, Procedure, RunSync, Watch, command
+from .ops import Batch, Commit, Procedure, Watch, call, command
 from .results import wait_for_result
 from .shards import rendezvous
 from .wire import keys
@@ -89,7 +88,8 @@ class ProducerCore:
         answered without queueing."""
         source = image_source(image, image_url)
         if cache and job_id is None and not isinstance(source, ImageRef):
-            hit = yield from self.cache.lookup(self.queue.name, read_image(source), meta, len(self.names))
+            photo = read_image(source, self.options.max_image_bytes)
+            hit = yield from self.cache.lookup(self.queue.name, photo, meta, len(self.names))
             if hit is not None:
                 return hit
         ids = yield from self.enqueue_many([source], job_ids=[job_id], metas=[meta], deadline_s=deadline_s)
@@ -106,20 +106,31 @@ class ProducerCore:
     ) -> Procedure[list[str]]:
         """Every job built and checked first (nothing is sent if one is bad), then one transaction per shard.
 
-        ``ShardUnavailable`` names a shard that cannot be reached, with the ids written before it."""
+        A shard that cannot be reached stops only its own jobs: the other shards get theirs, then
+        ``ShardUnavailable`` says which ids were written and which were not."""
         jobs = self.plan(images, image_urls, job_ids, metas, deadline_s)
         by_shard: dict[int, list[PlannedJob]] = {}
         for job in jobs:
             by_shard.setdefault(self.shard_of(job.id), []).append(job)
-        done: list[str] = []
+        down: list[tuple[int, Exception]] = []
         for shard, shard_jobs in by_shard.items():
             try:
                 yield from self._write(shard, shard_jobs)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                left = [job.id for job in jobs if job.id not in done]
-                raise ShardUnavailable(self.names[shard], str(exc), done, left) from exc
-            done += [job.id for job in shard_jobs]
-        return [job.id for job in jobs]
+                down.append((shard, exc))
+        ids = [job.id for job in jobs]
+        if down:
+            lost = {job.id for shard, _ in down for job in by_shard[shard]}
+            (first, cause), names = down[0], [self.names[shard] for shard, _ in down]
+            raise ShardUnavailable(
+                self.names[first],
+                str(cause),
+                [i for i in ids if i not in lost],
+                [i for i in ids if i in lost],
+                ids=ids,
+                shards=names,
+            ) from cause
+        return ids
 
     def plan(
         self,
@@ -182,9 +193,24 @@ class ProducerCore:
         job_id = yield from self.enqueue(image, meta=meta, cache=cache)
         return (yield from self.result(job_id, timeout))
 
-    def cancel(self, job_id: str) -> Procedure[bool]:
-        """RQ's own ``Job.cancel`` on the job's shard (``producer.cancel``)."""
-        return (yield RunSync(self.shard_of(job_id), partial(cancel, job_id=job_id)))
+    def cancel(self, job_id: str) -> Procedure[CancelOutcome]:
+        """Cancel the job on its shard, in one atomic script (``producer.cancel``)."""
+        return (yield from cancel_job(self.shard_of(job_id), job_id, self.queue.name))
+
+    def live_workers(self) -> Procedure[dict[str, int | None]]:
+        """How many live workers serve this queue, per shard (by name): RQ's worker set of the queue, each
+        member counted while its key lives. None for a shard that cannot be asked (down, or a user whose
+        ACL may not read the worker keys)."""
+        counts: dict[str, int | None] = {}
+        for shard, name in enumerate(self.names):
+            try:
+                members = yield call(shard, "SMEMBERS", keys.queue_workers(self.queue.name))
+                alive = (yield Batch(shard, tuple(command("EXISTS", m) for m in sorted(members)))) if members else []
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                counts[name] = None  # unreachable, or NOPERM (a ResponseError)
+                continue
+            counts[name] = sum(1 for found in alive if found)
+        return counts
 
     def cursors(
         self, group: str, consumer: str | None, start: str, claim_idle_s: float, block_ms: int

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
 
-from .ops import Batch, Call, Commit, Done, Op, Procedure, RunSync, Sleep, Watch, advance
+from .ops import Batch, Call, Commit, Done, Op, Procedure, Sleep, Watch, advance
 
 T = TypeVar("T")
 
@@ -58,30 +58,25 @@ class SyncDriver:
         if isinstance(op, Watch):
             watching.setdefault(op.shard, conn.pipeline()).watch(*op.keys)
             return None
-        if isinstance(op, Commit):
-            pipe = watching.pop(op.shard, None) or conn.pipeline()
-            try:
-                pipe.multi()
-                for cmd in op.commands:
-                    pipe.execute_command(*cmd.args, **cmd.options)
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                return False
-            finally:
-                pipe.reset()
-        assert isinstance(op, RunSync)
-        return op.function(conn)
+        assert isinstance(op, Commit)
+        pipe = watching.pop(op.shard, None) or conn.pipeline()
+        try:
+            pipe.multi()
+            for cmd in op.commands:
+                pipe.execute_command(*cmd.args, **cmd.options)
+            pipe.execute()
+            return True
+        except redis.WatchError:
+            return False
+        finally:
+            pipe.reset()
 
 
 class AsyncDriver:
-    """Runs procedures on asyncio clients, one per shard; ``RunSync`` (RQ's synchronous code) runs in a
-    thread on a synchronous client of the shard, made by ``sync_connect(shard)`` when first needed."""
+    """Runs procedures on asyncio clients, one per shard (index = shard)."""
 
-    def __init__(self, connections: Sequence[aioredis.Redis], sync_connect: Callable[[int], redis.Redis]) -> None:
+    def __init__(self, connections: Sequence[aioredis.Redis]) -> None:
         self.connections = list(connections)
-        self._sync_connect = sync_connect
-        self._sync: dict[int, redis.Redis] = {}
 
     async def run(self, procedure: Procedure[T]) -> T:
         """Run ``procedure`` to its end; its return value."""
@@ -115,27 +110,20 @@ class AsyncDriver:
         if isinstance(op, Watch):
             await watching.setdefault(op.shard, conn.pipeline()).watch(*op.keys)
             return None
-        if isinstance(op, Commit):
-            pipe = watching.pop(op.shard, None) or conn.pipeline()
-            try:
-                pipe.multi()
-                for cmd in op.commands:
-                    pipe.execute_command(*cmd.args, **cmd.options)
-                await pipe.execute()
-                return True
-            except redis.WatchError:
-                return False
-            finally:
-                await pipe.reset()
-        assert isinstance(op, RunSync)
-        if op.shard not in self._sync:
-            self._sync[op.shard] = self._sync_connect(op.shard)
-        return await asyncio.to_thread(op.function, self._sync[op.shard])
+        assert isinstance(op, Commit)
+        pipe = watching.pop(op.shard, None) or conn.pipeline()
+        try:
+            pipe.multi()
+            for cmd in op.commands:
+                pipe.execute_command(*cmd.args, **cmd.options)
+            await pipe.execute()
+            return True
+        except redis.WatchError:
+            return False
+        finally:
+            await pipe.reset()
 
     async def close(self) -> None:
-        """Close every client (the asyncio ones and any synchronous one made for ``RunSync``)."""
+        """Close every client."""
         for conn in self.connections:
             await conn.aclose()
-        for sync in self._sync.values():
-            sync.close()
-        self._sync.clear()

@@ -52,14 +52,27 @@ class RedisFull(QueueFull):
 class ShardUnavailable(ProducerError, redis.ConnectionError):
     """One shard's Redis could not be reached: its jobs were NOT enqueued (never moved to another shard).
 
-    ``enqueued`` are the ids written on other shards before it failed, ``not_enqueued`` the rest. With one
-    shard that is every id of the call. A ``redis.ConnectionError`` too (what one server's enqueue raised
-    before), whether the cause was a refused connection or a timeout."""
+    The other shards still got theirs: ``enqueued`` are the ids written on them, ``not_enqueued`` the ids
+    of the shards that could not be reached (``shards``; ``shard`` is the first), ``ids`` every id of the
+    call in the order of its images. With one shard, every id is not enqueued. A ``redis.ConnectionError``
+    too (what one server's enqueue raised before), whether the cause was a refused connection or a timeout."""
 
-    def __init__(self, shard: str, reason: str, enqueued: list[str], not_enqueued: list[str]) -> None:
+    def __init__(
+        self,
+        shard: str,
+        reason: str,
+        enqueued: list[str],
+        not_enqueued: list[str],
+        *,
+        ids: list[str] | None = None,
+        shards: list[str] | None = None,
+    ) -> None:
         self.shard, self.reason, self.enqueued, self.not_enqueued = shard, reason, enqueued, not_enqueued
+        self.ids = ids if ids is not None else [*enqueued, *not_enqueued]  # every id of the call, in its order
+        self.shards = shards or [shard]  # every shard that could not be reached (``shard`` is the first)
+        more = f" (and {len(self.shards) - 1} more shard(s))" if len(self.shards) > 1 else ""
         super().__init__(
-            f"shard {shard} is unavailable ({reason}): {len(not_enqueued)} job(s) not enqueued, "
+            f"shard {shard} is unavailable ({reason}){more}: {len(not_enqueued)} job(s) not enqueued, "
             f"{len(enqueued)} enqueued on other shards"
         )
 
@@ -73,3 +86,11 @@ class JobNotFound(ProducerError, KeyError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"no such job: {job_id}")
+
+
+class CannotCancel(ProducerError):
+    """A cancel that wrote nothing: the job's state is one this producer does not cancel (``reason``)."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        self.job_id, self.reason = job_id, reason
+        super().__init__(f"cannot cancel job {job_id}: {reason}")

@@ -14,7 +14,7 @@ from rq import Queue, Retry
 from rq.job import Job
 
 from .ops import Command
-from .wire.jobs import TASK_NAME, ImageRef, job_kwargs
+from .wire.jobs import DEFAULT_MAX_IMAGE_BYTES, TASK_NAME, ImageRef, check_image_size, job_kwargs
 from .wire.serializer import MsgpackSerializer
 
 ImageInput = bytes | bytearray | str | os.PathLike | ImageRef  # an ImageRef: a job by reference (image_url)
@@ -31,13 +31,23 @@ class JobOptions:
     max_queue_length: int | None = None  # enqueue raises QueueFull past this many waiting jobs (per shard)
     deadline_s: float | None = None  # default per-job deadline, seconds from enqueue
     compress_data: bool = False  # zlib-compress job data as RQ does by default (images do not shrink: slower)
+    # a larger image is refused at enqueue (ImageTooLarge, "image_too_large"): keep it at or below the
+    # workers' --max-image-bytes, which refuse more
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
 
-def read_image(image: ImageInput) -> bytes:
-    """Bytes as they are; a path is read from disk."""
+def read_image(image: ImageInput, max_bytes: int | None = None) -> bytes:
+    """Bytes as they are; a path is read from disk. ``ImageTooLarge`` past ``max_bytes`` (a file is
+    measured before it is read)."""
     if isinstance(image, bytes | bytearray):
-        return bytes(image)
-    return Path(image).read_bytes()
+        data = bytes(image)
+    else:
+        if max_bytes is not None:
+            check_image_size(Path(image).stat().st_size, max_bytes)
+        data = Path(image).read_bytes()
+    if max_bytes is not None:
+        check_image_size(len(data), max_bytes)
+    return data
 
 
 class PlainDataJob(Job):
@@ -75,11 +85,12 @@ class JobWriter:
         self._queue.redis_server_version = (7, 0, 0)  # RQ would ask the server (it only steers LPOS reads)
 
     def data(self, image: ImageInput, job_id: str, meta: dict | None, deadline: float | None) -> Any:
-        """One job's RQ call data (the image read from disk if it is a path; ``ProtocolError`` for a bad meta)."""
+        """One job's RQ call data (the image read from disk if it is a path; ``ProtocolError`` for a bad meta,
+        ``ImageTooLarge`` for an image over ``JobOptions.max_image_bytes``)."""
         if isinstance(image, ImageRef):  # a job by reference: the worker fetches image_url
             payload, name = image, image.url
         else:
-            payload = read_image(image)
+            payload = read_image(image, self.options.max_image_bytes)
             # An explicit description: RQ would otherwise build one from repr() of the whole image.
             name = os.fspath(image) if isinstance(image, str | os.PathLike) else f"{len(payload)} bytes"
         opts = self.options

@@ -8,7 +8,7 @@ throws the Redis error in. So the logic (checks, routing, retries, deadlines) is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -72,15 +72,7 @@ class Sleep:
     seconds: float
 
 
-@dataclass(frozen=True)
-class RunSync:
-    """Run a synchronous function of a redis-py client (RQ's own code) on the shard; its value is sent back."""
-
-    shard: int
-    function: Callable[[Any], Any]
-
-
-Op = Call | Batch | Watch | Commit | Sleep | RunSync
+Op = Call | Batch | Watch | Commit | Sleep
 Procedure = Generator[Op, Any, T]
 
 

@@ -11,7 +11,7 @@ from rq.results import Result
 
 from .cancel import CANCELED_ERROR
 from .errors import JobFailed, JobTimeout
-from .ops import Procedure, Sleep, call
+from .ops import Batch, Procedure, Sleep, call, command
 from .wire import keys
 from .wire.results import parse_exc_string, validate_result
 from .wire.serializer import MsgpackSerializer
@@ -38,24 +38,31 @@ def final_result(job_id: str, result_id: bytes, payload: dict) -> dict[str, Any]
 
 def wait_for_result(shard: int, job_id: str, timeout_s: float) -> Procedure[dict[str, Any]]:
     """The job's final result from its result stream (XREAD BLOCK: durable, no pub/sub race); ``JobFailed``
-    (also for a job canceled before it ran, which gets no result) or ``JobTimeout`` after ``timeout_s``.
-    While Redis is unreachable (restarting), it waits and reads again until the deadline."""
+    (also for a canceled job, at once: one canceled before it ran gets no result) or ``JobTimeout`` after
+    ``timeout_s``. The first read does not block, so a result already there, or a cancel, is answered at
+    once, even with ``timeout_s`` 0. While Redis is unreachable (restarting), it waits and reads again until
+    the deadline."""
     deadline = time.monotonic() + timeout_s
-    stream, last_id = keys.results(job_id), "0-0"
+    stream, job_key, last_id = keys.results(job_id), keys.job(job_id), "0-0"
+    block: tuple[Any, ...] = ()  # the first read: no BLOCK
     while True:
-        left_ms = int((deadline - time.monotonic()) * 1000)
-        if left_ms <= 0:
-            exists = yield call(shard, "EXISTS", keys.job(job_id))
-            raise JobTimeout(job_id, timeout_s, "" if exists else " (no such job)")
         try:
-            response = yield call(shard, "XREAD", "BLOCK", min(left_ms, MAX_BLOCK_MS), "STREAMS", stream, last_id)
+            response, status = yield Batch(
+                shard, (command("XREAD", *block, "STREAMS", stream, last_id), command("HGET", job_key, "status"))
+            )
         except (redis.ConnectionError, redis.TimeoutError):
+            response, status = None, None
             yield Sleep(min(RECONNECT_WAIT_S, max(0.0, deadline - time.monotonic())))
-            continue
         for result_id, payload in response[0][1] if response else []:
             last_id = result_id
             final = final_result(job_id, result_id, payload)
             if final is not None:
                 return final
-        if not response and (yield call(shard, "HGET", keys.job(job_id), "status")) == b"canceled":
-            raise JobFailed(job_id, dict(CANCELED_ERROR))  # canceled before it ran: no result will come
+        if status == b"canceled" or status == "canceled":
+            # canceled: before it ran no result comes; while it ran, its worker's comes, failed "canceled" too
+            raise JobFailed(job_id, dict(CANCELED_ERROR))
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            exists = yield call(shard, "EXISTS", job_key)
+            raise JobTimeout(job_id, timeout_s, "" if exists else " (no such job)")
+        block = ("BLOCK", min(left_ms, MAX_BLOCK_MS))

@@ -30,6 +30,24 @@ class ProtocolError(ValueError):
     """A job whose arguments break the contract (wrong types, missing or extra arguments)."""
 
 
+class ImageTooLarge(ProtocolError):
+    """An image over the size limit, refused before anything is sent: a worker would refuse it too.
+    ``error`` is ``{"type": "image_too_large", "message"}``, shaped like a failed job's error (``JobFailed``),
+    so a web backend maps both to the same answer."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        message = f"the image is {size} bytes, over the limit of {limit}"
+        self.error = {"type": "image_too_large", "message": message}
+        super().__init__(message)
+
+
+def check_image_size(size: int, limit: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
+    """``ImageTooLarge`` when an image of ``size`` bytes is over ``limit``."""
+    if size > limit:
+        raise ImageTooLarge(size, limit)
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """An image by reference: the job carries ``image_url`` and the worker fetches it (``https://``,

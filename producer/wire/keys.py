@@ -69,6 +69,11 @@ def failed(name: str) -> str:
     return f"{PREFIX}:failed:{name}"
 
 
+def canceled(name: str) -> str:
+    """The canceled-job registry (RQ's ``CanceledJobRegistry``)."""
+    return f"{PREFIX}:canceled:{name}"
+
+
 def worker(name: str) -> str:
     """A worker's hash (its heartbeat keeps it alive)."""
     return f"{WORKER_PREFIX}{name}"

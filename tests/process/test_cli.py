@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -129,3 +130,74 @@ def test_push_shows_a_progress_bar_on_a_terminal_and_plain_lines_otherwise(redis
     assert b"[" + b"#" * 30 + b"] 20/20" in seen and b"images/s" in seen
     # on a terminal too, each image's line (its top-3 labels) above the bar, as README and --help promise
     assert "sent," in out and sum(1 for line in out.splitlines() if "FAILED" in line or " ms)" in line) == 20
+
+
+def producer_cli(redis_url: str, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "producer", "--redis-url", redis_url, *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+
+
+def test_push_refuses_an_image_over_the_size_limit_at_enqueue_and_sends_the_rest(redis_url, conn, tmp_path):
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(27 * 1024 * 1024))  # 27 MB: over 20 MiB
+    (tmp_path / "cat.jpg").write_bytes((IMAGES / "cat.jpg").read_bytes())
+    pushed = producer_cli(redis_url, "push", str(tmp_path))
+    assert pushed.returncode == 1, pushed.stderr
+    (refused,) = [line for line in pushed.stdout.splitlines() if "huge.png" in line]
+    assert "NOT ENQUEUED image_too_large" in refused
+    assert conn.llen("rq:queue:classify") == 1  # cat.jpg only: nothing of the 27 MB went to Redis
+    assert conn.info("memory")["used_memory"] < 20 * 1024 * 1024
+
+
+def test_status_with_a_shard_down_shows_the_others_and_marks_it(redis_url, conn):
+    from bench.devserver import free_port
+    from producer.shards import shard_name
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    text = producer_cli(f"{redis_url},{dead}", "status", timeout_s=60)
+    assert text.returncode == 1, text.stderr
+    assert f"shard {shard_name(redis_url)}\nqueue classify: 0 queued" in text.stdout
+    assert f"shard {shard_name(dead)}\nDOWN: cannot reach Redis" in text.stdout
+    listed = producer_cli(f"{redis_url},{dead}", "status", "--json", timeout_s=60)
+    up, down = json.loads(listed.stdout)
+    assert up["shard"] == shard_name(redis_url) and up["queued"] == 0 and "down" not in up
+    assert down["shard"] == shard_name(dead) and down["down"] is True and "cannot reach Redis" in down["error"]
+
+
+def test_push_wait_with_a_shard_down_waits_for_the_jobs_it_did_enqueue_and_names_the_rest(
+    redis_url, conn, start_worker
+):
+    from bench.devserver import free_port
+
+    start_worker("--batch-size", "8")
+    wait_for_workers(conn)
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    pushed = producer_cli(f"{redis_url},{dead}", "push", "--wait", str(IMAGES))
+    assert pushed.returncode == 1, pushed.stderr
+    lines = pushed.stdout.strip().splitlines()
+    done = [line for line in lines[:-1] if " ms)" in line or "FAILED" in line]
+    unsent = [line for line in lines[:-1] if "NOT ENQUEUED" in line and "is unavailable" in line]
+    assert done and unsent and len(done) + len(unsent) == 20  # every image accounted for, in one line each
+    assert conn.llen("rq:queue:classify") == 0 and len(conn.keys("rq:job:*")) == len(done)  # all answered
+    assert f"{len(done)} sent" in lines[-1] and f"{len(unsent)} not enqueued" in lines[-1]
+    assert "push the images marked NOT ENQUEUED again" in pushed.stderr
+    assert "no live worker" not in pushed.stderr  # the worker serving the live shard is seen
+
+
+def test_push_wait_with_no_live_worker_says_so_at_once_and_waits_once_for_all(redis_url, conn):
+    import time
+
+    command = [sys.executable, "-m", "producer", "--redis-url", redis_url, "push", "--wait", "--timeout", "4"]
+    command += [str(IMAGES / "cat.jpg")] * 6
+    started = time.monotonic()
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "no live worker serves queue classify" in line:
+            said_after_s = time.monotonic() - started
+            break
+    else:
+        raise AssertionError("push never said that no worker is alive")
+    out, _ = proc.communicate(timeout=60)
+    elapsed = time.monotonic() - started
+    assert said_after_s < 4  # before the wait, not after it
+    assert proc.returncode == 1 and sum("TIMEOUT" in line for line in out.splitlines()) == 6
+    assert elapsed < 12  # one wait of 4 s for all six, not 4 s for each (24 s)

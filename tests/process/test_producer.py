@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import redis
 from rq import Queue
 from rq.job import Job
 
@@ -63,7 +62,7 @@ def test_two_producers_racing_on_one_caller_chosen_id_leave_one_job(redis_url, c
 
         async def go() -> str:
             racer = AsyncProducer(redis_url)
-            driver = RacingAsync([racer.connection], lambda shard: redis.Redis.from_url(redis_url))
+            driver = RacingAsync([racer.connection])
             try:
                 return await driver.run(racer.core.enqueue(b"A's photo", job_id="ad-9", meta={"by": "A"}))
             finally:

@@ -18,6 +18,8 @@ from rq.job import Job
 from bench.devserver import RedisServer, free_port
 from producer import (
     AsyncProducer,
+    CancelOutcome,
+    ImageTooLarge,
     JobFailed,
     JobNotFound,
     JobOptions,
@@ -227,14 +229,15 @@ def test_cancel_works_on_the_jobs_shard_and_result_does_not_hang(make_producer, 
     producer = make_producer()
     ids = producer.enqueue_many([b"img"] * 6)
     victim = ids[-1]
-    assert producer.cancel(victim) is True and producer.cancel(victim) is False
+    assert producer.cancel(victim) is CancelOutcome.CANCELED
+    assert producer.cancel(victim) is CancelOutcome.ALREADY_CANCELED and not producer.cancel(victim)
     where = home(producer, conns, victim)
     assert where.hget(Job.key_for(victim), "status") == b"canceled"
     assert victim.encode() not in where.lrange(QUEUE_KEY, 0, -1) and sum(queued(conns)) == 5
     started = time.monotonic()
     with pytest.raises(JobFailed) as failed:
         producer.result(victim, timeout=10)
-    assert failed.value.error["type"] == "canceled" and time.monotonic() - started < 5
+    assert failed.value.error["type"] == "canceled" and time.monotonic() - started < 0.5  # at once
     with pytest.raises(JobNotFound):
         producer.cancel("no-such-job")
 
@@ -295,12 +298,13 @@ def test_the_same_errors_for_the_same_mistakes(make_producer, conns):
 def test_a_shard_that_cannot_be_reached_is_named_with_the_ids_written_elsewhere(make_producer, urls, conns):
     dead = f"redis://127.0.0.1:{free_port()}/0"
     producer = make_producer(shards=[*urls, dead])
-    ids = [f"ad-{n}" for n in range(24)]
-    with pytest.raises(ShardUnavailable) as down:
+    ids = sorted((f"ad-{n}" for n in range(24)), key=lambda i: rendezvous(producer.names, i) != len(urls))
+    with pytest.raises(ShardUnavailable) as down:  # the dead shard's jobs come first in the call
         producer.enqueue_many([b"x"] * 24, job_ids=ids)
     error, lost = down.value, [i for i in ids if rendezvous(producer.names, i) == len(urls)]
     assert isinstance(error, redis.ConnectionError) and error.shard == shard_name(dead)
-    assert lost and set(lost) <= set(error.not_enqueued) and sorted(error.enqueued + error.not_enqueued) == sorted(ids)
+    assert lost and error.not_enqueued == lost and error.shards == [shard_name(dead)] and error.ids == ids
+    assert error.enqueued == [i for i in ids if i not in lost]  # the shards that are up got theirs
     for job_id in ids:
         assert sum(conn.exists(Job.key_for(job_id)) for conn in conns) == (job_id in error.enqueued)
 
@@ -317,3 +321,32 @@ def test_results_come_back_from_every_shard(make_producer, urls, conn, start_wor
     with pytest.raises(JobFailed) as failed:
         producer.result(producer.enqueue(b"not an image"), timeout=60)
     assert failed.value.error["type"] == "unsupported_image"
+
+
+def test_an_image_over_the_size_limit_is_refused_at_enqueue_and_nothing_is_sent(make_producer, conns, tmp_path):
+    producer = make_producer()
+    big = b"\x89PNG\r\n\x1a\n" + bytes(27 * 1024 * 1024)  # a 27 MB PNG: past the workers' 20 MiB
+    with pytest.raises(ImageTooLarge) as refused:
+        producer.enqueue(big)
+    assert refused.value.error["type"] == "image_too_large" and isinstance(refused.value, ProtocolError)
+    path = tmp_path / "huge.png"
+    path.write_bytes(big)
+    with pytest.raises(ImageTooLarge):
+        producer.enqueue_many([b"small", path])  # one too large: none is sent
+    with pytest.raises(ImageTooLarge):
+        producer.classify(big, timeout=1, cache=True)
+    assert sum(queued(conns)) == 0 and not any(conn.keys("rq:job:*") for conn in conns)
+    small = make_producer(options=JobOptions(max_image_bytes=4))
+    with pytest.raises(ImageTooLarge, match="5 bytes, over the limit of 4"):
+        small.enqueue(b"12345")
+    assert small.enqueue(b"1234")
+
+
+def test_live_workers_counts_the_workers_serving_the_queue_on_each_shard(make_producer, urls, conns):
+    producer = make_producer()
+    assert producer.live_workers() == dict.fromkeys(producer.names, 0)
+    conns[0].sadd(keys.queue_workers("classify"), keys.worker("alive"), keys.worker("gone"))
+    conns[0].hset(keys.worker("alive"), "state", "idle")  # "gone" left its key to expire: not counted
+    assert producer.live_workers() == {producer.names[0]: 1} | dict.fromkeys(producer.names[1:], 0)
+    dead = make_producer(shards=[*urls, f"redis://127.0.0.1:{free_port()}/0"])
+    assert list(dead.live_workers().values())[-1] is None  # a shard that cannot be asked

@@ -3,22 +3,27 @@ makes of the answers. ``Producer`` and ``AsyncProducer`` run exactly these proce
 
 from __future__ import annotations
 
+import re
+from base64 import b64encode
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import pytest
 import redis
+from redis.exceptions import NoScriptError
 
+from producer.cancel import CancelCall, CancelOutcome, script
 from producer.core import ProducerCore
-from producer.errors import JobTimeout, QueueFull, RedisFull, ShardUnavailable
+from producer.errors import CannotCancel, JobFailed, JobNotFound, JobTimeout, QueueFull, RedisFull, ShardUnavailable
 from producer.jobdata import JobOptions
 from producer.ops import Batch, Call, Commit, Done, Op, Watch, advance
 from producer.shards import rendezvous
 from producer.wire import keys
 from producer.wire.cache import announcement, compact, digest, key_for
-from producer.wire.jobs import ProtocolError
+from producer.wire.jobs import ImageTooLarge, ProtocolError
 from producer.wire.results import make_result
-from producer.wire.serializer import loads
+from producer.wire.serializer import dumps, loads
 
 NAMES = ["a:6379/0", "b:6379/0"]
 ANNOUNCED = announcement("tiny@7", "fp32", "cpu", 5, ttl_s=600)
@@ -141,5 +146,121 @@ def test_no_cache_lookup_for_a_url_or_a_caller_chosen_id():
 def test_result_of_an_unknown_job_times_out_saying_so():
     core = ProducerCore(NAMES, "classify", JobOptions())
     with pytest.raises(JobTimeout, match="no such job") as waited:
-        run(core.result("ghost", timeout=0), lambda op: 0)
+        run(core.result("ghost", timeout=0), lambda op: [None, None] if isinstance(op, Batch) else 0)
     assert waited.value.job_id == "ghost"
+
+
+def script_reply(outcome: str, detail: str = "") -> Callable[[Op], Any]:
+    return lambda op: [outcome.encode(), detail.encode()]
+
+
+def test_cancel_is_one_script_call_on_the_jobs_shard_and_says_what_it_did():
+    core = ProducerCore(NAMES, "classify", JobOptions())
+    for answer, expected in (
+        ("canceled", CancelOutcome.CANCELED),
+        ("canceling", CancelOutcome.CANCELING),
+        ("already_canceled", CancelOutcome.ALREADY_CANCELED),
+        ("already_final", CancelOutcome.ALREADY_FINAL),
+    ):
+        outcome, sent = run(core.cancel("ad-1"), script_reply(answer, "x"))
+        assert outcome is expected and bool(outcome) == (answer in ("canceled", "canceling"))
+        (op,) = sent  # one round trip: nothing can come between what it reads and what it writes
+        assert isinstance(op, Call) and op.shard == rendezvous(NAMES, "ad-1")
+        keys_, argv = CancelCall.of("ad-1", "classify").wire()
+        assert op.command.args == ("EVALSHA", script()[1], len(keys_), *keys_, *argv)
+
+
+def test_cancel_sends_the_script_whole_when_the_server_lacks_it():
+    core = ProducerCore(NAMES[:1], "classify", JobOptions())
+
+    def answer(op: Op) -> Any:
+        if op.command.args[0] == "EVALSHA":
+            raise NoScriptError("NOSCRIPT No matching script")
+        return [b"canceled", b"queued"]
+
+    outcome, sent = run(core.cancel("ad-1"), answer)
+    assert outcome is CancelOutcome.CANCELED and [op.command.args[0] for op in sent] == ["EVALSHA", "EVAL"]
+    assert sent[1].command.args[1] == script()[0]
+
+
+def test_cancel_of_a_job_of_another_queue_runs_again_on_that_queues_keys():
+    core = ProducerCore(NAMES[:1], "classify", JobOptions())
+    replies = iter([[b"other_queue", b"high"], [b"canceled", b"queued"]])
+    outcome, sent = run(core.cancel("ad-1"), lambda op: next(replies))
+    assert outcome is CancelOutcome.CANCELED
+    assert keys.queue("high") in sent[1].command.args and keys.canceled("high") in sent[1].command.args
+
+
+def test_cancel_of_no_job_or_against_a_misfit_key_raises():
+    core = ProducerCore(NAMES[:1], "classify", JobOptions())
+    with pytest.raises(JobNotFound):
+        run(core.cancel("ghost"), script_reply("not_found"))
+    with pytest.raises(CannotCancel, match="rq:canceled:classify"):
+        run(core.cancel("ad-1"), script_reply("wrong_type", "rq:canceled:classify"))
+    with pytest.raises(CannotCancel, match="deferred"):
+        run(core.cancel("ad-1"), script_reply("unsupported", "deferred"))
+
+
+def test_the_cancel_script_declares_and_binds_the_calls_fields_in_wire_order():
+    text = script()[0]
+    declared = {m[1]: [n.strip() for n in m[2].split(",")] for m in re.finditer(r"^-- (KEYS|ARGV): (.*)$", text, re.M)}
+    names = {
+        label: [f.name for f in fields(CancelCall) if bool(f.metadata.get("keys")) == (label == "KEYS")]
+        for label in ("KEYS", "ARGV")
+    }
+    assert declared == names
+    for label, bound in names.items():
+        assert f"local {', '.join(bound)} = unpack({label}, 1, {len(bound)})" in text
+
+
+def test_result_of_a_canceled_job_answers_from_the_first_read_without_blocking():
+    core = ProducerCore(NAMES[:1], "classify", JobOptions())
+    with pytest.raises(JobFailed) as failed:
+        run(core.result("ad-1", timeout=30), lambda op: [None, b"canceled"])
+    assert failed.value.error["type"] == "canceled"
+
+
+def test_result_reads_once_without_blocking_first_even_with_no_time_left():
+    core = ProducerCore(NAMES[:1], "classify", JobOptions())
+    done = make_result("ad-1", model="m@1", worker="w", timings_ms={}, meta={}, topk=[("cat", 0.9)])
+    entry = [[b"rq:results:ad-1", [(b"1-0", {b"type": b"1", b"return_value": b64encode(dumps(done))})]]]
+    result, sent = run(core.result("ad-1", timeout=0), lambda op: [entry, b"finished"])
+    assert result["label"] == "cat" and len(sent) == 1 and "BLOCK" not in sent[0].commands[0].args
+
+
+def test_a_shard_that_is_down_stops_only_its_own_jobs():
+    core = ProducerCore(NAMES, "classify", JobOptions())
+    ids = sorted((f"ad-{n}" for n in range(10)), key=lambda i: rendezvous(NAMES, i))  # shard a's come first
+
+    def answer(op: Op) -> Any:
+        if op.shard == 0:
+            raise redis.ConnectionError("refused")
+        return [0] * len(op.commands) if isinstance(op, Batch) else True
+
+    with pytest.raises(ShardUnavailable) as down:
+        run(core.enqueue_many([b"x"] * 10, job_ids=ids), answer)
+    on_a = [i for i in ids if rendezvous(NAMES, i) == 0]
+    assert down.value.not_enqueued == on_a and down.value.enqueued == [i for i in ids if i not in on_a]
+    assert down.value.ids == ids and down.value.shards == ["a:6379/0"]
+
+
+def test_an_image_over_the_limit_is_refused_before_anything_is_sent():
+    core = ProducerCore(NAMES, "classify", JobOptions(max_image_bytes=10))
+    with pytest.raises(ImageTooLarge) as refused:
+        run(core.enqueue_many([b"x", b"y" * 11]), lambda op: pytest.fail(f"sent {op}"))
+    assert refused.value.error == {"type": "image_too_large", "message": "the image is 11 bytes, over the limit of 10"}
+
+
+def test_live_workers_counts_members_whose_key_lives_and_none_for_a_shard_that_cannot_be_asked():
+    core = ProducerCore(NAMES, "classify", JobOptions())
+
+    def answer(op: Op) -> Any:
+        if op.shard == 1:
+            raise redis.ResponseError("NOPERM this user has no permissions to access one of the keys")
+        if isinstance(op, Call):
+            assert op.command.args == ("SMEMBERS", keys.queue_workers("classify"))
+            return {b"rq:worker:a", b"rq:worker:b"}
+        return [1, 0]
+
+    counts, _ = run(core.live_workers(), answer)
+    assert counts == {"a:6379/0": 1, "b:6379/0": None}
