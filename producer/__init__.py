@@ -22,6 +22,7 @@ _EXPORTS = {
     "ProducerError": ".errors",
     "QueueFull": ".errors",
     "RedisFull": ".errors",
+    "NotReplicated": ".errors",
     "ShardUnavailable": ".errors",
     "ImageRef": ".wire.jobs",
     "ImageTooLarge": ".wire.jobs",

@@ -16,7 +16,8 @@ import redis
 
 from . import dashboard
 from .client import Producer
-from .errors import JobFailed, JobTimeout, ShardUnavailable
+from .errors import JobFailed, JobTimeout, NotReplicated, ShardUnavailable
+from .jobdata import JobOptions
 from .jsonout import dumps_json
 from .wire.jobs import DEFAULT_QUEUE, ImageRef, ImageTooLarge, ProtocolError, check_image_size
 
@@ -309,6 +310,15 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="with --wait: give up when no result has come for this many seconds (default 60)",
     )
+    p_push.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after each enqueue, wait for N Redis replicas to hold the jobs (WAIT), else fail: no job whose "
+        "enqueue returned is lost in a failover (see RELIABILITY.md)",
+    )
+    p_push.add_argument("--wait-timeout-ms", type=int, default=1000, help="how long --wait-replicas waits")
     add_listen_parser(sub)
     p_status = sub.add_parser("status", help="queue depth, failed count, live workers, results feed groups")
     p_status.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -318,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "dashboard":
         return dashboard.run(args.redis_url, args, password=os.environ.get("DASHBOARD_PASSWORD"))
-    producer = Producer(args.redis_url, queue=args.queue)
+    options = JobOptions(
+        wait_replicas=getattr(args, "wait_replicas", 0), wait_timeout_ms=getattr(args, "wait_timeout_ms", 1000)
+    )
+    producer = Producer(args.redis_url, queue=args.queue, options=options)
     try:
         if args.command == "status":
             return status(producer, args)
@@ -328,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     except (redis.ConnectionError, redis.TimeoutError, ShardUnavailable) as exc:  # one line, not a traceback
         print(f"python -m producer {args.command}: cannot reach Redis: {exc}", file=sys.stderr)
         return 2
+    except NotReplicated as exc:  # written on the primary, not yet on enough replicas: say so, one line
+        print(f"python -m producer {args.command}: {exc}", file=sys.stderr)
+        return 1
     except ProtocolError as exc:  # an image or its meta refused before anything was sent
         print(f"python -m producer {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from .cancel import CancelOutcome
 from .channel import subscribe_async
+from .connections import connect_async
 from .core import ProducerCore
 from .drivers import AsyncDriver
 from .feed import AsyncResultFeed
@@ -33,7 +34,7 @@ class AsyncProducer:
         queue: str = DEFAULT_QUEUE,
         *,
         connection: aioredis.Redis | None = None,
-        connect: Callable[[str], aioredis.Redis] = aioredis.Redis.from_url,
+        connect: Callable[[str], aioredis.Redis] = connect_async,
         options: JobOptions | None = None,
     ) -> None:
         self.shards: list[Shard[aioredis.Redis]] = open_shards(redis_url, connection, connect)

@@ -9,6 +9,7 @@ import redis
 
 from .cancel import CancelOutcome
 from .channel import Subscription, subscribe
+from .connections import connect as connect_sync
 from .core import ProducerCore
 from .drivers import SyncDriver
 from .feed import ResultFeed
@@ -25,7 +26,7 @@ class Producer:
 
     ``redis_url``: one URL, a comma-separated list, or a list of URLs; each may carry credentials and
     ``rediss://`` for TLS. Each URL is a shard (``producer.shards``: a job's shard is a stable hash of
-    its id). ``connect(url)`` makes each shard's client (default ``redis.Redis.from_url``);
+    its id). ``connect(url)`` makes each shard's client (default: ``producer.connections.connect``, Sentinel URLs too);
     ``connection`` is the client of a single shard, given ready-made. Jobs are RQ jobs (msgpack
     serializer, function ``worker.tasks.classify``) with an RQ ``Retry`` so that the jobs of a worker
     that died run again. ``AsyncProducer`` has the same surface on asyncio.
@@ -37,7 +38,7 @@ class Producer:
         queue: str = DEFAULT_QUEUE,
         *,
         connection: redis.Redis | None = None,
-        connect: Callable[[str], redis.Redis] = redis.Redis.from_url,
+        connect: Callable[[str], redis.Redis] = connect_sync,
         options: JobOptions | None = None,
     ) -> None:
         self.shards: list[Shard[redis.Redis]] = open_shards(redis_url, connection, connect)

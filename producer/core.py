@@ -19,7 +19,7 @@ import redis
 
 from .cache import ProducerCache
 from .cancel import CancelOutcome, cancel_job
-from .errors import QueueFull, RedisFull, ShardUnavailable
+from .errors import NotReplicated, QueueFull, RedisFull, ShardUnavailable
 from .groupcursor import GroupCursor, default_consumer
 from .jobdata import ImageInput, JobOptions, JobWriter, read_image
 from .ops import Batch, Commit, Procedure, Watch, call, command
@@ -175,11 +175,16 @@ class ProducerCore:
                 return
             if limit is not None and replies[-1] + len(fresh) > limit:
                 raise QueueFull(self.queue.name, replies[-1], len(fresh), limit)
+            wanted = self.options.wait_replicas
+            wait = (wanted, self.options.wait_timeout_ms) if wanted > 0 else None
             try:
-                if (yield Commit(shard, self.writer.commands([job.data for job in fresh]))):
-                    return
+                written = yield Commit(shard, self.writer.commands([job.data for job in fresh]), wait)
             except redis.OutOfMemoryError as exc:
                 raise RedisFull(self.queue.name, len(fresh), str(exc)) from exc
+            if written is not False:
+                if wait is not None and written < wanted:
+                    raise NotReplicated([job.id for job in fresh], int(written), wanted, self.names[shard])
+                return
             log.info("a caller-chosen job id was created concurrently; checking again")
 
     def result(self, job_id: str, timeout: float = 30.0) -> Procedure[dict[str, Any]]:

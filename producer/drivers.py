@@ -61,6 +61,8 @@ class SyncDriver:
         assert isinstance(op, Commit)
         pipe = watching.pop(op.shard, None) or conn.pipeline()
         try:
+            if op.wait is not None:
+                return commit_and_wait(pipe, op)
             pipe.multi()
             for cmd in op.commands:
                 pipe.execute_command(*cmd.args, **cmd.options)
@@ -70,6 +72,36 @@ class SyncDriver:
             return False
         finally:
             pipe.reset()
+
+
+def commit_and_wait(pipe: Any, op: Commit) -> int | bool:
+    """MULTI/EXEC, then ``WAIT`` on the very connection that wrote (WAIT counts the replicas that have this
+    client's writes, so it must not go through the pool): the replicas that acknowledged, or False when a
+    watched key changed. A transaction pipeline gives its connection back at EXEC, hence by hand here."""
+    conn = pipe.connection or pipe.connection_pool.get_connection()
+    pipe.connection = conn  # the pipeline's reset() gives it back to the pool
+    try:
+        for args in (("MULTI",), *(cmd.args for cmd in op.commands)):
+            _send(conn, *args)
+        replies = _send(conn, "EXEC")
+        if replies is None:
+            return False
+        _raise_first_error(replies)
+        return int(_send(conn, "WAIT", *op.wait))
+    except BaseException:
+        conn.disconnect()  # a half-sent transaction must never go back to the pool
+        raise
+
+
+def _raise_first_error(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+
+
+def _send(conn: Any, *args: Any) -> Any:
+    conn.send_command(*args)
+    return conn.read_response()
 
 
 class AsyncDriver:
@@ -113,6 +145,8 @@ class AsyncDriver:
         assert isinstance(op, Commit)
         pipe = watching.pop(op.shard, None) or conn.pipeline()
         try:
+            if op.wait is not None:
+                return await commit_and_wait_async(pipe, op)
             pipe.multi()
             for cmd in op.commands:
                 pipe.execute_command(*cmd.args, **cmd.options)
@@ -127,3 +161,23 @@ class AsyncDriver:
         """Close every client."""
         for conn in self.connections:
             await conn.aclose()
+
+
+async def commit_and_wait_async(pipe: Any, op: Commit) -> int | bool:
+    """The asyncio twin of ``commit_and_wait``."""
+    conn = pipe.connection or await pipe.connection_pool.get_connection()
+    pipe.connection = conn
+    try:
+        for args in (("MULTI",), *(cmd.args for cmd in op.commands)):
+            await conn.send_command(*args)
+            await conn.read_response()
+        await conn.send_command("EXEC")
+        replies = await conn.read_response()
+        if replies is None:
+            return False
+        _raise_first_error(replies)
+        await conn.send_command("WAIT", *op.wait)
+        return int(await conn.read_response())
+    except BaseException:
+        await conn.disconnect()
+        raise

@@ -80,6 +80,19 @@ class ShardUnavailable(ProducerError, redis.ConnectionError):
         return f"ShardUnavailable({str(self)!r})"
 
 
+class NotReplicated(ProducerError):
+    """The jobs were written on the primary, but fewer than ``wanted`` replicas acknowledged them within
+    ``JobOptions.wait_timeout_ms`` (``WAIT``): a failover now could lose them. ``job_id`` (the first) and
+    ``job_ids`` name them; enqueue again with the same ids to be sure (creation is create-if-absent)."""
+
+    def __init__(self, job_ids: list[str], acked: int, wanted: int, shard: str) -> None:
+        self.job_ids, self.job_id, self.acked, self.wanted, self.shard = job_ids, job_ids[0], acked, wanted, shard
+        super().__init__(
+            f"{len(job_ids)} job(s) written on {shard} but only {acked} of {wanted} replica(s) acknowledged them; "
+            "enqueue again with the same job ids to be sure they survive a failover"
+        )
+
+
 class JobNotFound(ProducerError, KeyError):
     """No job with this id exists (it never did, or its TTL ran out)."""
 

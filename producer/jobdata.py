@@ -34,6 +34,10 @@ class JobOptions:
     # a larger image is refused at enqueue (ImageTooLarge, "image_too_large"): keep it at or below the
     # workers' --max-image-bytes, which refuse more
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    # after each enqueue, WAIT for this many replicas to have the jobs (0: don't wait); fewer within
+    # wait_timeout_ms raises NotReplicated (retry with the same job ids: creation is create-if-absent)
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
 
 
 def read_image(image: ImageInput, max_bytes: int | None = None) -> bytes:

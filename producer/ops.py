@@ -59,10 +59,13 @@ class Watch:
 
 @dataclass(frozen=True)
 class Commit:
-    """MULTI, the commands, EXEC on the shard: True is sent back, or False when a watched key changed."""
+    """MULTI, the commands, EXEC on the shard: True is sent back, or False when a watched key changed. With
+    ``wait`` (replicas, timeout ms), ``WAIT`` follows on the same connection, and the number of replicas that
+    acknowledged the write is sent back instead of True."""
 
     shard: int
     commands: tuple[Command, ...]
+    wait: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
-from urllib.parse import urlsplit
+
+from .wire.urls import shard_name, split_urls
 
 C = TypeVar("C")
 
@@ -32,11 +33,6 @@ class Shard(Generic[C]):
     connection: C
 
 
-def split_urls(redis_url: str) -> list[str]:
-    """``a,b,c`` -> the shards' URLs."""
-    return [url.strip() for url in redis_url.split(",") if url.strip()]
-
-
 def shard_urls(redis_url: str | Sequence[str]) -> list[str]:
     """The shards' URLs from a comma-separated list or a sequence of URLs (each may itself be a list);
     ``ValueError`` for none, or for one server listed twice."""
@@ -48,14 +44,6 @@ def shard_urls(redis_url: str | Sequence[str]) -> list[str]:
     if twice:
         raise ValueError(f"a shard is listed more than once: {', '.join(twice)}")
     return urls
-
-
-def shard_name(url: str) -> str:
-    """A shard's stable name: ``host:port/db`` (or the socket path), without credentials or options."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return parts.path
-    return f"{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
 
 
 def rendezvous(names: Sequence[str], job_id: str) -> int:

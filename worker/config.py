@@ -12,7 +12,7 @@ from typing import Any
 
 from producer.wire.jobs import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_QUEUE
 from producer.wire.results import DEFAULT_RESULTS_MAXLEN
-from producer.wire.urls import RedisURLError, mask
+from producer.wire.urls import RedisURLError, mask, split_urls
 from producer.wire.urls import check as check_url
 
 from .decode.cpu import DEFAULT_MAX_PIXELS
@@ -79,7 +79,7 @@ class WorkerSettings:
     @property
     def redis_urls(self) -> list[str]:
         """The shards' URLs (one for a single Redis)."""
-        return [url.strip() for url in self.redis_url.split(",") if url.strip()]
+        return split_urls(self.redis_url)
 
     def public(self) -> dict:
         """The settings without secrets (the Redis password is masked), for the start-up log."""

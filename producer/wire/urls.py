@@ -101,6 +101,20 @@ def _host_port(part: str, url: str) -> tuple[str, int]:
         raise RedisURLError(f"sentinel address {part!r} needs a numeric port in {mask(url)!r}") from None
 
 
+def split_urls(text: str) -> list[str]:
+    """A comma list of URLs -> the URLs; a Sentinel URL's own commas (between its sentinels) stay inside it:
+    a piece without a scheme continues the URL before it."""
+    urls: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if urls and "://" not in piece and is_sentinel(urls[-1]):
+            urls[-1] += "," + piece
+        else:
+            urls.append(piece)
+    return urls
+
+
 def shard_name(url: str) -> str:
     """A shard's stable name: ``host:port/db`` for one server (credentials and options left out, so rotating
     a password moves nothing), ``sentinel:service/db`` for a Sentinel-managed primary (a failover moves the
@@ -110,7 +124,7 @@ def shard_name(url: str) -> str:
         return f"sentinel:{parsed.service}/{parsed.db}"
     parts = urlsplit(url)
     if parts.scheme == "unix":
-        return f"unix:{parts.path}"
+        return parts.path
     db = parts.path.strip("/") or "0"
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{db}"
 

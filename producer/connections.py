@@ -1,0 +1,45 @@
+"""The producer's Redis clients: a plain URL, or a Sentinel-managed primary found through redis-py's ``Sentinel``.
+
+A failover is a connection error to the caller of that moment (``ShardUnavailable`` from an enqueue,
+retried by ``result()``'s wait); the next command asks the sentinels for the new primary. The URL
+forms are ``producer.wire.urls``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.sentinel import Sentinel
+
+from .wire.urls import SentinelURL, is_sentinel, parse_sentinel
+
+
+def _sentinel_options(spec: SentinelURL) -> dict[str, Any]:
+    return {
+        "socket_timeout": 2.0,
+        "socket_connect_timeout": 2.0,
+        "username": spec.sentinel_username,
+        "password": spec.sentinel_password,
+        "ssl": spec.sentinel_tls,
+    }
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``url``: ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://``."""
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url)
+    spec = parse_sentinel(url)
+    sentinel = Sentinel(list(spec.sentinels), sentinel_kwargs=_sentinel_options(spec))
+    return sentinel.master_for(spec.service, db=spec.db, username=spec.username, password=spec.password, ssl=spec.tls)
+
+
+def connect_async(url: str) -> aioredis.Redis:
+    """The asyncio twin of ``connect``."""
+    if not is_sentinel(url):
+        return aioredis.Redis.from_url(url)
+    spec = parse_sentinel(url)
+    sentinel = AsyncSentinel(list(spec.sentinels), sentinel_kwargs=_sentinel_options(spec))
+    return sentinel.master_for(spec.service, db=spec.db, username=spec.username, password=spec.password, ssl=spec.tls)
