@@ -1,19 +1,37 @@
-"""docker-compose.yml can't run here (no Docker engine): check that it agrees with the CLI instead."""
+"""docker-compose.yml can't run here (no Docker engine): check that it agrees with the CLI instead.
+
+``worker_settings`` is the check that the compose file and the Kubernetes manifests (test_deploy.py)
+share: a worker's command line and environment, read the way ``python -m worker`` reads them."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 
 import yaml
 
-from worker.config import FLAGS, WorkerSettings, add_arguments
+from worker.config import FLAGS, WorkerSettings, add_arguments, settings_from
 
 from ..conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-WORKERS = {name: s for name, s in SERVICES.items() if s.get("command", [])[:3] == ["python", "-m", "worker"]}
-ENV_TWINS = {env for _, env, _, _ in FLAGS} | {"WORKER_BURST"}
+WORKER_COMMAND = ["python", "-m", "worker"]
+WORKERS = {name: s for name, s in SERVICES.items() if s.get("command", [])[:3] == WORKER_COMMAND}
+ENV_TWINS = {env for _, env, _, _ in FLAGS} | {"WORKER_BURST", "WORKER_LOG_JSON"}
+
+
+def worker_settings(command: list[str], environment: Mapping[str, object]) -> WorkerSettings:
+    """The settings ``command`` (``python -m worker ...``) would run with in ``environment``: fails on a
+    variable that is no flag's environment twin (a typo would be silently ignored by the worker), on a
+    flag the CLI does not know, and on a value the worker would refuse at start."""
+    assert command[:3] == WORKER_COMMAND, command
+    unknown = set(environment) - ENV_TWINS
+    assert not unknown, f"not environment twins of worker flags: {sorted(unknown)}"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(command[3:])  # every flag in the command exists
+    return settings_from(args, {name: str(value) for name, value in environment.items()})
 
 
 def test_redis_is_persistent_and_health_checked():
@@ -40,22 +58,20 @@ def seconds(text: str) -> float:
 def test_workers_restart_and_get_longer_to_stop_than_their_shutdown_bound():
     for name, service in WORKERS.items():
         assert service["restart"] in ("unless-stopped", "always", "on-failure"), name
-        env = {**WORKERS["worker-gpu0"]["environment"], **service["environment"]}
-        bound = float(env.get("WORKER_SHUTDOWN_TIMEOUT_S", WorkerSettings(model="").shutdown_timeout_s))
+        bound = worker_settings(service["command"], service["environment"]).shutdown_timeout_s
         assert seconds(service["stop_grace_period"]) > bound, name
 
 
 def test_workers_are_configured_by_environment_the_cli_knows():
     assert {"worker-gpu0", "worker-gpu1", "workers-all-gpus"} <= set(WORKERS)
     for name, service in WORKERS.items():
-        unknown = set(service["environment"]) - ENV_TWINS
-        assert not unknown, (name, unknown)
-        parser = argparse.ArgumentParser()
-        add_arguments(parser)
-        parser.parse_args(service["command"][3:])  # every flag in the command exists
-        assert service["environment"]["WORKER_MODEL"].startswith("/models/")
+        settings = worker_settings(service["command"], service["environment"])
+        assert settings.model.startswith("/models/"), name
         assert "./models:/models:ro" in service["volumes"]
-        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        if settings.redis_url.startswith("redis+sentinel://"):  # the ha profile: Redis under Sentinel
+            assert {"sentinel-1", "sentinel-2", "sentinel-3"} <= set(service["depends_on"]), name
+        else:
+            assert service["depends_on"]["redis"]["condition"] == "service_healthy"
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
 
