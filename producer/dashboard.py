@@ -34,6 +34,7 @@ from typing import Any
 
 from .dashboard_guard import DEFAULT_USERNAME, Guard, default_allowed_hosts, install, is_loopback
 from .wire.serializer import MsgpackSerializer
+from .wire.urls import split_urls
 
 DEFAULT_PORT = 9181
 DEFAULT_BIND = "127.0.0.1"
@@ -205,7 +206,7 @@ def startup_problem(bind: str, username: str | None, password: str | None) -> st
 def run(redis_url: str, args: argparse.Namespace, password: str | None = None) -> int:
     """Serve the dashboard until interrupted (Flask's threaded server: an operator's tool, not a site).
     Returns 2, saying why in one line, when the settings are unsafe or an allowed host is malformed."""
-    urls = [u.strip() for u in redis_url.split(",") if u.strip()]
+    urls = split_urls(redis_url)  # a Sentinel URL's own commas stay inside it (rq-dashboard reads it natively)
     env_hosts = [h for h in os.environ.get(ALLOWED_HOSTS_ENV, "").split(",") if h.strip()]
     hosts = args.allowed_host or env_hosts or default_allowed_hosts(args.bind, args.port)
     problem = startup_problem(args.bind, args.username, password)

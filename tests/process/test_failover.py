@@ -122,3 +122,16 @@ def test_an_idle_queue_answers_the_first_classify_after_a_failover(group, worker
             time.sleep(0.2)  # the producer's pool learns the new primary on its next connection
     assert result is not None and result["ok"]
     assert worker.poll() is None
+
+
+def test_the_dashboard_reads_a_sentinel_managed_queue(group):
+    from producer.dashboard import create_app
+
+    producer = Producer(group.url)
+    producer.enqueue(image_bytes("cat.jpg"))
+    app = create_app([group.url])
+    client = app.test_client()
+    page = client.get("/0/data/queues.json", headers={"Host": "127.0.0.1:9181"})
+    assert page.status_code == 200, page.data[:300]
+    queues = {q["name"]: q["count"] for q in page.get_json()["queues"]}
+    assert queues.get("classify") == 1
