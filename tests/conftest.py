@@ -167,3 +167,23 @@ def image_bytes(name: str) -> bytes:
 
 def all_images() -> list[Path]:
     return sorted(p for p in IMAGES.iterdir() if p.is_file())
+
+
+@pytest.fixture(scope="session")
+def pt2_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny CNN and metadata as ``tiny_model_path``, as an AOTInductor ``.pt2`` package. Compiling
+    takes tens of seconds, so it is built once per session."""
+    from worker.export import ExportSpec, export  # torch: only for the tests that need a model
+
+    from .tinymodels import TINY_CLASSES, TINY_SIZE
+
+    spec = ExportSpec(
+        factory="tests.tinymodels:tiny_cnn",
+        out=tmp_path_factory.mktemp("packages") / "tiny.pt2",
+        name="tiny",
+        version="7",
+        preprocess=Preprocess(size=TINY_SIZE, resize="stretch"),
+        labels=tuple(f"class{i}" for i in range(TINY_CLASSES)),
+        format="pt2",
+    )
+    return Path(export(spec)["path"])

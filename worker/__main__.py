@@ -20,8 +20,8 @@ def run_main(argv: list[str]) -> int:
     """Parse run flags, install signal handlers, and serve until stopped."""
     parser = argparse.ArgumentParser(
         prog="python -m worker",
-        description="Batch image-classification worker: drains an RQ queue in batches, runs a TorchScript "
-        "model, publishes each result. Every flag has an environment twin. "
+        description="Batch image-classification worker: drains an RQ queue in batches, runs a TorchScript or "
+        "AOTInductor (.pt2) model, publishes each result. Every flag has an environment twin. "
         "See also: python -m worker export --help",
     )
     add_arguments(parser)
@@ -59,47 +59,31 @@ def launch(settings: WorkerSettings) -> int:
 
 
 def export_main(argv: list[str]) -> int:
-    """Build a model file from the demo preset or from any ``module:factory``."""
-    from .decode.cpu import Preprocess
-    from .export import ExportError, ExportSpec, demo_spec, export, read_labels
+    """Build a model file (TorchScript, or an AOTInductor ``.pt2`` package) from the demo preset or a factory."""
+    from .export import ExportError, add_arguments, export, spec_from
 
-    parser = argparse.ArgumentParser(prog="python -m worker export", description="Build a model file.")
-    parser.add_argument("--out", type=Path, required=True, help="where to write the model file")
-    parser.add_argument("--demo", action="store_true", help="EfficientNet-Lite0, real ImageNet weights")
-    parser.add_argument("--factory", help="package.module:function returning an nn.Module")
-    parser.add_argument("--weights", type=Path, help="state dict to load into the factory's module")
-    parser.add_argument("--labels", type=Path, help="labels: JSON list or one name per line")
-    parser.add_argument("--name", help="model name (default: the output file's stem)")
-    parser.add_argument("--version", default="1", help="model version (default: 1)")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[224, 224])
-    parser.add_argument("--resize", choices=["center_crop", "stretch"], default="center_crop")
-    parser.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406], help="per channel, 0..1")
-    parser.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225], help="per channel, 0..1")
-    parser.add_argument("--method", choices=["trace", "script"], default="trace")
-    parser.add_argument("--if-missing", action="store_true", help="do nothing when --out exists")
+    parser = argparse.ArgumentParser(
+        prog="python -m worker export",
+        description="Build a model file: TorchScript (.pt) or an AOTInductor package (.pt2), with labels, "
+        "preprocessing and name@version. See docs/model-format.md.",
+    )
+    add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.if_missing and args.out.exists():
         print(f"{args.out} exists; nothing to do")
         return 0
-    if args.demo:
-        spec = demo_spec(args.out)
-    elif args.factory:
-        pre = Preprocess(tuple(args.size), args.resize, tuple(args.mean), tuple(args.std))
-        labels = read_labels(args.labels) if args.labels else None
-        spec = ExportSpec(
-            factory=args.factory, out=args.out, name=args.name or args.out.stem, version=args.version,
-            preprocess=pre, labels=labels, weights=args.weights, method=args.method,
-        )  # fmt: skip
-    else:
+    if not (args.demo or args.factory):
         parser.error("give --demo or --factory")
     try:
-        summary = export(spec)
+        summary = export(spec_from(args), progress=lambda line: print(line, flush=True))
     except ExportError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {summary['path']}: {summary['model']}, {summary['classes']} classes, "
-          f"max abs diff vs eager {summary['max_abs_diff']:.2e}")  # fmt: skip
+    print(
+        f"wrote {summary['path']}: {summary['model']}, {summary['classes']} classes, "
+        f"max abs diff vs eager {summary['max_abs_diff']:.2e}"
+    )
     return 0
 
 

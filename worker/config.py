@@ -194,8 +194,8 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "--optimize",
         "WORKER_OPTIMIZE",
         str,
-        "auto: torch.jit.optimize_for_inference (frozen) when it matches the plain model on the warm-up batch; "
-        "off: the model as loaded",
+        "TorchScript files only (a .pt2 package is compiled already): auto: torch.jit.optimize_for_inference "
+        "(frozen) when it matches the plain model on the warm-up batch; off: the model as loaded",
     ),
     (
         "--torch-threads",

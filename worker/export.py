@@ -1,13 +1,16 @@
-"""Build a model file: TorchScript plus ``labels.json``, ``preprocess.json`` and ``model.json``.
+"""Build a model file (a TorchScript file or an AOTInductor ``.pt2`` package) with ``labels.json``,
+``preprocess.json`` and ``model.json``.
 
 The saved file is reloaded and checked against the eager module's outputs before we report success.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,7 +19,8 @@ from typing import Any
 import torch
 
 from .decode.cpu import Preprocess
-from .model import read_extra_files
+from .model import DTYPES, ModelError, load_model
+from .pt2 import build_package
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,14 @@ class ExportSpec:
     weights: Path | None = None
     method: str = "trace"
     atol: float = 1e-4
+    format: str = "torchscript"  # or "pt2": an AOTInductor package (format_for picks it from the suffix)
+    device: str = "cpu"  # pt2: the device kind the package is compiled for
+    precision: str = "fp32"  # pt2: the dtype it is compiled for (a TorchScript file is cast at load)
+
+
+def format_for(out: Path, requested: str | None = None) -> str:
+    """The model format to write: ``requested``, else ``pt2`` for a ``.pt2`` path, else ``torchscript``."""
+    return requested or ("pt2" if out.suffix == ".pt2" else "torchscript")
 
 
 def efficientnet_lite0() -> torch.nn.Module:
@@ -81,8 +93,9 @@ def build_eager(factory: str, weights: Path | None) -> torch.nn.Module:
     return model.eval()
 
 
-def export(spec: ExportSpec) -> dict[str, Any]:
+def export(spec: ExportSpec, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Build, save and verify a model file; return a summary (max abs diff, classes)."""
+    _check_spec(spec)
     eager = build_eager(spec.factory, spec.weights)
     height, width = spec.preprocess.size
     example = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
@@ -94,33 +107,76 @@ def export(spec: ExportSpec) -> dict[str, Any]:
     labels = spec.labels or tuple(str(i) for i in range(classes))
     if len(labels) != classes:
         raise ExportError(f"{len(labels)} labels for a model with {classes} outputs")
-    with torch.no_grad():
-        scripted = torch.jit.trace(eager, example) if spec.method == "trace" else torch.jit.script(eager)
     extra = {
         "labels.json": json.dumps(list(labels)),
         "preprocess.json": json.dumps(spec.preprocess.to_dict()),
         "model.json": json.dumps({"name": spec.name, "version": spec.version}),
     }
     spec.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(scripted, str(spec.out), _extra_files=extra)
+    if spec.format == "pt2":
+        _save_package(spec, eager, example, extra, progress)
+    else:
+        with torch.no_grad():
+            scripted = torch.jit.trace(eager, example) if spec.method == "trace" else torch.jit.script(eager)
+        torch.jit.save(scripted, str(spec.out), _extra_files=extra)
+    progress(f"checking {spec.out} against the eager module ...")
     return verify(spec, example, expected)
 
 
-def verify(spec: ExportSpec, example: torch.Tensor, expected: torch.Tensor) -> dict[str, Any]:
-    """Reload the saved file and compare it with eager outputs, on a batch of 2 and of 1."""
-    loaded, info = read_extra_files(spec.out)
-    with torch.inference_mode():
-        diff = max(
-            (loaded(example) - expected).abs().max().item(),
-            (loaded(example[:1]) - expected[:1]).abs().max().item(),
-        )
-    if diff > spec.atol:
+def _check_spec(spec: ExportSpec) -> None:
+    if spec.format not in ("torchscript", "pt2"):
+        raise ExportError(f"unknown format {spec.format!r}: torchscript or pt2")
+    if spec.precision not in DTYPES:
+        raise ExportError(f"unknown precision {spec.precision!r}: one of {', '.join(DTYPES)}")
+    if spec.format == "torchscript" and (spec.device != "cpu" or spec.precision != "fp32"):
+        raise ExportError("--device and --precision are for .pt2 packages; a TorchScript file is cast at load")
+    if spec.format == "pt2" and spec.out.suffix != ".pt2":
+        raise ExportError(f"a .pt2 package must be written to a path ending in .pt2, got {spec.out}")
+    if torch.device(spec.device).type == "cuda" and not torch.cuda.is_available():
+        raise ExportError("--device cuda: no CUDA device here; build the package on the kind of machine it runs on")
+
+
+def _save_package(
+    spec: ExportSpec,
+    eager: torch.nn.Module,
+    example: torch.Tensor,
+    extra: dict[str, str],
+    progress: Callable[[str], None],
+) -> None:
+    dtype = DTYPES[spec.precision]
+    module = eager.to(spec.device).to(dtype)
+    try:
+        build_package(module, example.to(spec.device, dtype), spec.out, extra, progress)
+    except RuntimeError as exc:  # torch.export's and Inductor's errors (unsupported op, compiler failure)
         spec.out.unlink(missing_ok=True)
-        raise ExportError(f"saved model differs from eager by {diff:.3g} > {spec.atol:g}; file removed")
-    return {"path": str(spec.out), "model": info.tag, "classes": len(info.labels), "max_abs_diff": diff}
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"could not build a .pt2 package: {type(exc).__name__}: {first[:300]}") from exc
 
 
-def demo_spec(out: Path) -> ExportSpec:
+def verify(spec: ExportSpec, example: torch.Tensor, expected: torch.Tensor) -> dict[str, Any]:
+    """Reload the saved file as the worker loads it and compare it with eager outputs on batches of 2, 1 and 3:
+    logits within ``atol`` (a package in a low precision: within 3% of the logits' scale, same top-1)."""
+    try:
+        loaded = load_model(spec.out, spec.device, precision=spec.precision)
+    except ModelError as exc:
+        spec.out.unlink(missing_ok=True)
+        raise ExportError(f"saved model does not load: {exc}; file removed") from exc
+    diff, same_top1 = 0.0, True
+    with torch.inference_mode():
+        for rows in ([0, 1], [0], [0, 1, 0]):
+            got = loaded.module(example[rows].to(loaded.device, loaded.dtype)).float().cpu()
+            diff = max(diff, (got - expected[rows]).abs().max().item())
+            same_top1 = same_top1 and torch.equal(got.argmax(1), expected[rows].argmax(1))
+    low = spec.precision != "fp32"
+    tol = 3e-2 * max(1.0, expected.abs().max().item()) if low else spec.atol
+    if diff > tol or (low and not same_top1):
+        spec.out.unlink(missing_ok=True)
+        what = f"by {diff:.3g} > {tol:g}" if diff > tol else "in top-1"
+        raise ExportError(f"saved model differs from eager {what}; file removed")
+    return {"path": str(spec.out), "model": loaded.info.tag, "classes": len(loaded.info.labels), "max_abs_diff": diff}
+
+
+def demo_spec(out: Path, **options: Any) -> ExportSpec:
     """The demo model: EfficientNet-Lite0, ImageNet labels, 256/224 centre crop, (x - 127) / 128."""
     return ExportSpec(
         factory=DEMO_FACTORY,
@@ -129,4 +185,44 @@ def demo_spec(out: Path) -> ExportSpec:
         version="1",
         preprocess=DEMO_PREPROCESS,
         labels=imagenet_labels(),
+        **options,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``python -m worker export``."""
+    add = parser.add_argument
+    add("--out", type=Path, required=True, help="where to write the model file")
+    add("--format", choices=["torchscript", "pt2"], help="default: pt2 if --out ends in .pt2, else torchscript")
+    add("--device", default="cpu", help="pt2: the device kind to compile for (cpu, cuda); default cpu")
+    add("--precision", choices=list(DTYPES), default="fp32", help="pt2: the dtype to compile for; default fp32")
+    add("--demo", action="store_true", help="EfficientNet-Lite0, real ImageNet weights")
+    add("--factory", help="package.module:function returning an nn.Module")
+    add("--weights", type=Path, help="state dict to load into the factory's module")
+    add("--labels", type=Path, help="labels: JSON list or one name per line")
+    add("--name", help="model name (default: the output file's stem)")
+    add("--version", default="1", help="model version (default: 1)")
+    add("--size", type=int, nargs=2, metavar=("H", "W"), default=[224, 224])
+    add("--resize", choices=["center_crop", "stretch"], default="center_crop")
+    add("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406], help="per channel, 0..1")
+    add("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225], help="per channel, 0..1")
+    add("--method", choices=["trace", "script"], default="trace", help="TorchScript: trace or script the module")
+    add("--if-missing", action="store_true", help="do nothing when --out exists")
+
+
+def spec_from(args: argparse.Namespace) -> ExportSpec:
+    """The ``ExportSpec`` that ``python -m worker export`` flags describe (``--demo``, else ``--factory``)."""
+    target = {"format": format_for(args.out, args.format), "device": args.device, "precision": args.precision}
+    if args.demo:
+        return demo_spec(args.out, **target)
+    return ExportSpec(
+        factory=args.factory,
+        out=args.out,
+        name=args.name or args.out.stem,
+        version=args.version,
+        preprocess=Preprocess(tuple(args.size), args.resize, tuple(args.mean), tuple(args.std)),
+        labels=read_labels(args.labels) if args.labels else None,
+        weights=args.weights,
+        method=args.method,
+        **target,
     )

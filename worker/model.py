@@ -1,12 +1,11 @@
-"""Load a TorchScript classifier with its metadata, warm it up, and predict whole batches.
+"""Load a classifier with its metadata, in either model format, warm it up, and predict whole batches.
 
-Loading sits behind ``load_model`` so a ``torch.export``/AOTInductor package can be added later
-without touching the loop.
+``load_model`` picks the loader by the file: an AOTInductor ``.pt2`` package (worker.pt2, no TorchScript call)
+or a TorchScript file; both give the same ``Classifier``, so the loop never knows which it runs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,53 +13,36 @@ from pathlib import Path
 
 import torch
 
-from .decode.cpu import Preprocess
+from .modelfile import EXTRA_FILES, ModelError, ModelInfo, is_package, model_info
+from .pt2 import PRECISIONS, load_package
+
+__all__ = [
+    "DTYPES",
+    "EXTRA_FILES",
+    "Classifier",
+    "ModelError",
+    "ModelInfo",
+    "bucket_sizes",
+    "configure_torch",
+    "load_model",
+    "optimized",
+    "read_extra_files",
+]
 
 log = logging.getLogger(__name__)
 
-EXTRA_FILES = ("labels.json", "preprocess.json", "model.json")
+DTYPES = {name: dtype for dtype, name in PRECISIONS.items()}
 
 
-class ModelError(RuntimeError):
-    """A model file that cannot be used (missing metadata, wrong outputs)."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """The metadata embedded in a model file."""
-
-    name: str
-    version: str
-    labels: tuple[str, ...]
-    preprocess: Preprocess
-
-    @property
-    def tag(self) -> str:
-        """``name@version``, as results report it."""
-        return f"{self.name}@{self.version}"
-
-
-def read_extra_files(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[torch.jit.ScriptModule, ModelInfo]:
+def read_extra_files(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.jit.ScriptModule, ModelInfo]:
     """Load a TorchScript file onto ``device`` with its ``_extra_files``; raise ``ModelError`` if incomplete."""
     extra = dict.fromkeys(EXTRA_FILES, "")
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except (RuntimeError, ValueError) as exc:  # not a zip, not TorchScript: torch's own multi-line text
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a TorchScript model file ({first[:160]})") from exc
-    missing = [name for name, text in extra.items() if not text]
-    if missing:
-        raise ModelError(f"{path}: model file lacks {', '.join(missing)} (see docs/model-format.md)")
-    try:
-        labels = tuple(str(x) for x in json.loads(extra["labels.json"]))
-        preprocess = Preprocess.from_dict(json.loads(extra["preprocess.json"]))
-        ident = json.loads(extra["model.json"])
-        info = ModelInfo(str(ident["name"]), str(ident["version"]), labels, preprocess)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"{path}: malformed metadata: {exc}") from exc
-    return module, info
+        raise ModelError(f"{path}: not a TorchScript model file or a .pt2 package ({first[:160]})") from exc
+    return module, model_info(path, extra)
 
 
 def bucket_sizes(max_batch: int) -> list[int]:
@@ -88,7 +70,8 @@ class Classifier:
         shape = (1, 3, 1, 1)
         # Fold [0, 1] scaling into the normalisation: x * scale + shift == (x / 255 - mean) / std.
         self._scale = torch.tensor([1.0 / (255.0 * s) for s in pre.std], device=self.device).view(shape)
-        self._shift = torch.tensor([-m / s for m, s in zip(pre.mean, pre.std)], device=self.device).view(shape)
+        shift = [-m / s for m, s in zip(pre.mean, pre.std, strict=True)]
+        self._shift = torch.tensor(shift, device=self.device).view(shape)
 
     def bucket_for(self, n: int) -> int:
         """The smallest warmed batch size that holds ``n`` images."""
@@ -121,8 +104,8 @@ class Classifier:
             scores, idx = scores.cpu().tolist(), idx.cpu().tolist()
         labels = self.info.labels
         return [
-            [(labels[i] if i < len(labels) else str(i), s) for i, s in zip(row_i, row_s)]
-            for row_i, row_s in zip(idx, scores)
+            [(labels[i] if i < len(labels) else str(i), s) for i, s in zip(row_i, row_s, strict=True)]
+            for row_i, row_s in zip(idx, scores, strict=True)
         ]
 
     def warm_up(self, rounds: int = 2) -> dict[int, float]:
@@ -157,23 +140,42 @@ def configure_torch(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def load_model(path: str | Path, device: str = "cpu", max_batch: int = 1, precision: str = "fp32",
-               optimize: str = "off") -> Classifier:  # fmt: skip
+def load_model(
+    path: str | Path, device: str = "cpu", max_batch: int = 1, precision: str = "fp32", optimize: str = "off"
+) -> Classifier:
     """Load a model file onto ``device`` in eval mode, with buckets up to ``max_batch``.
 
-    ``optimize="auto"``: use ``torch.jit.optimize_for_inference`` (freeze, fold batch norms, fuse)
-    when its outputs match the plain model's on a warm-up batch; else keep the plain model.
+    A ``.pt2`` package runs as compiled: ``precision`` must be the one it was exported with. A TorchScript
+    file is cast to ``precision``; with ``optimize="auto"`` it uses ``torch.jit.optimize_for_inference``
+    (freeze, fold batch norms, fuse) when its outputs match the plain model's on a warm-up batch.
     """
     dev = torch.device(device)
     configure_torch(dev)
-    module, info = read_extra_files(path, dev)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    module = module.to(dev).to(dtype).eval()
+    dtype = DTYPES[precision]
+    if is_package(path):
+        module, info = load_package(path, dev)
+        if module.dtype != dtype:
+            built = PRECISIONS.get(module.dtype, str(module.dtype))
+            raise ModelError(
+                f"{path}: package compiled for {built}, cannot run in {precision}; "
+                f"export it again with --precision {precision}"
+            )
+        kind = "pt2"
+    else:
+        script, info = read_extra_files(path, dev)
+        module, kind = script.to(dev).to(dtype).eval(), "torchscript"
     classifier = Classifier(module=module, info=info, device=dev, dtype=dtype, buckets=bucket_sizes(max_batch))
-    if optimize == "auto":
+    if optimize == "auto" and kind == "torchscript":
         classifier.module = optimized(classifier)
-    log.info("loaded model=%s path=%s device=%s precision=%s optimized=%s", info.tag, path, dev, precision,
-             classifier.module is not module)  # fmt: skip
+    log.info(
+        "loaded model=%s path=%s format=%s device=%s precision=%s optimized=%s",
+        info.tag,
+        path,
+        kind,
+        dev,
+        precision,
+        classifier.module is not module,
+    )
     return classifier
 
 
@@ -183,8 +185,9 @@ def optimized(model: Classifier) -> torch.nn.Module:
     if not isinstance(plain, torch.jit.ScriptModule):
         return plain
     height, width = model.info.preprocess.size
-    batch = torch.randint(0, 256, (model.buckets[-1], height, width, 3), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    batch = torch.randint(
+        0, 256, (model.buckets[-1], height, width, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     try:
         with torch.inference_mode():
             fast = torch.jit.optimize_for_inference(torch.jit.freeze(plain))
@@ -199,6 +202,9 @@ def optimized(model: Classifier) -> torch.nn.Module:
     tol = 1e-3 if model.dtype == torch.float32 else 3e-2
     diff = (got - want).abs().max().item()
     same = torch.equal(got.argmax(1), want.argmax(1)) and diff <= tol * max(1.0, want.abs().max().item())
-    log.info("optimize_for_inference vs plain on the warm-up batch: max abs diff %.2e, %s", diff,
-             "using it" if same else "outputs differ: using the plain model")  # fmt: skip
+    log.info(
+        "optimize_for_inference vs plain on the warm-up batch: max abs diff %.2e, %s",
+        diff,
+        "using it" if same else "outputs differ: using the plain model",
+    )
     return fast if same else plain

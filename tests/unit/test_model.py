@@ -1,13 +1,17 @@
-"""Model files: export, metadata, batched == one-by-one, and the real demo model's predictions."""
+"""Model files: export, metadata, batched == one-by-one, and which format a file is (the .pt2 package's own tests,
+which compile one, are in tests/process/test_pt2.py)."""
 
 from __future__ import annotations
+
+import argparse
 
 import pytest
 import torch
 
 from worker.decode.cpu import Limits, Preprocess
-from worker.export import ExportError, ExportSpec, export
+from worker.export import ExportError, ExportSpec, add_arguments, export, spec_from
 from worker.model import ModelError, bucket_sizes, load_model, read_extra_files
+from worker.modelfile import is_package
 from worker.tasks import decode_image as decode
 
 from ..conftest import all_images
@@ -21,16 +25,27 @@ def test_export_embeds_labels_preprocessing_and_identity(tiny_model_path):
 
 
 def test_export_refuses_labels_that_do_not_match_the_outputs(tmp_path):
-    spec = ExportSpec(factory="tests.tinymodels:tiny_cnn", out=tmp_path / "m.pt", name="m", version="1",
-                      preprocess=Preprocess(size=(32, 32)), labels=("a", "b"))  # fmt: skip
+    spec = ExportSpec(
+        factory="tests.tinymodels:tiny_cnn",
+        out=tmp_path / "m.pt",
+        name="m",
+        version="1",
+        preprocess=Preprocess(size=(32, 32)),
+        labels=("a", "b"),
+    )
     with pytest.raises(ExportError, match="2 labels for a model with 10 outputs"):
         export(spec)
     assert not spec.out.exists()
 
 
 def test_export_refuses_a_model_that_is_not_a_classifier(tmp_path):
-    spec = ExportSpec(factory="tests.tinymodels:flat_model", out=tmp_path / "m.pt", name="m", version="1",
-                      preprocess=Preprocess(size=(8, 8)))  # fmt: skip
+    spec = ExportSpec(
+        factory="tests.tinymodels:flat_model",
+        out=tmp_path / "m.pt",
+        name="m",
+        version="1",
+        preprocess=Preprocess(size=(8, 8)),
+    )
     with pytest.raises(ExportError, match="logits"):
         export(spec)
 
@@ -64,3 +79,36 @@ def test_the_model_runs_in_eval_and_inference_mode_with_cudnn_autotune(tiny_mode
     assert torch.backends.cudnn.benchmark and torch.backends.cudnn.enabled
     out = model.logits(torch.zeros((3, 32, 32, 3), dtype=torch.uint8))
     assert out.is_inference() and out.shape == (3, 10)
+
+
+def test_a_torchscript_file_or_any_other_file_is_not_a_package(tiny_model_path, tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not a zip")
+    assert not is_package(tiny_model_path) and not is_package(junk) and not is_package(tmp_path / "absent")
+    assert is_package(tmp_path / "absent.pt2")  # by its name: the package loader then says what is wrong
+
+
+def export_flags(*argv: str) -> ExportSpec:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return spec_from(parser.parse_args(["--factory", "tests.tinymodels:tiny_cnn", *argv]))
+
+
+def test_the_export_format_follows_the_output_suffix_unless_given():
+    assert export_flags("--out", "m.pt2").format == "pt2"
+    assert export_flags("--out", "m.pt").format == "torchscript"
+    assert export_flags("--out", "m.pt2", "--format", "torchscript").format == "torchscript"
+    demo = export_flags("--demo", "--out", "x.pt2", "--device", "cuda", "--precision", "bf16")
+    assert (demo.name, demo.format, demo.device, demo.precision) == ("efficientnet-lite0", "pt2", "cuda", "bf16")
+
+
+def test_export_refuses_options_that_do_not_fit_the_format(tmp_path):
+    base = {"factory": "tests.tinymodels:tiny_cnn", "name": "m", "version": "1", "preprocess": Preprocess((8, 8))}
+    with pytest.raises(ExportError, match=r"path ending in \.pt2"):
+        export(ExportSpec(out=tmp_path / "m.pt", format="pt2", **base))
+    with pytest.raises(ExportError, match=r"for \.pt2 packages; a TorchScript file is cast at load"):
+        export(ExportSpec(out=tmp_path / "m.pt", precision="bf16", **base))
+    if not torch.cuda.is_available():
+        with pytest.raises(ExportError, match="no CUDA device here"):
+            export(ExportSpec(out=tmp_path / "m.pt2", format="pt2", device="cuda", **base))
+    assert list(tmp_path.iterdir()) == []

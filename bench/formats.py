@@ -1,0 +1,125 @@
+"""EfficientNet-Lite0 as an AOTInductor ``.pt2`` package vs the TorchScript path the worker runs today (frozen,
+optimize_for_inference), side by side in one run: images/s by batch size and the two formats' agreement on
+the demo photos; recorded as the ``formats-<device>`` section of BENCHMARKS.md.
+
+``python -m bench.formats [--device cpu] [--batches 1,8,32] [--rounds 3] [--budget-s 2] [--threads N] [--write]``
+
+Both run through the worker's own ``Classifier.logits`` (uint8 pixels in, normalisation on the device, logits
+out), rounds alternate TorchScript and package, and the speed ratio is taken per round (paired), so load from
+other processes on a shared machine hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from worker.decode.cpu import Limits, decode
+from worker.model import Classifier, load_model
+from worker.perf import random_batch, time_batches
+
+from .common import OUT, PHOTOS, ROOT, ensure_model, photos, report, table
+
+
+def ensure_package(device: str) -> tuple[Path, float | None]:
+    """The demo model as a ``.pt2`` package for ``device``'s kind under bench/out; seconds the export took
+    (None when it was already there)."""
+    path = OUT / f"lite0-{torch.device(device).type}.pt2"
+    if path.exists():
+        return path, None
+    start = time.perf_counter()
+    args = ["export", "--demo", "--out", str(path), "--device", torch.device(device).type]
+    subprocess.run([sys.executable, "-m", "worker", *args], cwd=ROOT, check=True)
+    return path, time.perf_counter() - start
+
+
+def agreement(package: Classifier, script: Classifier) -> tuple[int, int, float]:
+    """Photos with the same top-1, photos compared, and the largest top-5 probability difference (by label)."""
+    pre = script.info.preprocess
+    pixels = [torch.frombuffer(bytearray(decode(data, pre, Limits())), dtype=torch.uint8) for data in photos()]
+    batch = torch.stack(pixels).view(len(pixels), *pre.size, 3)
+    ours, theirs = package.predict(batch, k=5), script.predict(batch, k=5)
+    same = sum(a[0][0] == b[0][0] for a, b in zip(ours, theirs, strict=True))
+    diff = 0.0
+    for a, b in zip(ours, theirs, strict=True):
+        probs = dict(a)
+        diff = max([diff, *(abs(probs[label] - p) for label, p in b if label in probs)])
+    return same, len(PHOTOS), diff
+
+
+def speeds(models: dict[str, Classifier], size: int, rounds: int, budget_s: float) -> dict[str, list[float]]:
+    """Images/s of each model's ``logits`` at batch ``size``, ``rounds`` times, alternating the models."""
+    first = next(iter(models.values()))
+    batch = random_batch(first, size)
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            timing = time_batches(lambda m=model: m.logits(batch), size, model.device, budget_s=budget_s)
+            rates[name].append(timing.images_per_s)
+    return rates
+
+
+def speed_rows(loaded: dict[str, Classifier], sizes: list[int], rounds: int, budget_s: float) -> list[list[object]]:
+    """One table row per batch size: both medians and the median of the per-round ratios, both bests (the
+    least disturbed round on a shared machine) and their ratio, and each round's ratio."""
+    rows: list[list[object]] = []
+    for size in sizes:
+        rates = speeds(loaded, size, rounds, budget_s)
+        ts, pt2 = rates["TorchScript"], rates["package"]
+        ratios = [p / t for p, t in zip(pt2, ts, strict=True)]
+        per_round = " / ".join(f"{r:.2f}" for r in ratios)
+        gain, best = f"{statistics.median(ratios):.2f}x", f"{max(pt2) / max(ts):.2f}x"
+        rows.append([size, statistics.median(ts), statistics.median(pt2), gain, max(ts), max(pt2), best, per_round])
+        print(f"batch {size}: TorchScript {ts}, package {pt2}", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per batch size")
+    parser.add_argument("--budget-s", type=float, default=2.0, help="timing budget per model per round")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
+    parser.add_argument("--write", action="store_true", help="record the table in BENCHMARKS.md")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = [int(b) for b in args.batches.split(",")]
+    paths = {"TorchScript": ensure_model("lite0")}
+    paths["package"], compile_s = ensure_package(args.device)
+    loaded: dict[str, Classifier] = {}
+    load_s: dict[str, float] = {}
+    for name, path in paths.items():
+        start = time.perf_counter()
+        loaded[name] = load_model(path, args.device, max(sizes), optimize="auto")
+        load_s[name] = time.perf_counter() - start
+    same, compared, diff = agreement(loaded["package"], loaded["TorchScript"])
+    rows = speed_rows(loaded, sizes, args.rounds, args.budget_s)
+    headers = ["batch", "TorchScript img/s (median)", ".pt2 img/s (median)", "package / TorchScript (median)"]
+    headers += ["TorchScript best", ".pt2 best", "best / best"]
+    built = f"export (compile included) {compile_s:.0f} s" if compile_s else "package already built"
+    mb = {name: path.stat().st_size / 1e6 for name, path in paths.items()}
+    body = (
+        f"`python -m bench.formats --device {args.device} --batches {args.batches} --rounds {args.rounds}"
+        f"{f' --threads {args.threads}' if args.threads else ''}`: "
+        f"EfficientNet-Lite0, {args.rounds} alternating rounds ({args.budget_s:g} s each) through "
+        f"`Classifier.logits`; TorchScript as the worker runs it (frozen, optimize_for_inference); "
+        f"{torch.get_num_threads()} intra-op threads.\n\n"
+        + table([*headers, "per round"], rows)
+        + f"\n\nTop-1 identical on {same}/{compared} demo photos; largest top-5 probability difference "
+        f"{diff:.1e}. Load: TorchScript {load_s['TorchScript']:.1f} s (with optimize_for_inference), package "
+        f"{load_s['package']:.2f} s; {built}; files {mb['TorchScript']:.1f} MB / {mb['package']:.1f} MB."
+    )
+    section = f"formats-{torch.device(args.device).type}" + (f"-{args.threads}t" if args.threads else "")
+    report(section, f"Model formats on {args.device}", body, args.write)
+
+
+if __name__ == "__main__":
+    main()
