@@ -55,6 +55,7 @@ def launch(settings: WorkerSettings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: launcher.forward(signal.SIGHUP))  # a new model version
     return launcher.run()
 
 

@@ -66,6 +66,7 @@ class WorkerSettings:
     metrics_port: int = 0
     health_port: int = 0
     stall_timeout_s: float = 300.0
+    model_watch_s: float = 0.0
 
     @property
     def worker_name(self) -> str:
@@ -279,6 +280,13 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         int,
         "serve the probes /healthz (200 unless the pipeline stalled) and /readyz (200 once the model is warm and "
         "Redis answers) on this port (0: only on --metrics-port)",
+    ),
+    (
+        "--model-watch-s",
+        "WORKER_MODEL_WATCH_S",
+        float,
+        "poll --model's file identity every N seconds and load a new version in the background when it changes "
+        "(a symlink flip); 0: only on SIGHUP",
     ),
     (
         "--stall-timeout-s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 
@@ -26,6 +27,27 @@ class Predictor:
         height, width = model.info.preprocess.size
         self.shape = (height, width, 3)
         self.threads = torch.get_num_threads()  # OpenMP's team size is per thread: the infer thread gets ours
+        self._pending: Classifier | None = None
+        self._swap_lock = threading.Lock()
+
+    def swap(self, model: Classifier) -> None:
+        """Run ``model`` from the next batch on (the batch in the forward pass finishes on the old one, and its
+        results name the old tag). Its preprocessing must be the running model's (decodes already in
+        flight were made for it): ``ValueError`` otherwise."""
+        if model.info.preprocess != self.model.info.preprocess:
+            raise ValueError(
+                f"the new model's preprocessing ({model.info.preprocess}) differs from the running model's "
+                f"({self.model.info.preprocess}): restart the worker to change it"
+            )
+        with self._swap_lock:
+            self._pending = model
+
+    def _take_pending(self) -> None:
+        with self._swap_lock:
+            model, self._pending = self._pending, None
+        if model is not None:
+            old, self.model, self.tag = self.tag, model, model.info.tag
+            log.info("model swapped between batches: %s -> %s", old, self.tag)
 
     def predict(self, pixels: Sequence[bytes | torch.Tensor]) -> tuple[list[Prediction], float]:
         """Top-k for every image (``H*W*3`` uint8 bytes, or a uint8 ``H x W x 3`` tensor from the GPU decoder)
@@ -34,6 +56,8 @@ class Predictor:
         A model failure fails the batch's jobs with a retryable ``model_error``."""
         if not pixels:
             return [], 0.0
+        if self._pending is not None:
+            self._take_pending()
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         start = time.perf_counter()

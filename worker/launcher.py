@@ -158,6 +158,12 @@ class Launcher:
             proc.join(timeout=60)
         return 0
 
+    def forward(self, signum: int) -> None:
+        """Pass ``signum`` to every live child (SIGHUP: each loads the new model version itself)."""
+        for proc in self.procs:
+            if proc is not None and proc.is_alive():
+                os.kill(proc.pid, signum)
+
     def kill_children(self) -> None:
         """Second signal: no grace."""
         for proc in self.procs:

@@ -55,13 +55,15 @@ def serve_one(settings: WorkerSettings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    reload_requests = threading.Event()  # SIGHUP: load --model again in the background (worker.reload)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_requests.set())
     from .model import ModelError
     from .pipeline import ShutdownIncomplete
     from .service import RedisRefused, run  # torch loads here, after argument errors had their chance
     from .store.names import NameTaken
 
     try:
-        run(settings, stop)
+        run(settings, stop, reload_requests)
     except ShutdownIncomplete as exc:
         log.error("exiting 1: %s", exc)
         return 1

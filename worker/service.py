@@ -28,6 +28,7 @@ from .model import Classifier, load_model
 from .perf import autotune, choose_threads
 from .pipeline import InHand, Pipeline, PipelineSettings, Stats
 from .redisconn import connect
+from .reload import Reloader
 from .store import QueueStore, StoreUnavailable
 from .store.rq import RedisStore
 from .store.sharded import ShardedStore
@@ -50,6 +51,22 @@ def prepare_model(settings: WorkerSettings) -> tuple[Classifier, WorkerSettings]
         chosen, _ = autotune(model, max_batch, settings.max_batch_latency_ms or None)
         settings = replace(settings, batch_size=chosen)
     return model, settings
+
+
+def load_warm(settings: WorkerSettings) -> Classifier:
+    """A new version of ``--model`` for a swap: loaded with the running settings and warmed on every bucket."""
+    model = load_model(settings.model, settings.device, int(settings.batch_size), settings.precision, settings.optimize)
+    model.warm_up()
+    return model
+
+
+def announce_model(store: QueueStore, settings: WorkerSettings, tag: str, decode: str) -> None:
+    """Tell producers what this worker now runs (the result cache's key has the tag: no version is answered
+    from another's entry)."""
+    try:
+        store.announce(announcement(settings, tag, decode))
+    except StoreUnavailable as exc:  # the next registration announces it
+        log.warning("could not announce model %s yet: %s", tag, exc)
 
 
 def make_gate(settings: WorkerSettings, model: Classifier) -> Gate:
@@ -198,7 +215,7 @@ def start_probes(settings: WorkerSettings, health: Health) -> list[ProbeServer]:
     return [ProbeServer(port, health) for port in ports]
 
 
-def run(settings: WorkerSettings, stop: threading.Event) -> int:
+def run(settings: WorkerSettings, stop: threading.Event, reload_requests: threading.Event | None = None) -> int:
     """Load and warm the model, register, then run the pipeline until ``stop``; return the jobs finished.
 
     The probes answer from the start (``/readyz`` is 503 until the model is warm and Redis answers);
@@ -220,7 +237,21 @@ def run(settings: WorkerSettings, stop: threading.Event) -> int:
             return 0
         health.redis_answered()
         predictor = Predictor(model, int(settings.batch_size), settings.topk, gate)
-        return serve(settings, stop, store=store, decoder=decoder, predictor=predictor, health=health, metrics=metrics)
+        reloader = Reloader(
+            settings.model,
+            predictor,
+            lambda: load_warm(settings),
+            watch_s=settings.model_watch_s,
+            wanted=reload_requests,
+            on_swap=lambda tag: announce_model(store, settings, tag, decoder.backend),
+        )
+        reloader.start()
+        try:
+            return serve(
+                settings, stop, store=store, decoder=decoder, predictor=predictor, health=health, metrics=metrics
+            )
+        finally:
+            reloader.stop()
     finally:
         for server in probes:
             server.close()

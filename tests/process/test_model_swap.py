@@ -1,0 +1,106 @@
+"""New model versions without dropping a job: SIGHUP (or --model-watch-s) after a symlink flip, under load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from producer import Producer
+from producer.wire import keys
+from producer.wire.cache import parse_announcement
+from worker.decode.cpu import Preprocess
+
+from ..conftest import image_bytes, wait_for, wait_for_workers
+from ..tinymodels import TINY_CLASSES, TINY_SIZE
+
+
+@pytest.fixture(scope="module")
+def version_8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model again, as version 8 (same preprocessing: a swap keeps the decodes in flight valid)."""
+    from worker.export import ExportSpec, export
+
+    out = tmp_path_factory.mktemp("v8") / "tiny-v8.pt"
+    labels = tuple(f"class{i}" for i in range(TINY_CLASSES))
+    pre = Preprocess(size=TINY_SIZE, resize="stretch")
+    export(ExportSpec(factory="tests.tinymodels:tiny_cnn", out=out, name="tiny", version="8", preprocess=pre,
+                      labels=labels))  # fmt: skip
+    return out
+
+
+@pytest.fixture
+def current(tmp_path: Path, tiny_model_path: Path) -> Path:
+    """``current.pt``: the symlink a deploy flips; first to version 7."""
+    link = tmp_path / "current.pt"
+    link.symlink_to(tiny_model_path)
+    return link
+
+
+def flip(link: Path, target: Path) -> None:
+    tmp = link.with_suffix(".new")
+    tmp.symlink_to(target)
+    os.replace(tmp, link)  # atomic, as a deploy does
+
+
+def announced_tag(conn) -> str | None:
+    announced = parse_announcement(conn.get(keys.announcement("classify")))
+    return announced["tag"] if announced else None
+
+
+def test_a_sighup_swaps_the_model_under_load_with_no_job_lost_or_failed(
+    redis_url, conn, start_worker, current, version_8
+):
+    worker = start_worker("--model", str(current), "--batch-size", "4", "--worker-ttl-s", "60")
+    wait_for_workers(conn)
+    producer, ids, stop = Producer(redis_url), [], threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            ids.extend(producer.enqueue_many([image_bytes("cat.jpg")] * 4))
+            stop.wait(0.02)
+
+    feeder = threading.Thread(target=stream, daemon=True)
+    feeder.start()
+    wait_for(lambda: len(ids) >= 40, 30)
+    flip(current, version_8)
+    worker.send_signal(signal.SIGHUP)
+    wait_for(lambda: announced_tag(conn) == "tiny@8", 60)
+    after_swap = len(ids)
+    wait_for(lambda: len(ids) >= after_swap + 40, 30)
+    stop.set()
+    feeder.join(10)
+    results = [producer.result(job_id, timeout=60) for job_id in ids]
+    assert all(r["ok"] for r in results)
+    tags = [r["model"] for r in results]
+    assert set(tags) <= {"tiny@7", "tiny@8"} and tags[0] == "tiny@7"
+    assert set(tags[after_swap + 8 :]) == {"tiny@8"}  # enqueued after the announcement: the new version
+    assert worker.poll() is None
+
+
+def test_a_model_that_fails_to_load_is_refused_and_the_old_one_keeps_serving(
+    redis_url, conn, start_worker, current, tmp_path
+):
+    worker = start_worker("--model", str(current), "--batch-size", "4")
+    wait_for_workers(conn)
+    producer = Producer(redis_url)
+    assert producer.classify(image_bytes("cat.jpg"), timeout=60)["model"] == "tiny@7"
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a model at all")
+    flip(current, broken)
+    worker.send_signal(signal.SIGHUP)
+    for _ in range(3):  # the refusal happens in the background: the old model answers throughout
+        assert producer.classify(image_bytes("cat.jpg"), timeout=60)["model"] == "tiny@7"
+    assert announced_tag(conn) == "tiny@7" and worker.poll() is None
+
+
+def test_model_watch_follows_a_symlink_flip_without_a_signal(redis_url, conn, start_worker, current, version_8):
+    start_worker("--model", str(current), "--batch-size", "4", "--model-watch-s", "0.5")
+    wait_for_workers(conn)
+    producer = Producer(redis_url)
+    assert producer.classify(image_bytes("cat.jpg"), timeout=60)["model"] == "tiny@7"
+    flip(current, version_8)
+    wait_for(lambda: announced_tag(conn) == "tiny@8", 60)
+    assert producer.classify(image_bytes("cat.jpg"), timeout=60)["model"] == "tiny@8"

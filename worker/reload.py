@@ -1,0 +1,96 @@
+"""New model versions without dropping a job: reload ``--model`` in the background, then switch between batches.
+
+``SIGHUP`` (``request()``) or ``--model-watch-s N`` (the file's identity polled: a symlink flip or a
+new file at the path) makes the reloader load the model at ``--model`` again on its own thread, warm
+it on every bucket (the load warms), and check that it answers the warm-up batch; then the predictor
+runs it from the next batch on. Jobs in hand finish on the model that started them, and every result
+names the tag that produced it. A model that fails to load, warm or answer is refused with one log
+line (and ``refused``, counted); the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .infer import Predictor
+from .model import Classifier, ModelError
+
+log = logging.getLogger(__name__)
+
+
+def file_identity(path: str) -> tuple[int, int, int, int] | None:
+    """What changes when a deploy replaces the model: the resolved file's device, inode, mtime and size."""
+    try:
+        st = os.stat(Path(path).resolve())
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class Reloader(threading.Thread):
+    """Loads ``path`` again on request (or when its identity changes, every ``watch_s`` > 0) and swaps it in."""
+
+    def __init__(
+        self,
+        path: str,
+        predictor: Predictor,
+        load: Callable[[], Classifier],
+        *,
+        watch_s: float = 0.0,
+        on_swap: Callable[[str], None] | None = None,
+        wanted: threading.Event | None = None,
+    ) -> None:
+        super().__init__(name="model-reloader", daemon=True)
+        self.path, self.predictor, self.load, self.watch_s = path, predictor, load, watch_s
+        self.on_swap = on_swap or (lambda tag: None)
+        self.wanted, self.stopping = wanted or threading.Event(), threading.Event()
+        self.identity = file_identity(path)
+        self.swapped = self.refused = 0
+
+    def request(self) -> None:
+        """Reload now (``SIGHUP``); safe from a signal handler."""
+        self.wanted.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wanted.set()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.wanted.wait(self.watch_s if self.watch_s > 0 else None)
+            if self.stopping.is_set():
+                return
+            if self.wanted.is_set() or self._changed():
+                self.wanted.clear()
+                self.reload()
+
+    def _changed(self) -> bool:
+        now = file_identity(self.path)
+        return now is not None and now != self.identity
+
+    def reload(self) -> bool:
+        """Load, warm and check the model at ``path``; swap it in. False (logged, counted) if refused."""
+        identity = file_identity(self.path)
+        try:
+            model = self.load()
+            probe = torch.zeros((1, *self.predictor.shape), dtype=torch.uint8)
+            scores = model.logits(probe.to(model.device))
+            if scores.shape[0] != 1 or not bool(torch.isfinite(scores).all()):
+                raise ModelError("the new model's answer to the warm-up batch is not finite scores for one image")
+            self.predictor.swap(model)
+        except (ModelError, RuntimeError, ValueError, OSError) as exc:
+            self.refused += 1
+            self.identity = identity  # don't retry the same bad file on every poll
+            log.error("model reload refused, %s keeps serving: %s", self.predictor.tag, str(exc).splitlines()[0])
+            return False
+        self.identity = identity
+        self.swapped += 1
+        log.info("model %s loaded and warmed: it runs from the next batch on", model.info.tag)
+        self.on_swap(model.info.tag)
+        return True
