@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from . import tracing
 from .cache import ProducerCache
 from .cancel import CancelOutcome, cancel_job
 from .errors import NotReplicated, QueueFull, RedisFull, ShardUnavailable
@@ -154,7 +155,8 @@ class ProducerCore:
         planned = []
         for source, job_id, meta in zip(sources, ids, meta_list, strict=True):
             final_id = job_id if job_id is not None else str(uuid.uuid4())
-            planned.append(PlannedJob(final_id, job_id is not None, self.writer.data(source, final_id, meta, deadline)))
+            data = self.writer.data(source, final_id, tracing.inject(meta), deadline)
+            planned.append(PlannedJob(final_id, job_id is not None, data))
         return planned
 
     def _write(self, shard: int, jobs: list[PlannedJob]) -> Procedure[None]:

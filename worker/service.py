@@ -32,6 +32,7 @@ from .reload import Reloader
 from .store import QueueStore, StoreUnavailable
 from .store.rq import RedisStore
 from .store.sharded import ShardedStore
+from .tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +309,7 @@ def serve(
         observer=metrics,
         health=health,
         fetcher=make_fetcher(settings),
+        tracing=Tracing.from_environment(),
     )
     reap_s = min(5.0, settings.worker_ttl_s / 2)
     heartbeat = Heartbeat(store, hand, stats, settings.worker_ttl_s, reap_s=reap_s, metrics=metrics, health=health)

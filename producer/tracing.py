@@ -1,0 +1,41 @@
+"""Trace context across the queue: the producer puts the current W3C ``traceparent`` in a job's meta.
+
+Only when OpenTelemetry is installed (the ``otel`` extra) and a span is active; otherwise ``meta``
+is returned untouched, at the cost of one dictionary lookup (the import is tried once). The worker
+continues the trace from it (``worker.tracing``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TRACEPARENT = "traceparent"
+_propagation: Any = None  # the OpenTelemetry API (trace, propagate) once imported; False when not installed
+
+
+def _api() -> Any:
+    global _propagation
+    if _propagation is None:
+        try:
+            from opentelemetry import propagate, trace
+
+            _propagation = (trace, propagate)
+        except ImportError:
+            _propagation = False
+    return _propagation
+
+
+def inject(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``meta`` with the active span's ``traceparent`` (and ``tracestate``) added, or ``meta`` unchanged when
+    OpenTelemetry is absent, no span is active, or the caller already set one."""
+    api = _api()
+    if not api or (meta and TRACEPARENT in meta):
+        return meta
+    trace, propagate = api
+    if not trace.get_current_span().get_span_context().is_valid:
+        return meta
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if TRACEPARENT not in carrier:
+        return meta
+    return {**(meta or {}), **{k: v for k, v in carrier.items() if k in (TRACEPARENT, "tracestate")}}
