@@ -27,7 +27,8 @@ from .decode import Decoder, DecodeResult, Fetched, Fetches, NoFetch
 from .errors import JobError
 from .jobs import answer, job_inputs
 from .progress import InHand, Observer, PipelineSettings, Predicts, ShutdownIncomplete, Stats
-from .store import JobRecord, Outcome, QueueStore, StoreUnavailable
+from .store import JobRecord, Outcome, QueueStore, StoreUnavailable, shown
+from .tracing import Tracing, trace_fields
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,11 @@ class Pipeline:
         observer: Observer | None = None,
         health: Any = None,
         fetcher: Fetches | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store, self.decoder, self.predictor, self.settings = store, decoder, predictor, settings
         self.fetcher = fetcher or NoFetch()
+        self.tracing = tracing or Tracing()  # off unless OTEL_TRACES_EXPORTER is set (worker.tracing)
         self.stop, self.observer = stop, observer
         # the watchdog's evidence that we are not wedged: a forward pass done, a finish tried
         self.progressed: Callable[[], None] = health.progressed if health is not None else lambda: None
@@ -128,7 +131,7 @@ class Pipeline:
             image, item.meta = job_inputs(job)
         except JobError as err:
             item.error = err
-            log.warning("job %s failed: %s", job.job_id, err)
+            log.warning("job %s failed: %s", shown(job.job_id), shown(str(err)))
             self.done.put(([self._outcome(item, 1)], time.monotonic()))
             return
         if isinstance(image, ImageRef):  # fetched on the fetch stage's threads, then decoded
@@ -142,12 +145,15 @@ class Pipeline:
         self._decode(item, fetched.data)
 
     def _decode(self, item: Item, image: bytes) -> None:
-        item.digest = digest(image)
         with self.lock:
             self.decoding += 1
-        self.decoder.submit(image, lambda result: self._decoded(item, result))
+        self.decoder.submit(image, lambda result: self._decoded(item, image, result))
 
-    def _decoded(self, item: Item, result: DecodeResult) -> None:
+    def _decoded(self, item: Item, image: bytes, result: DecodeResult) -> None:
+        # the result cache's key (and a batch's repeated photos), hashed on the decoder's threads, not the
+        # taker's (hashlib releases the GIL for large buffers), and only when the cache is on
+        if self.settings.hash_images and result.error is None:
+            item.digest = digest(image)
         self._hand_on(item, result)
         with self.lock:
             self.decoding -= 1
@@ -158,13 +164,13 @@ class Pipeline:
         if item.error is None:
             self.ready.put(item)
             return
-        log.warning("job %s failed: %s", item.job.job_id, item.error)
+        log.warning("job %s failed: %s", shown(item.job.job_id), shown(str(item.error)))
         self.done.put(([self._outcome(item, 1)], time.monotonic()))
 
     def _alone(self, job: JobRecord) -> None:
         """A job lost with a worker before runs alone, with nothing else in hand (it may crash us)."""
         self.hand.wait_until(lambda n: n <= 1)
-        log.warning("job %s was lost with a worker %d time(s) before: running it alone", job.job_id, job.lost)
+        log.warning("job %s was lost with a worker %d time(s) before: running it alone", shown(job.job_id), job.lost)
         self._admit(job)
         self.hand.wait_until(lambda n: n == 0)
 
@@ -192,6 +198,10 @@ class Pipeline:
                     self._outcome(item, len(batch), infer_ms, pred) for item, pred in zip(batch, preds, strict=True)
                 ]
                 self.done.put((outcomes, time.monotonic()))
+                if self.tracing.enabled:
+                    self.tracing.record_batch(
+                        [trace_fields(item, o.result) for item, o in zip(batch, outcomes, strict=True)], infer_ms
+                    )
             elif self.closed:
                 break
         self.done.put(CLOSED)

@@ -81,6 +81,7 @@ class PipelineSettings:
     batches_in_hand: int = 3
     burst: bool = False  # stop once a take finds the queue empty
     shutdown_timeout_s: float = 30.0  # once stopping, how long finished jobs wait for an unavailable store
+    hash_images: bool = True  # SHA-256 each photo: the result cache's key, and a batch's repeats run once
 
 
 class ShutdownIncomplete(RuntimeError):

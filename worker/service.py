@@ -297,6 +297,7 @@ def serve(
         settings.idle_wait_ms,
         burst=settings.burst,
         shutdown_timeout_s=settings.shutdown_timeout_s,
+        hash_images=settings.cache_ttl_s > 0,
     )
     pipeline = Pipeline(
         store,
