@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .config import WorkerSettings
 from .store import JobRecord, StoreFull
 
 
@@ -104,3 +105,23 @@ class Observer(Protocol):
 
     def observe_batch(self, results: list[dict[str, Any]], publish_s: float) -> None:
         """One finished batch."""
+
+
+PRIORITY_BATCHES_IN_HAND = 2  # with --queue high,default: a high job waits behind at most one batch in hand
+
+
+def pipeline_settings_for(settings: WorkerSettings) -> PipelineSettings:
+    """The pipeline's settings. A worker serving several priority queues holds fewer batches (one in the forward
+    pass, one decoded ahead instead of three): jobs already in hand run first, so a ``high`` job that arrives
+    waits behind at most one batch of ``default`` jobs besides the running one (a little pipelining traded
+    for the priority's promise)."""
+    queues = [q for q in settings.queue.split(",") if q.strip()]
+    return PipelineSettings(
+        settings.worker_name,
+        settings.max_wait_ms,
+        settings.idle_wait_ms,
+        batches_in_hand=PRIORITY_BATCHES_IN_HAND if len(queues) > 1 else PipelineSettings.batches_in_hand,
+        burst=settings.burst,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+        hash_images=settings.cache_ttl_s > 0,
+    )

@@ -26,7 +26,8 @@ from .infer import Predictor
 from .metrics import Metrics
 from .model import Classifier, load_model
 from .perf import autotune, choose_threads
-from .pipeline import InHand, Pipeline, PipelineSettings, Stats
+from .pipeline import InHand, Pipeline, Stats
+from .progress import pipeline_settings_for
 from .redisconn import connect
 from .reload import Reloader
 from .store import QueueStore, StoreUnavailable
@@ -291,14 +292,7 @@ def serve(
 ) -> int:
     """Run the pipeline, with its heartbeat and watchdog, until ``stop``; unregister; return the jobs finished."""
     hand, stats = InHand(), Stats()
-    pipeline_settings = PipelineSettings(
-        settings.worker_name,
-        settings.max_wait_ms,
-        settings.idle_wait_ms,
-        burst=settings.burst,
-        shutdown_timeout_s=settings.shutdown_timeout_s,
-        hash_images=settings.cache_ttl_s > 0,
-    )
+    pipeline_settings = pipeline_settings_for(settings)
     pipeline = Pipeline(
         store,
         decoder,

@@ -18,3 +18,12 @@ def test_children_of_a_named_launcher_get_distinct_names():
     assert [s["name"] for s in launcher.settings] == ["gpu-box:0", "gpu-box:1"]
     unnamed = Launcher(WorkerSettings(model="m"), ["cpu", "cpu"])
     assert [s["name"] for s in unnamed.settings] == ["", ""]  # host:device:pid, distinct per process
+
+
+def test_a_worker_serving_priorities_holds_fewer_batches_so_high_jobs_wait_behind_at_most_one():
+    from worker.progress import pipeline_settings_for
+
+    one = pipeline_settings_for(WorkerSettings(model="m", queue="classify"))
+    two = pipeline_settings_for(WorkerSettings(model="m", queue="high,default"))
+    assert one.batches_in_hand == 3 and two.batches_in_hand == 2
+    assert not pipeline_settings_for(WorkerSettings(model="m", cache_ttl_s=0)).hash_images
