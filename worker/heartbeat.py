@@ -50,6 +50,7 @@ class Heartbeat(threading.Thread):
         self.beaten_batches = -1  # the batch count the last beat reported
         self.dropped = 0  # the store's dropped-id count already reported
         self.reported: Counter[str] = Counter()  # store errors already reported
+        self.misfits: Counter[str] = Counter()  # keys of the wrong type already reported, by key
         self.duplicates = 0  # batch duplicates already reported
 
     def rate(self, jobs: int, now: float) -> float:
@@ -81,6 +82,10 @@ class Heartbeat(threading.Thread):
             for kind, count in self.stats.store_errors.items():
                 self.metrics.store_errors.labels(kind).inc(count - self.reported[kind])
                 self.reported[kind] = count
+            for key, count in self.store.wrong_type_counts().items():
+                if count > self.misfits[key]:
+                    self.metrics.wrong_types.labels(key).inc(count - self.misfits[key])
+                    self.misfits[key] = count
 
     def feed_lags(self) -> None:
         """The results feed's lag per consumer group, for metrics (read at each reaper pass, not each beat)."""

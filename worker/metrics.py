@@ -48,6 +48,12 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        self.wrong_types = Counter(
+            "adclassify_wrong_type_keys_total",
+            "Times a script found a Redis key of the wrong type, by key (keys named after an id: their pattern)",
+            ["key"],
+            registry=registry,
+        )
         self.duplicates = Counter(
             "adclassify_batch_duplicates_total",
             "Photos that came again within their batch and were run once (repeated ads)",

@@ -94,3 +94,19 @@ def test_scores_and_times_come_from_redis_not_the_workers_clock(redis_url, conn,
     (entry,) = conn.zrange("rq:finished:classify", 0, -1, withscores=True)
     assert abs(entry[1] - (redis_now(conn) + ttl)) < 5
     assert abs(Job.fetch(job_id, connection=conn).ended_at.timestamp() - redis_now(conn)) < 5
+
+
+def test_ids_are_logged_escaped_so_a_queued_id_cannot_forge_a_log_line(redis_url, conn, caplog):
+    forged = "gone\nERROR worker crashed: rm -rf"
+    conn.rpush("rq:queue:classify", forged)  # no job hash: answered job_gone, and logged
+    job_id = "held\r\nERROR \x1b[31mforged"  # RQ's enqueue refuses such an id; anyone with HSET and RPUSH can
+    conn.hset(f"rq:job:{job_id}", mapping={"status": "queued", "data": b"x"})
+    conn.rpush("rq:queue:classify", job_id)
+    conn.hset(f"rq:results:{job_id}", "x", "y")  # its result stream of the wrong type: left queued, logged
+    store = RedisStore(conn, "classify", "w1")
+    store.register()
+    with caplog.at_level("INFO"):
+        assert store.take(8, 0.01) == []
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "gone\\nERROR worker crashed" in text and "held\\r\\nERROR \\x1b[31mforged" in text
+    assert not any(line.startswith("ERROR") for line in text.splitlines()) and "\x1b" not in text

@@ -141,22 +141,22 @@ def test_register_and_heartbeat_run_through_their_calls(conn, scripts, calls):
     assert conn.hgetall(keys.worker("w1")) == {b"name": b"w1", b"state": b"idle"} and conn.ttl(keys.worker("w1")) > 60
     assert conn.smembers(keys.queue_workers("classify")) == {keys.worker("w1").encode()}
     conn.rpush(keys.queue("classify"), "a", "b")
-    assert scripts.call(replace(calls.heartbeat, fields=("batches", 7))) == [2, 1]
+    assert scripts.call(replace(calls.heartbeat, fields=("batches", 7))) == [2, 1, []]
     assert conn.hget(keys.worker("w1"), "batches") == b"7" and conn.ttl(keys.worker("w1")) <= 20
     conn.delete(keys.worker("w1"))
-    assert scripts.call(calls.heartbeat) == [2, 0]  # gone: the caller registers again
+    assert scripts.call(calls.heartbeat) == [2, 0, []]  # gone: the caller registers again
 
 
 def test_take_and_finish_run_through_their_calls(redis_url, conn, scripts, calls):
     register(scripts)
     (job_id,) = Producer(redis_url).enqueue_many([b"img"])
-    _, taken, state, eid = scripts.call(replace(calls.take, max_jobs=4, execution_base="b"))
-    assert (taken.decode(), state, eid) == (job_id, 1, b"b0001")
+    _, misfits, taken, state, eid = scripts.call(replace(calls.take, max_jobs=4, execution_base="b"))
+    assert (misfits, taken.decode(), state, eid) == ([], job_id, 1, b"b0001")
     assert conn.zrange(keys.started("classify"), 0, -1) == [f"{job_id}:b0001".encode()]
     job = FinishJob(
         kind="fail", job_id=job_id, execution_id="b0001", ttl_s=60, message=b"m", payload=b"x", started_at=1.0
     )
-    assert scripts.call(replace(calls.finish, first_start=1.0, jobs=(job,))) == [[], []]
+    assert scripts.call(replace(calls.finish, first_start=1.0, jobs=(job,))) == [[], [], [], []]
     assert conn.hget(keys.job(job_id), "status") == b"failed" and conn.zcard(keys.failed("classify")) == 1
 
 
@@ -165,9 +165,9 @@ def test_reap_and_give_back_run_through_their_calls(redis_url, conn, scripts, ca
     first, second = Producer(redis_url).enqueue_many([b"a", b"b"])
     scripts.call(replace(calls.take, max_jobs=2, execution_base="b"))
     held = f"{first}:b0001"
-    assert scripts.call(replace(calls.give_back, min_age_s=0.0, held=(held,))) == [second.encode()]
+    assert scripts.call(replace(calls.give_back, min_age_s=0.0, held=(held,))) == [[second.encode()], []]
     conn.delete(keys.worker("w1"))  # this worker died with the first job
-    assert scripts.call(calls.reap) == [[first.encode()], []]
+    assert scripts.call(calls.reap) == [[first.encode()], [], []]
     assert conn.lrange(keys.queue("classify"), 0, -1) == [first.encode(), second.encode()]
     assert conn.hget(keys.job(first), "lost_deliveries") == b"1"
 
@@ -175,7 +175,7 @@ def test_reap_and_give_back_run_through_their_calls(redis_url, conn, scripts, ca
 def test_a_script_flushed_from_redis_is_loaded_again(conn, scripts, calls):
     scripts.load()
     conn.script_flush()
-    assert scripts.call(calls.heartbeat) == [0, 0]
+    assert scripts.call(calls.heartbeat) == [0, 0, []]
 
 
 def test_scripts_run_on_a_full_redis(conn, scripts, calls):

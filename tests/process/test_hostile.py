@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -25,7 +27,7 @@ from worker.model import load_model
 from worker.pipeline import Pipeline, PipelineSettings
 from worker.store.rq import RedisStore
 
-from ..conftest import all_images, image_bytes
+from ..conftest import ROOT, all_images, image_bytes, wait_for
 
 
 def png(size: tuple[int, int], mode: str = "1") -> bytes:
@@ -193,3 +195,23 @@ def test_a_model_error_is_retried_then_failed_clearly(redis_url, conn, tiny_mode
     job = Job.fetch(job_id, connection=conn, serializer=MsgpackSerializer)
     assert job.get_status() == JobStatus.FAILED and job.retries_left == 0
     assert [r.type.name for r in job.results()] == ["FAILED"]  # the two retries wrote no final result
+
+
+def test_ids_are_logged_escaped_so_a_queued_id_cannot_forge_a_log_line(redis_url, conn, tiny_model_path, tmp_path):
+    queue = Queue("classify", connection=conn, serializer=MsgpackSerializer)
+    conn.rpush(queue.key, "gone\nERROR forged by a queued id")  # no job hash: answered job_gone, and logged
+    raw_job(conn, queue, "bad\r\nERROR \x1b[31mforged too", b"not msgpack")  # fails bad_job_data, logged
+    log = tmp_path / "worker.log"
+    args = [sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", redis_url]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, stderr=out)
+    try:
+        wait_for(lambda: conn.hget(Job.key_for("bad\r\nERROR \x1b[31mforged too"), "status") == b"failed", 60)
+        wait_for(lambda: "job_gone" in log.read_text(), 30)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "gone\\nERROR forged by a queued id" in text and "bad\\r\\nERROR \\x1b[31mforged too" in text
+    forged = [line for line in text.splitlines() if "forged" in line and "\\nERROR" not in line]
+    assert forged == [] and "\x1b" not in text

@@ -11,36 +11,19 @@ from producer.wire.keys import results_stream
 from producer.wire.results import make_result
 from producer.wire.serializer import dumps
 
+from ..acls import PRODUCER_ACL_62, drop_users, major_version, set_users
 from ..conftest import image_bytes, wait_for_workers
 
 pytestmark = pytest.mark.both_redis  # ACLs and stream replies differ between 6.2 and 7
 
 STREAM = results_stream("classify")
 
-# Keep in step with docs/security.md.
-PRODUCER_ACL = (
-    "on >producer-secret resetkeys ~rq:job:* ~rq:queue:classify ~rq:queues ~rq:results:* "
-    "~classify:results:stream resetchannels &classify:results -@all +ping +hset +hget +hgetall "
-    "+rpush +sadd +exists +llen +xread +xrevrange +multi +exec +watch +unwatch +subscribe +unsubscribe "
-    "+xreadgroup +xack +xautoclaim +xgroup|create +xinfo|groups "
-    "~rq:canceled:classify ~rq:finished:classify ~rq:failed:classify ~rq:wip:classify ~rq:executions:* "
-    "~rq:execution:* +lrem +zadd +zrem +zremrangebyscore +zrange "
-    "~rq:adclassify:cache:* ~rq:adclassify:model:* +get"
-)
-WORKER_ACL = (
-    "on >worker-secret resetkeys ~rq:* ~classify:results:stream resetchannels &classify:results "
-    "+@all -@admin -@dangerous +info +client|setname +script|load"
-)
-
 
 @pytest.fixture
 def acl_users(redis_url, conn):
-    conn.acl_setuser("producer", reset=True)
-    conn.execute_command("ACL", "SETUSER", "producer", *PRODUCER_ACL.split())
-    conn.execute_command("ACL", "SETUSER", "worker", "reset", *WORKER_ACL.split())
-    base = redis_url.removeprefix("redis://")
-    yield f"redis://producer:producer-secret@{base}", f"redis://worker:worker-secret@{base}"
-    conn.acl_deluser("producer", "worker")
+    """The producer and worker users of docs/security.md, as this server's version takes them."""
+    yield set_users(conn, redis_url)
+    drop_users(conn)
 
 
 def test_least_privilege_users_run_the_whole_path(acl_users, conn, start_worker):
@@ -86,6 +69,79 @@ def test_the_producer_user_reads_and_claims_on_the_feed_and_cannot_destroy_it(ac
         producer.connection.xgroup_destroy(STREAM, "web")
     with pytest.raises(redis.exceptions.NoPermissionError):
         producer.connection.xtrim(STREAM, maxlen=0)
+
+
+# Every key the worker's scripts (and RQ) write, with the type written there; per-job keys for job "j".
+WRITTEN = {
+    "rq:queue:classify": "list",
+    "rq:queue:classify:intermediate": "list",
+    "rq:wip:classify": "zset",
+    "rq:finished:classify": "zset",
+    "rq:failed:classify": "zset",
+    "rq:canceled:classify": "zset",
+    "rq:queues": "set",
+    "rq:workers": "set",
+    "rq:workers:classify": "set",
+    "rq:worker:w1": "hash",
+    "classify:results:stream": "stream",
+    "rq:job:j": "hash",
+    "rq:job:j:dependents": "set",
+    "rq:job::j:dependencies": "set",
+    "rq:results:j": "stream",
+    "rq:executions:j": "zset",
+    "rq:execution:j:e1": "hash",
+    "rq:adclassify:model:classify": "string",
+    "rq:adclassify:cache:x": "string",
+    "rq:adclassify:seen:j": "string",
+}
+CREATE = {  # a command that creates a key of each type
+    "hash": ("HSET", "{}", "f", "v"),
+    "list": ("RPUSH", "{}", "x"),
+    "set": ("SADD", "{}", "x"),
+    "zset": ("ZADD", "{}", 1, "x"),
+    "stream": ("XGROUP", "CREATE", "{}", "g", "$", "MKSTREAM"),
+    "string": ("SET", "{}", "x"),
+}
+
+
+def wrong_types_made(producer: redis.Redis, admin: redis.Redis) -> list[tuple[str, str]]:
+    """Every ``(key, type)`` the producer user could create where another type belongs (each undone)."""
+    made = []
+    for key, wanted in WRITTEN.items():
+        for kind, command in CREATE.items():
+            if kind == wanted:
+                continue
+            try:
+                producer.execute_command(*(key if arg == "{}" else arg for arg in command))
+            except redis.exceptions.NoPermissionError:
+                continue
+            made.append((key, kind))
+            admin.delete(key)
+    return made
+
+
+def test_on_redis_7_the_producer_user_can_create_no_key_of_the_wrong_type(acl_users, conn):
+    if major_version(conn) < 7:
+        pytest.skip("Redis 6.2 has no selectors: its ACL grants every command on every key (the next test)")
+    made = wrong_types_made(redis.Redis.from_url(acl_users[0]), conn)
+    # HSET on ~rq:job:* (the job hash) also reaches a job's dependents and dependencies keys, which the
+    # scripts only expire or delete (any type will do); ZADD on ~rq:execution:* comes with cancel's rules,
+    # and TAKE checks that key too (its execution id is not even known before the take)
+    harmless = {("rq:job:j:dependents", "hash"), ("rq:job::j:dependencies", "hash"), ("rq:execution:j:e1", "zset")}
+    assert set(made) <= harmless
+
+
+def test_with_the_redis_62_acl_the_producer_user_can_create_keys_of_the_wrong_type(redis_url, conn):
+    producer_url, _ = set_users(conn, redis_url, PRODUCER_ACL_62)
+    try:
+        made = wrong_types_made(redis.Redis.from_url(producer_url), conn)
+    finally:
+        drop_users(conn)
+    # the workers' defence on 6.2 is theirs alone: tests/contract/test_wrong_types.py
+    for case in [("rq:wip:classify", "hash"), ("rq:queue:classify", "hash"), ("classify:results:stream", "list")]:
+        assert case in made
+    assert ("rq:failed:classify", "set") in made and ("rq:results:j", "hash") in made
+    assert not [key for key, _ in made if key.startswith(("rq:worker", "rq:adclassify:seen"))]  # out of reach
 
 
 def _certs(folder) -> tuple[str, str, str]:

@@ -1,5 +1,15 @@
 """The queue store: the only place that knows where jobs wait and how their ends are recorded."""
 
-from .base import JobRecord, Outcome, QueueStore, StoreFull, StoreUnavailable, WorkerStats
+from .base import JobRecord, Outcome, QueueStore, StoreFull, StoreUnavailable, WorkerStats, WrongTypeKeys
+from .printable import shown
 
-__all__ = ["JobRecord", "Outcome", "QueueStore", "StoreFull", "StoreUnavailable", "WorkerStats"]
+__all__ = [
+    "JobRecord",
+    "Outcome",
+    "QueueStore",
+    "StoreFull",
+    "StoreUnavailable",
+    "WorkerStats",
+    "WrongTypeKeys",
+    "shown",
+]

@@ -13,7 +13,9 @@ import abc
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+from .printable import shown
 
 
 class StoreUnavailable(Exception):
@@ -23,6 +25,27 @@ class StoreUnavailable(Exception):
 class StoreFull(StoreUnavailable):
     """The store refuses writes: Redis reached ``maxmemory`` (noeviction). Finishing jobs frees
     memory, so the pipeline keeps its finished batches and retries with back-off."""
+
+
+class Misfit(NamedTuple):
+    """A key that exists with another type than the one the store writes there (``found``, ``wanted``: Redis
+    ``TYPE`` names), as a script found it."""
+
+    key: str
+    found: str
+    wanted: str
+
+    def __str__(self) -> str:
+        return f"{shown(self.key)} is a {self.found}, not a {self.wanted}"
+
+
+class WrongTypeKeys(StoreUnavailable):
+    """A script refused to run, writing nothing, because keys it must write are of the wrong type (written by
+    a client that is neither RQ nor a worker). Retried with back-off: the call succeeds once they are deleted."""
+
+    def __init__(self, script: str, found: list[Misfit]) -> None:
+        super().__init__(f"{script} refused, nothing written: " + "; ".join(str(m) for m in found))
+        self.script, self.found = script, found
 
 
 @dataclass(frozen=True)
@@ -93,6 +116,9 @@ class QueueStore(abc.ABC):
         """Announce this worker (``rq info`` lists it); waiting for a predecessor of the same name to stop
         beating ends early once ``stop`` is set."""
 
+    def announce(self, cache: dict[str, Any]) -> None:  # noqa: B027 (optional: a store without a cache ignores it)
+        """Say what results this worker now writes (its model tag after a swap, ...); the cache keys follow."""
+
     @abc.abstractmethod
     def unregister(self) -> None:
         """Remove this worker's registration (it stops)."""
@@ -100,7 +126,8 @@ class QueueStore(abc.ABC):
     @abc.abstractmethod
     def take(self, max_jobs: int, timeout_s: float) -> list[JobRecord]:
         """Wait up to ``timeout_s`` for a first job, then take whatever else is queued, up to
-        ``max_jobs`` in all, and mark them started. Jobs whose data is gone are answered and dropped.
+        ``max_jobs`` in all, and mark them started. Jobs whose data is gone are answered and dropped; jobs
+        whose own keys are of the wrong type stay queued.
 
         At most one job lost with a dead worker before (``lost > 0``) is in one take."""
 
@@ -114,7 +141,8 @@ class QueueStore(abc.ABC):
         """Record every job's end, publish every final result, re-queue retries; one atomic step.
 
         Jobs a reaper gave back meanwhile are skipped (their next run records them); their ids are
-        returned."""
+        returned. A job whose end cannot be written because a key it needs is of the wrong type is left
+        started under this worker (``give_back`` re-queues it once the key is deleted)."""
 
     @abc.abstractmethod
     def heartbeat(self, stats: WorkerStats) -> int:
@@ -133,3 +161,8 @@ class QueueStore(abc.ABC):
     @abc.abstractmethod
     def feed_lags(self) -> dict[str, int | None]:
         """Per consumer group of the results feed, the entries it has yet to read (None where unknown)."""
+
+    def wrong_type_counts(self) -> dict[str, int]:
+        """How many times keys of the wrong type were found, by key (per-job keys by their pattern, e.g.
+        ``rq:results:*``), since this store was made. A store that can't hold such keys has none."""
+        return {}

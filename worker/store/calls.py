@@ -72,6 +72,7 @@ class Take:
     job_prefix: str
     execution_prefix: str
     executions_prefix: str
+    results_prefix: str
     max_jobs: int
     execution_base: str
     channel: str

@@ -20,6 +20,9 @@ import redis
 
 from producer.wire import keys
 
+from .base import WrongTypeKeys
+from .printable import shown
+
 log = logging.getLogger(__name__)
 
 
@@ -38,9 +41,12 @@ def claim_name(
     """Make worker ``name`` ours (see the module's text), waiting at most ``ttl_s`` for a predecessor to stop
     beating; ``reap`` re-queues what it left. Raise ``NameTaken`` if the name is in use."""
     key = keys.worker(name)
-    first = connection.hmget(key, "last_heartbeat", "death")
+    if connection.type(key) in (b"hash", "hash"):
+        first = connection.hmget(key, "last_heartbeat", "death")
+    else:  # absent, or a key of another type: no worker's (only workers write it); deleted below
+        first = [None, None]
     if first[0] is not None and first[1] is None:  # registered and not dead: alive, or crashed recently
-        log.warning("worker name %s is registered: waiting up to %d s for its heartbeat to stop", name, ttl_s)
+        log.warning("worker name %s is registered: waiting up to %d s for its heartbeat to stop", shown(name), ttl_s)
         deadline = time.monotonic() + ttl_s
         while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
             beat = connection.hget(key, "last_heartbeat")
@@ -49,8 +55,12 @@ def claim_name(
             if beat != first[0]:
                 raise NameTaken(f"a live worker named {name!r} is still beating; give this one another --name")
             time.sleep(poll_s)
-        log.warning("worker %s stopped beating: taking over its name", name)
+        log.warning("worker %s stopped beating: taking over its name", shown(name))
     connection.delete(key)  # a dead predecessor's key: its started jobs now show as a dead worker's
-    requeued, poison = reap()
+    try:
+        requeued, poison = reap()
+    except WrongTypeKeys as exc:  # reported; a later reaper pass re-queues them once the key is deleted
+        log.warning("could not re-queue what this name's predecessor left yet: %s", exc)
+        return
     if requeued or poison:
         log.warning("re-queued %d job(s) of this name's predecessor (%d failed as poison)", len(requeued), len(poison))

@@ -9,6 +9,7 @@ publishes every result. Round trips do not grow with the batch size. Key names c
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,9 +29,11 @@ from producer.wire.feed import group_rows
 from producer.wire.results import DEFAULT_RESULTS_MAXLEN
 from producer.wire.serializer import MsgpackSerializer
 
-from .base import JobRecord, Outcome, QueueStore, StoreFull, StoreUnavailable, WorkerStats
+from .base import JobRecord, Outcome, QueueStore, StoreFull, StoreUnavailable, WorkerStats, WrongTypeKeys
 from .calls import Register
+from .misfits import MisfitReport, misfits_of
 from .names import claim_name
+from .printable import shown
 from .rqcalls import QueueCalls, Setting, finish_job
 from .rqdata import iso, read_record, text
 from .scripts import Scripts
@@ -90,6 +93,8 @@ class RedisStore(QueueStore):
         self.scripts = Scripts(connection)
         self._rq_worker: BatchWorker | None = None
         self.dropped = 0  # queued ids dropped unstarted: not UTF-8 (see ``take``)
+        self.held = 0  # queued ids the last take left queued: keys of their own are of the wrong type
+        self.misfits = MisfitReport()  # keys of the wrong type the scripts found
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -120,10 +125,31 @@ class RedisStore(QueueStore):
         sets = (keys.WORKERS, *(keys.queue_workers(q) for q in self.queues))
         fields = tuple(v for pair in worker.serialize().items() for v in pair)
         call = Register(worker_key=worker.key, sets=sets, ttl_s=worker.worker_ttl + 60, fields=fields)
-        unavailable(lambda: self.scripts.call(call))
-        if self.cache is not None:  # what results we write, for producers' cache lookups (producer.wire.cache)
-            for queue in self.queues:
-                unavailable(lambda q=queue: self.connection.set(keys.announcement(q), announcement(**self.cache)))
+        unavailable(lambda: self._run(call))
+        if self.cache is not None:
+            self.announce(self.cache)
+
+    def announce(self, cache: dict[str, Any]) -> None:
+        """What results we write (model tag, precision, decode, top-k, cache TTL), for producers' cache lookups
+        (``producer.wire.cache``); again after a model swap."""
+        self.cache = cache
+        if not self.primary:
+            return
+        for queue in self.queues:
+            unavailable(lambda q=queue: self.connection.set(keys.announcement(q), announcement(**cache)))
+
+    def _run(self, call: Any) -> Any:
+        """Run a script call; if it refused because keys it must write are of the wrong type, report them and
+        raise ``WrongTypeKeys`` (a ``StoreUnavailable``: the caller retries with back-off)."""
+        try:
+            return self.scripts.call(call)
+        except WrongTypeKeys as exc:
+            self.misfits.report(call, exc.found, refused=True)
+            raise
+
+    def wrong_type_counts(self) -> dict[str, int]:
+        with self.misfits.lock:
+            return dict(self.misfits.counts)
 
     def unregister(self) -> None:
         """Register our death with RQ."""
@@ -132,10 +158,15 @@ class RedisStore(QueueStore):
 
     # -- take ------------------------------------------------------------------------------------
     def take(self, max_jobs: int, timeout_s: float) -> list[JobRecord]:
-        """What is queued now (one script call); if nothing, one blocking move, then the script."""
+        """What is queued now (one script call); if nothing, one blocking move, then the script. When what is
+        queued is only jobs the script must leave queued (keys of their own of the wrong type), it waits out
+        ``timeout_s`` instead: a blocking move would hand them back at once, again and again."""
         jobs = self.start_moved([], max_jobs)
         if jobs or timeout_s < 0.001:
             return jobs
+        if self.held:
+            time.sleep(timeout_s)
+            return []
         first = self.wait_one(timeout_s)
         if first is None:
             return []
@@ -153,9 +184,11 @@ class RedisStore(QueueStore):
 
     def _start(self, ids: list[bytes], max_jobs: int) -> list[JobRecord]:
         call = replace(self.calls.take, max_jobs=max_jobs, execution_base=uuid4().hex[:28], ids=tuple(ids))
-        reply = self.scripts.call(call)
+        self.held = 0
+        reply = self._run(call)
         taken_at, started_at = time.monotonic(), float(reply[0])
-        begun = self._begun(reply[1:])
+        self.misfits.report(call, misfits_of(reply[1]))
+        begun = self._begun(reply[2:])
         if not begun:
             return []
         with self.connection.pipeline(transaction=False) as pipe:  # one round trip for the whole batch
@@ -169,18 +202,27 @@ class RedisStore(QueueStore):
 
     def _begun(self, reply: list[Any]) -> list[tuple[str, str]]:
         """The ``(job_id, execution_id)`` of each job TAKE started; the others are counted and logged."""
-        begun, gone = [], []
+        begun, gone, held = [], [], []
         for i in range(0, len(reply), 3):
             job_id, state, eid = reply[i], reply[i + 1], text(reply[i + 2])
             if state == -1:
                 self.dropped += 1
-                log.error("dropped queued id %r: not UTF-8, so no client can name it (never started)", job_id)
+                log.error("dropped queued id %s: not UTF-8, so no client can name it (never started)", shown(job_id))
             elif state is None:
-                gone.append(text(job_id))
+                gone.append(shown(job_id))
             elif state == 1:
                 begun.append((text(job_id), eid))
+            elif state == 2:
+                held.append(shown(job_id))
         if gone:
             log.warning("answered job_gone for %d queued id(s) whose job hash is gone: %s", len(gone), ", ".join(gone))
+        if held:  # each take while it lasts: the key's own report (once a minute) is the warning
+            self.held = len(held)
+            log.debug(
+                "left %d job(s) queued, at the queue's tail: keys of their own are of the wrong type: %s",
+                len(held),
+                ", ".join(held),
+            )
         return begun
 
     # -- finish ----------------------------------------------------------------------------------
@@ -194,12 +236,20 @@ class RedisStore(QueueStore):
             first_start=min(o.job.started_at for o in outcomes),
             jobs=tuple(finish_job(o, cache) for o in outcomes),
         )
-        skipped, canceled = ([text(i) for i in ids] for ids in unavailable(lambda: self.scripts.call(call)))
+        skipped, canceled, held, found = unavailable(lambda: self._run(call))
+        self.misfits.report(call, misfits_of(found))
         if canceled:
-            log.info("%d job(s) canceled while they ran, answered as canceled: %s", len(canceled), ", ".join(canceled))
+            log.info("%d job(s) canceled while they ran, answered as canceled: %s", len(canceled), _ids(canceled))
         if skipped:
-            log.warning("not recording %d job(s) re-queued by a reaper meanwhile: %s", len(skipped), ", ".join(skipped))
-        return skipped
+            log.warning("not recording %d job(s) re-queued by a reaper meanwhile: %s", len(skipped), _ids(skipped))
+        if held:
+            log.warning(
+                "not recording %d job(s): a key each needs is of the wrong type (see above); they stay started under "
+                "this worker and are re-queued once it is deleted: %s",
+                len(held),
+                _ids(held),
+            )
+        return [text(i) for i in skipped]
 
     # -- liveness --------------------------------------------------------------------------------
     def heartbeat(self, stats: WorkerStats) -> int:
@@ -208,11 +258,15 @@ class RedisStore(QueueStore):
         if not self.primary:  # the primary store of this server beats for the worker
             return int(unavailable(lambda: self.connection.llen(beat.queue)))
         now = iso(datetime.now(timezone.utc))
+        misfits = json.dumps(self.misfits.recent(3 * self.worker_ttl_s))  # for ``producer status``
         fields = ("last_heartbeat", now, "batches", stats.batches, "images_per_s_1m", stats.images_per_s_1m)
-        backlog, registered = unavailable(lambda: self.scripts.call(replace(beat, fields=fields)))
+        call = replace(beat, fields=(*fields, "wrong_type_keys", misfits))
+        backlog, registered, found = unavailable(lambda: self._run(call))
+        self.misfits.report(call, misfits_of(found))
         if not registered:
             log.warning(
-                "worker key %s was gone (a Redis restart without persistence?): registering again", beat.worker_key
+                "worker key %s was gone (a Redis restart without persistence?): registering again",
+                shown(beat.worker_key),
             )
             self.register()
         return int(backlog)
@@ -225,23 +279,35 @@ class RedisStore(QueueStore):
         try:
             return self.connection.xinfo_groups(self.calls.take.stream)
         except redis.ResponseError as exc:
-            if "no such key" in str(exc).lower():
-                return []  # no result fed yet
+            if "no such key" in str(exc).lower() or str(exc).startswith("WRONGTYPE"):
+                return []  # no result fed yet, or not a stream (the scripts report it)
             raise
 
     def reap(self) -> tuple[list[str], list[str]]:
         """One reaper pass (atomic): poison jobs are failed, published and fed in it."""
-        requeued, poison = ([text(i) for i in ids] for ids in unavailable(lambda: self.scripts.call(self.calls.reap)))
+        requeued, poison, found = unavailable(lambda: self._run(self.calls.reap))
+        self.misfits.report(self.calls.reap, misfits_of(found))
         if requeued:
-            log.warning("re-queued %d job(s) of dead workers: %s", len(requeued), ", ".join(requeued))
+            log.warning("re-queued %d job(s) of dead workers: %s", len(requeued), _ids(requeued))
         for job_id in poison:
-            log.error("job %s failed as poison after %d lost deliveries", job_id, self.calls.reap.max_deliveries)
-        return requeued, poison
+            log.error("job %s failed as poison after %d lost deliveries", shown(job_id), self.calls.reap.max_deliveries)
+        return [text(i) for i in requeued], [text(i) for i in poison]
 
     def give_back(self, in_hand: set[str], min_age_s: float = 10.0) -> list[str]:
         """Re-queue our own executions that we do not hold (one atomic script)."""
         call = replace(self.calls.give_back, min_age_s=min_age_s, held=tuple(sorted(in_hand)))
-        given = [text(i) for i in unavailable(lambda: self.scripts.call(call))]
+        given, found = unavailable(lambda: self._run(call))
+        self.misfits.report(call, misfits_of(found))
         if given:
-            log.warning("re-queued %d job(s) this worker started but never received: %s", len(given), ", ".join(given))
-        return given
+            log.warning(
+                "re-queued %d job(s) started under this worker that it does not hold (a start whose reply was "
+                "lost, or a finish held back by a key of the wrong type): %s",
+                len(given),
+                _ids(given),
+            )
+        return [text(i) for i in given]
+
+
+def _ids(ids: list[Any]) -> str:
+    """Ids for a log line, escaped (``worker.store.printable``)."""
+    return ", ".join(shown(i) for i in ids)

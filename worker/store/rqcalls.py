@@ -18,6 +18,7 @@ from producer.wire.serializer import dumps
 
 from .base import JobRecord, Outcome
 from .calls import Finish, FinishJob, GiveBack, Heartbeat, Reap, Take
+from .printable import shown
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def _take(s: Setting) -> Take:
         job_prefix=keys.JOB_PREFIX,
         execution_prefix=keys.EXECUTION_PREFIX,
         executions_prefix=keys.EXECUTIONS_PREFIX,
+        results_prefix=affixes(keys.results)[0],
         max_jobs=0,
         execution_base="",
         channel=s.channel,
@@ -189,7 +191,12 @@ def finish_job(outcome: Outcome, cache: dict[str, Any] | None = None) -> FinishJ
     when the cache is off."""
     job, result = outcome.job, outcome.result
     if not result["ok"] and outcome.retry and job.retries_left > 0:
-        log.info("job %s re-queued after %s (%d retries left)", job.job_id, result["error"], job.retries_left - 1)
+        log.info(
+            "job %s re-queued after %s (%d retries left)",
+            shown(job.job_id),
+            shown(str(result["error"])),
+            job.retries_left - 1,
+        )
         return FinishJob("retry", job.job_id, job.execution_id, 0, job.started_at, retries_left=job.retries_left - 1)
     message = dumps(result)
     if not result["ok"]:
@@ -217,7 +224,9 @@ def _cache_entry(outcome: Outcome, cache: dict[str, Any] | None) -> tuple[str, b
     """The result cache's key and value for a successful result, or empty ones (not cached)."""
     if cache is None or not outcome.digest:
         return "", b""
-    return cache_key_for(outcome.digest, cache), compact(outcome.result)
+    # keyed by the tag of the model that produced it (a swap between take and finish never files an old
+    # version's answer under the new tag)
+    return cache_key_for(outcome.digest, {**cache, "tag": outcome.result["model"]}), compact(outcome.result)
 
 
 def _without_image(job: JobRecord) -> bytes:

@@ -11,6 +11,7 @@ from typing import Any
 from producer.wire.serializer import SerializationError, loads
 
 from .base import JobRecord
+from .printable import shown
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def read_record(
         if instance is not None:
             raise ValueError("job data names an instance method")
     except (ValueError, TypeError, zlib.error, SerializationError) as exc:
-        log.warning("job %s has unreadable data: %s", job_id, exc)
+        log.warning("job %s has unreadable data: %s", shown(job_id), shown(str(exc)))
         values["read_error"] = str(exc)
     return JobRecord(job_id, execution_id, started_at=started_at, taken_at=taken_at, **values)
 

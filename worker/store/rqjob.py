@@ -17,6 +17,7 @@ from rq.job import Job
 from producer.wire.jobs import allowed
 
 from ..errors import JobError
+from .printable import shown
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class AllowListedJob(Job):
         """The job's function, if allow-listed; else ``JobError("forbidden_function")``, nothing imported."""
         name = self.func_name
         if not allowed(name) or self.instance is not None:
-            log.error("job %s names %r, which is not allow-listed: refused, not imported", self.id, name)
+            log.error("job %s names %r, which is not allow-listed: refused, not imported", shown(self.id), name)
             raise JobError("forbidden_function", f"function {name!r} is not allow-listed")
         return super().func
 

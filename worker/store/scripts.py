@@ -5,12 +5,15 @@ the keys and fields that RQ 2.6-3.0's own calls write (``Execution.create``, ``J
 ``Result.create``, ``FailedJobRegistry.add``, ``Job.retry``, ``Job.cleanup``, ``Execution.delete``), so
 RQ's ``Job``/``Queue``/``Worker`` APIs read the same state; tests/contract/test_rq_writes.py compares them
 key by key. Every script is ``lua/prelude.lua`` (the shared helpers) followed by its own file; its
-arguments are one call object of ``worker.store.calls``. Scripts never fail halfway on a job: every job
-is checked before anything about it is written.
+arguments are one call object of ``worker.store.calls``. Scripts never fail halfway: each reads and checks
+first (ids, and the type of every key it will write), then writes. A script that cannot do its work because
+a key is of the wrong type writes nothing and answers ``BADTYPE`` with the keys as JSON (``WrongTypeKeys``
+here); keys it can do without are named in its reply (``worker.store.misfits``).
 """
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
+from .base import Misfit, WrongTypeKeys
 from .calls import CALLS, wire
 
 # Redis 7 runs scripts that declare allow-oom on a full Redis (maxmemory reached, noeviction): ours free
@@ -25,6 +29,7 @@ from .calls import CALLS, wire
 # flags; there a script that has written anything may go on writing, and each of ours writes first with
 # a command that a full Redis allows (LREM/LPOP, DEL, EXPIRE, ZREM, HINCRBY...), so they run there too.
 ALLOW_OOM = "#!lua flags=allow-oom\n"
+REFUSED = "BADTYPE "  # the error a script answers when keys it must write are of the wrong type (lua/prelude.lua)
 
 
 @cache
@@ -61,10 +66,17 @@ class Scripts:
 
     def call(self, call: Any) -> Any:
         """Run ``call``'s script with its ``KEYS`` and ``ARGV`` (one round trip; two after a restart wiped the
-        script cache)."""
+        script cache). ``WrongTypeKeys`` when it refused, having written nothing."""
         keys, argv = wire(call)
         try:
-            return self.connection.evalsha(self._sha(call.script), len(keys), *keys, *argv)
-        except NoScriptError:
-            self.sha.pop(call.script, None)
-            return self.connection.evalsha(self._sha(call.script), len(keys), *keys, *argv)
+            try:
+                return self.connection.evalsha(self._sha(call.script), len(keys), *keys, *argv)
+            except NoScriptError:
+                self.sha.pop(call.script, None)
+                return self.connection.evalsha(self._sha(call.script), len(keys), *keys, *argv)
+        except redis.ResponseError as exc:
+            message = str(exc)
+            if not message.startswith(REFUSED):
+                raise
+            found = [Misfit(*triple) for triple in json.loads(message[len(REFUSED) :])]
+            raise WrongTypeKeys(call.script, found) from exc

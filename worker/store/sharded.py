@@ -19,16 +19,32 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from .base import JobRecord, Outcome, QueueStore, StoreUnavailable, WorkerStats
 from .rq import RedisStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def dedicated_pool(connection: redis.Redis, socket_timeout_s: float) -> redis.ConnectionPool:
+    """A pool like ``connection``'s, for a blocking call that holds its connection (a longer read timeout);
+    through Sentinel, one that asks the same sentinels for the primary."""
+    pool = connection.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
+    kwargs["socket_timeout"] = socket_timeout_s
+    if isinstance(pool, SentinelConnectionPool):
+        return SentinelConnectionPool(
+            pool.service_name, pool.sentinel_manager, connection_class=pool.connection_class, **kwargs
+        )
+    return redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
 
 
 class _Waiter(threading.Thread):
@@ -39,11 +55,7 @@ class _Waiter(threading.Thread):
     ) -> None:
         super().__init__(name=f"shard-waiter-{index}", daemon=True)
         self.index, self.store, self.wanted, self.arrivals, self.block_s = index, store, wanted, arrivals, block_s
-        pool = store.connection.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        kwargs["socket_timeout"] = block_s + 10  # a dedicated connection: BLMOVE holds it
-        pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-        self.connection = redis.Redis(connection_pool=pool)
+        self.connection = redis.Redis(connection_pool=dedicated_pool(store.connection, block_s + 10))
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -78,6 +90,12 @@ class ShardedStore(QueueStore):
     def dropped(self) -> int:  # type: ignore[override]
         return sum(s.dropped for s in self.shards)
 
+    def wrong_type_counts(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for shard in self.shards:
+            total.update(shard.wrong_type_counts())
+        return dict(total)
+
     def _each(self, what: str, call: Callable[[RedisStore], T]) -> list[T]:
         """``call(shard)`` on every shard; a shard that is unavailable is logged and skipped, unless all are."""
         out, errors = [], []
@@ -95,6 +113,10 @@ class ShardedStore(QueueStore):
         """Register on every shard (one that is down is skipped, unless all are)."""
         self._each("register", lambda s: s.register(stop))
 
+    def announce(self, cache: dict[str, Any]) -> None:
+        """Announce on every shard (one that is down announces at its next registration)."""
+        self._each("announce", lambda s: s.announce(cache))
+
     def unregister(self) -> None:
         self._each("unregister", lambda s: s.unregister())
         for waiter in self.waiters:
@@ -104,6 +126,9 @@ class ShardedStore(QueueStore):
         jobs = self._arrived(max_jobs) + self._sweep(max_jobs)
         if jobs or timeout_s < 0.001:
             return jobs
+        if any(shard.held for shard in self.shards):  # only jobs that must stay queued: the waiters would
+            time.sleep(timeout_s)  # move them at once, again and again (see ``RedisStore.take``)
+            return []
         self.wanted.set()
         try:
             first = self.arrivals.get(timeout=timeout_s)

@@ -10,22 +10,36 @@
 -- A job no longer registered as started by this execution (a reaper gave it back meanwhile), or whose
 -- key is no longer a hash, is skipped: nothing of it is written. A job canceled while it ran (RQ's cancel
 -- drops its started entry and sets status canceled) ends canceled: an RQ failure result and an ok: false
--- "canceled" result, announced; it stays in RQ's canceled registry. Returns {skipped ids, canceled ids}.
+-- "canceled" result, announced; it stays in RQ's canceled registry.
+-- Keys of the wrong type: refuses (BADTYPE, nothing written) when the started registry or this worker's
+-- executions set is one; every job stays started under this worker. A job whose own result stream is one,
+-- a failure when the failed registry is one, a retry when the queue is one, is held: nothing of it is
+-- written, it stays started under this worker, and GIVE_BACK re-queues it (once it is fixed) as a start
+-- this worker does not hold. Optional writes are skipped: the finished registry's entry (the job, its
+-- result and its TTL are kept), the results feed, rq:queues, this worker's hash and counters (only updated
+-- while it exists), a job's executions entry (a clean-up).
+-- Returns {skipped ids, canceled ids, held ids, misfits}; misfits: {key, found, wanted} triples.
 local wip, worker_key, worker_executions, queue, queues, finished, failed, stream = unpack(KEYS, 1, 8)
 local worker_name, channel, first_start, job_prefix, dependents_prefix, dependents_suffix,
       dependencies_prefix, dependencies_suffix, execution_prefix, executions_prefix, results_prefix,
       stream_maxlen, canceled_size, canceled_pairs, canceled_exc, cache_ttl_s = unpack(ARGV, 1, 16)
 first_start, canceled_size, cache_ttl_s = tonumber(first_start), tonumber(canceled_size), tonumber(cache_ttl_s)
+local bad = {}
+if not check_all({{wip, 'zset'}, {worker_executions, 'set'}}, bad) then return refuse(bad) end
+local queue_fits, queues_fits = check(queue, 'list', bad), check(queues, 'set', bad)
+local finished_fits, failed_fits = check(finished, 'zset', bad), check(failed, 'zset', bad)
+if tonumber(stream_maxlen) > 0 and not check(stream, 'stream', bad) then stream_maxlen = 0 end
+local beat = redis.call('EXISTS', worker_key) == 1 and check(worker_key, 'hash', bad)
 local now_ts, now_s, now_us = clock()
 local ended_iso, ended_text = iso(now_s, now_us), string.format('%.6f', now_ts)
-local skipped, canceled, ok, bad = {}, {}, 0, 0
+local skipped, canceled, held, writes, ok, failures = {}, {}, {}, {}, 0, 0
 
 local function expire_or_persist(key, ttl)
   if ttl > 0 then redis.call('EXPIRE', key, ttl) elseif ttl < 0 then redis.call('PERSIST', key) end
 end
 
 -- What RQ's Job.cleanup keeps (ttl > 0), keeps for ever (ttl < 0): the job, its result stream, its
--- dependents and dependencies.
+-- dependents and dependencies (EXPIRE and PERSIST work on a key of any type).
 local function keep(job_id, job_key, results, ttl)
   expire_or_persist(results, ttl)
   expire_or_persist(job_key, ttl)
@@ -33,32 +47,48 @@ local function keep(job_id, job_key, results, ttl)
   expire_or_persist(dependencies_prefix .. job_id .. dependencies_suffix, ttl)
 end
 
+-- This run of the job is over: its execution leaves every registry (the executions entry only from a zset).
+local function unregister(job_id, execution_id, member, executions_fit)
+  redis.call('DEL', execution_prefix .. member)
+  redis.call('ZREM', wip, member)
+  if executions_fit then redis.call('ZREM', executions_prefix .. job_id, execution_id) end
+  redis.call('SREM', worker_executions, member)
+end
+
+-- Read and check: what becomes of each job. Nothing is written before the writes below.
 for i = 17, #ARGV, 11 do
   local kind, job_id, execution_id, ttl_s, started_at, message, payload, data, retries_left,
         cache_key, cache_value = unpack(ARGV, i, i + 10)
   ttl_s = tonumber(ttl_s)
   local member = job_id .. ':' .. execution_id
   local job_key, results = job_prefix .. job_id, results_prefix .. job_id
+  local is_hash = redis.call('TYPE', job_key)['ok'] == 'hash'
+  local executions_fit = check(executions_prefix .. job_id, 'zset', bad)
   if redis.call('ZSCORE', wip, member) == false then
-    if redis.call('TYPE', job_key)['ok'] == 'hash' and redis.call('HGET', job_key, 'status') == 'canceled' then
-      redis.call('DEL', execution_prefix .. member)
-      redis.call('ZREM', executions_prefix .. job_id, execution_id)
-      redis.call('SREM', worker_executions, member)
-      add_result(results, '2', worker_name, 'exc_string', canceled_exc, execution_id, started_at, ended_text)
-      announce(channel, stream, stream_maxlen, job_id, result_for(job_id, canceled_size, canceled_pairs))
+    if is_hash and redis.call('HGET', job_key, 'status') == 'canceled' then
+      local results_fit = check(results, 'stream', bad)
       canceled[#canceled + 1] = job_id
+      writes[#writes + 1] = function()
+        unregister(job_id, execution_id, member, executions_fit)
+        if results_fit then
+          add_result(results, '2', worker_name, 'exc_string', canceled_exc, execution_id, started_at, ended_text)
+        end
+        announce(channel, stream, stream_maxlen, job_id, result_for(job_id, canceled_size, canceled_pairs))
+      end
     else
       skipped[#skipped + 1] = job_id
     end
-  else
-    redis.call('DEL', execution_prefix .. member)
-    redis.call('ZREM', wip, member)
-    redis.call('ZREM', executions_prefix .. job_id, execution_id)
-    redis.call('SREM', worker_executions, member)
-    if redis.call('TYPE', job_key)['ok'] ~= 'hash' then
-      skipped[#skipped + 1] = job_id
-    elseif kind == 'ok' then
-      ok = ok + 1
+  elseif not is_hash then
+    skipped[#skipped + 1] = job_id
+    writes[#writes + 1] = function() unregister(job_id, execution_id, member, executions_fit) end
+  elseif (kind == 'ok' and not check(results, 'stream', bad))
+      or (kind == 'fail' and not (check(results, 'stream', bad) and failed_fits))
+      or (kind == 'retry' and not queue_fits) then
+    held[#held + 1] = job_id
+  elseif kind == 'ok' then
+    ok = ok + 1
+    writes[#writes + 1] = function()
+      unregister(job_id, execution_id, member, executions_fit)
       redis.call('HSET', job_key, 'status', 'finished', 'ended_at', ended_iso)
       -- the image is not needed any more: keep the call without it (RQ's Job API still reads the job)
       if data ~= '' then redis.call('HSET', job_key, 'data', data) end
@@ -67,30 +97,41 @@ for i = 17, #ARGV, 11 do
         redis.call('DEL', job_key, dependents_prefix .. job_id .. dependents_suffix,
                    dependencies_prefix .. job_id .. dependencies_suffix, results)
       else
-        redis.call('ZADD', finished, ttl_s > 0 and now_ts + ttl_s or '+inf', job_id)
+        if finished_fits then redis.call('ZADD', finished, ttl_s > 0 and now_ts + ttl_s or '+inf', job_id) end
         keep(job_id, job_key, results, ttl_s)
       end
       announce(channel, stream, stream_maxlen, job_id, message)
-      -- the result cache (repeated photos): written with the result, in the same step
+      -- the result cache (repeated photos): written with the result, in the same step (SET: any type)
       if cache_key ~= '' and cache_ttl_s > 0 then redis.call('SET', cache_key, cache_value, 'EX', cache_ttl_s) end
-    elseif kind == 'fail' then
-      bad = bad + 1
+    end
+  elseif kind == 'fail' then
+    failures = failures + 1
+    writes[#writes + 1] = function()
+      unregister(job_id, execution_id, member, executions_fit)
       redis.call('HSET', job_key, 'status', 'failed', 'ended_at', ended_iso, 'retries_left', retries_left)
       redis.call('ZADD', failed, ttl_s < 0 and '+inf' or now_ts + ttl_s, job_id)
       add_result(results, '2', worker_name, 'exc_string', payload, execution_id, started_at, ended_text)
       keep(job_id, job_key, results, ttl_s)
       announce(channel, stream, stream_maxlen, job_id, message)
-    else
-      bad = bad + 1
+    end
+  else
+    failures = failures + 1
+    writes[#writes + 1] = function()
+      unregister(job_id, execution_id, member, executions_fit)
       redis.call('HSET', job_key, 'status', 'queued', 'ended_at', ended_iso, 'enqueued_at', ended_iso,
                  'retries_left', retries_left)
       redis.call('RPUSH', queue, job_id)
-      redis.call('SADD', queues, queue)
+      if queues_fits then redis.call('SADD', queues, queue) end
     end
   end
 end
-if ok > 0 then redis.call('HINCRBY', worker_key, 'successful_job_count', ok) end
-if bad > 0 then redis.call('HINCRBY', worker_key, 'failed_job_count', bad) end
-redis.call('HINCRBYFLOAT', worker_key, 'total_working_time', math.max(0, now_ts - first_start))
-redis.call('HSET', worker_key, 'state', 'idle')
-return {skipped, canceled}
+
+-- Write.
+run_all(writes)
+if beat and #writes > 0 then
+  if ok > 0 then redis.call('HINCRBY', worker_key, 'successful_job_count', ok) end
+  if failures > 0 then redis.call('HINCRBY', worker_key, 'failed_job_count', failures) end
+  redis.call('HINCRBYFLOAT', worker_key, 'total_working_time', math.max(0, now_ts - first_start))
+  redis.call('HSET', worker_key, 'state', 'idle')
+end
+return {skipped, canceled, held, bad}

@@ -1,5 +1,6 @@
 -- The helpers every script shares, prepended to each (worker.store.scripts): Redis's clock, RQ's time
--- format, result maps completed from a template, the result feed, RQ's result stream, id checks.
+-- format, result maps completed from a template, the result feed, RQ's result stream, id checks, key
+-- type checks.
 
 -- The clock is Redis's own (TIME), so registry scores, deadlines and timestamps never depend on a
 -- worker's clock. Returns seconds (float), then whole seconds and microseconds.
@@ -82,4 +83,34 @@ local function addressable(s)
     i = i + len
   end
   return true
+end
+
+-- Keys of the wrong type. Redis keeps what a script wrote before a command failed, so a WRONGTYPE error
+-- halfway through a script would half-apply it (a take that popped ids and could not start them lost
+-- them). So every script reads and checks first, then writes: each key it will write is absent or of the
+-- type it writes there, or the script does not write it. check() appends a misfit to bad as a
+-- {key, found, wanted} triple (the caller reports each one: worker.store.misfits).
+local function check(key, want, bad)
+  local found = redis.call('TYPE', key)['ok']
+  if found == 'none' or found == want then return true end
+  bad[#bad + 1] = {key, found, want}
+  return false
+end
+
+-- check() for every {key, type} pair (each one, so that every misfit is reported); true when all fit.
+local function check_all(pairs, bad)
+  local before = #bad
+  for _, pair in ipairs(pairs) do check(pair[1], pair[2], bad) end
+  return #bad == before
+end
+
+-- The reply of a script that cannot do its work without a key that is of the wrong type: nothing has
+-- been written. worker.store.scripts turns it into WrongTypeKeys.
+local function refuse(bad)
+  return redis.error_reply('BADTYPE ' .. cjson.encode(bad))
+end
+
+-- Run the writes a script planned while it read and checked.
+local function run_all(writes)
+  for _, write in ipairs(writes) do write() end
 end
