@@ -39,13 +39,17 @@ class ProducerCache:
             try:
                 announced = parse_announcement((yield call(shard, "GET", keys.announcement(queue))))
                 raw = (yield call(shard, "GET", key_for(image_digest, announced))) if announced else None
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+                # down, or a key of another type (WRONGTYPE): a miss there, never an error for the caller
                 log.warning("cache lookup on shard %d failed (%s); counting it as a miss there", shard, exc)
                 continue
             if raw is not None:
+                try:
+                    result = cached_result(f"cached-{uuid.uuid4()}", loads(raw), meta)
+                except (ValueError, KeyError, TypeError):  # a foreign value under our key: a miss
+                    continue
                 self.hits += 1
-                job_id = f"cached-{uuid.uuid4()}"
-                self.answers[job_id] = cached_result(job_id, loads(raw), meta)
-                return job_id
+                self.answers[result["job_id"]] = result
+                return result["job_id"]
         self.misses += 1
         return None

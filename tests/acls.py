@@ -14,8 +14,8 @@ PRODUCER_ACL_62 = (
     "~classify:results:stream resetchannels &classify:results -@all +ping +hset +hget +hgetall "
     "+rpush +sadd +exists +llen +xread +xrevrange +multi +exec +watch +unwatch +subscribe +unsubscribe "
     "+xreadgroup +xack +xautoclaim +xgroup|create +xinfo|groups "
-    "~rq:canceled:classify ~rq:finished:classify ~rq:failed:classify ~rq:wip:classify ~rq:executions:* "
-    "~rq:execution:* +lrem +zadd +zrem +zremrangebyscore +zrange "
+    "~rq:canceled:classify ~rq:wip:classify ~rq:executions:* ~rq:queue:classify:intermediate "
+    "+evalsha +eval +type +time +lrem +zadd +zrem +zrange +wait "
     "~rq:adclassify:cache:* ~rq:adclassify:model:* +get"
 )
 
@@ -30,8 +30,11 @@ PRODUCER_ACL_7 = (
     "(~rq:results:* +xread) "
     "(~classify:results:stream +xreadgroup +xack +xautoclaim +xgroup|create +xinfo|groups +xread +xrevrange) "
     "(~rq:adclassify:cache:* ~rq:adclassify:model:* +get) "
-    "~rq:canceled:classify ~rq:finished:classify ~rq:failed:classify ~rq:wip:classify ~rq:executions:* "
-    "~rq:execution:* +lrem +zadd +zrem +zremrangebyscore +zrange"
+    "+time +wait "
+    "(~rq:job:* ~rq:executions:* ~rq:queue:classify ~rq:queue:classify:intermediate ~rq:wip:classify "
+    "~rq:canceled:classify +evalsha +eval +type) "
+    "(~rq:queue:classify:intermediate +lrem) (~rq:executions:* +zrange) (~rq:wip:classify +zrem) "
+    "(~rq:canceled:classify +zadd)"
 )
 
 WORKER_ACL = (

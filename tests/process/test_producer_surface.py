@@ -350,3 +350,16 @@ def test_live_workers_counts_the_workers_serving_the_queue_on_each_shard(make_pr
     assert producer.live_workers() == {producer.names[0]: 1} | dict.fromkeys(producer.names[1:], 0)
     dead = make_producer(shards=[*urls, f"redis://127.0.0.1:{free_port()}/0"])
     assert list(dead.live_workers().values())[-1] is None  # a shard that cannot be asked
+
+
+def test_a_cache_key_of_another_type_is_a_miss_not_an_error(redis_url, conn):
+    from producer.wire.cache import announcement, digest, key_for, parse_announcement
+    from producer.wire.keys import announcement as announcement_key
+
+    conn.set(announcement_key("classify"), announcement("tiny@7", "fp32", "cpu", 5, 60))
+    announced = parse_announcement(conn.get(announcement_key("classify")))
+    photo = b"\xff\xd8 not really a photo"
+    conn.hset(key_for(digest(photo), announced), "x", "y")  # a hash where a string belongs
+    producer = Producer(redis_url)
+    job_id = producer.enqueue(photo, cache=True)
+    assert not job_id.startswith("cached-") and producer.cache.misses == 1

@@ -241,7 +241,7 @@ def test_a_worker_started_before_redis_waits_for_it(tiny_model_path, tmp_path):
     log = tmp_path / "worker.log"
     proc = _worker_on(url, tiny_model_path, log)
     try:
-        wait_for(lambda: "redis unavailable at start" in log.read_text(), 60)
+        wait_for(lambda: "unreachable" in log.read_text(), 60)  # checked before the model loads
         server.start()
         conn = redis.Redis.from_url(url)
         wait_for_workers(conn, timeout_s=60)
