@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from . import dashboard
+from . import backfill, dashboard, requeue
 from .client import Producer
 from .errors import JobFailed, JobTimeout, NotReplicated, ShardUnavailable
 from .jobdata import JobOptions
@@ -323,11 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     p_status = sub.add_parser("status", help="queue depth, failed count, live workers, results feed groups")
     p_status.add_argument("--json", action="store_true", help="print JSON for scripts")
     dashboard.add_parser(sub)
+    backfill.add_parser(sub)
+    requeue.add_parser(sub)
     for command_parser in sub.choices.values():
         add_common_options(command_parser, top=False)
     args = parser.parse_args(argv)
     if args.command == "dashboard":
         return dashboard.run(args.redis_url, args, password=os.environ.get("DASHBOARD_PASSWORD"))
+    if args.command in ("backfill", "requeue"):
+        return backfill.main(args) if args.command == "backfill" else requeue.main(args)
     options = JobOptions(
         wait_replicas=getattr(args, "wait_replicas", 0), wait_timeout_ms=getattr(args, "wait_timeout_ms", 1000)
     )
