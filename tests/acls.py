@@ -16,6 +16,7 @@ PRODUCER_ACL_62 = (
     "+xreadgroup +xack +xautoclaim +xgroup|create +xinfo|groups "
     "~rq:canceled:classify ~rq:wip:classify ~rq:executions:* ~rq:queue:classify:intermediate "
     "+evalsha +eval +type +time +lrem +zadd +zrem +zrange +wait "
+    "~rq:failed:classify +persist "
     "~rq:adclassify:cache:* ~rq:adclassify:model:* +get"
 )
 
@@ -34,7 +35,9 @@ PRODUCER_ACL_7 = (
     "(~rq:job:* ~rq:executions:* ~rq:queue:classify ~rq:queue:classify:intermediate ~rq:wip:classify "
     "~rq:canceled:classify +evalsha +eval +type) "
     "(~rq:queue:classify:intermediate +lrem) (~rq:executions:* +zrange) (~rq:wip:classify +zrem) "
-    "(~rq:canceled:classify +zadd)"
+    "(~rq:canceled:classify +zadd) "
+    "(~rq:failed:classify ~rq:job:* ~rq:queue:classify ~rq:queues +evalsha +eval +type) "
+    "(~rq:failed:classify +zrange +zrem) (~rq:job:* +persist) (~rq:results:* +xrevrange)"
 )
 
 WORKER_ACL = (

@@ -143,29 +143,38 @@ class RedisRefused(RuntimeError):
 
 
 def wait_for_redis(settings: WorkerSettings, stop: threading.Event) -> bool:
-    """Before the model's seconds-long load: every Redis answers PING (waiting out one that is down, with
-    capped back-off and one line per try), or ``RedisRefused`` for credentials it refuses; False if stopped."""
-    for url in settings.redis_urls:
-        connection = connect(url, socket_connect_timeout=5, socket_timeout=5)
-        backoff = Backoff()
-        try:
-            while not stop.is_set():
-                try:
-                    connection.ping()
-                    break
-                except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
-                    raise RedisRefused(f"redis at {mask_url(url)} refuses this worker: {exc}") from None
-                except redis.ResponseError as exc:
-                    if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-                        raise RedisRefused(f"redis at {mask_url(url)} refuses this worker: {exc}") from None
-                    raise
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    delay_s = backoff.next()
-                    log.warning("redis at %s unreachable (%s); retrying in %.1f s", mask_url(url), exc, delay_s)
-                    stop.wait(delay_s)
-        finally:
-            connection.close()
-    return not stop.is_set()
+    """Before the model's seconds-long load: wait until some Redis of ``--redis-url`` answers PING (with capped
+    back-off, one line per try; a shard that is down is picked up later, as shards are), or raise
+    ``RedisRefused`` for credentials one refuses; False if stopped first."""
+    backoff = Backoff()
+    while not stop.is_set():
+        down = [url for url in settings.redis_urls if not _answers(url)]
+        if len(down) < len(settings.redis_urls):
+            for url in down:
+                log.warning("redis at %s unreachable at start: serving the other shards meanwhile", mask_url(url))
+            return True
+        delay_s = backoff.next()
+        log.warning("redis unreachable (%s); retrying in %.1f s", ", ".join(map(mask_url, down)), delay_s)
+        stop.wait(delay_s)
+    return False
+
+
+def _answers(url: str) -> bool:
+    """Whether the Redis at ``url`` answers PING; ``RedisRefused`` when it refuses our credentials."""
+    connection = connect(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        connection.ping()
+        return True
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        raise RedisRefused(f"redis at {mask_url(url)} refuses this worker: {exc}") from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise RedisRefused(f"redis at {mask_url(url)} refuses this worker: {exc}") from None
+        raise
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
+    finally:
+        connection.close()
 
 
 def register(store: QueueStore, stop: threading.Event) -> bool:

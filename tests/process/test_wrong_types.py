@@ -35,7 +35,7 @@ def test_keys_of_the_wrong_type_written_by_the_producer_user_cost_no_job(redis_u
     producer_url, worker_url = set_users(conn, redis_url, PRODUCER_ACL_62)
     hostile = redis.Redis.from_url(producer_url)
     hostile.hset(WIP, "x", "y")  # the one command
-    hostile.hset("rq:finished:classify", "x", "y")
+    conn.hset("rq:finished:classify", "x", "y")  # another client's doing: the producer user may not write it now
     hostile.sadd("rq:failed:classify", "x")
     hostile.rpush("classify:results:stream", "x")
     port, log = free_port(), tmp_path / "worker.log"
