@@ -22,17 +22,12 @@ before or wholly after it.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from enum import Enum
-from functools import cache
-from importlib.resources import files
-from typing import Any
-
-from redis.exceptions import NoScriptError
 
 from .errors import CannotCancel, JobNotFound
-from .ops import Procedure, call
+from .ops import Procedure
+from .scripts import ScriptCall, key_field, load, run
 from .wire import keys
 
 CANCELED_ERROR = {"type": "canceled", "message": "the job was canceled"}
@@ -54,22 +49,17 @@ class CancelOutcome(str, Enum):
         return self.value
 
 
-def _key() -> Any:
-    """A field of ``CancelCall`` that travels in ``KEYS``."""
-    return field(metadata={"keys": True})
-
-
 @dataclass(frozen=True)
-class CancelCall:
+class CancelCall(ScriptCall):
     """CANCEL's arguments, in wire order (the header of ``lua/cancel.lua`` names the same fields):
     the job's keys, then its queue's, in ``KEYS``; the id and the queue's name in ``ARGV``."""
 
-    job: str = _key()
-    executions: str = _key()
-    queue: str = _key()
-    intermediate: str = _key()
-    wip: str = _key()
-    canceled: str = _key()
+    job: str = key_field()
+    executions: str = key_field()
+    queue: str = key_field()
+    intermediate: str = key_field()
+    wip: str = key_field()
+    canceled: str = key_field()
     job_id: str
     queue_name: str
 
@@ -87,35 +77,16 @@ class CancelCall:
             queue_name=queue,
         )
 
-    def wire(self) -> tuple[list[str], list[str]]:
-        """``KEYS`` and ``ARGV``, in the fields' order."""
-        out: dict[bool, list[str]] = {True: [], False: []}
-        for f in fields(self):
-            out[bool(f.metadata.get("keys"))].append(getattr(self, f.name))
-        return out[True], out[False]
 
-
-@cache
 def script() -> tuple[str, str]:
     """The script's text, as shipped in the package, and its SHA-1 (what ``EVALSHA`` names)."""
-    text = files(__package__).joinpath("lua", "cancel.lua").read_text(encoding="utf-8")
-    return text, hashlib.sha1(text.encode()).hexdigest()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return load("cancel")
 
 
 def run_cancel(shard: int, cancel: CancelCall) -> Procedure[tuple[str, str]]:
-    """One run of the script on ``shard`` (``EVALSHA``; ``EVAL`` when the server does not have it yet, which
-    also caches it there); its ``(outcome, detail)``."""
-    text, sha = script()
-    keys_, argv = cancel.wire()
-    try:
-        reply = yield call(shard, "EVALSHA", sha, len(keys_), *keys_, *argv)
-    except NoScriptError:
-        reply = yield call(shard, "EVAL", text, len(keys_), *keys_, *argv)
-    return _text(reply[0]), _text(reply[1])
+    """One run of the script on ``shard`` (``EVALSHA``; ``EVAL`` when the server does not have it yet); its
+    ``(outcome, detail)``."""
+    return (yield from run(shard, "cancel", cancel))
 
 
 def cancel_job(shard: int, job_id: str, queue: str) -> Procedure[CancelOutcome]:

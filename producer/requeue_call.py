@@ -7,24 +7,14 @@ such gap. The outcomes are the script header's.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import cache
-from importlib.resources import files
-from typing import Any
 
-from redis.exceptions import NoScriptError
-
-from .ops import Procedure, call
+from .ops import Procedure
+from .scripts import ScriptCall, key_field, load, run
 from .wire import keys
 
 REQUEUED = "requeued"
-
-
-def _key() -> Any:
-    """A field of ``RequeueCall`` that travels in ``KEYS``."""
-    return field(metadata={"keys": True})
 
 
 def rq_time(moment: datetime) -> str:
@@ -33,15 +23,15 @@ def rq_time(moment: datetime) -> str:
 
 
 @dataclass(frozen=True)
-class RequeueCall:
+class RequeueCall(ScriptCall):
     """REQUEUE's arguments, in wire order (the header of ``lua/requeue.lua`` names the same fields): the failed
     registry, the job, the queue and RQ's set of queues in ``KEYS``; the id, the queue's name and the enqueue time
     (the client's clock, as RQ's requeue takes it) in ``ARGV``."""
 
-    failed: str = _key()
-    job: str = _key()
-    queue: str = _key()
-    queues: str = _key()
+    failed: str = key_field()
+    job: str = key_field()
+    queue: str = key_field()
+    queues: str = key_field()
     job_id: str
     queue_name: str
     enqueued_at: str
@@ -59,32 +49,13 @@ class RequeueCall:
             enqueued_at=rq_time(now or datetime.now(timezone.utc)),
         )
 
-    def wire(self) -> tuple[list[str], list[str]]:
-        """``KEYS`` and ``ARGV``, in the fields' order."""
-        out: dict[bool, list[str]] = {True: [], False: []}
-        for f in fields(self):
-            out[bool(f.metadata.get("keys"))].append(getattr(self, f.name))
-        return out[True], out[False]
 
-
-@cache
 def script() -> tuple[str, str]:
     """The script's text, as shipped in the package, and its SHA-1 (what ``EVALSHA`` names)."""
-    text = files(__package__).joinpath("lua", "requeue.lua").read_text(encoding="utf-8")
-    return text, hashlib.sha1(text.encode()).hexdigest()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return load("requeue")
 
 
 def run_requeue(shard: int, requeue: RequeueCall) -> Procedure[tuple[str, str]]:
     """One run of the script on ``shard`` (``EVALSHA``; ``EVAL`` when the server does not have it yet); its
     ``(outcome, detail)``."""
-    text, sha = script()
-    keys_, argv = requeue.wire()
-    try:
-        reply = yield call(shard, "EVALSHA", sha, len(keys_), *keys_, *argv)
-    except NoScriptError:
-        reply = yield call(shard, "EVAL", text, len(keys_), *keys_, *argv)
-    return _text(reply[0]), _text(reply[1])
+    return (yield from run(shard, "requeue", requeue))

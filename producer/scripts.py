@@ -1,0 +1,57 @@
+"""The producer's own Lua scripts (``producer/lua/*.lua``): loading, the call's wire shape, one run.
+
+Each script's arguments are one frozen dataclass (a ``ScriptCall``) whose field order is the wire order:
+fields made with ``key_field()`` travel in ``KEYS``, the others in ``ARGV`` (the script's header names the
+same fields, in the same order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import field, fields
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from .ops import Procedure, call
+
+
+def key_field() -> Any:
+    """A field of a script call that travels in ``KEYS``."""
+    return field(metadata={"keys": True})
+
+
+class ScriptCall:
+    """A mixin for a script's frozen call dataclass: ``wire()`` gives its ``KEYS`` and ``ARGV``."""
+
+    def wire(self) -> tuple[list[str], list[str]]:
+        """``KEYS`` and ``ARGV``, in the fields' order."""
+        out: dict[bool, list[str]] = {True: [], False: []}
+        for f in fields(self):  # type: ignore[arg-type]
+            out[bool(f.metadata.get("keys"))].append(getattr(self, f.name))
+        return out[True], out[False]
+
+
+@cache
+def load(name: str) -> tuple[str, str]:
+    """Script ``name``'s text, as shipped in the package, and its SHA-1 (what ``EVALSHA`` names)."""
+    text = files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return text, hashlib.sha1(text.encode()).hexdigest()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def run(shard: int, name: str, script_call: ScriptCall) -> Procedure[tuple[str, str]]:
+    """One run of script ``name`` on ``shard`` (``EVALSHA``; ``EVAL`` when the server does not have it yet, which
+    also caches it there); its ``(outcome, detail)``."""
+    text, sha = load(name)
+    keys_, argv = script_call.wire()
+    try:
+        reply = yield call(shard, "EVALSHA", sha, len(keys_), *keys_, *argv)
+    except NoScriptError:
+        reply = yield call(shard, "EVAL", text, len(keys_), *keys_, *argv)
+    return _text(reply[0]), _text(reply[1])
