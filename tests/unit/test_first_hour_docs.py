@@ -49,3 +49,9 @@ def test_push_help_keeps_the_readme_promise_of_top3_labels():
         [sys.executable, "-m", "producer", "push", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
     ).stdout
     assert "top-3" in out and "--redis-url" in out  # the global options are accepted after the command too
+
+
+def test_every_worker_flag_is_in_the_readmes_table():
+    from worker.config import FLAGS
+
+    assert [flag for flag, _, _, _ in FLAGS if f"| `{flag}` |" not in README] == []
