@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -100,5 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(argv)
 
 
+def exit_now(code: int) -> None:
+    """Run the exit handlers (log and trace flushes), then end the process without tearing torch down: an
+    AOTInductor package's runner holds C++ threads whose destructors abort the process (SIGABRT, "terminate
+    called without an active exception") when the interpreter finalizes after a clean stop. A launcher's
+    children end this way already (multiprocessing's ``os._exit``)."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
