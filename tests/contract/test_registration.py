@@ -29,7 +29,7 @@ def test_takes_and_finishes_after_redis_lost_everything_leave_the_reregistration
     assert conn.exists("rq:worker:w1") == 0  # no partial hash that would look registered
     store.heartbeat(WorkerStats())
     assert [w.name for w in Worker.all(connection=conn)] == ["w1"]
-    assert [w["name"] for w in gather(conn, "classify")["workers"]] == ["w1"]
+    assert [(w["name"], w["state"]) for w in gather(conn, "classify")["workers"]] == [("w1", "idle")]  # not '?'
     assert conn.hget("rq:worker:w1", "birth") and conn.ttl("rq:worker:w1") > 0
     Producer(redis_url).enqueue_many([b"d"])
     store.finish([ok(job) for job in store.take(1, 0.1)])  # registered again: counted from here on

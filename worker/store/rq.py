@@ -123,7 +123,9 @@ class RedisStore(QueueStore):
         worker = self.rq_worker
         worker.birth_date = worker.last_heartbeat = datetime.now(timezone.utc)
         sets = (keys.WORKERS, *(keys.queue_workers(q) for q in self.queues))
-        fields = tuple(v for pair in worker.serialize().items() for v in pair)
+        # RQ's register_birth leaves 'state' to a later set_state: ours comes with the next take or finish, so
+        # a worker registered again mid-run (a Redis restart) would read '?' until then
+        fields = tuple(v for pair in {**worker.serialize(), "state": "idle"}.items() for v in pair)
         call = Register(worker_key=worker.key, sets=sets, ttl_s=worker.worker_ttl + 60, fields=fields)
         unavailable(lambda: self._run(call))
         if self.cache is not None:
