@@ -57,7 +57,7 @@ def unavailable(call: Callable[[], T]) -> T:
         return call()
     except redis.OutOfMemoryError as exc:
         raise StoreFull(f"redis is full (maxmemory): {exc}") from exc
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:  # READONLY: mid-failover
         raise StoreUnavailable(str(exc)) from exc
     except redis.RedisError as exc:  # a refusal (NOPERM after an ACL change, a script error): logged, retried
         log.error("redis refused a call: %s", exc)
@@ -95,6 +95,8 @@ class RedisStore(QueueStore):
         self.dropped = 0  # queued ids dropped unstarted: not UTF-8 (see ``take``)
         self.held = 0  # queued ids the last take left queued: keys of their own are of the wrong type
         self.misfits = MisfitReport()  # keys of the wrong type the scripts found
+        self._claimed = False  # our name is ours (claimed once per process: a retry must not wait for itself)
+        self._announce_due = False  # an announcement a full Redis refused: the next heartbeat writes it
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -119,17 +121,23 @@ class RedisStore(QueueStore):
         unavailable(self.scripts.load)
         if not self.primary:
             return
-        unavailable(lambda: claim_name(self.connection, self.worker_name, self.worker_ttl_s, self.reap, stop))
+        if not self._claimed:  # a registration retried after a failed write finds its own name: no wait
+            unavailable(lambda: claim_name(self.connection, self.worker_name, self.worker_ttl_s, self.reap, stop))
+            self._claimed = True
         worker = self.rq_worker
         worker.birth_date = worker.last_heartbeat = datetime.now(timezone.utc)
         sets = (keys.WORKERS, *(keys.queue_workers(q) for q in self.queues))
         # RQ's register_birth leaves 'state' to a later set_state: ours comes with the next take or finish, so
         # a worker registered again mid-run (a Redis restart) would read '?' until then
-        fields = tuple(v for pair in {**worker.serialize(), "state": "idle"}.items() for v in pair)
+        fields = tuple(v for pair in {**worker.serialize(), "state": "idle", **self._model()}.items() for v in pair)
         call = Register(worker_key=worker.key, sets=sets, ttl_s=worker.worker_ttl + 60, fields=fields)
         unavailable(lambda: self._run(call))
         if self.cache is not None:
             self.announce(self.cache)
+
+    def _model(self) -> dict[str, str]:
+        """The worker hash's ``model`` field: the tag of the model this worker serves (``producer status``)."""
+        return {"model": str(self.cache["tag"])} if self.cache else {}
 
     def announce(self, cache: dict[str, Any]) -> None:
         """What results we write (model tag, precision, decode, top-k, cache TTL), for producers' cache lookups
@@ -137,8 +145,14 @@ class RedisStore(QueueStore):
         self.cache = cache
         if not self.primary:
             return
-        for queue in self.queues:
-            unavailable(lambda q=queue: self.connection.set(keys.announcement(q), announcement(**cache)))
+        try:
+            for queue in self.queues:
+                unavailable(lambda q=queue: self.connection.set(keys.announcement(q), announcement(**cache)))
+            self._announce_due = False
+        except StoreFull:  # optional (producers skip cache lookups without it): a full Redis must not stop a start
+            if not self._announce_due:
+                log.warning("redis is full: announcing this worker's results for cache lookups at a later heartbeat")
+            self._announce_due = True
 
     def _run(self, call: Any) -> Any:
         """Run a script call; if it refused because keys it must write are of the wrong type, report them and
@@ -262,8 +276,11 @@ class RedisStore(QueueStore):
         now = iso(datetime.now(timezone.utc))
         misfits = json.dumps(self.misfits.recent(3 * self.worker_ttl_s))  # for ``producer status``
         fields = ("last_heartbeat", now, "batches", stats.batches, "images_per_s_1m", stats.images_per_s_1m)
-        call = replace(beat, fields=(*fields, "wrong_type_keys", misfits))
+        model = tuple(v for pair in self._model().items() for v in pair)  # after a swap: the new tag
+        call = replace(beat, fields=(*fields, "wrong_type_keys", misfits, *model))
         backlog, registered, found = unavailable(lambda: self._run(call))
+        if self._announce_due and self.cache is not None:
+            self.announce(self.cache)
         self.misfits.report(call, misfits_of(found))
         if not registered:
             log.warning(
