@@ -1,5 +1,5 @@
 """A job's final result: reading RQ's result stream of the job until a final entry comes (a procedure,
-``producer.ops``), and what such an entry means (the result map, or ``JobFailed``)."""
+``producer.ops``), what such an entry means (the result map, or ``JobFailed``), and a lean result's meta."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .cancel import CANCELED_ERROR
 from .errors import JobFailed, JobTimeout
 from .ops import Batch, Procedure, Sleep, call, command
 from .wire import keys
+from .wire.jobs import meta_of
 from .wire.results import parse_exc_string, validate_result
 from .wire.serializer import MsgpackSerializer
 
@@ -57,6 +58,7 @@ def wait_for_result(shard: int, job_id: str, timeout_s: float) -> Procedure[dict
             last_id = result_id
             final = final_result(job_id, result_id, payload)
             if final is not None:
+                yield from with_meta(shard, [final])
                 return final
         if status == b"canceled" or status == "canceled":
             # canceled: before it ran no result comes; while it ran, its worker's comes, failed "canceled" too
@@ -66,3 +68,13 @@ def wait_for_result(shard: int, job_id: str, timeout_s: float) -> Procedure[dict
             exists = yield call(shard, "EXISTS", job_key)
             raise JobTimeout(job_id, timeout_s, "" if exists else " (no such job)")
         block = ("BLOCK", min(left_ms, MAX_BLOCK_MS))
+
+
+def with_meta(shard: int, results: list[dict[str, Any]]) -> Procedure[None]:
+    """Give results written lean on a nearly full Redis (``meta`` nil: ``LEAN_AFTER_BYTES``) their jobs' meta,
+    from the jobs' data, in one round trip; it stays nil for a job that is gone."""
+    lean = [result for result in results if result.get("meta") is None]
+    if lean:
+        data = yield Batch(shard, tuple(command("HGET", keys.job(result["job_id"]), "data") for result in lean))
+        for result, job_data in zip(lean, data, strict=True):
+            result["meta"] = meta_of(job_data)

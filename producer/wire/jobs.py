@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .serializer import SerializationError, dumps
+from .serializer import SerializationError, dumps, loads
 
 DEFAULT_QUEUE = "classify"
 TASK_NAME = "worker.tasks.classify"
@@ -138,3 +139,31 @@ def parse_job_args(args: Any, kwargs: Any) -> tuple[bytes | ImageRef, dict[str, 
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
         raise ProtocolError(f"deadline must be a Unix time in seconds, got {type(deadline).__name__}")
     return (image if isinstance(image, ImageRef) else bytes(image)), meta
+
+
+def inflate(data: bytes | None, max_bytes: int) -> bytes:
+    """RQ's ``data`` field: zlib-compressed or plain; decompressed with a bound (no zip bombs)."""
+    if not data:
+        raise ValueError("the job hash has no data")
+    if len(data) > max_bytes:
+        raise ValueError(f"job data is {len(data)} bytes, over the limit of {max_bytes}")
+    try:
+        inflater = zlib.decompressobj()
+        out = inflater.decompress(data, max_bytes)
+    except zlib.error:
+        return data
+    if inflater.unconsumed_tail:
+        raise ValueError(f"job data inflates past the limit of {max_bytes} bytes")
+    return out
+
+
+def meta_of(data: bytes | None, max_bytes: int = 32 << 20) -> dict[str, Any] | None:
+    """The ``meta`` of a job's call from its hash's ``data`` (RQ's, compressed or not); None when the job is
+    gone or its data is unreadable. A result written on a nearly full Redis carries ``meta`` nil: it is here."""
+    try:
+        call = loads(inflate(data, max_bytes))
+    except (ValueError, zlib.error, SerializationError):
+        return None
+    kwargs = call[3] if isinstance(call, list | tuple) and len(call) == 4 else None
+    meta = kwargs.get("meta") if isinstance(kwargs, dict) else None
+    return meta if isinstance(meta, dict) else {} if isinstance(kwargs, dict) else None

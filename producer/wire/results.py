@@ -12,6 +12,10 @@ PROTOCOL_VERSION = 1  # the result map's wire version, written as ``v`` (a resul
 RESULT_KEYS = ("job_id", "ok", "label", "score", "topk", "model", "worker", "timings_ms", "error", "meta")
 TIMING_KEYS = ("queue", "decode", "infer", "total")
 DEFAULT_RESULTS_MAXLEN = 100_000  # entries kept in the results feed (approximate trim); see RELIABILITY.md
+# On a nearly full Redis (90% of maxmemory) a result whose message is this long or longer, with a meta, is
+# written to RQ's result stream and the feed with ``meta`` nil: the meta stays once, in the job's data
+# (``kwargs["meta"]``), where the producer's readers take it from (``with_meta``). RELIABILITY.md.
+LEAN_AFTER_BYTES = 1024
 
 # Errors the store's scripts answer themselves (no worker code runs for these jobs).
 GONE = {"type": "job_gone", "message": "the job's data expired or was deleted before it ran"}

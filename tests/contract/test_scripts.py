@@ -112,8 +112,8 @@ def test_a_call_flattens_to_keys_then_argv_in_field_order_with_each_job_in_turn(
     keys_out, argv = wire(replace(calls.finish, jobs=jobs))
     assert keys_out == [getattr(calls.finish, name) for name in shape(Finish)["KEYS"]]
     fixed = len(shape(Finish)["ARGV"]) - 1
-    assert argv[fixed : fixed + 4] == ["ok", "j1", "e1", 1] and argv[fixed + 11 : fixed + 15] == ["ok", "j2", "e2", 2]
-    assert len(argv) == fixed + 22
+    assert argv[fixed : fixed + 4] == ["ok", "j1", "e1", 1] and argv[fixed + 13 : fixed + 17] == ["ok", "j2", "e2", 2]
+    assert len(argv) == fixed + 26
 
 
 @pytest.fixture

@@ -85,8 +85,9 @@ class Take:
 class FinishJob(NamedTuple):
     """FINISH's values for one job (a tuple: it is its own wire form, cheap to build per job). ``kind`` ok |
     fail | retry; ``payload`` the return value (ok) or RQ's ``exc_string`` (fail), base64; ``data`` the call
-    without its image (ok); ``cache_key`` empty when the result is not cached. What a kind does not use is
-    empty."""
+    without its image (ok); ``cache_key`` empty when the result is not cached; ``lean_message`` and
+    ``lean_payload``: the result with ``meta`` nil, written instead on a nearly full Redis (the meta then stays
+    in the job's data only), empty for a small meta. What a kind does not use is empty."""
 
     kind: str
     job_id: str
@@ -99,6 +100,8 @@ class FinishJob(NamedTuple):
     retries_left: int = 0
     cache_key: str = ""
     cache_value: bytes = b""
+    lean_message: bytes = b""
+    lean_payload: bytes = b""
 
 
 @dataclass(frozen=True)

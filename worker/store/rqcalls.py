@@ -13,7 +13,14 @@ from typing import Any
 from producer.wire import keys
 from producer.wire.cache import compact
 from producer.wire.cache import key_for as cache_key_for
-from producer.wire.results import CANCELED, GONE, exc_string_for, poison_error, script_template
+from producer.wire.results import (
+    CANCELED,
+    GONE,
+    LEAN_AFTER_BYTES,
+    exc_string_for,
+    poison_error,
+    script_template,
+)
 from producer.wire.serializer import dumps
 
 from .base import JobRecord, Outcome
@@ -199,11 +206,21 @@ def finish_job(outcome: Outcome, cache: dict[str, Any] | None = None) -> FinishJ
         )
         return FinishJob("retry", job.job_id, job.execution_id, 0, job.started_at, retries_left=job.retries_left - 1)
     message = dumps(result)
+    lean = _lean(result, message)
     if not result["ok"]:
         ttl = DEFAULT_FAILURE_TTL_S if job.failure_ttl_s is None else job.failure_ttl_s
         # A deterministic failure would fail the same way again: no retries left (as the plain-rq path records it).
         failure = exc_text(result["error"])
-        return FinishJob("fail", job.job_id, job.execution_id, ttl, job.started_at, message=message, payload=failure)
+        return FinishJob(
+            "fail",
+            job.job_id,
+            job.execution_id,
+            ttl,
+            job.started_at,
+            message=message,
+            payload=failure,
+            lean_message=lean,
+        )
     ttl = DEFAULT_RESULT_TTL_S if job.result_ttl_s is None else job.result_ttl_s
     cache_key, cache_value = _cache_entry(outcome, cache)
     return FinishJob(
@@ -217,7 +234,18 @@ def finish_job(outcome: Outcome, cache: dict[str, Any] | None = None) -> FinishJ
         data=_without_image(job),
         cache_key=cache_key,
         cache_value=cache_value,
+        lean_message=lean,
+        lean_payload=b64encode(lean) if lean else b"",
     )
+
+
+def _lean(result: dict[str, Any], message: bytes) -> bytes:
+    """The result with ``meta`` nil, for a nearly full Redis: the meta is then stored once, in the job's data,
+    not again in RQ's result stream and the feed (``producer.wire.results.LEAN_AFTER_BYTES``); empty when the
+    meta is small (not worth a second message)."""
+    if not result["meta"] or len(message) < LEAN_AFTER_BYTES:
+        return b""
+    return dumps({**result, "meta": None})
 
 
 def _cache_entry(outcome: Outcome, cache: dict[str, Any] | None) -> tuple[str, bytes]:

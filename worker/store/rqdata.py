@@ -8,6 +8,7 @@ import zlib
 from datetime import datetime, timezone
 from typing import Any
 
+from producer.wire.jobs import inflate
 from producer.wire.serializer import SerializationError, loads
 
 from .base import JobRecord
@@ -38,22 +39,6 @@ def read_record(
         log.warning("job %s has unreadable data: %s", shown(job_id), shown(str(exc)))
         values["read_error"] = str(exc)
     return JobRecord(job_id, execution_id, started_at=started_at, taken_at=taken_at, **values)
-
-
-def inflate(data: bytes | None, max_bytes: int) -> bytes:
-    """RQ's ``data`` field: zlib-compressed or plain; decompressed with a bound (no zip bombs)."""
-    if not data:
-        raise ValueError("the job hash has no data")
-    if len(data) > max_bytes:
-        raise ValueError(f"job data is {len(data)} bytes, over the limit of {max_bytes}")
-    try:
-        inflater = zlib.decompressobj()
-        out = inflater.decompress(data, max_bytes)
-    except zlib.error:
-        return data
-    if inflater.unconsumed_tail:
-        raise ValueError(f"job data inflates past the limit of {max_bytes} bytes")
-    return out
 
 
 def text(value: Any) -> str:

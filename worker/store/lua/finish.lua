@@ -4,9 +4,12 @@
 --       dependencies_prefix, dependencies_suffix, execution_prefix, executions_prefix, results_prefix,
 --       stream_maxlen, canceled_size, canceled_pairs, canceled_exc, cache_ttl_s, jobs...
 -- ARGV per job: kind, job_id, execution_id, ttl_s, started_at, message, payload, data, retries_left,
---       cache_key, cache_value
+--       cache_key, cache_value, lean_message, lean_payload
 -- kind: ok | fail | retry; payload: the return value (ok) or RQ's exc_string (fail), base64; data: the
--- job's call without its image (ok) or ''; cache_key: '' when the result is not cached.
+-- job's call without its image (ok) or ''; cache_key: '' when the result is not cached; lean_message and
+-- lean_payload: the result with meta nil, written to RQ's result stream and the feed instead when Redis is
+-- nearly full (the meta is then stored once: in the job's data), '' for a small meta. Nearly full, the cache
+-- is not written either.
 -- A job no longer registered as started by this execution (a reaper gave it back meanwhile), or whose
 -- key is no longer a hash, is skipped: nothing of it is written. A job canceled while it ran (RQ's cancel
 -- drops its started entry and sets status canceled) ends canceled: an RQ failure result and an ok: false
@@ -33,6 +36,13 @@ local beat = redis.call('EXISTS', worker_key) == 1 and check(worker_key, 'hash',
 local now_ts, now_s, now_us = clock()
 local ended_iso, ended_text = iso(now_s, now_us), string.format('%.6f', now_ts)
 local skipped, canceled, held, writes, ok, failures = {}, {}, {}, {}, 0, 0
+local full  -- nearly_full(), asked once and only when a job has something to leave out
+
+local function lean(optional)
+  if optional == '' then return false end
+  if full == nil then full = nearly_full() end
+  return full
+end
 
 local function expire_or_persist(key, ttl)
   if ttl > 0 then redis.call('EXPIRE', key, ttl) elseif ttl < 0 then redis.call('PERSIST', key) end
@@ -56,9 +66,15 @@ local function unregister(job_id, execution_id, member, executions_fit)
 end
 
 -- Read and check: what becomes of each job. Nothing is written before the writes below.
-for i = 17, #ARGV, 11 do
+for i = 17, #ARGV, 13 do
   local kind, job_id, execution_id, ttl_s, started_at, message, payload, data, retries_left,
-        cache_key, cache_value = unpack(ARGV, i, i + 10)
+        cache_key, cache_value, lean_message, lean_payload = unpack(ARGV, i, i + 12)
+  local feed_message = message
+  if lean(lean_message) then
+    feed_message = lean_message
+    if lean_payload ~= '' then payload = lean_payload end
+  end
+  if lean(cache_key) then cache_key = '' end
   ttl_s = tonumber(ttl_s)
   local member = job_id .. ':' .. execution_id
   local job_key, results = job_prefix .. job_id, results_prefix .. job_id
@@ -100,7 +116,7 @@ for i = 17, #ARGV, 11 do
         if finished_fits then redis.call('ZADD', finished, ttl_s > 0 and now_ts + ttl_s or '+inf', job_id) end
         keep(job_id, job_key, results, ttl_s)
       end
-      announce(channel, stream, stream_maxlen, job_id, message)
+      announce(channel, stream, stream_maxlen, job_id, message, feed_message)
       -- the result cache (repeated photos): written with the result, in the same step (SET: any type)
       if cache_key ~= '' and cache_ttl_s > 0 then redis.call('SET', cache_key, cache_value, 'EX', cache_ttl_s) end
     end
@@ -112,7 +128,7 @@ for i = 17, #ARGV, 11 do
       redis.call('ZADD', failed, ttl_s < 0 and '+inf' or now_ts + ttl_s, job_id)
       add_result(results, '2', worker_name, 'exc_string', payload, execution_id, started_at, ended_text)
       keep(job_id, job_key, results, ttl_s)
-      announce(channel, stream, stream_maxlen, job_id, message)
+      announce(channel, stream, stream_maxlen, job_id, message, feed_message)
     end
   else
     failures = failures + 1

@@ -43,12 +43,22 @@ local function result_for(job_id, npairs, rest)
   return head .. mp_str('job_id') .. mp_str(job_id) .. rest
 end
 
--- Every final result goes to the channel (best-effort) and the durable feed (a capped stream; 0: no feed).
-local function announce(channel, stream, maxlen, job_id, message)
+-- Every final result goes to the channel (best-effort) and the durable feed (a capped stream; 0: no feed);
+-- the feed's copy may be a lean one (see nearly_full).
+local function announce(channel, stream, maxlen, job_id, message, feed_message)
   redis.call('PUBLISH', channel, message)
   if tonumber(maxlen) > 0 then
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'job_id', job_id, 'result', message)
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'job_id', job_id, 'result', feed_message or message)
   end
+end
+
+-- True when Redis holds 90% of its maxmemory or more (never without a maxmemory). Scripts run on a full
+-- Redis (allow-oom) so that workers drain it; there they write nothing optional (the result cache) and a
+-- result's meta once (in the job's data, not again in RQ's result stream and the feed): RELIABILITY.md.
+local function nearly_full()
+  local info = redis.call('INFO', 'memory')
+  local limit = tonumber(string.match(info, '\nmaxmemory:(%d+)') or '0')
+  return limit > 0 and tonumber(string.match(info, '\nused_memory:(%d+)') or '0') >= 0.9 * limit
 end
 
 -- One entry of a job's RQ result stream, as RQ's Result.create writes it: kind '1' (successful, value
