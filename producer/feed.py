@@ -25,6 +25,7 @@ import redis
 from .drivers import AsyncDriver, SyncDriver
 from .groupcursor import CREATE, Entry, GroupCursor
 from .ops import Call, Command, Procedure, Sleep, call
+from .results import with_meta
 from .wire.feed import group_rows
 from .wire.keys import results_stream
 
@@ -45,6 +46,17 @@ class Retry:
     def failed(self, exc: Exception) -> float:
         if not self.delay_s:
             log.warning("results feed: Redis unreachable (%s); retrying", exc)
+        self.delay_s = min(MAX_RETRY_S, self.delay_s * 2 or 0.1)
+        return self.delay_s
+
+    def wrong_type(self, stream: str, exc: Exception) -> float:
+        """The feed's key is not a stream (another client made it a list, a hash...): wait, once warned."""
+        if not self.delay_s:
+            log.warning(
+                "results feed: %s is not a stream (%s); delete it (RELIABILITY.md, 'Keys of the wrong type'); retrying",
+                stream,
+                exc,
+            )
         self.delay_s = min(MAX_RETRY_S, self.delay_s * 2 or 0.1)
         return self.delay_s
 
@@ -71,7 +83,9 @@ class ShardReader:
             try:
                 self.cursor.take((yield Call(self.shard, Command(self.cursor.next_command()))))
             except redis.ResponseError as exc:
-                if not self.cursor.failed(exc):
+                if str(exc).startswith("WRONGTYPE"):
+                    self.retry.wrong_type(self.cursor.stream, exc)  # the group is created by a later read
+                elif not self.cursor.failed(exc):
                     raise
 
     def ack(self) -> Procedure[None]:
@@ -106,11 +120,22 @@ class ShardReader:
             yield Sleep(min(self.retry.failed(exc), (max_block_ms or 10**9) / 1000))
             return
         except redis.ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                yield Sleep(min(self.retry.wrong_type(self.cursor.stream, exc), (max_block_ms or 10**9) / 1000))
+                return
             if self.cursor.failed(exc):
                 return
             raise
         self.retry.reset()
-        for entry in self.cursor.take(reply):
+        entries = self.cursor.take(reply)
+        while True:  # read and not acknowledged: retried here, so that none goes out without its meta
+            try:
+                yield from with_meta(self.shard, [entry.result for entry in entries if entry.result is not None])
+                break
+            except _RETRIED as exc:
+                yield Sleep(self.retry.failed(exc))
+        self.retry.reset()
+        for entry in entries:
             if entry.result is None:
                 yield from self._ack(entry.id)  # deleted or malformed: never delivered, never again
             else:
