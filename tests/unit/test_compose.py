@@ -47,6 +47,15 @@ def test_redis_has_a_memory_cap_that_refuses_rather_than_evicts_jobs():
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
 
 
+def test_every_redis_keeps_a_finished_jobs_result_stream_small():
+    # tests/process/test_full_redis.py measures memory with the same setting
+    servers = [s for s in SERVICES.values() if s.get("command") and s["command"][0] == "redis-server"]
+    assert len(servers) == 3
+    for service in servers:
+        command = service["command"]
+        assert command[command.index("--stream-node-max-bytes") + 1] == "1024"
+
+
 def seconds(text: str) -> float:
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     for unit in ("ms", "s", "m", "h"):
