@@ -100,14 +100,14 @@ class Heartbeat(threading.Thread):
         while True:
             try:
                 self.beat()
+                self.stats.outage.answered()
                 if time.monotonic() >= next_reap:
                     self.store.reap()
                     self.store.give_back(self.hand.snapshot())
                     self.feed_lags()
                     next_reap = time.monotonic() + self.reap_s
             except StoreUnavailable as exc:
-                self.stats.store_error(exc)
-                log.warning("heartbeat: queue store unavailable: %s", exc)
+                self.stats.store_error(exc, "heartbeat")
             except Exception:  # this thread keeps us alive: log anything unexpected, never die of it
                 log.exception("heartbeat: unexpected error (beating on)")
             if not self.wait_next(time.monotonic() + min(self.ttl_s / 3, self.reap_s)):

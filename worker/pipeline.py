@@ -108,10 +108,10 @@ class Pipeline:
             try:
                 jobs = self.store.take(min(self.limit - held, self.predictor.cap), self.settings.idle_wait_ms / 1000)
                 backoff.reset()
+                self.stats.outage.answered()
             except StoreUnavailable as exc:
-                self.stats.store_error(exc)
                 delay_s = backoff.next()
-                log.warning("queue store unavailable (%s); retrying in %.1f s", exc, delay_s)
+                self.stats.store_error(exc, "take", f", next try in {delay_s:.1f} s")
                 self.stop.wait(delay_s)
                 continue
             if not jobs and self.settings.burst:  # done once the queue is empty with nothing in hand
@@ -262,11 +262,11 @@ class Pipeline:
                 self.store.finish(outcomes)
             except StoreUnavailable as exc:
                 self.progressed()  # waiting on Redis is not a stall
-                self.stats.store_error(exc)
                 if not self._wait_out(exc, len(outcomes), backoff):
                     return
                 continue
             backoff.reset()
+            self.stats.outage.answered()
             self.progressed()
             self._acknowledged(pending)
             pending = []
@@ -284,7 +284,7 @@ class Pipeline:
             )
             return False
         delay_s = min(backoff.next(), left)
-        log.warning("queue store unavailable (%s); %d finished job(s) kept, retrying in %.1f s", exc, count, delay_s)
+        self.stats.store_error(exc, "finish", f", {count} finished job(s) kept, next try in {delay_s:.1f} s")
         time.sleep(delay_s)
         return True
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import WorkerSettings
+from .outage import Outage
 from .store import JobRecord, StoreFull
 
 
@@ -57,10 +58,12 @@ class Stats:
         self.to_decode_ms: deque[float] = deque(maxlen=10_000)  # taken -> decode start
         self.to_publish_ms: deque[float] = deque(maxlen=10_000)  # forward end -> published
         self.store_errors: Counter[str] = Counter()  # calls refused: "full" (maxmemory) or "unavailable"
+        self.outage = Outage()  # one log line per outage, not per failed call
 
-    def store_error(self, exc: Exception) -> None:
-        """Count one refused store call (for metrics)."""
+    def store_error(self, exc: Exception, what: str, detail: str = "") -> None:
+        """Count one refused store call (for metrics) and log it once per outage (``what`` failed)."""
         self.store_errors["full" if isinstance(exc, StoreFull) else "unavailable"] += 1
+        self.outage.failed(what, exc, detail)
 
     def summary(self) -> str:
         def p50(values: deque[float]) -> str:

@@ -8,6 +8,7 @@ lost, across five failovers in one run; the worker never restarts.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,11 +35,15 @@ def group() -> Iterator[SentinelGroup]:
 
 
 @pytest.fixture
-def worker(group: SentinelGroup, tiny_model_path) -> Iterator[subprocess.Popen]:
+def worker(group: SentinelGroup, tiny_model_path, tmp_path) -> Iterator[subprocess.Popen]:
     args = [sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", group.url,
             "--batch-size", "8", "--idle-wait-ms", "200", "--worker-ttl-s", "6"]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ})
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ}, stderr=out)
+    proc.log = log  # type: ignore[attr-defined]
     yield proc
+    sys.stderr.write(log.read_text(errors="replace")[-4000:])  # shown when a test fails
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -122,6 +127,11 @@ def test_an_idle_queue_answers_the_first_classify_after_a_failover(group, worker
             time.sleep(0.2)  # the producer's pool learns the new primary on its next connection
     assert result is not None and result["ok"]
     assert worker.poll() is None
+    lines = (re.search(r" (?:WARNING|ERROR) \S+ pid=\d+ (.*)$", line) for line in worker.log.read_text().splitlines())
+    said = [found[1] for found in lines if found]  # a failover is one event, not a line per thread and retry
+    assert len(said) == 2 and said[0].startswith("redis unavailable (") and said[1].startswith("redis answers again"), (
+        said
+    )
 
 
 def test_the_dashboard_reads_a_sentinel_managed_queue(group):

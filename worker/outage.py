@@ -1,0 +1,46 @@
+"""One log line when Redis stops answering and one when it answers again, whichever thread notices first.
+
+A failover (Sentinel promotes a replica) or a restart makes every store call fail for a few seconds: the
+take loop, the finisher and the heartbeat each retry with back-off. Logging each failure gave several lines
+per worker per failover; an outage is one event: a warning when the first call fails (what failed, why),
+the retries at debug level, and a line when a call succeeds again (how long, how many calls were retried).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+log = logging.getLogger("worker.store")
+
+
+class Outage:
+    """Tracks whether the queue store is answering; ``failed`` and ``answered`` may be called from any thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.since: float | None = None  # monotonic time of the outage's first failure; None while answering
+        self.failures = 0
+
+    def failed(self, what: str, exc: Exception, detail: str = "") -> None:
+        """A store call failed (``what``: take, finish, heartbeat); logged once per outage."""
+        with self.lock:
+            self.failures += 1
+            first = self.since is None
+            if first:
+                self.since = time.monotonic()
+        if first:
+            log.warning("redis unavailable (%s: %s)%s; retrying with back-off until it answers", what, exc, detail)
+        else:
+            log.debug("redis still unavailable (%s: %s)%s", what, exc, detail)
+
+    def answered(self) -> None:
+        """A store call succeeded: ends the outage, if there is one (one attribute read otherwise)."""
+        if self.since is None:
+            return
+        with self.lock:
+            if self.since is None:
+                return
+            down_s, failures, self.since, self.failures = time.monotonic() - self.since, self.failures, None, 0
+        log.warning("redis answers again after %.1f s (%d failed call(s) retried)", down_s, failures)
