@@ -6,6 +6,7 @@ Read-only: nothing here writes to Redis."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
@@ -58,7 +59,7 @@ def gather(connection: redis.Redis, queue_name: str) -> dict[str, Any]:
     now = datetime.now(timezone.utc)
     listed = Worker.all(queue=queue) if keys.queue_workers(queue_name) not in bad and keys.WORKERS not in bad else []
     for worker in sorted(listed, key=lambda w: w.name):
-        extra = connection.hmget(worker.key, "batches", "images_per_s_1m", "wrong_type_keys")
+        extra = connection.hmget(worker.key, "batches", "images_per_s_1m", "wrong_type_keys", "model")
         beat = worker.last_heartbeat
         if beat is not None and beat.tzinfo is None:
             beat = beat.replace(tzinfo=timezone.utc)
@@ -74,6 +75,7 @@ def gather(connection: redis.Redis, queue_name: str) -> dict[str, Any]:
                 "images_per_s_1m": float(extra[1] or 0.0),
                 "last_heartbeat_s_ago": round((now - beat).total_seconds(), 1) if beat else None,
                 "wrong_type_keys": _reported(extra[2]),
+                "model": extra[3].decode("utf-8", "backslashreplace") if extra[3] else "?",
             }
         )
 
@@ -139,14 +141,17 @@ def render(status: dict[str, Any]) -> str:
     for key in status.get("reported_wrong_type_keys", []):
         lines.append(f"WRONG TYPE (reported by a worker): {_escaped(key)}: delete it")
     if status["workers"]:
-        head = f"{'name':<36} {'device':<7} {'state':<6} {'batches':>8} {'ok':>8} {'failed':>7} "
+        tags = Counter(w["model"] for w in status["workers"])
+        if len(tags) > 1:  # a rolling update under way (or a stuck one)
+            lines.append("models: " + ", ".join(f"{_escaped(t)} ({n} workers)" for t, n in sorted(tags.items())))
+        head = f"{'name':<36} {'device':<7} {'state':<6} {'model':<20} {'batches':>8} {'ok':>8} {'failed':>7} "
         head += f"{'img/s 1m':>9} {'beat':>6}"
         lines += ["", head]
         for w in status["workers"]:
             beat = "?" if w["last_heartbeat_s_ago"] is None else f"{w['last_heartbeat_s_ago']:.0f}s"
             lines.append(
-                f"{w['name']:<36} {w['device']:<7} {w['state']:<6} {w['batches']:>8} {w['jobs_ok']:>8} "
-                f"{w['jobs_failed']:>7} {w['images_per_s_1m']:>9.1f} {beat:>6}"
+                f"{w['name']:<36} {w['device']:<7} {w['state']:<6} {_escaped(w['model']):<20} {w['batches']:>8} "
+                f"{w['jobs_ok']:>8} {w['jobs_failed']:>7} {w['images_per_s_1m']:>9.1f} {beat:>6}"
             )
     return "\n".join(lines + feed_lines(status["feed"]))
 

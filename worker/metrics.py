@@ -72,7 +72,24 @@ class Metrics:
             ["group"],
             registry=registry,
         )
+        self.reloads = Counter(
+            "adclassify_model_reloads_total",
+            "Model reloads (SIGHUP, --model-watch-s), by outcome: swapped, or refused (the old model keeps serving)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.model = Gauge(
+            "adclassify_model_info",
+            "The model this worker serves: 1 for its name@version tag",
+            ["tag"],
+            registry=registry,
+        )
         self.device = device
+
+    def serving(self, tag: str) -> None:
+        """The model now served is ``tag`` (at start, and after a swap)."""
+        self.model.clear()
+        self.model.labels(tag).set(1)
 
     def observe_batch(self, results: Iterable[dict[str, Any]], publish_s: float) -> None:
         """Record one finished batch from its result maps."""

@@ -44,11 +44,13 @@ class Reloader(threading.Thread):
         *,
         watch_s: float = 0.0,
         on_swap: Callable[[str], None] | None = None,
+        on_refuse: Callable[[], None] | None = None,
         wanted: threading.Event | None = None,
     ) -> None:
         super().__init__(name="model-reloader", daemon=True)
         self.path, self.predictor, self.load, self.watch_s = path, predictor, load, watch_s
         self.on_swap = on_swap or (lambda tag: None)
+        self.on_refuse = on_refuse or (lambda: None)
         self.wanted, self.stopping = wanted or threading.Event(), threading.Event()
         self.identity = file_identity(path)
         self.swapped = self.refused = 0
@@ -88,6 +90,7 @@ class Reloader(threading.Thread):
             self.refused += 1
             self.identity = identity  # don't retry the same bad file on every poll
             log.error("model reload refused, %s keeps serving: %s", self.predictor.tag, str(exc).splitlines()[0])
+            self.on_refuse()
             return False
         self.identity = identity
         self.swapped += 1

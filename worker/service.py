@@ -240,6 +240,8 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
         model, settings = prepare_model(settings)
         health.warmed = True
         metrics = start_metrics(settings, health, time.perf_counter() - loading)
+        if metrics is not None:
+            metrics.serving(model.info.tag)
         gate = make_gate(settings, model)
         decoder = make_decoder(settings, model.info.preprocess, gate, model.device)
         store = build_store(settings, announcement(settings, model.info.tag, decoder.backend))
@@ -254,7 +256,8 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
             lambda: load_warm(settings),
             watch_s=settings.model_watch_s,
             wanted=reload_requests,
-            on_swap=lambda tag: announce_model(store, settings, tag, decoder.backend),
+            on_swap=lambda tag: swapped(tag, store, settings, decoder.backend, metrics),
+            on_refuse=lambda: metrics is None or metrics.reloads.labels("refused").inc(),
         )
         reloader.start()
         try:
@@ -266,6 +269,15 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
     finally:
         for server in probes:
             server.close()
+
+
+def swapped(tag: str, store: QueueStore, settings: WorkerSettings, decode: str, metrics: Metrics | None) -> None:
+    """A new model serves from the next batch: say so to producers (cache lookups, ``producer status``) and
+    in the metrics."""
+    announce_model(store, settings, tag, decode)
+    if metrics is not None:
+        metrics.reloads.labels("swapped").inc()
+        metrics.serving(tag)
 
 
 def start_metrics(settings: WorkerSettings, health: Health, warm_up_s: float) -> Metrics | None:

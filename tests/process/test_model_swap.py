@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from bench.devserver import free_port
 from producer import Producer
+from producer.status import gather, render
 from producer.wire import keys
 from producer.wire.cache import parse_announcement
 from worker.decode.cpu import Preprocess
@@ -43,6 +46,15 @@ def flip(link: Path, target: Path) -> None:
     tmp = link.with_suffix(".new")
     tmp.symlink_to(target)
     os.replace(tmp, link)  # atomic, as a deploy does
+
+
+def metrics(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+
+def served(conn) -> list[str]:
+    """The model tag each worker says it serves (``producer status``)."""
+    return [w["model"] for w in gather(conn, "classify")["workers"]]
 
 
 def announced_tag(conn) -> str | None:
@@ -83,7 +95,8 @@ def test_a_sighup_swaps_the_model_under_load_with_no_job_lost_or_failed(
 def test_a_model_that_fails_to_load_is_refused_and_the_old_one_keeps_serving(
     redis_url, conn, start_worker, current, tmp_path
 ):
-    worker = start_worker("--model", str(current), "--batch-size", "4")
+    port = free_port()
+    worker = start_worker("--model", str(current), "--batch-size", "4", "--metrics-port", str(port))
     wait_for_workers(conn)
     producer = Producer(redis_url)
     assert producer.classify(image_bytes("cat.jpg"), timeout=60)["model"] == "tiny@7"
@@ -93,14 +106,23 @@ def test_a_model_that_fails_to_load_is_refused_and_the_old_one_keeps_serving(
     worker.send_signal(signal.SIGHUP)
     for _ in range(3):  # the refusal happens in the background: the old model answers throughout
         assert producer.classify(image_bytes("cat.jpg"), timeout=60)["model"] == "tiny@7"
-    assert announced_tag(conn) == "tiny@7" and worker.poll() is None
+    assert wait_for(lambda: 'adclassify_model_reloads_total{outcome="refused"} 1.0' in metrics(port), 30)
+    assert 'adclassify_model_info{tag="tiny@7"} 1.0' in metrics(port)
+    assert announced_tag(conn) == "tiny@7" and served(conn) == ["tiny@7"] and worker.poll() is None
 
 
 def test_model_watch_follows_a_symlink_flip_without_a_signal(redis_url, conn, start_worker, current, version_8):
-    start_worker("--model", str(current), "--batch-size", "4", "--model-watch-s", "0.5")
-    wait_for_workers(conn)
+    port = free_port()
+    start_worker("--model", str(current), "--batch-size", "4", "--model-watch-s", "0.5", "--metrics-port", str(port))
+    start_worker("--batch-size", "4")  # not swapped: a rolling update half done
+    wait_for_workers(conn, 2)
     producer = Producer(redis_url)
     assert producer.classify(image_bytes("cat.jpg"), timeout=60)["model"] == "tiny@7"
+    assert served(conn) == ["tiny@7", "tiny@7"] and 'adclassify_model_info{tag="tiny@7"} 1.0' in metrics(port)
     flip(current, version_8)
     wait_for(lambda: announced_tag(conn) == "tiny@8", 60)
-    assert producer.classify(image_bytes("cat.jpg"), timeout=60)["model"] == "tiny@8"
+    assert wait_for(lambda: sorted(served(conn)) == ["tiny@7", "tiny@8"], 30)  # at the swapped worker's next beat
+    assert "models: tiny@7 (1 workers), tiny@8 (1 workers)" in render(gather(conn, "classify"))
+    text = metrics(port)
+    assert 'adclassify_model_info{tag="tiny@8"} 1.0' in text and 'tag="tiny@7"' not in text
+    assert 'adclassify_model_reloads_total{outcome="swapped"} 1.0' in text
