@@ -1,6 +1,7 @@
 """Soak test: 10,000 jobs, 3 workers, 20 random kill -9s with restarts, a Redis connection kill, 5% hostile
-input, 0.5% foreign ids and hashes, one worker frozen (SIGSTOP) past its TTL, a Redis full midway, and a
-consumer of the durable results feed killed (SIGKILL) and restarted 10 times.
+input, 0.5% foreign ids and hashes, one worker frozen (SIGSTOP) past its TTL, a Redis full midway, a
+consumer of the durable results feed killed (SIGKILL) and restarted 10 times, keys of the wrong type written
+with the producer's credentials (one per burst, deleted 2 s later), and 1% of jobs canceled as they are taken.
 
 ``python -m bench.soak [--jobs 10000] [--kills 20] [--write]`` (about 3 minutes on 2 cores; not part
 of the test suite). Jobs come in 21 bursts, 6 s apart; each burst's middle kills a random worker.
@@ -29,6 +30,7 @@ from producer import Producer
 from .common import OUT, ROOT, ensure_model, percentile, small_jpegs, table, write_section
 from .soak_consumer import FeedConsumer
 from .soak_faults import HOSTILE, WORKER_TTL_S, Faults, Fleet, enqueue_retrying, final, push_foreign
+from .soak_mischief import Mischief
 
 
 class Listener:
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> dict:
     consumer = FeedConsumer(server.url, OUT / "soak-feed.txt")
     fleet = Fleet(server.url, str(ensure_model("tiny")), args.workers)
     faults = Faults(args, conn, fleet, rng)
+    mischief = Mischief(conn, server.url, rng)
     good, ids, hostile, foreign, unaddressable = small_jpegs(), [], set(), [], 0
     started = time.monotonic()
     per_kill = args.jobs // (args.kills + 1)
@@ -77,7 +80,9 @@ def run(args: argparse.Namespace) -> dict:
                 consumer.kill_and_restart()
             new = []
             for i in range(0, len(chunk), 100):  # paced enqueues: jobs keep flowing through the kills
-                new += enqueue_retrying(producer, chunk[i : i + 100], faults.counts)
+                batch = enqueue_retrying(producer, chunk[i : i + 100], faults.counts)
+                mischief.cancel_some(batch, args.cancels)  # right after the enqueue: they race the takes
+                new += batch
                 for _ in range(sum(rng.random() < args.foreign for _ in range(100))):
                     addressable, dropped = push_foreign(conn, len(foreign) + unaddressable)
                     foreign += addressable
@@ -85,17 +90,21 @@ def run(args: argparse.Namespace) -> dict:
                 time.sleep(args.pace_s)
                 if i // 100 == len(chunk) // 200:  # mid-chunk: workers are busy
                     faults.mid_burst(k)
+                    mischief.wrong_dependents(new)
             ids += new
             hostile.update(j for j, data in zip(new, chunk, strict=False) if data in HOSTILE)
-            _pause(fleet, args.interval_s)  # workers restart (a few s) and recover before the next burst
+            _pause(fleet, args.interval_s / 2)  # workers restart (a few s) and recover before the next burst
+            mischief.wrong_types()  # idle by now: the started registry is absent (deleted again in 2 s)
+            _pause(fleet, args.interval_s / 2)
         states = _wait_final(conn, ids + foreign, fleet)
-        expected = set(ids) | set(foreign)
+        faults.counts.update(mischief.counts)
+        expected = (set(ids) - _unfed(mischief, listener)) | set(foreign)
         deadline = time.monotonic() + 120
         while not expected <= consumer.seen() and time.monotonic() < deadline:
             time.sleep(0.2)
         faults.counts["feed_missing"] = len(expected - consumer.seen())
         faults.counts["consumer_kills"] = consumer.kills
-        for t in faults.threads:
+        for t in faults.threads + mischief.threads:
             t.join(timeout=60)
         time.sleep(1)  # let the last PUBLISHes reach the listener
     finally:
@@ -103,9 +112,29 @@ def run(args: argparse.Namespace) -> dict:
         consumer.stop()
         fleet.stop()
         server.stop()
-    return _summary(
-        args, ids, hostile, foreign, unaddressable, states, listener, fleet, faults, time.monotonic() - started
+    canceled = set(mischief.canceled)
+    summary = _summary(
+        args,
+        ids,
+        hostile,
+        foreign,
+        unaddressable,
+        states,
+        listener,
+        fleet,
+        faults,
+        time.monotonic() - started,
+        canceled,
     )
+    summary["canceled"] = dict(Counter(str(o) for o in mischief.canceled.values()))
+    summary["cancel_violations"] = mischief.violations(states, listener.published, listener.errors)
+    return summary
+
+
+def _unfed(mischief: Mischief, listener: Listener) -> set[str]:
+    """Canceled jobs with no result: canceled before they ran, or while they ran on a worker then killed
+    (none of these is published, so none is fed; ``Mischief.violations`` judges them)."""
+    return {job_id for job_id in mischief.canceled if listener.published[job_id] == 0}
 
 
 def _pause(fleet: Fleet, seconds: float) -> None:
@@ -120,7 +149,7 @@ def _wait_final(conn: redis.Redis, ids: list[str], fleet: Fleet) -> dict[str, st
     while True:
         fleet.check()
         states = final(conn, ids)
-        if all(s in ("finished", "failed", "gone") for s in states.values()) or time.monotonic() > deadline:
+        if all(s in ("finished", "failed", "gone", "canceled") for s in states.values()) or time.monotonic() > deadline:
             return states
         time.sleep(0.2)
 
@@ -136,18 +165,20 @@ def _summary(
     fleet: Fleet,
     faults: Faults,
     elapsed: float,
+    canceled: set[str],
 ) -> dict:
     published = listener.published
-    lost = [i for i in ids if states[i] not in ("finished", "failed")]
-    failed = {i for i in ids if states[i] == "failed"}
+    kept = [i for i in ids if i not in canceled]  # the canceled ones are judged by Mischief.violations
+    lost = [i for i in kept if states[i] not in ("finished", "failed")]
+    failed = {i for i in kept if states[i] == "failed"}
     return {
         "jobs": len(ids),
         "hostile": len(hostile),
         "lost": len(lost),
         "failed": len(failed),
         "failed_not_hostile": len(failed - hostile),
-        "hostile_not_failed": len(hostile - failed),
-        "published_missing": sum(1 for i in ids if published[i] == 0),
+        "hostile_not_failed": len((hostile - canceled) - failed),
+        "published_missing": sum(1 for i in kept if published[i] == 0),
         "duplicates_published": sum(max(0, published[i] - 1) for i in ids),
         "kills": args.kills,
         "foreign": len(foreign) + unaddressable,
@@ -158,6 +189,8 @@ def _summary(
         "frozen": faults.counts["frozen"],
         "consumer_kills": faults.counts["consumer_kills"],
         "feed_missing": faults.counts["feed_missing"],
+        "wrong_type_keys": faults.counts["wrong_type_keys"],
+        "cancels_refused": faults.counts["cancels_refused_wrong_type"],
         "recoveries": faults.recoveries,
         "elapsed_s": elapsed,
         "workers": args.workers,
@@ -179,6 +212,10 @@ def render(r: dict) -> str:
         ["foreign (addressable) never answered", r["foreign_unanswered"]],
         ["worker crashes (exits not caused by the soak)", r["crashes"]],
         ["feed consumer kill -9 (with restart)", r["consumer_kills"]],
+        ["keys of the wrong type written with the producer's credentials (held 2 s)", r["wrong_type_keys"]],
+        ["jobs canceled as they were taken, by outcome", r["canceled"]],
+        ["cancels refused while a key was of the wrong type (nothing written; the job ran)", r["cancels_refused"]],
+        ["canceled jobs that ended otherwise than their cancel said", r["cancel_violations"]],
         ["results lost through the durable feed", r["feed_missing"]],
         ["**lost**", r["lost"]],
         ["failed", r["failed"]],
@@ -207,6 +244,7 @@ def main() -> None:
     parser.add_argument("--foreign", type=float, default=0.005, help="foreign ids and hashes per job enqueued")
     parser.add_argument("--pace-s", type=float, default=0.0, help="pause after each 100 enqueued")
     parser.add_argument("--interval-s", type=float, default=6.0, help="pause between bursts (one kill each)")
+    parser.add_argument("--cancels", type=float, default=0.01, help="jobs canceled right after their enqueue")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--write", action="store_true", help="record the run in RELIABILITY.md")
     args = parser.parse_args()
@@ -221,6 +259,7 @@ def main() -> None:
         or result["duplicates_published"]
         or result["crashes"]
         or result["feed_missing"]
+        or result["cancel_violations"]
     )
     sys.exit(1 if bad else 0)
 

@@ -114,7 +114,11 @@ class Fleet:
 
 def _held_by_pid(conn: redis.Redis) -> dict[int, set[str]]:
     held: dict[int, set[str]] = {}
-    for member in conn.zrange(rqkeys.started("classify"), 0, -1):
+    try:
+        members = conn.zrange(rqkeys.started("classify"), 0, -1)
+    except redis.ResponseError:  # WRONGTYPE: the mischief's hash stands there for a moment (its jobs wait)
+        return held
+    for member in members:
         name = conn.hget(rqkeys.EXECUTION_PREFIX.encode() + member, "worker_name")
         if name:
             pid = int(name.decode().rsplit(":", 1)[-1].split("-")[0])  # host:device:pid-token
