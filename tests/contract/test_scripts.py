@@ -12,6 +12,9 @@ import pytest
 import redis
 
 from producer import Producer
+from producer.cancel import CancelCall
+from producer.requeue_call import RequeueCall
+from producer.scripts import load as producer_script
 from producer.wire import keys
 from worker.store.calls import CALLS, Finish, FinishJob, GiveBack, Register, key, tail, wire
 from worker.store.rqcalls import QueueCalls, Setting
@@ -87,6 +90,24 @@ def test_each_scripts_header_and_bindings_match_its_calls_dataclass(call):
 def test_every_script_file_has_a_call_and_every_call_a_script():
     shipped = {p.name[:-4] for p in files("worker.store").joinpath("lua").iterdir() if p.name.endswith(".lua")}
     assert shipped == {c.script for c in CALLS} | {"prelude"}
+
+
+PRODUCER_CALLS = {"cancel": CancelCall, "requeue": RequeueCall}
+
+
+@pytest.mark.parametrize("name", sorted(PRODUCER_CALLS))
+def test_the_producers_scripts_match_their_calls_dataclasses_too(name):
+    assert mismatches(PRODUCER_CALLS[name], producer_script(name)[0]) == []
+
+
+def test_every_producer_script_file_has_a_call():
+    shipped = {p.name[:-4] for p in files("producer").joinpath("lua").iterdir() if p.name.endswith(".lua")}
+    assert shipped == set(PRODUCER_CALLS)
+
+
+def test_the_check_catches_a_producer_call_out_of_order_with_its_script():
+    text = producer_script("cancel")[0].replace("local job_id, queue_name", "local queue_name, job_id")
+    assert mismatches(CancelCall, text)
 
 
 def test_the_check_catches_a_dataclass_out_of_order_with_its_script():
