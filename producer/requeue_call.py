@@ -25,11 +25,12 @@ def rq_time(moment: datetime) -> str:
 @dataclass(frozen=True)
 class RequeueCall(ScriptCall):
     """REQUEUE's arguments, in wire order (the header of ``lua/requeue.lua`` names the same fields): the failed
-    registry, the job, the queue and RQ's set of queues in ``KEYS``; the id, the queue's name and the enqueue time
-    (the client's clock, as RQ's requeue takes it) in ``ARGV``."""
+    registry, the job, its result stream, the queue and RQ's set of queues in ``KEYS``; the id, the queue's name
+    and the enqueue time (the client's clock, as RQ's requeue takes it) in ``ARGV``."""
 
     failed: str = key_field()
     job: str = key_field()
+    results: str = key_field()
     queue: str = key_field()
     queues: str = key_field()
     job_id: str
@@ -42,6 +43,7 @@ class RequeueCall(ScriptCall):
         return cls(
             failed=keys.failed(queue),
             job=keys.job(job_id),
+            results=keys.results(job_id),
             queue=keys.queue(queue),
             queues=keys.QUEUES,
             job_id=job_id,

@@ -48,14 +48,21 @@ def wait_for_result(shard: int, job_id: str, timeout_s: float) -> Procedure[dict
     block: tuple[Any, ...] = ()  # the first read: no BLOCK
     while True:
         try:
-            response, status = yield Batch(
-                shard, (command("XREAD", *block, "STREAMS", stream, last_id), command("HGET", job_key, "status"))
+            response, status, requeued_after = yield Batch(
+                shard,
+                (
+                    command("XREAD", *block, "STREAMS", stream, last_id),
+                    command("HGET", job_key, "status"),
+                    command("HGET", job_key, "requeued_after"),  # a requeue's earlier results are history
+                ),
             )
         except (redis.ConnectionError, redis.TimeoutError):
-            response, status = None, None
+            response, status, requeued_after = None, None, None
             yield Sleep(min(RECONNECT_WAIT_S, max(0.0, deadline - time.monotonic())))
         for result_id, payload in response[0][1] if response else []:
             last_id = result_id
+            if requeued_after and stream_id(result_id) <= stream_id(requeued_after):
+                continue  # a failure before ``python -m producer requeue``: this run's result comes later
             final = final_result(job_id, result_id, payload)
             if final is not None:
                 yield from with_meta(shard, [final])
@@ -68,6 +75,12 @@ def wait_for_result(shard: int, job_id: str, timeout_s: float) -> Procedure[dict
             exists = yield call(shard, "EXISTS", job_key)
             raise JobTimeout(job_id, timeout_s, "" if exists else " (no such job)")
         block = ("BLOCK", min(left_ms, MAX_BLOCK_MS))
+
+
+def stream_id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``) as a comparable pair."""
+    ms, _, seq = (value.decode() if isinstance(value, bytes) else value).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def with_meta(shard: int, results: list[dict[str, Any]]) -> Procedure[None]:

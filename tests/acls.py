@@ -36,7 +36,7 @@ PRODUCER_ACL_7 = (
     "~rq:canceled:classify +evalsha +eval +type) "
     "(~rq:queue:classify:intermediate +lrem) (~rq:executions:* +zrange) (~rq:wip:classify +zrem) "
     "(~rq:canceled:classify +zadd) "
-    "(~rq:failed:classify ~rq:job:* ~rq:queue:classify ~rq:queues +evalsha +eval +type) "
+    "(~rq:failed:classify ~rq:job:* ~rq:results:* ~rq:queue:classify ~rq:queues +evalsha +eval +type) "
     "(~rq:failed:classify +zrange +zrem) (~rq:job:* +persist) (~rq:results:* +xrevrange)"
 )
 

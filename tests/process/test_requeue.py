@@ -20,10 +20,10 @@ from rq.registry import FailedJobRegistry
 from rq.results import Result
 
 from bench.devserver import free_port
-from producer import JobFailed, Producer
+from producer import JobFailed, JobTimeout, Producer
 from producer.drivers import SyncDriver
 from producer.requeue_call import RequeueCall, run_requeue
-from producer.wire.results import exc_string_for, poison_error
+from producer.wire.results import exc_string_for, make_result, poison_error
 from producer.wire.serializer import MsgpackSerializer
 
 from ..acls import drop_users, major_version, producer_acl, set_users
@@ -31,11 +31,12 @@ from ..conftest import IMAGES, ROOT, image_bytes, wait_for, wait_for_workers
 
 FAILED, QUEUE, FEED = "rq:failed:classify", "rq:queue:classify", "classify:results:stream"
 # What requeue adds to the producer's ACL (docs/security.md), per server version: its script (EVALSHA on the failed
-# registry, the job, the queue and RQ's set of queues; TYPE, HGET, ZREM, HSET, PERSIST, RPUSH, SADD inside), the
+# registry, the job, its result stream, the queue and RQ's set of queues; TYPE, HGET, XREVRANGE, ZREM, HSET,
+# PERSIST, RPUSH, SADD inside), the
 # registry read with ZRANGE, each failure read with XREVRANGE.
 REQUEUE_ACL_62 = "~rq:failed:classify +evalsha +eval +type +zrange +zrem +persist +xrevrange"
 REQUEUE_ACL_7 = (
-    "(~rq:failed:classify ~rq:job:* ~rq:queue:classify ~rq:queues +evalsha +eval +type) "
+    "(~rq:failed:classify ~rq:job:* ~rq:results:* ~rq:queue:classify ~rq:queues +evalsha +eval +type) "
     "(~rq:failed:classify +zrange +zrem) (~rq:job:* +persist) (~rq:results:* +xrevrange)"
 )
 
@@ -142,7 +143,8 @@ def test_a_retryable_failure_runs_again_and_deterministic_ones_stay_failed(conn,
         done = requeue_cli(redis_url)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith(f"requeued {job_id}  fetch_error") and len(done.stdout.splitlines()) == 1
-        wait_for(lambda: conn.hget(f"rq:job:{job_id}", "status") == b"finished", timeout_s=60)
+        # result() waits for this run's result: the failure before the requeue is history (it used to answer it)
+        assert Producer(redis_url).result(job_id, timeout=60)["ok"]
     finally:
         server.shutdown()
         server.server_close()
@@ -225,3 +227,17 @@ def test_the_producer_user_requeues_with_the_acl_lines_docs_give_for_it(conn, re
         assert conn.hget(f"rq:job:{failures.ids['unsupported_image']}", "status") == b"queued"
     finally:
         drop_users(conn)
+
+
+def test_result_of_a_requeued_job_waits_for_its_new_run(conn, redis_url):
+    producer = Producer(redis_url)
+    (job_id,) = producer.enqueue_many([image_bytes("cat.jpg")])
+    fail_as_poison(conn, job_id)
+    assert failed_type(producer, job_id) == "poison"
+    assert SyncDriver([producer.connection]).run(run_requeue(0, RequeueCall.of(job_id, "classify")))[0] == "requeued"
+    with pytest.raises(JobTimeout):  # not the failure from before the requeue
+        producer.result(job_id, timeout=0.3)
+    job = Job.fetch(job_id, connection=conn, serializer=MsgpackSerializer)
+    ok = make_result(job_id, model="m@1", worker="w1", timings_ms={}, meta={}, topk=[("a", 1.0)])
+    Result.create(job, Result.Type.SUCCESSFUL, ttl=500, return_value=ok)
+    assert producer.result(job_id, timeout=5)["ok"]

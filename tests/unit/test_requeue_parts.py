@@ -106,5 +106,5 @@ def test_the_requeue_script_declares_and_binds_the_calls_fields_in_wire_order():
 def test_the_call_names_rqs_keys_and_writes_the_time_as_rq_does():
     when = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
     keys_, argv = RequeueCall.of("ad-1", "classify", when).wire()
-    assert keys_ == ["rq:failed:classify", "rq:job:ad-1", "rq:queue:classify", "rq:queues"]
+    assert keys_ == ["rq:failed:classify", "rq:job:ad-1", "rq:results:ad-1", "rq:queue:classify", "rq:queues"]
     assert argv == ["ad-1", "classify", "2026-05-01T12:00:00.123456Z"] and rq_time(when) == argv[2]
