@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from .metrics import cache_lookup
 from .ops import Procedure, call
 from .wire import keys
 from .wire.cache import cached_result, digest, key_for, parse_announcement
@@ -49,7 +50,9 @@ class ProducerCache:
                 except (ValueError, KeyError, TypeError):  # a foreign value under our key: a miss
                     continue
                 self.hits += 1
+                cache_lookup(hit=True)
                 self.answers[result["job_id"]] = result
                 return result["job_id"]
         self.misses += 1
+        cache_lookup(hit=False)
         return None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -85,8 +87,22 @@ def test_dashboard_queries_only_metrics_a_running_worker_exports(start_worker):
     text = wait_for(lambda: scrape(port), 60)
     exported = exported_series(text)
     assert "adclassify_jobs_total" in exported  # the scrape is the worker's, with its labelled families
+    exported |= producer_series()
     queries = dashboard_queries()
     assert len(queries) >= 10
     missing = {where: sorted(metric_names(expr) - exported) for where, expr in queries}
     missing = {where: names for where, names in missing.items() if names}
-    assert not missing, f"asked for by the dashboard, not exported by the worker: {missing}"
+    assert not missing, f"asked for by the dashboard, not exported by the worker or the producer: {missing}"
+
+
+def producer_series() -> set[str]:
+    """What a web backend's /metrics offers of ours once it looked the result cache up (a real producer
+    process: its default registry, as a web framework's exporter serves it)."""
+    code = (
+        "from producer.metrics import cache_lookup; from prometheus_client import generate_latest; "
+        "cache_lookup(hit=True); cache_lookup(hit=False); print(generate_latest().decode())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    series = {name for name in exported_series(out.stdout) if name.startswith("adclassify_")}
+    assert "adclassify_producer_cache_lookups_total" in series
+    return series

@@ -4,6 +4,7 @@ makes of the answers. ``Producer`` and ``AsyncProducer`` run exactly these proce
 from __future__ import annotations
 
 import re
+import zlib
 from base64 import b64encode
 from collections.abc import Callable
 from dataclasses import fields
@@ -135,6 +136,24 @@ def test_a_cache_hit_on_any_shard_is_answered_without_queueing_and_result_needs_
     assert (core.cache.hits, core.cache.misses) == (1, 0)
 
 
+def test_cache_lookups_are_counted_for_the_web_backends_metrics():
+    prometheus_client = pytest.importorskip("prometheus_client", reason="the metrics extra")
+
+    def sample(outcome: str) -> float:
+        name = "adclassify_producer_cache_lookups_total"
+        return prometheus_client.REGISTRY.get_sample_value(name, {"outcome": outcome}) or 0.0
+
+    def answer(found: bytes | None) -> Any:
+        return lambda op: ANNOUNCED if op.command.args[1] == keys.announcement("classify") else found
+
+    core = ProducerCore(NAMES[:1], "classify", JobOptions())
+    numbers = compact(make_result("x", model="tiny@7", worker="w", timings_ms={}, meta={}, topk=[("cat", 0.9)]))
+    before = sample("hit"), sample("miss")
+    run(core.cache.lookup("classify", b"photo", None, 1), answer(numbers))
+    run(core.cache.lookup("classify", b"other", None, 1), answer(None))
+    assert (sample("hit") - before[0], sample("miss") - before[1]) == (1.0, 1.0)
+
+
 def test_no_cache_lookup_for_a_url_or_a_caller_chosen_id():
     core = ProducerCore(NAMES[:1], "classify", JobOptions())
     _, sent = run(core.enqueue(image_url="https://images.example/a.jpg", cache=True), lambda op: True)
@@ -146,7 +165,7 @@ def test_no_cache_lookup_for_a_url_or_a_caller_chosen_id():
 def test_result_of_an_unknown_job_times_out_saying_so():
     core = ProducerCore(NAMES, "classify", JobOptions())
     with pytest.raises(JobTimeout, match="no such job") as waited:
-        run(core.result("ghost", timeout=0), lambda op: [None, None] if isinstance(op, Batch) else 0)
+        run(core.result("ghost", timeout=0), lambda op: [None, None, None] if isinstance(op, Batch) else 0)
     assert waited.value.job_id == "ghost"
 
 
@@ -216,7 +235,7 @@ def test_the_cancel_script_declares_and_binds_the_calls_fields_in_wire_order():
 def test_result_of_a_canceled_job_answers_from_the_first_read_without_blocking():
     core = ProducerCore(NAMES[:1], "classify", JobOptions())
     with pytest.raises(JobFailed) as failed:
-        run(core.result("ad-1", timeout=30), lambda op: [None, b"canceled"])
+        run(core.result("ad-1", timeout=30), lambda op: [None, b"canceled", None])
     assert failed.value.error["type"] == "canceled"
 
 
@@ -224,8 +243,24 @@ def test_result_reads_once_without_blocking_first_even_with_no_time_left():
     core = ProducerCore(NAMES[:1], "classify", JobOptions())
     done = make_result("ad-1", model="m@1", worker="w", timings_ms={}, meta={}, topk=[("cat", 0.9)])
     entry = [[b"rq:results:ad-1", [(b"1-0", {b"type": b"1", b"return_value": b64encode(dumps(done))})]]]
-    result, sent = run(core.result("ad-1", timeout=0), lambda op: [entry, b"finished"])
+    result, sent = run(core.result("ad-1", timeout=0), lambda op: [entry, b"finished", None])
     assert result["label"] == "cat" and len(sent) == 1 and "BLOCK" not in sent[0].commands[0].args
+
+
+def test_result_of_a_requeued_job_skips_the_results_before_the_requeue():
+    core = ProducerCore(NAMES[:1], "classify", JobOptions())
+    failed = {b"type": b"2", b"exc_string": b64encode(zlib.compress(b"JobError: fetch_error: down"))}
+    done = make_result("ad-1", model="m@1", worker="w", timings_ms={}, meta={}, topk=[("cat", 0.9)])
+    ok = {b"type": b"1", b"return_value": b64encode(dumps(done))}
+    replies = iter(
+        [
+            [[[b"rq:results:ad-1", [(b"5-0", failed)]]], b"queued", b"5-0"],  # the old failure: history
+            [[[b"rq:results:ad-1", [(b"9-0", ok)]]], b"finished", b"5-0"],  # this run's result
+        ]
+    )
+    result, sent = run(core.result("ad-1", timeout=30), lambda op: next(replies))
+    assert result["label"] == "cat" and len(sent) == 2
+    assert sent[1].commands[0].args[-1] == b"5-0"  # read on after the history
 
 
 def test_a_shard_that_is_down_stops_only_its_own_jobs():
