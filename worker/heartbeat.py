@@ -99,8 +99,9 @@ class Heartbeat(threading.Thread):
         next_reap = time.monotonic()
         while True:
             try:
+                called_at = time.monotonic()
                 self.beat()
-                self.stats.outage.answered()
+                self.stats.outage.answered(called_at)
                 if time.monotonic() >= next_reap:
                     self.store.reap()
                     self.store.give_back(self.hand.snapshot())

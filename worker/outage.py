@@ -35,12 +35,14 @@ class Outage:
         else:
             log.debug("redis still unavailable (%s: %s)%s", what, exc, detail)
 
-    def answered(self) -> None:
-        """A store call succeeded: ends the outage, if there is one (one attribute read otherwise)."""
+    def answered(self, called_at: float) -> None:
+        """A store call made at ``called_at`` (monotonic) succeeded: ends the outage, if there is one and the
+        call was made after it began (a reply to a call already in flight when Redis went away says nothing);
+        one attribute read otherwise."""
         if self.since is None:
             return
         with self.lock:
-            if self.since is None:
+            if self.since is None or called_at < self.since:
                 return
             down_s, failures, self.since, self.failures = time.monotonic() - self.since, self.failures, None, 0
         log.warning("redis answers again after %.1f s (%d failed call(s) retried)", down_s, failures)

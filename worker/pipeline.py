@@ -106,9 +106,10 @@ class Pipeline:
             if self.stop.is_set():
                 break
             try:
+                called_at = time.monotonic()
                 jobs = self.store.take(min(self.limit - held, self.predictor.cap), self.settings.idle_wait_ms / 1000)
                 backoff.reset()
-                self.stats.outage.answered()
+                self.stats.outage.answered(called_at)
             except StoreUnavailable as exc:
                 delay_s = backoff.next()
                 self.stats.store_error(exc, "take", f", next try in {delay_s:.1f} s")
@@ -259,6 +260,7 @@ class Pipeline:
                 continue
             outcomes = [o for batch, _ in pending for o in batch]
             try:
+                called_at = time.monotonic()
                 self.store.finish(outcomes)
             except StoreUnavailable as exc:
                 self.progressed()  # waiting on Redis is not a stall
@@ -266,7 +268,7 @@ class Pipeline:
                     return
                 continue
             backoff.reset()
-            self.stats.outage.answered()
+            self.stats.outage.answered(called_at)
             self.progressed()
             self._acknowledged(pending)
             pending = []

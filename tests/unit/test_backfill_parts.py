@@ -196,9 +196,9 @@ def test_the_check_of_rqs_records_reads_statuses_and_the_results_of_jobs_that_en
     def answer(op: Op) -> Any:
         if isinstance(op, Batch) and op.commands[0].args[0] == "HGET":
             return [statuses[c.args[1].removeprefix("rq:job:")] for c in op.commands]
-        if isinstance(op, Batch):  # a result read: XREAD + HGET status
+        if isinstance(op, Batch):  # a result read: XREAD, HGET status, HGET requeued_after
             job_id = op.commands[0].args[-2].removeprefix("rq:results:")
-            return [results.get(job_id), statuses[job_id]]
+            return [results.get(job_id), statuses[job_id], None]  # no requeued_after
         assert isinstance(op, Call) and op.command.args[0] == "EXISTS"
         return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from worker.outage import Outage
 
@@ -16,7 +17,7 @@ def warnings(caplog) -> list[str]:
 def test_many_failures_from_many_threads_are_one_warning_and_the_recovery_one_more(caplog):
     caplog.set_level(logging.DEBUG, logger="worker.store")
     outage = Outage()
-    outage.answered()  # no outage: nothing to say
+    outage.answered(time.monotonic())  # no outage: nothing to say
     threads = [
         threading.Thread(target=lambda w=what: [outage.failed(w, ConnectionError("gone")) for _ in range(5)])
         for what in ("take", "finish", "heartbeat")
@@ -25,8 +26,10 @@ def test_many_failures_from_many_threads_are_one_warning_and_the_recovery_one_mo
         t.start()
     for t in threads:
         t.join()
-    outage.answered()
-    outage.answered()
+    in_flight = time.monotonic() - 60  # a reply to a call made before the outage began: not a recovery
+    outage.answered(in_flight)
+    outage.answered(time.monotonic())
+    outage.answered(time.monotonic())
     said = warnings(caplog)
     assert len(said) == 2 and said[0].startswith("redis unavailable (") and "gone" in said[0]
     assert said[1].startswith("redis answers again after") and "(15 failed call(s) retried)" in said[1]
@@ -37,7 +40,7 @@ def test_a_second_outage_is_reported_again(caplog):
     outage = Outage()
     for _ in range(2):
         outage.failed("take", ConnectionError("down"))
-        outage.answered()
+        outage.answered(time.monotonic())
     assert [m.split(" (")[0].split(" after")[0] for m in warnings(caplog)] == [
         "redis unavailable",
         "redis answers again",
