@@ -45,6 +45,8 @@ class Item:
     pixels: bytes | None = None
     error: JobError | None = None
     decode_ms: float = 0.0
+    fetch_ms: float = 0.0  # image_url jobs: the fetch (a failed fetch's time is its decode_ms too, as results say)
+    fetched: bool = True  # False when the fetch failed (nothing was decoded)
 
 
 class Pipeline:
@@ -141,6 +143,7 @@ class Pipeline:
             self._decode(item, image)
 
     def _fetched(self, item: Item, fetched: Fetched) -> None:
+        item.fetch_ms, item.fetched = fetched.ms, fetched.data is not None
         if fetched.data is None:
             return self._hand_on(item, DecodeResult(None, fetched.error, fetched.started, fetched.ms))
         self._decode(item, fetched.data)

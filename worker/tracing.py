@@ -5,7 +5,8 @@ Off by default and free when off: tracing is on only when the OpenTelemetry SDK 
 exporter package), configured by the standard ``OTEL_*`` variables (``OTEL_SERVICE_NAME``, the
 exporter's own). Spans are recorded when a batch's outcomes are built, from times the pipeline
 already keeps: per job a ``classify`` span (child of the producer's span) with ``queue wait``,
-``decode`` and ``finish`` children, and per batch one ``forward`` span linked to every job's span.
+``fetch`` (``image_url`` jobs), ``decode`` and ``finish`` children, and per batch one ``forward`` span
+linked to every job's span.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Tracing:
 
     def record_batch(self, jobs: Sequence[dict[str, Any]], forward_ms: float) -> None:
         """Spans for one finished batch. Each job: ``job_id``, ``meta`` (may carry ``traceparent``),
-        ``enqueued_at``/``started_at`` (Unix s), ``decode_ms``, ``ok``."""
+        ``enqueued_at``/``started_at`` (Unix s), ``fetch_ms`` (``image_url`` jobs), ``decode_ms``, ``ok``."""
         if not self.enabled:
             return
         now_ns = time.time_ns()
@@ -77,8 +78,13 @@ class Tracing:
             )
             inner = self.trace.set_span_in_context(span)
             self.tracer.start_span("queue wait", context=inner, start_time=start_ns).end(end_time=started_ns)
-            decode_end = started_ns + int(job.get("decode_ms", 0.0) * 1e6)
-            self.tracer.start_span("decode", context=inner, start_time=started_ns).end(end_time=decode_end)
+            decode_start = started_ns
+            if job.get("fetch_ms"):  # an image_url job: fetched, then decoded
+                decode_start = started_ns + int(job["fetch_ms"] * 1e6)
+                self.tracer.start_span("fetch", context=inner, start_time=started_ns).end(end_time=decode_start)
+            if job.get("decode_ms"):
+                decode_end = decode_start + int(job["decode_ms"] * 1e6)
+                self.tracer.start_span("decode", context=inner, start_time=decode_start).end(end_time=decode_end)
             self.tracer.start_span("finish", context=inner, start_time=now_ns).end(end_time=now_ns)
             span.end(end_time=now_ns)
             links.append(self.trace.Link(span.get_span_context()))
@@ -96,6 +102,7 @@ def trace_fields(item: Any, result: dict[str, Any]) -> dict[str, Any]:
         "meta": item.meta,
         "enqueued_at": job.enqueued_at,
         "started_at": job.started_at,
-        "decode_ms": item.decode_ms,
+        "fetch_ms": item.fetch_ms,
+        "decode_ms": item.decode_ms if item.fetched else 0.0,  # a failed fetch decoded nothing
         "ok": result["ok"],
     }

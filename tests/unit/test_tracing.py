@@ -41,7 +41,9 @@ def test_the_worker_continues_the_trace_and_links_the_batch_to_every_job(spans):
     jobs = [
         {"job_id": "a", "meta": meta, "enqueued_at": 100.0, "started_at": 100.5, "decode_ms": 3.0, "ok": True},
         {"job_id": "b", "meta": {}, "enqueued_at": 100.1, "started_at": 100.5, "decode_ms": 2.0, "ok": False},
-    ]
+        {"job_id": "c", "meta": {}, "enqueued_at": 100.1, "started_at": 100.5, "fetch_ms": 40.0, "decode_ms": 2.0,
+         "ok": True},  # an image_url job
+    ]  # fmt: skip
     tracing.record_batch(jobs, forward_ms=7.5)
     finished = {(s.name, s.attributes.get("job.id")): s for s in exporter.get_finished_spans()}
     job_a = finished["classify", "a"]
@@ -56,8 +58,15 @@ def test_the_worker_continues_the_trace_and_links_the_batch_to_every_job(spans):
     )  # no traceparent: new trace
     forward = finished["forward", None]
     assert {link.context.span_id for link in forward.links} == {
-        job_a.context.span_id,
-        finished["classify", "b"].context.span_id,
+        finished["classify", job].context.span_id for job in "abc"
+    }
+    job_c = finished["classify", "c"].context.span_id
+    children = {s.name: s for s in exporter.get_finished_spans() if s.parent and s.parent.span_id == job_c}
+    assert set(children) == {"queue wait", "fetch", "decode", "finish"}
+    assert children["fetch"].end_time == children["decode"].start_time  # fetched, then decoded
+    assert children["fetch"].end_time - children["fetch"].start_time == pytest.approx(40e6, rel=1e-6)
+    assert "fetch" not in {
+        s.name for s in exporter.get_finished_spans() if s.parent and s.parent.span_id == job_a.context.span_id
     }
 
 
