@@ -8,11 +8,11 @@ import os
 import threading
 import time
 from dataclasses import replace
-from typing import Any
 
 import redis
 import torch
 
+from .announce import announcement, start_metrics, swapped
 from .backoff import Backoff
 from .config import WorkerSettings, mask_url
 from .decode import Decoder, Fetches, NoFetch
@@ -60,15 +60,6 @@ def load_warm(settings: WorkerSettings) -> Classifier:
     model = load_model(settings.model, settings.device, int(settings.batch_size), settings.precision, settings.optimize)
     model.warm_up()
     return model
-
-
-def announce_model(store: QueueStore, settings: WorkerSettings, tag: str, decode: str) -> None:
-    """Tell producers what this worker now runs (the result cache's key has the tag: no version is answered
-    from another's entry)."""
-    try:
-        store.announce(announcement(settings, tag, decode))
-    except StoreUnavailable as exc:  # the next registration announces it
-        log.warning("could not announce model %s yet: %s", tag, exc)
 
 
 def make_gate(settings: WorkerSettings, model: Classifier) -> Gate:
@@ -269,36 +260,6 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
     finally:
         for server in probes:
             server.close()
-
-
-def swapped(tag: str, store: QueueStore, settings: WorkerSettings, decode: str, metrics: Metrics | None) -> None:
-    """A new model serves from the next batch: say so to producers (cache lookups, ``producer status``) and
-    in the metrics."""
-    announce_model(store, settings, tag, decode)
-    if metrics is not None:
-        metrics.reloads.labels("swapped").inc()
-        metrics.serving(tag)
-
-
-def start_metrics(settings: WorkerSettings, health: Health, warm_up_s: float) -> Metrics | None:
-    """Prometheus metrics when ``--metrics-port`` is set (served by the probes), else None."""
-    if not settings.metrics_port:
-        return None
-    metrics = Metrics(settings.device)  # imports prometheus_client: only for a worker that exports metrics
-    health.registry = metrics.registry
-    metrics.warm_up.set(warm_up_s)
-    return metrics
-
-
-def announcement(settings: WorkerSettings, tag: str, decode: str) -> dict[str, Any]:
-    """What this worker announces about the results it writes (the result cache's key parts and TTL)."""
-    return {
-        "tag": tag,
-        "precision": settings.precision,
-        "decode": decode,
-        "topk": settings.topk,
-        "ttl_s": settings.cache_ttl_s,
-    }
 
 
 def serve(
