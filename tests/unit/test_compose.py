@@ -10,7 +10,8 @@ from collections.abc import Mapping
 
 import yaml
 
-from worker.config import FLAGS, WorkerSettings, add_arguments, settings_from
+from worker.config import WorkerSettings, add_arguments, settings_from
+from worker.flags import FLAGS
 
 from ..conftest import ROOT
 

@@ -52,6 +52,6 @@ def test_push_help_keeps_the_readme_promise_of_top3_labels():
 
 
 def test_every_worker_flag_is_in_the_readmes_table():
-    from worker.config import FLAGS
+    from worker.flags import FLAGS
 
     assert [flag for flag, _, _, _ in FLAGS if f"| `{flag}` |" not in README] == []
