@@ -1,6 +1,6 @@
 """The store's benchmark rows, re-run for several commits in one run, alternating.
 
-``python -m bench.store_ab --refs 3042faf,7ed19ec,HEAD [--rounds 2] [--scripts redis_ceiling,shards,...]``
+``python -m bench.store_ab --refs 3042faf,7ed19ec,. [--rounds 2] [--scripts redis_ceiling,shards,...]``
 
 Each commit runs its own copy of each benchmark script (a git worktree under bench/out/ab/, as
 ``bench.ab`` makes): the code and the harness of that commit, as it was measured then. The commits
@@ -17,20 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-from .ab import worktree
+from .ab import head_label, worktree
 from .common import OUT, ROOT, report
 
 SCRIPTS = ("redis_ceiling", "shards", "cache", "enqueue_cost")
 
 
 def tree(ref: str) -> tuple[Path, str]:
-    """The files of ``ref`` (this checkout for HEAD with no changes of its own) and its short hash."""
-    if ref == "HEAD":
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        return ROOT, sha
-    return worktree(ref)
+    """The files of ``ref`` (``.``: this checkout as it is, labelled ``+changes`` when it has some) and its
+    short hash."""
+    return (ROOT, head_label()) if ref == "." else worktree(ref)
 
 
 def run_script(root: Path, script: str, out: Path) -> float:
@@ -52,7 +48,7 @@ def tables(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--refs", default="3042faf,7ed19ec,HEAD", help="commits, the first is 'before'")
+    parser.add_argument("--refs", default="3042faf,7ed19ec,.", help="commits, the first is 'before'")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--scripts", default=",".join(SCRIPTS))
     parser.add_argument("--write", action="store_true", help="record the tables in BENCHMARKS.md")

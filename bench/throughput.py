@@ -1,12 +1,13 @@
 """Throughput side by side, in one run: our worker vs plain RQ, vs LitServe, and vs the machine's decode capacity.
 
-``python -m bench.throughput [--regime overhead|compute|decode|all] [--device cpu] [--write]``
+``python -m bench.throughput [--regime overhead|compute|decode|all] [--device cpu] [--pt2] [--write]``
 
 - overhead: a tiny CNN on small JPEGs (what a GPU looks like: compute nearly free); ours vs a
   plain ``rq worker`` (SimpleWorker) on the same jobs, with Redis round trips and commands per job;
 - compute: EfficientNet-Lite0 on the real photos; ours vs LitServe as a user would run it (its own
   ``torch.jit.load`` and Pillow preprocessing, bench/litserve_app.py) at max_batch 1/4/8, and the
-  same decode + model in-process (no Redis) for pipeline efficiency;
+  same decode + model in-process (no Redis) for pipeline efficiency; ``--pt2`` adds our worker on the
+  model as an AOTInductor package (LitServe keeps the TorchScript file, as its user would load it);
 - decode: a nearly free 224-px model on the real photos, jobs already queued; ours vs the
   machine's all-core Pillow decode capacity measured in the same run (bench/decode_capacity.py).
 """
@@ -26,6 +27,7 @@ from worker.tasks import decode_image
 
 from .common import ensure_model, photos, report, small_jpegs, table
 from .drain import Drain, drain
+from .formats import ensure_package
 
 HEADERS = ["regime", "runner", "ok/jobs", "images/s", "ratio", "round trips/job", "commands/job"]
 
@@ -90,11 +92,17 @@ def compute(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]:
 
     model, sources = str(ensure_model("lite0")), photos()
     payloads = [sources[i % len(sources)] for i in range(args.compute_jobs)]
-    ours, lit = [], {1: [], 4: [], 8: []}
+    ours, packaged, lit = [], [], {1: [], 4: [], 8: []}
+    package = str(ensure_package(args.device)[0]) if args.pt2 else None
     for _ in range(args.repeats):
         ours.append(
             drain("ours", url, model, payloads, batch=args.compute_batch, device=args.device, extra=decode_flags(args))
         )
+        if package:  # the same worker on the same jobs, with the model as an AOTInductor package
+            flags = decode_flags(args)
+            packaged.append(
+                drain("ours", url, package, payloads, batch=args.compute_batch, device=args.device, extra=flags)
+            )
         if not args.no_litserve:
             for max_batch in lit:
                 lit[max_batch].append(measure(model, payloads[: args.litserve_requests], max_batch, args.device))
@@ -113,6 +121,9 @@ def compute(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]:
         ]
     )
     notes = [f"- compute: pipeline efficiency (ours / in-process) = **{o.images_per_s / inproc:.2f}**"]
+    if packaged:
+        q = _median(packaged)
+        rows.insert(1, _row("compute", f"ours, .pt2 package (batch {args.compute_batch})", q, q.images_per_s / inproc))
     if not args.no_litserve:
         medians = {b: sorted(r)[len(r) // 2] for b, r in lit.items()}
         best = max(medians.values())
@@ -133,6 +144,12 @@ def compute(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]:
             f"- compute: ours / LitServe's best = **{o.images_per_s / best:.2f}x** (each round: {each}; "
             "target >= 1.1x, floor 1.0x)"
         )
+        if packaged:
+            each = ", ".join(f"{r.images_per_s / max(lit[b][i] for b in lit):.2f}" for i, r in enumerate(packaged))
+            notes.append(
+                f"- compute: ours with the .pt2 package / LitServe's best (TorchScript, as its user loads it) = "
+                f"**{_median(packaged).images_per_s / best:.2f}x** (each round: {each}; issue 23's target 1.3x)"
+            )
     return rows, notes
 
 
@@ -201,6 +218,7 @@ def main() -> None:
     parser.add_argument("--plain-fraction", type=int, default=3, help="the plain worker drains jobs/this")
     parser.add_argument("--litserve-requests", type=int, default=160)
     parser.add_argument("--no-litserve", action="store_true")
+    parser.add_argument("--pt2", action="store_true", help="compute: also our worker on the .pt2 package")
     parser.add_argument("--repeats", type=int, default=3, help="alternate the runners this many times; medians")
     parser.add_argument("--write", action="store_true", help="record the tables in BENCHMARKS.md")
     args = parser.parse_args()
@@ -217,6 +235,7 @@ def main() -> None:
         server.stop()
     body = table(HEADERS, rows) + "\n\n" + "\n".join(notes)
     suffix = ("" if args.regime == "all" else f"-{args.regime}") + (f"-{args.decode}" if args.decode else "")
+    suffix += "-pt2" if args.pt2 else ""
     report(f"throughput-{args.device.split(':')[0]}{suffix}", f"Throughput on {args.device}", body, args.write)
 
 

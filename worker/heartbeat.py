@@ -3,9 +3,10 @@
 RQ's own clean-up of abandoned jobs takes about ten minutes. Here every worker refreshes its key
 every third of ``--worker-ttl-s`` from this thread, and every ``reap_s`` runs the store's reaper
 (atomic: several workers may reap at once) and gives back its own starts whose reply never came.
-It also beats as soon as a batch is done (it looks every ``current_s``, without Redis), so the
-counters ``producer status`` shows (batches, images/s over the last minute) are current right after
-a burst, not up to a third of the TTL late.
+It also beats soon after a batch is done (it looks every ``current_s``, without Redis; at most once per
+``after_batch_s``, a second, so a busy worker does not run a heartbeat script per batch), so the counters
+``producer status`` shows (batches, images/s over the last minute) are current within a second after a
+burst, not up to a third of the TTL late.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ SAMPLE_EVERY_S = 1.0  # rate samples are kept at least this far apart (64 of the
 
 
 class Heartbeat(threading.Thread):
-    """Beats every ``ttl_s / 3`` and after every batch (seen within ``current_s``), and reaps every
-    ``reap_s``, on behalf of one pipeline."""
+    """Beats every ``ttl_s / 3`` and after batches (seen within ``current_s``, at most once per
+    ``after_batch_s``), and reaps every ``reap_s``, on behalf of one pipeline."""
 
     def __init__(
         self,
@@ -39,12 +40,14 @@ class Heartbeat(threading.Thread):
         *,
         reap_s: float = 5.0,
         current_s: float = 0.1,
+        after_batch_s: float = 1.0,
         metrics: Any = None,
         health: Any = None,
     ) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.store, self.hand, self.stats, self.metrics, self.health = store, hand, stats, metrics, health
-        self.ttl_s, self.reap_s, self.current_s = ttl_s, reap_s, current_s
+        self.ttl_s, self.reap_s, self.current_s, self.after_batch_s = ttl_s, reap_s, current_s, after_batch_s
+        self.beaten_at = float("-inf")  # when the last beat was sent (monotonic)
         self.stopping = threading.Event()
         self.samples: deque[tuple[float, int]] = deque(maxlen=64)
         self.beaten_batches = -1  # the batch count the last beat reported
@@ -67,7 +70,7 @@ class Heartbeat(threading.Thread):
         """One heartbeat (with the jobs, batches and images/s that ``producer status`` shows)."""
         jobs, batches = self.stats.jobs, self.stats.batches
         stats = WorkerStats(jobs, batches, self.rate(jobs, time.monotonic()))
-        self.beaten_batches = batches
+        self.beaten_batches, self.beaten_at = batches, time.monotonic()
         backlog = self.store.heartbeat(stats)
         if self.health is not None:
             self.health.redis_answered()
@@ -115,9 +118,13 @@ class Heartbeat(threading.Thread):
                 return
 
     def wait_next(self, deadline: float) -> bool:
-        """Wait until ``deadline`` or a batch done since the last beat; False when stopping."""
+        """Wait until ``deadline``, or a batch done since the last beat and ``after_batch_s`` since that beat;
+        False when stopping."""
         while not self.stopping.wait(max(0.0, min(self.current_s, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline or self.stats.batches != self.beaten_batches:
+            now = time.monotonic()
+            if now >= deadline:
+                return True
+            if self.stats.batches != self.beaten_batches and now - self.beaten_at >= self.after_batch_s:
                 return True
         return False
 

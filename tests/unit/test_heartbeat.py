@@ -35,7 +35,8 @@ def wait_for(condition, timeout_s: float = 5.0):
 
 def test_a_finished_batch_is_reported_at_once_not_a_third_of_the_ttl_later():
     store, stats = RecordingStore(), Stats()
-    heartbeat = Heartbeat(store, InHand(), stats, ttl_s=60.0, reap_s=30.0)  # regular beats only every 20 s
+    # regular beats only every 20 s; after a batch, at most every 0.05 s
+    heartbeat = Heartbeat(store, InHand(), stats, ttl_s=60.0, reap_s=30.0, after_batch_s=0.05)
     heartbeat.start()
     try:
         wait_for(lambda: store.beats)  # the first beat, at start
@@ -44,6 +45,26 @@ def test_a_finished_batch_is_reported_at_once_not_a_third_of_the_ttl_later():
             stats.batches += 1
             beat = wait_for(lambda b=batch: next((s for s in store.beats if s.batches == b), None), timeout_s=1.0)
             assert beat.jobs == 10 * batch and beat.images_per_s_1m > 0  # never 0.0 right after a burst
+    finally:
+        heartbeat.stop()
+
+
+def test_batches_in_quick_succession_are_reported_at_most_once_per_after_batch_s():
+    store, stats = RecordingStore(), Stats()
+    heartbeat = Heartbeat(store, InHand(), stats, ttl_s=60.0, reap_s=30.0, current_s=0.01, after_batch_s=0.4)
+    heartbeat.start()
+    try:
+        wait_for(lambda: store.beats)  # the first beat, at start
+        began = time.monotonic()
+        while time.monotonic() < began + 1.0:  # a busy worker: a batch every 10 ms for a second
+            stats.jobs += 64
+            stats.batches += 1
+            time.sleep(0.01)
+        final = stats.batches
+        last = wait_for(lambda: next((s for s in store.beats if s.batches == final), None), timeout_s=2.0)
+        assert last.jobs == 64 * final  # the burst's end is reported (within after_batch_s)
+        spacing_bound = 2 + (time.monotonic() - began) / 0.4  # the start, then at most one beat per 0.4 s
+        assert final >= 50 and 2 <= len(store.beats) <= spacing_bound  # not one per batch
     finally:
         heartbeat.stop()
 

@@ -35,7 +35,7 @@ from .misfits import MisfitReport, misfits_of
 from .names import claim_name
 from .printable import shown
 from .rqcalls import QueueCalls, Setting, finish_job
-from .rqdata import iso, read_record, text
+from .rqdata import RECORD_FIELDS, iso, read_record, sort_take_reply, text
 from .scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -209,36 +209,19 @@ class RedisStore(QueueStore):
             return []
         with self.connection.pipeline(transaction=False) as pipe:  # one round trip for the whole batch
             for job_id, _ in begun:
-                pipe.hgetall(keys.job(job_id))
-            hashes = pipe.execute()
+                pipe.hmget(keys.job(job_id), RECORD_FIELDS)  # only what a record reads, not RQ's whole hash
+            rows = pipe.execute()
         return [
-            read_record(job_id, eid, fields, started_at, taken_at, self.max_data_bytes)
-            for (job_id, eid), fields in zip(begun, hashes, strict=True)
+            read_record(
+                job_id, eid, dict(zip(RECORD_FIELDS, row, strict=True)), started_at, taken_at, self.max_data_bytes
+            )
+            for (job_id, eid), row in zip(begun, rows, strict=True)
         ]
 
     def _begun(self, reply: list[Any]) -> list[tuple[str, str]]:
         """The ``(job_id, execution_id)`` of each job TAKE started; the others are counted and logged."""
-        begun, gone, held = [], [], []
-        for i in range(0, len(reply), 3):
-            job_id, state, eid = reply[i], reply[i + 1], text(reply[i + 2])
-            if state == -1:
-                self.dropped += 1
-                log.error("dropped queued id %s: not UTF-8, so no client can name it (never started)", shown(job_id))
-            elif state is None:
-                gone.append(shown(job_id))
-            elif state == 1:
-                begun.append((text(job_id), eid))
-            elif state == 2:
-                held.append(shown(job_id))
-        if gone:
-            log.warning("answered job_gone for %d queued id(s) whose job hash is gone: %s", len(gone), ", ".join(gone))
-        if held:  # each take while it lasts: the key's own report (once a minute) is the warning
-            self.held = len(held)
-            log.debug(
-                "left %d job(s) queued, at the queue's tail: keys of their own are of the wrong type: %s",
-                len(held),
-                ", ".join(held),
-            )
+        begun, dropped, self.held = sort_take_reply(reply)
+        self.dropped += dropped
         return begun
 
     # -- finish ----------------------------------------------------------------------------------

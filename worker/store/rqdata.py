@@ -17,6 +17,36 @@ from .printable import shown
 log = logging.getLogger(__name__)
 
 
+def sort_take_reply(reply: list[Any]) -> tuple[list[tuple[str, str]], int, int]:
+    """TAKE's reply per id (job_id, state, execution id): the ``(job_id, execution_id)`` of each job started,
+    the ids dropped (not UTF-8) and held (keys of the wrong type); the others are logged here."""
+    begun, gone, held, dropped = [], [], [], 0
+    for i in range(0, len(reply), 3):
+        job_id, state, eid = reply[i], reply[i + 1], text(reply[i + 2])
+        if state == -1:
+            dropped += 1
+            log.error("dropped queued id %s: not UTF-8, so no client can name it (never started)", shown(job_id))
+        elif state is None:
+            gone.append(shown(job_id))
+        elif state == 1:
+            begun.append((text(job_id), eid))
+        elif state == 2:
+            held.append(shown(job_id))
+    if gone:
+        log.warning("answered job_gone for %d queued id(s) whose job hash is gone: %s", len(gone), ", ".join(gone))
+    if held:  # each take while it lasts: the key's own report (once a minute) is the warning
+        log.debug(
+            "left %d job(s) queued, at the queue's tail: keys of their own are of the wrong type: %s",
+            len(held),
+            ", ".join(held),
+        )
+    return begun, dropped, len(held)
+
+
+# the fields of RQ's job hash that read_record uses (TAKE's caller reads only these)
+RECORD_FIELDS = (b"enqueued_at", b"lost_deliveries", b"retries_left", b"result_ttl", b"failure_ttl", b"data")
+
+
 def read_record(
     job_id: str, execution_id: str, fields: dict[bytes, bytes], started_at: float, taken_at: float, max_data_bytes: int
 ) -> JobRecord:

@@ -10,7 +10,7 @@
 -- held Redis for tens of ms per take of big photos); false when there is no job hash (gone, or a key of
 -- another type: answered job_gone here); 0 when sent back (a second suspect) or canceled; -1 when the id
 -- is not UTF-8 (dropped: nothing is written for it); 2 when held: a key of the job's own (its executions,
--- this execution, its result stream) is of the wrong type, so it is not started and goes back to the
+-- its result stream) is of the wrong type, so it is not started and goes back to the
 -- queue's tail (queued, as it was). misfits: {key, found, wanted} for each key of the wrong type.
 -- Refuses (BADTYPE, nothing written) when the queue, the intermediate list, the started registry or this
 -- worker's executions set is of the wrong type: every id stays where it is. The results feed and this
@@ -79,8 +79,9 @@ for n, job_id in ipairs(ids) do
     writes[#writes + 1] = function()
       announce(channel, stream, stream_maxlen, job_id, result_for(job_id, gone_size, gone_pairs))
     end
-  elseif not check_all({{executions_prefix .. job_id, 'zset'}, {execution_prefix .. job_id .. ':' .. eid, 'hash'},
-                        {results_prefix .. job_id, 'stream'}}, bad) then
+  -- (the execution's own key is not checked: its id is new and random, and no client but a worker may write
+  -- rq:execution:* keys, docs/security.md)
+  elseif not check_all({{executions_prefix .. job_id, 'zset'}, {results_prefix .. job_id, 'stream'}}, bad) then
     state = 2
     writes[#writes + 1] = function() redis.call('RPUSH', queue, job_id) end
   elseif lost > 0 and suspects >= 1 then
