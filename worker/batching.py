@@ -20,6 +20,7 @@ def next_batch(
     taken_at: Callable[[T], float],
     decoding: Callable[[], int] = lambda: 0,
     clock: Callable[[], float] = time.monotonic,
+    call_wait_s: float = 0.0,
 ) -> list[T]:
     """Form one batch from a stream of decoded items.
 
@@ -29,9 +30,17 @@ def next_batch(
     ``idle_wait_s`` for a first item, then until ``max_wait_s`` after the earliest item's
     ``taken_at`` (our own clock, never a server-side timeout) for a fuller batch; past that, only
     while jobs already taken are still ``decoding`` (max-wait is for traffic, not for our decoders).
+
+    ``call_wait_s`` (a decoder that hands images back a call at a time, the GPU's): when the model is busy
+    and what is ready is a fragment (under half a batch) while images are still decoding, wait up to that
+    long for the next hand-off rather than run the fragment: the call in flight completes into this batch.
     """
     items = _ready(get, max_items)
     if items and busy:
+        if call_wait_s > 0 and len(items) < max_items // 2 and decoding() > 0:
+            item = get(call_wait_s)
+            if item is not None:
+                items += [item, *_ready(get, max_items - len(items) - 1)]
         return items
     if not items:
         first = get(idle_wait_s)

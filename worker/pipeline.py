@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,14 +26,13 @@ from .backoff import Backoff
 from .batching import next_batch
 from .decode import Decoder, DecodeResult, Fetched, Fetches, NoFetch
 from .errors import JobError
+from .finishing import CLOSED, FinishStage
 from .jobs import answer, job_inputs
 from .progress import InHand, Observer, PipelineSettings, Predicts, ShutdownIncomplete, Stats
 from .store import JobRecord, Outcome, QueueStore, StoreUnavailable, shown
 from .tracing import Tracing, trace_fields
 
 log = logging.getLogger(__name__)
-
-CLOSED = object()  # end of a stage's stream
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Item:
     fetched: bool = True  # False when the fetch failed (nothing was decoded)
 
 
-class Pipeline:
+class Pipeline(FinishStage):
     """One worker's stages, wired in the constructor; ``run()`` until ``stop`` is set and all is drained."""
 
     def __init__(
@@ -75,7 +75,10 @@ class Pipeline:
         self.progressed: Callable[[], None] = health.progressed if health is not None else lambda: None
         self.hand, self.stats = hand or InHand(), stats or Stats()
         self.limit = max(1, settings.batches_in_hand) * predictor.cap
-        self.ready: queue.Queue = queue.Queue(maxsize=self.limit + 1)  # decoded, waiting for a batch
+        self.ready: queue.Queue = queue.Queue(maxsize=self.limit + 1)  # lists of decoded items, for a batch
+        # a decoder that hands back a call at a time (the GPU's): a busy model lets a call in flight complete
+        self.call_wait_s = settings.max_wait_ms / 1000 if decoder.backend == "gpu" else 0.0
+        self.staged: deque[Item] = deque()  # the rest of the list the batcher took from ``ready`` (its thread only)
         self.done: queue.Queue = queue.Queue()  # outcomes waiting to be recorded (bounded by the hand)
         self.closed = False
         self.decoding = 0  # images submitted to the decoder and not yet back
@@ -122,13 +125,22 @@ class Pipeline:
                     self.stop.set()
                 self.hand.wait_until(lambda n: n == 0)
             self.hand.add(jobs)
-            for job in sorted(jobs, key=lambda j: j.lost > 0):
-                self._alone(job) if job.lost else self._admit(job)
+            self._admit_all(jobs)
         self.fetcher.close()  # every fetched image has gone on to the decoder, or to ``done``
         self.decoder.close()  # every submitted image has reached ``ready`` or ``done``
         self.ready.put(CLOSED)
 
-    def _admit(self, job: JobRecord) -> None:
+    def _admit_all(self, jobs: list[JobRecord]) -> None:
+        """A take's jobs: their images go to the decoder in one hand-off; suspects alone, after the others."""
+        pairs = [pair for job in jobs if not job.lost and (pair := self._admit(job)) is not None]
+        self._decode(pairs)
+        for job in jobs:
+            if job.lost:
+                self._alone(job)
+
+    def _admit(self, job: JobRecord) -> tuple[Item, bytes] | None:
+        """Check a job's call; its item and image bytes when they go to the decoder now (a URL goes to the
+        fetch stage first, a bad call straight to ``done``)."""
         item = Item(job)
         try:
             image, item.meta = job_inputs(job)
@@ -136,46 +148,59 @@ class Pipeline:
             item.error = err
             log.warning("job %s failed: %s", shown(job.job_id), shown(str(err)))
             self.done.put(([self._outcome(item, 1)], time.monotonic()))
-            return
+            return None
         if isinstance(image, ImageRef):  # fetched on the fetch stage's threads, then decoded
             self.fetcher.submit(image.url, lambda fetched: self._fetched(item, fetched))
-        else:
-            self._decode(item, image)
+            return None
+        return item, image
 
     def _fetched(self, item: Item, fetched: Fetched) -> None:
         item.fetch_ms, item.fetched = fetched.ms, fetched.data is not None
         if fetched.data is None:
-            return self._hand_on(item, DecodeResult(None, fetched.error, fetched.started, fetched.ms))
-        self._decode(item, fetched.data)
+            self._hand_on(item, DecodeResult(None, fetched.error, fetched.started, fetched.ms))
+            return
+        self._decode([(item, fetched.data)])
 
-    def _decode(self, item: Item, image: bytes) -> None:
+    def _decode(self, pairs: list[tuple[Item, bytes]]) -> None:
+        """Submit images in one hand-off; results come back in lists (one per decode call on a GPU)."""
+        if not pairs:
+            return
         with self.lock:
-            self.decoding += 1
-        self.decoder.submit(image, lambda result: self._decoded(item, image, result))
+            self.decoding += len(pairs)
+        items, images = [item for item, _ in pairs], [image for _, image in pairs]
+        self.decoder.submit_many(images, lambda results: self._decoded(items, images, results))
 
-    def _decoded(self, item: Item, image: bytes, result: DecodeResult) -> None:
+    def _decoded(self, items: list[Item], images: list[bytes], results: list[tuple[int, DecodeResult]]) -> None:
         # the result cache's key (and a batch's repeated photos), hashed on the decoder's threads, not the
         # taker's (hashlib releases the GIL for large buffers), and only when the cache is on
-        if self.settings.hash_images and result.error is None:
-            item.digest = digest(image)
-        self._hand_on(item, result)
+        ready = []
+        for i, result in results:
+            item = items[i]
+            if self.settings.hash_images and result.error is None:
+                item.digest = digest(images[i])
+            if self._hand_on(item, result):
+                ready.append(item)
+        if ready:
+            self.ready.put(ready)  # one hand-off to the batcher, before the count drops (it waits on both)
         with self.lock:
-            self.decoding -= 1
+            self.decoding -= len(results)
 
-    def _hand_on(self, item: Item, result: DecodeResult) -> None:
+    def _hand_on(self, item: Item, result: DecodeResult) -> bool:
+        """Record a decode's result on its item; True when it goes on to a batch, else its failure is done."""
         self.stats.to_decode_ms.append(max(0.0, result.started - item.job.taken_at) * 1000)
         item.pixels, item.error, item.decode_ms = result.pixels, result.error, result.ms
         if item.error is None:
-            self.ready.put(item)
-            return
+            return True
         log.warning("job %s failed: %s", shown(item.job.job_id), shown(str(item.error)))
         self.done.put(([self._outcome(item, 1)], time.monotonic()))
+        return False
 
     def _alone(self, job: JobRecord) -> None:
         """A job lost with a worker before runs alone, with nothing else in hand (it may crash us)."""
         self.hand.wait_until(lambda n: n <= 1)
         log.warning("job %s was lost with a worker %d time(s) before: running it alone", shown(job.job_id), job.lost)
-        self._admit(job)
+        pair = self._admit(job)
+        self._decode([pair] if pair else [])
         self.hand.wait_until(lambda n: n == 0)
 
     # -- batch and infer ---------------------------------------------------------------------------
@@ -191,6 +216,7 @@ class Pipeline:
                 max_wait_s=self.settings.max_wait_ms / 1000,
                 taken_at=lambda i: i.job.taken_at,
                 decoding=lambda: self.decoding,
+                call_wait_s=self.call_wait_s,
             )
             busy = bool(batch)
             if batch:
@@ -228,14 +254,17 @@ class Pipeline:
         return [preds[k] for k in slots], infer_ms
 
     def _next_ready(self, timeout_s: float) -> Item | None:
+        if self.staged:
+            return self.staged.popleft()
         try:
-            item = self.ready.get(timeout=timeout_s) if timeout_s > 0 else self.ready.get_nowait()
+            got = self.ready.get(timeout=timeout_s) if timeout_s > 0 else self.ready.get_nowait()
         except queue.Empty:
             return None
-        if item is CLOSED:
+        if got is CLOSED:
             self.closed = True
             return None
-        return item
+        self.staged.extend(got[1:])
+        return got[0]
 
     def _outcome(self, item: Item, batch: int, infer_ms: float = 0.0, pred: Any = None) -> Outcome:
         topk = None if item.error is not None else pred
@@ -251,77 +280,3 @@ class Pipeline:
             batch=batch,
         )
         return Outcome(item.job, result, retry=bool(item.error and item.error.retryable), digest=item.digest)
-
-    # -- finish ----------------------------------------------------------------------------------
-    def finish(self) -> None:
-        """Record finished batches (all that are ready, in one store call); keep them through outages."""
-        pending: list[tuple[list[Outcome], float]] = []
-        closing, backoff = False, Backoff()
-        while not (closing and not pending):
-            closing = self._collect(pending, block=not pending) or closing
-            if not pending:
-                continue
-            outcomes = [o for batch, _ in pending for o in batch]
-            try:
-                called_at = time.monotonic()
-                self.store.finish(outcomes)
-            except StoreUnavailable as exc:
-                self.progressed()  # waiting on Redis is not a stall
-                if not self._wait_out(exc, len(outcomes), backoff):
-                    return
-                continue
-            backoff.reset()
-            self.stats.outage.answered(called_at)
-            self.progressed()
-            self._acknowledged(pending)
-            pending = []
-
-    def _wait_out(self, exc: StoreUnavailable, count: int, backoff: Backoff) -> bool:
-        """Wait before recording ``count`` finished jobs again; False once stopping has waited long enough."""
-        left = self._shutdown_left()
-        if left <= 0:
-            self.unrecorded = count
-            log.error(
-                "stopping, and the queue store stayed unavailable for %.0f s: exiting with %d finished job(s) "
-                "unrecorded (re-queued by the reaper once this worker's key expires)",
-                self.settings.shutdown_timeout_s,
-                count,
-            )
-            return False
-        delay_s = min(backoff.next(), left)
-        self.stats.store_error(exc, "finish", f", {count} finished job(s) kept, next try in {delay_s:.1f} s")
-        time.sleep(delay_s)
-        return True
-
-    def _shutdown_left(self) -> float:
-        """Seconds left to record finished jobs: unbounded until stopping, then the shutdown timeout."""
-        if not self.stop.is_set():
-            return float("inf")
-        if self.stopping_since is None:
-            self.stopping_since = time.monotonic()
-        return self.settings.shutdown_timeout_s - (time.monotonic() - self.stopping_since)
-
-    def _collect(self, pending: list[tuple[list[Outcome], float]], *, block: bool) -> bool:
-        """Move finished batches from ``done`` to ``pending``; True once the stream is closed."""
-        closed = False
-        try:
-            entry = self.done.get() if block else self.done.get_nowait()
-            while True:
-                if entry is CLOSED:
-                    closed = True
-                else:
-                    pending.append(entry)
-                entry = self.done.get_nowait()
-        except queue.Empty:
-            pass
-        return closed
-
-    def _acknowledged(self, pending: list[tuple[list[Outcome], float]]) -> None:
-        now = time.monotonic()
-        for outcomes, forward_end in pending:
-            self.stats.to_publish_ms.extend([(now - forward_end) * 1000] * len(outcomes))
-            self.stats.jobs += len(outcomes)
-            self.stats.batches += 1
-            if self.observer is not None:
-                self.observer.observe_batch([o.result for o in outcomes], now - forward_end)
-            self.hand.release([o.job for o in outcomes])

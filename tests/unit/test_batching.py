@@ -53,6 +53,30 @@ def test_a_busy_model_takes_what_is_ready_without_waiting():
     assert stream.waits == [] and stream.now == 0.0
 
 
+def test_a_busy_model_lets_a_decode_call_in_flight_complete_rather_than_run_a_fragment():
+    # a GPU decoder's call of six lands 3 ms after the model finished; one fallback image is ready
+    arrivals = [(0.0, "odd"), *((0.003, f"call-{i}") for i in range(6)), (0.05, "next-take")]
+
+    def batch(call_wait_s: float) -> tuple[list[str], float]:
+        stream = Stream(arrivals)
+        got = next_batch(
+            stream.get,
+            max_items=16,
+            max_wait_s=0.005,
+            busy=True,
+            idle_wait_s=1.0,
+            taken_at=lambda item: 0.0,
+            decoding=lambda: sum(1 for at, _ in stream.pending if at <= 0.003),
+            clock=stream.clock,
+            call_wait_s=call_wait_s,
+        )
+        return got, stream.now
+
+    assert batch(0.0) == (["odd"], 0.0)  # CPU decoders: what is ready goes at once
+    got, now = batch(0.005)
+    assert got == ["odd", *(f"call-{i}" for i in range(6))] and now == 0.003  # the call's six join, no more wait
+
+
 def test_a_busy_model_with_nothing_ready_waits_like_an_idle_one():
     stream = Stream([(0.5, "a"), (0.502, "b"), (0.6, "late")], taken={"a": 0.499, "b": 0.501})
     assert stream.batch(busy=True) == ["a", "b"]

@@ -18,9 +18,10 @@ from PIL import Image, ImageOps
 from worker.config import WorkerSettings, check_decode
 from worker.decode import DecodeResult
 from worker.decode.cpu import ImageError, Limits, Preprocess, decode, draft_scale, resize
-from worker.decode.gpu import GpuDecoder, orient, prepare, reduce, resize_batch
+from worker.decode.gpu import GpuDecoder
 from worker.decode.header import Header, read_header
 from worker.decode.pool import ThreadDecoder
+from worker.decode.tensorprep import orient, prepare, reduce, resize_batch
 from worker.infer import Predictor
 from worker.model import load_model
 
@@ -264,6 +265,29 @@ def test_batches_take_what_is_pending_up_to_the_cap():
     gate.set()
     decoder.close()
     assert len(results) == 9 and batch.batches == [1, 4, 4, 1]
+
+
+def test_a_takes_images_come_back_in_one_list_per_decode_call():
+    jpegs = [image_bytes(n) for n in ("cat.jpg", "coffee.jpg", "china.jpg")] * 2
+    images = [*jpegs[:3], image_bytes("odd.webp"), *jpegs[3:], b"junk"]
+    batch, lists, all_back = PillowBatch(), [], threading.Event()
+
+    def done(results: list[tuple[int, DecodeResult]]) -> None:
+        lists.append(results)
+        if sum(map(len, lists)) == len(images):
+            all_back.set()
+
+    decoder = gpu_decoder(batch, max_batch=4)
+    decoder.submit_many(images, done)
+    assert all_back.wait(30)
+    decoder.close()
+    indices = sorted(i for results in lists for i, _ in results)
+    assert indices == list(range(len(images)))  # every image exactly once
+    assert batch.batches == [4, 2]  # the take's six JPEGs in calls of at most max_batch
+    on_gpu = sorted(len(r) for r in lists if all(isinstance(res.pixels, torch.Tensor) for _, res in r))
+    assert on_gpu == [2, 4]  # each call's images handed on together, not one callback per image
+    by_index = dict(pair for results in lists for pair in results)
+    assert by_index[3].pixels == decode(images[3], SPEC, Limits()) and by_index[7].error.kind == "unsupported_image"
 
 
 # -- mixed batches reach the model; the --decode flag -------------------------------------------------

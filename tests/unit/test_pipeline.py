@@ -18,11 +18,21 @@ from worker.store.memory import MemoryBroker, MemoryStore
 
 
 class PassThrough:
-    """A decoder whose pixels are the job's bytes; ``b"bad"`` is refused like a corrupt image."""
+    """A decoder whose pixels are the job's bytes; ``b"bad"`` is refused like a corrupt image. A take's images
+    come back together, in one list (as a GPU decoder's call does)."""
+
+    backend = "cpu"
 
     def submit(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
+        done(self.result(data))
+
+    def submit_many(self, images: list[bytes], done: Callable[[list[tuple[int, DecodeResult]]], None]) -> None:
+        done([(i, self.result(data)) for i, data in enumerate(images)])
+
+    @staticmethod
+    def result(data: bytes) -> DecodeResult:
         error = JobError("unsupported_image", "not an image") if data == b"bad" else None
-        done(DecodeResult(None if error else data, error, time.monotonic(), 0.01))
+        return DecodeResult(None if error else data, error, time.monotonic(), 0.01)
 
     def close(self) -> None:
         pass

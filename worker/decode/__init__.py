@@ -10,7 +10,7 @@ falls back to them image by image. Jobs by reference (``image_url``) pass throug
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +28,10 @@ class DecodeResult:
     ms: float
 
 
+# a hand-off of several images' results: (index in the submitted list, result) pairs
+Decoded = Callable[[list[tuple[int, DecodeResult]]], None]
+
+
 class Decoder(Protocol):
     """Decodes images in the background; ``done`` is called once per submitted image, from any thread."""
 
@@ -36,8 +40,19 @@ class Decoder(Protocol):
     def submit(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
         """Queue one image."""
 
+    def submit_many(self, images: Sequence[bytes], done: Decoded) -> None:
+        """Queue several images (one take's) in one hand-off. ``done`` gets lists of ``(index, result)``, from
+        any thread; every index comes back exactly once over its calls, and images decoded together come back
+        together (one call per GPU decode call; one per image for a decoder that decodes them one by one)."""
+
     def close(self) -> None:
         """Finish what was submitted (every ``done`` has been called on return), then stop."""
+
+
+def submit_each(decoder: Decoder, images: Sequence[bytes], done: Decoded) -> None:
+    """``submit_many`` for a decoder that decodes image by image: one ``done`` call per image."""
+    for i, data in enumerate(images):
+        decoder.submit(data, lambda result, i=i: done([(i, result)]))
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """The GPU decoder: batches of plain JPEGs decoded on the device with NVIDIA nvImageCodec, the rest by Pillow.
 
-One background thread gathers what was submitted (up to ``max_batch``), reads each header with
-Pillow (``worker.decode.header``: the limits, the EXIF orientation, the route), decodes the GPU's
-share in one ``Decoder.decode`` call, then orients, resizes and crops each image on the device to
-the model's input (uint8 ``H x W x 3``, the semantics of ``worker.decode.cpu``). Anything the GPU
+One background thread gathers what was submitted (whole takes, ``submit_many``, up to ``max_batch`` images),
+reads each header with Pillow (``worker.decode.header``: the limits, the EXIF orientation, the route),
+decodes the GPU's share in calls of up to ``max_batch``, then orients, resizes and crops each image on the
+device to the model's input (uint8 ``H x W x 3``, the semantics of ``worker.decode.cpu``,
+``worker.decode.tensorprep``), and hands each call's results back in one list per submitter. Anything the GPU
 must not or could not decode (nvImageCodec returns None for it) goes to the CPU fallback, one by
 one: a bad image never fails its batch. nvImageCodec is imported only when such a decoder is built.
 
@@ -22,24 +23,49 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import JobError
-from . import Decoder, DecodeResult
-from .cpu import ImageError, Limits, Preprocess, draft_scale, resize_plan
+from . import Decoded, Decoder, DecodeResult
+from .cpu import ImageError, Limits, Preprocess
 from .header import Header, read_header
 from .pool import ThreadDecoder
+from .tensorprep import prepare
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 128
 BATCH_PIXELS = 256_000_000  # source pixels per decode call (~770 MB of RGB on the device): more waits a call
-RESIZE_PIXELS = 32_000_000  # same-size images resized together up to this many pixels (~380 MB as float)
 Done = Callable[[DecodeResult], None]
+
+
+@dataclass
+class Entry:
+    """One image routed to the device: its bytes, who submitted it (and at which index), its header."""
+
+    data: bytes
+    done: Decoded
+    index: int
+    header: Header
+
+
+class Handoff:
+    """Results gathered per submitter, sent as one list each: a decode call's images go on together."""
+
+    def __init__(self) -> None:
+        self.lists: dict[int, tuple[Decoded, list[tuple[int, DecodeResult]]]] = {}
+
+    def add(self, done: Decoded, index: int, result: DecodeResult) -> None:
+        self.lists.setdefault(id(done), (done, []))[1].append((index, result))
+
+    def send(self) -> None:
+        for done, results in self.lists.values():
+            done(results)
+        self.lists.clear()
 
 
 class GpuDecodeUnavailable(RuntimeError):
@@ -50,54 +76,6 @@ class BatchDecode(Protocol):
     """Encoded JPEGs to uint8 ``H x W x 3`` tensors on the device (None where one failed), on ``stream``."""
 
     def __call__(self, images: Sequence[bytes], stream: int) -> list[torch.Tensor | None]: ...
-
-
-def orient(images: torch.Tensor, orientation: int) -> torch.Tensor:
-    """Apply an EXIF orientation (1..8) to ``... x H x W x C`` images, as Pillow's ``ImageOps.exif_transpose``."""
-    if orientation in (5, 6, 7, 8):  # the four that swap width and height
-        images = images.transpose(-3, -2)
-    flips = {2: (-2,), 3: (-3, -2), 4: (-3,), 6: (-2,), 7: (-3, -2), 8: (-3,)}.get(orientation)
-    return images.flip(flips) if flips else images
-
-
-def reduce(images: torch.Tensor, scale: int) -> torch.Tensor:
-    """``N x h x w x 3`` uint8 images at 1/``scale`` (ceil), each output pixel the mean of its ``scale`` x ``scale``
-    block: what Pillow's ``draft`` (DCT scaling in libjpeg) gives the CPU path for large JPEGs, closely."""
-    if scale == 1:
-        return images
-    x = F.avg_pool2d(images.permute(0, 3, 1, 2).float(), scale, ceil_mode=True)
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-
-def resize_batch(images: torch.Tensor, spec: Preprocess) -> torch.Tensor:
-    """Same-size uint8 ``N x h x w x 3`` images to ``N x H x W x 3`` (``spec``'s plan; bilinear, antialiased
-    like Pillow's reducing resize, rounded and clamped to uint8)."""
-    _, h, w, _ = images.shape
-    height, width = spec.size
-    new_w, new_h, left, top = resize_plan(w, h, spec)
-    x = images.permute(0, 3, 1, 2).float()
-    if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    x = x[:, :, top : top + height, left : left + width]
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-
-
-def prepare(images: Sequence[torch.Tensor], headers: Sequence[Header], spec: Preprocess) -> list[torch.Tensor]:
-    """Decoded full-size ``h x w x 3`` images to the model's input, as ``worker.decode.cpu.decode`` would: the
-    draft scale (unrotated JPEGs), the EXIF orientation, the resize plan. Images alike are done together."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (image, header) in enumerate(zip(images, headers, strict=True)):
-        scale = draft_scale(header.width, header.height, spec) if header.orientation == 1 else 1
-        groups.setdefault((*image.shape, scale, header.orientation), []).append(i)
-    out: list[torch.Tensor | None] = [None] * len(images)
-    for (h, w, _, scale, turn), same in groups.items():
-        chunk = max(1, RESIZE_PIXELS // (h * w))
-        for k in range(0, len(same), chunk):
-            indices = same[k : k + chunk]
-            batch = orient(reduce(torch.stack([images[i] for i in indices]), scale), turn)
-            for i, image in zip(indices, resize_batch(batch, spec), strict=True):
-                out[i] = image
-    return out  # type: ignore[return-value]
 
 
 def load_nvimgcodec() -> Any:
@@ -175,13 +153,18 @@ class GpuDecoder:
         self.device, self.max_batch, self.sync = torch.device(device), max(1, max_batch), sync
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.routes: Counter[str] = Counter()  # "gpu", "gpu failed", "cpu: <reason>", "refused"
-        self.tasks: queue.Queue[tuple[bytes, Done] | None] = queue.Queue()
+        self.tasks: queue.Queue[tuple[list[bytes], Decoded] | None] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="gpu-decode", daemon=True)
         self.thread.start()
 
     def submit(self, data: bytes, done: Done) -> None:
         """Queue one image for the next batch."""
-        self.tasks.put((data, done))
+        self.tasks.put(([data], lambda results: done(results[0][1])))
+
+    def submit_many(self, images: Sequence[bytes], done: Decoded) -> None:
+        """Queue a take's images as one task: they are routed and decoded together, and come back by call."""
+        if images:
+            self.tasks.put((list(images), done))
 
     def close(self) -> None:
         """Decode everything submitted, wait for the fallback, then stop."""
@@ -196,8 +179,8 @@ class GpuDecoder:
             first = self.tasks.get()
             if first is None:
                 return
-            batch = [first]
-            while len(batch) < self.max_batch:
+            tasks, count = [first], len(first[0])
+            while count < self.max_batch:  # whole tasks: a take's images are never split between two loops
                 try:
                     task = self.tasks.get_nowait()
                 except queue.Empty:
@@ -205,44 +188,52 @@ class GpuDecoder:
                 if task is None:
                     stopping = True
                     break
-                batch.append(task)
+                tasks.append(task)
+                count += len(task[0])
             try:
-                self._run(batch)
+                self._run(tasks)
             except Exception:  # a consumer's callback failed: the thread must live on for everything queued after
-                log.exception("gpu decode: a batch of %d failed in its callbacks", len(batch))
+                log.exception("gpu decode: %d image(s) failed in their callbacks", count)
 
-    def _run(self, batch: list[tuple[bytes, Done]]) -> None:
-        """Route each image, decode the GPU's share together, hand every result on."""
+    def _run(self, tasks: list[tuple[list[bytes], Decoded]]) -> None:
+        """Route each image, decode the GPU's share in calls of up to ``max_batch``, hand results on by call."""
         start = time.monotonic()
-        gpu: list[tuple[bytes, Done, Header]] = []
-        for data, done in batch:
-            try:
-                header = read_header(data, self.limits)
-            except ImageError as exc:
-                self.routes["refused"] += 1
-                done(DecodeResult(None, JobError(exc.kind, str(exc)), start, (time.monotonic() - start) * 1000))
-                continue
-            if header.cpu_reason:
-                self.routes[f"cpu: {header.cpu_reason}"] += 1
-                self.fallback.submit(data, done)
-            else:
-                gpu.append((data, done, header))
-        part: list[tuple[bytes, Done, Header]] = []
-        for item in gpu:  # one decode call per BATCH_PIXELS of source pixels
-            if part and sum(h.width * h.height for _, _, h in part) + item[2].width * item[2].height > BATCH_PIXELS:
+        gpu: list[Entry] = []
+        refused = Handoff()
+        for images, done in tasks:
+            for i, data in enumerate(images):
+                try:
+                    header = read_header(data, self.limits)
+                except ImageError as exc:
+                    self.routes["refused"] += 1
+                    error = JobError(exc.kind, str(exc))
+                    refused.add(done, i, DecodeResult(None, error, start, (time.monotonic() - start) * 1000))
+                    continue
+                if header.cpu_reason:
+                    self.routes[f"cpu: {header.cpu_reason}"] += 1
+                    self.fallback.submit(data, lambda result, done=done, i=i: done([(i, result)]))
+                else:
+                    gpu.append(Entry(data, done, i, header))
+        refused.send()
+        part: list[Entry] = []
+        held = 0  # the part's source pixels
+        for entry in gpu:  # one decode call per BATCH_PIXELS of source pixels, at most max_batch images
+            pixels = entry.header.width * entry.header.height
+            if part and (len(part) >= self.max_batch or held + pixels > BATCH_PIXELS):
                 self._decode(part, start)
-                part = []
-            part.append(item)
+                part, held = [], 0
+            part.append(entry)
+            held += pixels
         if part:
             self._decode(part, start)
 
-    def _decode(self, gpu: list[tuple[bytes, Done, Header]], start: float) -> None:
+    def _decode(self, gpu: list[Entry], start: float) -> None:
         outputs: list[torch.Tensor | None]
         try:
             with self._on_stream():
-                decoded = self.batch_decode([data for data, _, _ in gpu], self._stream_handle())
+                decoded = self.batch_decode([e.data for e in gpu], self._stream_handle())
                 ok = [i for i, image in enumerate(decoded) if image is not None]
-                prepared = prepare([decoded[i] for i in ok], [gpu[i][2] for i in ok], self.spec)
+                prepared = prepare([decoded[i] for i in ok], [gpu[i].header for i in ok], self.spec)
                 outputs = [None] * len(gpu)
                 for i, image in zip(ok, prepared, strict=True):
                     outputs[i] = image
@@ -251,13 +242,15 @@ class GpuDecoder:
             log.warning("gpu decode failed for a batch of %d (%s): decoding it on the CPU", len(gpu), exc)
             outputs = [None] * len(gpu)
         ms = (time.monotonic() - start) * 1000
-        for (data, done, _), image in zip(gpu, outputs, strict=True):
+        handoff = Handoff()
+        for entry, image in zip(gpu, outputs, strict=True):
             if image is None:
                 self.routes["gpu failed"] += 1
-                self.fallback.submit(data, done)
+                self.fallback.submit(entry.data, lambda result, e=entry: e.done([(e.index, result)]))
             else:
                 self.routes["gpu"] += 1
-                done(DecodeResult(image, None, start, ms))
+                handoff.add(entry.done, entry.index, DecodeResult(image, None, start, ms))
+        handoff.send()  # one hand-off per submitter for the whole call
 
     def _on_stream(self) -> AbstractContextManager[Any]:
         if self.stream is None:

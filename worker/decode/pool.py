@@ -12,13 +12,13 @@ import multiprocessing
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 
 from ..errors import JobError
-from . import DecodeResult
+from . import Decoded, DecodeResult, submit_each
 from .budget import PixelBudget, header_pixels
 from .cpu import ImageError, Limits, Preprocess, decode
 from .gate import Gate, NoGate
@@ -57,6 +57,10 @@ class ThreadDecoder:
     def submit(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
         """Decode on a pool thread and call ``done`` there."""
         self.pool.submit(self._run, data, done)
+
+    def submit_many(self, images: Sequence[bytes], done: Decoded) -> None:
+        """Each image on the next free pool thread; ``done`` once per image."""
+        submit_each(self, images, done)
 
     def _run(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
         with self.budget.hold(header_pixels(data)), self.gate.decoding():
@@ -166,6 +170,10 @@ class ProcessDecoder:
     def submit(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
         """Queue one image for the next free process."""
         self.tasks.put((data, done))
+
+    def submit_many(self, images: Sequence[bytes], done: Decoded) -> None:
+        """Each image to the next free process; ``done`` once per image."""
+        submit_each(self, images, done)
 
     def _dispatch(self, slot: _Slot) -> None:
         while (task := self.tasks.get()) is not None:

@@ -1,0 +1,107 @@
+"""The pipeline's last stage: record finished batches in the store (all that are ready, in one call), and
+keep them through a Redis outage until it ends or, when stopping, until the shutdown timeout."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from .backoff import Backoff
+from .progress import InHand, Observer, PipelineSettings, Stats
+from .store import Outcome, QueueStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+CLOSED = object()  # end of a stage's stream
+
+
+class FinishStage:
+    """The finish stage of ``worker.pipeline.Pipeline``, which sets these attributes."""
+
+    store: QueueStore
+    settings: PipelineSettings
+    stop: threading.Event
+    done: queue.Queue
+    hand: InHand
+    stats: Stats
+    observer: Observer | None
+    stopping_since: float | None
+    unrecorded: int
+    progressed: Any
+
+    # -- finish ----------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """Record finished batches (all that are ready, in one store call); keep them through outages."""
+        pending: list[tuple[list[Outcome], float]] = []
+        closing, backoff = False, Backoff()
+        while not (closing and not pending):
+            closing = self._collect(pending, block=not pending) or closing
+            if not pending:
+                continue
+            outcomes = [o for batch, _ in pending for o in batch]
+            try:
+                called_at = time.monotonic()
+                self.store.finish(outcomes)
+            except StoreUnavailable as exc:
+                self.progressed()  # waiting on Redis is not a stall
+                if not self._wait_out(exc, len(outcomes), backoff):
+                    return
+                continue
+            backoff.reset()
+            self.stats.outage.answered(called_at)
+            self.progressed()
+            self._acknowledged(pending)
+            pending = []
+
+    def _wait_out(self, exc: StoreUnavailable, count: int, backoff: Backoff) -> bool:
+        """Wait before recording ``count`` finished jobs again; False once stopping has waited long enough."""
+        left = self._shutdown_left()
+        if left <= 0:
+            self.unrecorded = count
+            log.error(
+                "stopping, and the queue store stayed unavailable for %.0f s: exiting with %d finished job(s) "
+                "unrecorded (re-queued by the reaper once this worker's key expires)",
+                self.settings.shutdown_timeout_s,
+                count,
+            )
+            return False
+        delay_s = min(backoff.next(), left)
+        self.stats.store_error(exc, "finish", f", {count} finished job(s) kept, next try in {delay_s:.1f} s")
+        time.sleep(delay_s)
+        return True
+
+    def _shutdown_left(self) -> float:
+        """Seconds left to record finished jobs: unbounded until stopping, then the shutdown timeout."""
+        if not self.stop.is_set():
+            return float("inf")
+        if self.stopping_since is None:
+            self.stopping_since = time.monotonic()
+        return self.settings.shutdown_timeout_s - (time.monotonic() - self.stopping_since)
+
+    def _collect(self, pending: list[tuple[list[Outcome], float]], *, block: bool) -> bool:
+        """Move finished batches from ``done`` to ``pending``; True once the stream is closed."""
+        closed = False
+        try:
+            entry = self.done.get() if block else self.done.get_nowait()
+            while True:
+                if entry is CLOSED:
+                    closed = True
+                else:
+                    pending.append(entry)
+                entry = self.done.get_nowait()
+        except queue.Empty:
+            pass
+        return closed
+
+    def _acknowledged(self, pending: list[tuple[list[Outcome], float]]) -> None:
+        now = time.monotonic()
+        for outcomes, forward_end in pending:
+            self.stats.to_publish_ms.extend([(now - forward_end) * 1000] * len(outcomes))
+            self.stats.jobs += len(outcomes)
+            self.stats.batches += 1
+            if self.observer is not None:
+                self.observer.observe_batch([o.result for o in outcomes], now - forward_end)
+            self.hand.release([o.job for o in outcomes])
