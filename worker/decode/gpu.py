@@ -1,7 +1,8 @@
 """The GPU decoder: batches of plain JPEGs decoded on the device with NVIDIA nvImageCodec, the rest by Pillow.
 
 One background thread gathers what was submitted (whole takes, ``submit_many``, up to ``max_batch`` images),
-reads each header with Pillow (``worker.decode.header``: the limits, the EXIF orientation, the route),
+reads each header (``worker.decode.header``: a JPEG marker scan, Pillow for odd cases; the limits, the EXIF
+orientation, the route),
 decodes the GPU's share in calls of up to ``max_batch``, then orients, resizes and crops each image on the
 device to the model's input (uint8 ``H x W x 3``, the semantics of ``worker.decode.cpu``,
 ``worker.decode.tensorprep``), and hands each call's results back in one list per submitter. Anything the GPU

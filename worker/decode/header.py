@@ -2,7 +2,9 @@
 
 The GPU decoder (``worker.decode.gpu``) sends only plain JPEGs to the device: baseline, 8-bit,
 YCbCr or grayscale, ordinary chroma sampling, ending with an EOI marker. Everything else goes to
-the Pillow decoder, image by image. No torch here, so the routing is tested without a GPU.
+the Pillow decoder, image by image. A plain JPEG's header is read by a scan of its markers
+(``worker.decode.jpegscan``, a few µs); Pillow's ``Image.open`` (tens of µs) reads the rest. No torch here,
+so the routing is tested without a GPU.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from .cpu import Limits, open_image
+from .jpegscan import scan_jpeg
 
 ORIENTATION_TAG = 0x0112
 GPU_MODES = ("RGB", "L")  # Pillow's names for YCbCr and grayscale JPEGs; CMYK/YCCK go to the CPU
@@ -21,7 +24,7 @@ EOI = b"\xff\xd9"
 
 @dataclass(frozen=True)
 class Header:
-    """What Pillow read from an image's header (nothing decoded); ``cpu_reason`` is None for a GPU image."""
+    """What an image's header says (nothing decoded); ``cpu_reason`` is None for a GPU image."""
 
     format: str
     width: int
@@ -33,7 +36,33 @@ class Header:
 
 def read_header(data: bytes, limits: Limits) -> Header:
     """Check the byte and pixel limits exactly as the CPU decoder does, then read format, size, mode and
-    orientation from the header; raise ``ImageError`` (same kinds as ``worker.decode.cpu``)."""
+    orientation from the header; raise ``ImageError`` (same kinds as ``worker.decode.cpu``). A plain JPEG
+    within the limits is read by ``worker.decode.jpegscan`` (microseconds), anything else by Pillow."""
+    fast = scan_header(data, limits)
+    return fast if fast is not None else pillow_header(data, limits)
+
+
+def scan_header(data: bytes, limits: Limits) -> Header | None:
+    """``read_header`` by the marker scan alone; None when it is not sure (or a limit is near): ask Pillow."""
+    if len(data) > limits.max_bytes or (jpeg := scan_jpeg(data)) is None:
+        return None
+    pixels = jpeg.width * jpeg.height
+    if jpeg.width < 1 or jpeg.height < 1 or pixels > limits.max_pixels or pixels > (Image.MAX_IMAGE_PIXELS or pixels):
+        return None  # refused, or Pillow's own bomb guard speaks: open_image words the error
+    if jpeg.progressive:
+        reason = "progressive"
+    elif not plain_sampling(list(jpeg.layers)):
+        reason = "chroma sampling"
+    elif data.rstrip(b"\x00")[-2:] != EOI:
+        reason = "no end marker"
+    else:
+        reason = None
+    turn = jpeg.orientation if reason is None and 1 <= jpeg.orientation <= 8 else 1
+    return Header("JPEG", jpeg.width, jpeg.height, jpeg.mode, turn, reason)
+
+
+def pillow_header(data: bytes, limits: Limits) -> Header:
+    """``read_header`` by Pillow's ``Image.open`` (every format, every odd case)."""
     img = open_image(data, limits)
     width, height = img.size
     reason, turn = cpu_reason(img, data), 1

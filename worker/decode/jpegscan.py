@@ -1,0 +1,161 @@
+"""A JPEG's header in one pass over its marker segments, no Pillow: what the GPU decoder's route needs.
+
+``scan_jpeg`` reads the frame header (size, precision, components and their sampling, progressive or
+not) and the EXIF orientation in one walk from SOI to SOS, in a few microseconds where Pillow's
+``Image.open`` costs tens (its JPEG header parser is Python that builds dictionaries of everything).
+It answers only when it is sure to agree with Pillow's reading (``worker.decode.header``): any segment
+Pillow would parse differently, refuse or turn into another format (junk between segments, a truncated
+or malformed segment, two frame headers, 12-bit or CMYK frames, MPF, several or unusual EXIF blocks, an
+orientation that may come from XMP) returns None, and the caller asks Pillow. A differential test holds
+the two readers together on every test image and on fuzzed inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Pillow's marker table: frame headers (SOF0-15 but DHT, JPG, DAC; and DHP, which Pillow reads as one), and
+# the other segments it reads or skips by their length; any other marker is unusual here
+SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xDE}
+SEGMENTS = SOF | {0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xDF, 0xFE} | frozenset(range(0xE0, 0xF0))
+PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})  # what Pillow marks progressive
+ORIENTATION_TAG = 0x0112
+XMP = b"http://ns.adobe.com/xap/1.0/\x00"
+TIFF_UNITS = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}  # bytes
+
+
+@dataclass(frozen=True)
+class JpegHeader:
+    """A plain JPEG's frame and orientation: 8-bit, one (L) or three (YCbCr, Pillow's RGB) components."""
+
+    width: int
+    height: int
+    mode: str
+    progressive: bool
+    layers: tuple[tuple[int, int, int, int], ...]  # (component id, h, v, quantisation table), as Pillow's
+    orientation: int  # the EXIF orientation tag's value, 1 when absent (not yet checked for 1..8)
+
+
+class _Unsure(Exception):
+    """A segment this scan does not read exactly as Pillow would: Pillow reads the header instead."""
+
+
+def scan_jpeg(data: bytes) -> JpegHeader | None:
+    """The header of a plain JPEG, or None when it is not one this scan reads with certainty."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    try:
+        frame, orientation = _segments(data)
+        return _frame(*frame, orientation) if frame else None
+    except _Unsure:
+        return None
+
+
+def _segments(data: bytes) -> tuple[tuple[int, bytes] | None, int]:
+    """Walk SOI .. SOS: the frame header (marker, body) and the EXIF orientation (0: no tag)."""
+    at, end = 2, len(data)
+    frame: tuple[int, bytes] | None = None
+    orientation, exif, xmp = 0, False, False
+    while True:
+        if at + 4 > end or data[at] != 0xFF:
+            raise _Unsure  # truncated, or junk between segments (Pillow skips it)
+        marker = data[at + 1]
+        if marker == 0xFF:  # a fill byte
+            at += 1
+            continue
+        if marker not in SEGMENTS:  # standalone markers, EOI before the scan, unknown ones: unusual
+            raise _Unsure
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if length < 2 or at + 2 + length > end:
+            raise _Unsure
+        body = data[at + 4 : at + 2 + length]
+        if marker == 0xDA:  # start of scan: the header is over
+            break
+        if marker in SOF:
+            if frame is not None:
+                raise _Unsure
+            frame = (marker, body)
+        elif marker == 0xDB:
+            _check_dqt(body)
+        elif 0xE0 <= marker <= 0xEF:
+            if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):  # Pillow reads EXIF from APP1 only
+                if exif:
+                    raise _Unsure  # Pillow joins several EXIF blocks
+                exif, orientation = True, _exif_orientation(body[6:])
+            else:
+                xmp = xmp or (marker == 0xE1 and body.startswith(XMP))
+                _check_app(marker, body)
+        at += 2 + length
+    if exif and orientation == 0 and xmp:
+        raise _Unsure  # Pillow may take the orientation from the XMP packet
+    return frame, orientation or 1
+
+
+def _frame(marker: int, body: bytes, orientation: int) -> JpegHeader | None:
+    if len(body) < 6 or body[0] != 8 or body[5] not in (1, 3) or (len(body) - 6) != 3 * body[5]:
+        return None  # short, not 8-bit (Pillow refuses), CMYK or odd component counts: Pillow judges
+    height, width = int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big")
+    layers = tuple((body[i], body[i + 1] >> 4, body[i + 1] & 15, body[i + 2]) for i in range(6, len(body), 3))
+    mode = "L" if body[5] == 1 else "RGB"
+    return JpegHeader(width, height, mode, marker in PROGRESSIVE, layers, orientation)
+
+
+def _check_dqt(body: bytes) -> None:
+    """Pillow parses every quantisation table and refuses a short one."""
+    at = 0
+    while at < len(body):
+        size = 1 + (64 if body[at] >> 4 == 0 else 128)
+        if len(body) - at < size:
+            raise _Unsure
+        at += size
+
+
+def _check_app(marker: int, body: bytes) -> None:
+    """The APP segments Pillow reads into fields that may fail, or that make it another format (MPO)."""
+    if marker == 0xE0 and body.startswith(b"JFIF") and len(body) < 12:
+        raise _Unsure
+    if marker == 0xEE and body.startswith(b"Adobe") and len(body) < 12:
+        raise _Unsure
+    if marker == 0xE2 and (body.startswith(b"MPF\x00") or (body.startswith(b"ICC_PROFILE\x00") and len(body) < 14)):
+        raise _Unsure
+    if marker == 0xED and body.startswith(b"Photoshop 3.0\x00"):
+        raise _Unsure  # parsed resource by resource: rare in photos, left to Pillow
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """The orientation tag of IFD0 in a well-formed TIFF block (0 when absent). Pillow stops reading IFD0 at
+    an entry whose value lies past the block, and skips entries of unknown types: any such entry, a second
+    orientation entry, or one that is not one SHORT, and this scan is unsure."""
+    if tiff[:4] == b"II*\x00":
+        order = "little"
+    elif tiff[:4] == b"MM\x00*":
+        order = "big"
+    else:
+        raise _Unsure
+
+    def number(at: int, size: int) -> int:
+        return int.from_bytes(tiff[at : at + size], order)  # type: ignore[arg-type]
+
+    ifd = number(4, 4)
+    if ifd < 8 or ifd + 2 > len(tiff):
+        raise _Unsure
+    count = number(ifd, 2)
+    if ifd + 2 + 12 * count > len(tiff):
+        raise _Unsure
+    found, outside = 0, 0
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        unit = TIFF_UNITS.get(number(entry + 2, 2))
+        if unit is None:
+            raise _Unsure
+        size = unit * number(entry + 4, 4)
+        if size > 4:  # the value lies elsewhere in the block
+            outside += size
+            if number(entry + 8, 4) + size > len(tiff) or outside > len(tiff):
+                raise _Unsure
+        if number(entry, 2) == ORIENTATION_TAG:
+            if found or number(entry + 2, 2) != 3 or size != 2:
+                raise _Unsure
+            found = number(entry + 8, 2) or -1
+    if found == -1:
+        raise _Unsure  # an orientation of 0 (invalid) on record
+    return found
