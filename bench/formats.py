@@ -2,7 +2,8 @@
 optimize_for_inference), side by side in one run: images/s by batch size and the two formats' agreement on
 the demo photos; recorded as the ``formats-<device>`` section of BENCHMARKS.md.
 
-``python -m bench.formats [--device cpu] [--batches 1,8,32] [--rounds 3] [--budget-s 2] [--threads N] [--bf16] [--write]``
+``python -m bench.formats [--device cpu] [--batches 1,8,32] [--rounds 3] [--budget-s 2] [--threads N] [--bf16]
+[--write]``
 
 Both run through the worker's own ``Classifier.logits`` (uint8 pixels in, normalisation on the device, logits
 out), rounds alternate TorchScript and package, and the speed ratio is taken per round (paired), so load from
