@@ -100,6 +100,9 @@ def run_once(tree: Path, url: str, payloads: list[bytes], args: argparse.Namespa
     cpu, commands = redis_cpu_s(conn), commands_total(conn)
     path = os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-c", LAUNCH, str(CHILD), "--url", url, "--jobs", str(len(payloads))]
+    if args.profile:  # py-spy's GIL-holder samples of the child (raw stacks; read with bench.spystacks)
+        raw = OUT / "simdevice" / f"{tag}.raw"
+        cmd = ["py-spy", "record", "--gil", "--rate", "500", "--format", "raw", "-o", str(raw), "--", *cmd]
     cmd += ["--batch", str(args.batch), "--max-wait-ms", str(args.max_wait_ms), "--forward-ms", json.dumps(FORWARD_MS)]
     cmd += ["--decode-fixed-ms", str(args.decode_fixed_ms), "--decode-per-image-ms", str(args.decode_per_image_ms)]
     cmd += ["--worker-args", args.worker_args, "--out", str(out)]
@@ -202,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-fixed-ms", type=float, default=DECODE_FIXED_MS)
     parser.add_argument("--decode-per-image-ms", type=float, default=DECODE_PER_IMAGE_MS)
     parser.add_argument("--worker-args", default="", help="more worker flags for both sides, e.g. '--cache-ttl-s 0'")
+    parser.add_argument("--profile", action="store_true", help="run each child under py-spy (--gil); raw stacks")
     parser.add_argument("--write", action="store_true", help="record the tables in BENCHMARKS.md")
     args = parser.parse_args(argv)
     trees, labels = {"after": ROOT}, {"after": args.after_label or head_label()}

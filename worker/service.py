@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -294,6 +295,10 @@ def serve(
     heartbeat.start()
     watchdog.start()
     log.info("worker %s listening on queue=%s", settings.worker_name, settings.queue)
+    # what start-up made (torch's modules, the model, the scripts) lives as long as the process: out of the
+    # cyclic collector's sight, so its full passes while serving walk only the objects jobs make
+    gc.collect()
+    gc.freeze()
     processed = 0
     try:
         processed = pipeline.run()

@@ -147,6 +147,8 @@ def inflate(data: bytes | None, max_bytes: int) -> bytes:
         raise ValueError("the job hash has no data")
     if len(data) > max_bytes:
         raise ValueError(f"job data is {len(data)} bytes, over the limit of {max_bytes}")
+    if len(data) < 2 or data[0] & 0x0F != 8 or (data[0] << 8 | data[1]) % 31:
+        return data  # no zlib header (deflate, check bits): stored plain, as our producer stores it
     try:
         inflater = zlib.decompressobj()
         out = inflater.decompress(data, max_bytes)
