@@ -102,7 +102,7 @@ def run_once(tree: Path, url: str, payloads: list[bytes], args: argparse.Namespa
     cmd = [sys.executable, "-c", LAUNCH, str(CHILD), "--url", url, "--jobs", str(len(payloads))]
     if args.profile:  # py-spy's GIL-holder samples of the child (raw stacks; read with bench.spystacks)
         raw = OUT / "simdevice" / f"{tag}.raw"
-        cmd = ["py-spy", "record", "--gil", "--rate", "500", "--format", "raw", "-o", str(raw), "--", *cmd]
+        cmd = ["py-spy", "record", "--gil", "--rate", "1000", "--format", "raw", "-o", str(raw), "--", *cmd]
     cmd += ["--batch", str(args.batch), "--max-wait-ms", str(args.max_wait_ms), "--forward-ms", json.dumps(FORWARD_MS)]
     cmd += ["--decode-fixed-ms", str(args.decode_fixed_ms), "--decode-per-image-ms", str(args.decode_per_image_ms)]
     cmd += ["--worker-args", args.worker_args, "--out", str(out)]

@@ -34,7 +34,7 @@ class WorkerSettings:
     device: str = "cpu"
     devices: str = ""
     workers_per_device: int = 1
-    precision: str = "fp32"
+    precision: str = "auto"
     decode: str = "auto"
     decode_sync: str = "on"
     decode_threads: int = 0
@@ -140,6 +140,8 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     check_fetch(settings)
     if settings.decode_overlap not in ("auto", "on", "off"):
         raise SystemExit("worker: --decode-overlap must be auto, on or off")
+    if settings.precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise SystemExit("worker: --precision must be auto, fp32, fp16 or bf16")
     if settings.optimize not in ("auto", "off"):
         raise SystemExit("worker: --optimize must be auto or off")
     return settings

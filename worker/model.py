@@ -64,6 +64,7 @@ class Classifier:
     dtype: torch.dtype = torch.float32
     buckets: list[int] = field(default_factory=lambda: [1])
     warmed: dict[int, float] = field(default_factory=dict)  # seconds per batch, by bucket, at the last warm-up
+    channels_last: bool = False  # NHWC float input (and weights): tensor cores' layout; the uint8 batch already is
 
     def __post_init__(self) -> None:
         pre = self.info.preprocess
@@ -88,8 +89,10 @@ class Classifier:
                 batch = batch.pin_memory().to(self.device, non_blocking=True)
             elif batch.device != self.device:  # already on a device (the GPU decoder's tensors)
                 batch = batch.to(self.device)
-            # NHWC -> NCHW on the uint8 bytes first: 2.8x cheaper than converting the float copy (CPU, measured)
-            x = batch.permute(0, 3, 1, 2).contiguous().float().mul_(self._scale).add_(self._shift)
+            # NHWC -> NCHW on the uint8 bytes first: 2.8x cheaper than converting the float copy (CPU, measured);
+            # channels_last keeps the NHWC bytes' layout (the permuted view is channels_last already)
+            x = batch.permute(0, 3, 1, 2)
+            x = (x if self.channels_last else x.contiguous()).float().mul_(self._scale).add_(self._shift)
             x = x.to(self.dtype)
             out = self.module(x)
             if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != padded:
@@ -141,19 +144,27 @@ def configure_torch(device: torch.device) -> None:
 
 
 def load_model(
-    path: str | Path, device: str = "cpu", max_batch: int = 1, precision: str = "fp32", optimize: str = "off"
+    path: str | Path,
+    device: str = "cpu",
+    max_batch: int = 1,
+    precision: str = "fp32",
+    optimize: str = "off",
+    channels_last: bool = False,
 ) -> Classifier:
     """Load a model file onto ``device`` in eval mode, with buckets up to ``max_batch``.
 
-    A ``.pt2`` package runs as compiled: ``precision`` must be the one it was exported with. A TorchScript
-    file is cast to ``precision``; with ``optimize="auto"`` it uses ``torch.jit.optimize_for_inference``
+    A ``.pt2`` package runs as compiled: ``precision`` must be the one it was exported with (``auto``: it is).
+    A TorchScript file is cast to ``precision`` (``auto``: fp32; ``worker.precision`` tries fp16 on CUDA), in
+    the ``channels_last`` layout if asked; with ``optimize="auto"`` it uses ``torch.jit.optimize_for_inference``
     (freeze, fold batch norms, fuse) when its outputs match the plain model's on a warm-up batch.
     """
     dev = torch.device(device)
     configure_torch(dev)
-    dtype = DTYPES[precision]
+    dtype = DTYPES.get(precision, torch.float32)  # auto: fp32 for a TorchScript file
     if is_package(path):
         module, info = load_package(path, dev)
+        if precision == "auto":
+            dtype = module.dtype
         if module.dtype != dtype:
             built = PRECISIONS.get(module.dtype, str(module.dtype))
             raise ModelError(
@@ -164,16 +175,20 @@ def load_model(
     else:
         script, info = read_extra_files(path, dev)
         module, kind = script.to(dev).to(dtype).eval(), "torchscript"
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
     classifier = Classifier(module=module, info=info, device=dev, dtype=dtype, buckets=bucket_sizes(max_batch))
+    classifier.channels_last = channels_last and kind == "torchscript"
     if optimize == "auto" and kind == "torchscript":
         classifier.module = optimized(classifier)
     log.info(
-        "loaded model=%s path=%s format=%s device=%s precision=%s optimized=%s",
+        "loaded model=%s path=%s format=%s device=%s precision=%s channels_last=%s optimized=%s",
         info.tag,
         path,
         kind,
         dev,
-        precision,
+        PRECISIONS[dtype],
+        classifier.channels_last,
         classifier.module is not module,
     )
     return classifier

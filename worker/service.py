@@ -8,7 +8,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import replace
 
 import redis
 import torch
@@ -25,42 +24,18 @@ from .health import Health, ProbeServer, Watchdog
 from .heartbeat import Heartbeat
 from .infer import Predictor
 from .metrics import Metrics
-from .model import Classifier, load_model
-from .perf import autotune, choose_threads
+from .model import Classifier
 from .pipeline import InHand, Pipeline, Stats
 from .progress import pipeline_settings_for
 from .redisconn import connect
 from .reload import Reloader
+from .startup import load_warm, prepare_model
 from .store import QueueStore, StoreUnavailable
 from .store.rq import RedisStore
 from .store.sharded import ShardedStore
 from .tracing import Tracing
 
 log = logging.getLogger(__name__)
-
-
-def prepare_model(settings: WorkerSettings) -> tuple[Classifier, WorkerSettings]:
-    """Load and warm the model; with ``--batch-size auto`` time the buckets and settle the batch size."""
-    auto = settings.batch_size == "auto"
-    max_batch = settings.max_batch_size if auto else int(settings.batch_size)
-    model = load_model(settings.model, settings.device, max_batch, settings.precision, settings.optimize)
-    if settings.torch_threads > 0:
-        torch.set_num_threads(settings.torch_threads)
-    elif model.device.type == "cpu":
-        choose_threads(model, max_batch)
-    warm = model.warm_up()
-    log.info("warmed up buckets=%s ms=%s", model.buckets, {k: round(v * 1000, 1) for k, v in warm.items()})
-    if auto:
-        chosen, _ = autotune(model, max_batch, settings.max_batch_latency_ms or None)
-        settings = replace(settings, batch_size=chosen)
-    return model, settings
-
-
-def load_warm(settings: WorkerSettings) -> Classifier:
-    """A new version of ``--model`` for a swap: loaded with the running settings and warmed on every bucket."""
-    model = load_model(settings.model, settings.device, int(settings.batch_size), settings.precision, settings.optimize)
-    model.warm_up()
-    return model
 
 
 def make_gate(settings: WorkerSettings, model: Classifier) -> Gate:
