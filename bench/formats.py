@@ -24,8 +24,9 @@ import torch
 from worker.decode.cpu import Limits, decode
 from worker.model import Classifier, load_model
 from worker.perf import random_batch, time_batches
+from worker.precision import agreement as compare
 
-from .common import OUT, PHOTOS, ROOT, ensure_model, photos, report, table
+from .common import OUT, ROOT, ensure_model, photos, report, table
 
 
 def ensure_package(device: str, precision: str = "fp32") -> tuple[Path, float | None]:
@@ -42,17 +43,12 @@ def ensure_package(device: str, precision: str = "fp32") -> tuple[Path, float | 
 
 
 def agreement(package: Classifier, script: Classifier) -> tuple[int, int, float]:
-    """Photos with the same top-1, photos compared, and the largest top-5 probability difference (by label)."""
+    """Photos with the same top-1, photos compared, and the largest top-5 probability difference (by label):
+    ``worker.precision.agreement`` (what ``--precision auto`` asks) on the demo photos at full size."""
     pre = script.info.preprocess
     pixels = [torch.frombuffer(bytearray(decode(data, pre, Limits())), dtype=torch.uint8) for data in photos()]
-    batch = torch.stack(pixels).view(len(pixels), *pre.size, 3)
-    ours, theirs = package.predict(batch, k=5), script.predict(batch, k=5)
-    same = sum(a[0][0] == b[0][0] for a, b in zip(ours, theirs, strict=True))
-    diff = 0.0
-    for a, b in zip(ours, theirs, strict=True):
-        probs = dict(a)
-        diff = max([diff, *(abs(probs[label] - p) for label, p in b if label in probs)])
-    return same, len(PHOTOS), diff
+    found = compare(package, script, torch.stack(pixels).view(len(pixels), *pre.size, 3))
+    return found.same_top1, found.photos, found.max_top5_diff
 
 
 def speeds(models: dict[str, Classifier], size: int, rounds: int, budget_s: float) -> dict[str, list[float]]:
