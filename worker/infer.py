@@ -11,7 +11,7 @@ import torch
 
 from .decode.gate import Gate, NoGate
 from .errors import JobError
-from .model import Classifier
+from .model import Classifier, TopK
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +54,30 @@ class Predictor:
         in one forward pass; and the ms it took.
 
         A model failure fails the batch's jobs with a retryable ``model_error``."""
-        if not pixels:
-            return [], 0.0
+        return self.launch(pixels).result()
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether a launched batch runs on while the caller forms and launches the next (CUDA; a CPU forward
+        pass is done when ``launch`` returns)."""
+        return self.model.device.type == "cuda"
+
+    def launch(self, pixels: Sequence[bytes | torch.Tensor]) -> Launched:
+        """Start the forward pass of a batch; ``result()`` waits for its top-k (see ``predict``)."""
         if self._pending is not None:
             self._take_pending()
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         start = time.perf_counter()
-        batch = self._stack(pixels)
+        if not pixels:
+            return Launched([], start, [])
         try:
             with self.gate.forward(len(pixels)):
-                preds: list[Prediction] = list(self._forward(batch))
+                parts = self._forward(self._stack(pixels))
         except (RuntimeError, ValueError) as exc:
             log.exception("model forward failed on a batch of %d", len(pixels))
-            preds = [JobError("model_error", f"{type(exc).__name__}: {exc}", retryable=True)] * len(pixels)
-        return preds, (time.perf_counter() - start) * 1000
+            return Launched([], start, [model_error(exc)] * len(pixels))
+        return Launched(parts, start, None, len(pixels))
 
     def _stack(self, pixels: Sequence[bytes | torch.Tensor]) -> torch.Tensor:
         """One uint8 ``[B, H, W, 3]`` tensor, each image copied once: on the host for Pillow's bytes, on the
@@ -96,10 +105,10 @@ class Predictor:
             view[i * size : (i + 1) * size] = image
         return torch.frombuffer(buf, dtype=torch.uint8).view(len(pixels), *self.shape)
 
-    def _forward(self, batch: torch.Tensor) -> list[list[tuple[str, float]]]:
-        """Top-k for a batch; on out-of-memory, split it in halves and lower the batch cap for good."""
+    def _forward(self, batch: torch.Tensor) -> list[TopK]:
+        """The top-k launched for a batch; on out-of-memory, split it in halves and lower the batch cap for good."""
         try:
-            return self.model.predict(batch, k=self.topk)
+            return [self.model.start_topk(batch, k=self.topk)]
         except torch.OutOfMemoryError:
             n = batch.shape[0]
             if n == 1:
@@ -112,3 +121,24 @@ class Predictor:
             if self.model.device.type == "cuda":
                 torch.cuda.empty_cache()
             return self._forward(batch[:half]) + self._forward(batch[half:])
+
+
+def model_error(exc: BaseException) -> JobError:
+    """A failure of the model on a batch: retryable (another worker, another model version may run it)."""
+    return JobError("model_error", f"{type(exc).__name__}: {exc}", retryable=True)
+
+
+class Launched:
+    """A batch in the forward pass: ``result()`` is its predictions and the ms from launch to answers."""
+
+    def __init__(self, parts: list[TopK], start: float, preds: list[Prediction] | None, size: int = 0) -> None:
+        self.parts, self.start, self.preds, self.size = parts, start, preds, size
+
+    def result(self) -> tuple[list[Prediction], float]:
+        if self.preds is None:
+            try:
+                self.preds = [pred for part in self.parts for pred in part.wait()]
+            except (RuntimeError, ValueError) as exc:  # a device error surfaces at the wait
+                log.exception("model forward failed on a batch of %d", self.size)
+                self.preds = [model_error(exc)] * self.size
+        return self.preds, (time.perf_counter() - self.start) * 1000

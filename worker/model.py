@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,6 +53,28 @@ def bucket_sizes(max_batch: int) -> list[int]:
         sizes.append(n)
         n *= 2
     return [*sizes, max_batch]
+
+
+@dataclass
+class TopK:
+    """A batch's top-k on its way to the host: ``wait()`` for the ``(label, probability)`` lists."""
+
+    host: torch.Tensor  # [n, 2k]: the k probabilities, then the k class indices (as floats)
+    event: Any  # torch.cuda.Event that marks the copy done; None when it is done already (CPU)
+    labels: tuple[str, ...]
+
+    def wait(self) -> list[list[tuple[str, float]]]:
+        if self.event is not None:
+            self.event.synchronize()  # releases the GIL while the device finishes
+        k, labels = self.host.shape[1] // 2, self.labels
+        rows = self.host.tolist()
+        return [
+            [
+                (labels[int(i)] if int(i) < len(labels) else str(int(i)), s)
+                for s, i in zip(row[:k], row[k:], strict=True)
+            ]
+            for row in rows
+        ]
 
 
 @dataclass
@@ -101,15 +124,22 @@ class Classifier:
 
     def predict(self, batch: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k ``(label, probability)`` per image of the batch."""
+        return self.start_topk(batch, k).wait()
+
+    def start_topk(self, batch: torch.Tensor, k: int = 5) -> TopK:
+        """Launch the forward pass and the top-k; on CUDA the answer comes back in one non-blocking copy to
+        pinned host memory, marked by an event (``TopK.wait``), so the caller may launch the next batch first."""
         with torch.inference_mode():
             probs = torch.softmax(self.logits(batch), dim=1)
             scores, idx = probs.topk(min(k, probs.shape[1]), dim=1)
-            scores, idx = scores.cpu().tolist(), idx.cpu().tolist()
-        labels = self.info.labels
-        return [
-            [(labels[i] if i < len(labels) else str(i), s) for i, s in zip(row_i, row_s, strict=True)]
-            for row_i, row_s in zip(idx, scores, strict=True)
-        ]
+            packed = torch.cat([scores, idx.to(scores.dtype)], dim=1)  # float32 holds class indices exactly
+            if packed.device.type != "cuda":
+                return TopK(packed, None, self.info.labels)
+            host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            host.copy_(packed, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(packed.device))
+            return TopK(host, event, self.info.labels)
 
     def warm_up(self, rounds: int = 2) -> dict[int, float]:
         """Run every bucket size so cuDNN tunes before traffic; return seconds per batch by size."""

@@ -205,9 +205,14 @@ class Pipeline(FinishStage):
 
     # -- batch and infer ---------------------------------------------------------------------------
     def infer(self) -> None:
-        """Form batches from decoded jobs and run them; busy -> no extra wait (see ``batching``)."""
-        busy = False
+        """Form batches from decoded jobs and run them; busy -> no extra wait (see ``batching``). On a device
+        that runs a batch on while the host goes on (CUDA), the next batch is formed and launched before the
+        last one's answers are read, unless nothing is ready to form it from."""
+        busy, running = False, None
         while True:
+            if running is not None and (not self.predictor.overlaps or not (self.staged or self.ready.qsize())):
+                self._answer(*running)  # nothing to launch meanwhile: its answers now, not after a wait
+                running = None
             batch = next_batch(
                 self._next_ready,
                 max_items=self.predictor.cap,
@@ -219,25 +224,17 @@ class Pipeline(FinishStage):
                 call_wait_s=self.call_wait_s,
             )
             busy = bool(batch)
-            if batch:
-                preds, infer_ms = self._predict(batch)
-                self.progressed()
-                for item, pred in zip(batch, preds, strict=True):
-                    item.error = pred if isinstance(pred, JobError) else None
-                outcomes = [
-                    self._outcome(item, len(batch), infer_ms, pred) for item, pred in zip(batch, preds, strict=True)
-                ]
-                self.done.put((outcomes, time.monotonic()))
-                if self.tracing.enabled:
-                    self.tracing.record_batch(
-                        [trace_fields(item, o.result) for item, o in zip(batch, outcomes, strict=True)], infer_ms
-                    )
-            elif self.closed:
+            launched = (batch, *self._launch(batch)) if batch else None
+            if running is not None:
+                self._answer(*running)
+            running = launched
+            if running is None and not batch and self.closed:
                 break
         self.done.put(CLOSED)
 
-    def _predict(self, batch: list[Item]) -> tuple[list[Any], float]:
-        """One forward pass over the batch's distinct photos (a photo twice in a batch runs once)."""
+    def _launch(self, batch: list[Item]) -> tuple[Any, list[int] | None]:
+        """One forward pass over the batch's distinct photos (a photo twice in a batch runs once): the launched
+        pass and, with repeats, which prediction is each item's."""
         first: dict[str, int] = {}
         unique: list[Any] = []
         slots = []
@@ -248,10 +245,23 @@ class Pipeline(FinishStage):
                 unique.append(item.pixels)
             slots.append(first[key])
         if len(unique) == len(batch):
-            return self.predictor.predict(unique)
+            return self.predictor.launch(unique), None
         self.stats.duplicates += len(batch) - len(unique)
-        preds, infer_ms = self.predictor.predict(unique)
-        return [preds[k] for k in slots], infer_ms
+        return self.predictor.launch(unique), slots
+
+    def _answer(self, batch: list[Item], launched: Any, slots: list[int] | None) -> None:
+        """Wait for a launched batch's answers; its outcomes go to the finish stage."""
+        preds, infer_ms = launched.result()
+        if slots is not None:
+            preds = [preds[k] for k in slots]
+        self.progressed()
+        for item, pred in zip(batch, preds, strict=True):
+            item.error = pred if isinstance(pred, JobError) else None
+        outcomes = [self._outcome(item, len(batch), infer_ms, pred) for item, pred in zip(batch, preds, strict=True)]
+        self.done.put((outcomes, time.monotonic()))
+        if self.tracing.enabled:
+            fields = [trace_fields(item, o.result) for item, o in zip(batch, outcomes, strict=True)]
+            self.tracing.record_batch(fields, infer_ms)
 
     def _next_ready(self, timeout_s: float) -> Item | None:
         if self.staged:

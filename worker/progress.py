@@ -99,8 +99,10 @@ class Predicts(Protocol):
     cap: int
     tag: str
 
-    def predict(self, pixels: list[bytes]) -> tuple[list[Any], float]:
-        """Top-k (or a ``JobError``) per image, and the forward pass's ms."""
+    overlaps: bool  # a launched batch runs on while the next is formed and launched (a CUDA device)
+
+    def launch(self, pixels: list[Any]) -> Any:
+        """Start a batch's forward pass; its ``result()``: top-k (or a ``JobError``) per image, and the ms."""
 
 
 class Observer(Protocol):

@@ -46,12 +46,26 @@ class Recorder:
         self.batches: list[list[bytes]] = []
         self.in_hand_at_batch: list[int] = []
 
-    def predict(self, pixels: list[bytes]) -> tuple[list, float]:
+    overlaps = False  # a CPU-like device: a batch is done when its launch returns
+
+    def launch(self, pixels: list[bytes]) -> Answered:
         if self.gate is not None:
             self.gate.wait(10)
         self.batches.append(pixels)
         self.in_hand_at_batch.append(len(self.hand.held) if self.hand else -1)
-        return [[(p.decode(), 1.0)] for p in pixels], 0.1
+        return Answered([[(p.decode(), 1.0)] for p in pixels])
+
+
+class Answered:
+    """A launched batch whose answers are known (what ``Predictor.launch`` returns, simplified)."""
+
+    def __init__(self, preds: list, log: list | None = None) -> None:
+        self.preds, self.log = preds, log
+
+    def result(self) -> tuple[list, float]:
+        if self.log is not None:
+            self.log.append(("result", len(self.log)))
+        return self.preds, 0.1
 
 
 class WatchedHand(InHand):
@@ -99,6 +113,39 @@ def test_every_job_is_answered_in_batches_no_larger_than_the_cap():
     assert max(len(b) for b in predictor.batches) <= 8 and sum(len(b) for b in predictor.batches) == 50
     results = {r["job_id"]: r for r in broker.published}
     assert results[ids[7]]["label"] == "img7" and results[ids[7]]["meta"] == {"i": 7}
+
+
+class Overlapping(Recorder):
+    """A CUDA-like device: a launched batch runs on; the log shows when launches and answers happen. The first
+    launch waits until the taker has filled the hand, so more decoded jobs are ready while it runs."""
+
+    overlaps = True
+
+    def __init__(self, cap: int, hand: WatchedHand) -> None:
+        super().__init__(cap, hand)
+        self.log: list[tuple[str, int]] = []
+
+    def launch(self, pixels: list[bytes]) -> Answered:
+        if not self.batches:
+            assert self.hand.full.wait(10)
+        self.batches.append(pixels)
+        self.log.append(("launch", len(self.log)))
+        return Answered([[(p.decode(), 1.0)] for p in pixels], self.log)
+
+
+def test_on_an_overlapping_device_the_next_batch_launches_before_the_last_ones_answers_are_read():
+    broker, hand = MemoryBroker(), WatchedHand()
+    ids = fill(broker, [f"img{i}".encode() for i in range(40)])
+    predictor = Overlapping(cap=4, hand=hand)
+    assert run(MemoryStore(broker, "w1"), predictor, hand=hand) == 40
+    assert all(broker.status(i) == "finished" for i in ids)
+    running, peak = 0, 0
+    for kind, _ in predictor.log:
+        running += 1 if kind == "launch" else -1
+        peak = max(peak, running)
+    assert peak == 2 and running == 0  # one batch launched while the last ran; never more; all answered
+    results = {r["job_id"]: r for r in broker.published}
+    assert [results[i]["label"] for i in ids] == [f"img{i}" for i in range(40)]  # each job its own answer
 
 
 def test_a_bad_image_fails_alone_and_its_batch_mates_succeed():
@@ -194,16 +241,16 @@ class OomAbove(Predictor):
 
         info = ModelInfo("tiny", "1", ("r", "g", "b"), Preprocess(size=(2, 2), resize="stretch"))
         model = Classifier(TinyModel().eval(), info, torch.device("cpu"), buckets=[1, 2, 4, 8])
-        original = model.predict
+        original = model.start_topk
 
-        def predict(batch: torch.Tensor, k: int = 5):
+        def start_topk(batch: torch.Tensor, k: int = 5):
             if fail_all:
                 raise RuntimeError("device-side assert")
             if batch.shape[0] > limit:
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
             return original(batch, k)
 
-        model.predict = predict  # type: ignore[method-assign]
+        model.start_topk = start_topk  # type: ignore[method-assign]
         super().__init__(model, cap, topk=1)
 
 
