@@ -68,16 +68,16 @@ class Predictor:
             self._take_pending()
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        start = time.perf_counter()
+        start, tag = time.perf_counter(), self.tag  # the tag of the model that runs this batch
         if not pixels:
-            return Launched([], start, [])
+            return Launched([], start, [], tag=tag)
         try:
             with self.gate.forward(len(pixels)):
                 parts = self._forward(self._stack(pixels))
         except (RuntimeError, ValueError) as exc:
             log.exception("model forward failed on a batch of %d", len(pixels))
-            return Launched([], start, [model_error(exc)] * len(pixels))
-        return Launched(parts, start, None, len(pixels))
+            return Launched([], start, [model_error(exc)] * len(pixels), tag=tag)
+        return Launched(parts, start, None, len(pixels), tag)
 
     def _stack(self, pixels: Sequence[bytes | torch.Tensor]) -> torch.Tensor:
         """One uint8 ``[B, H, W, 3]`` tensor, each image copied once: on the host for Pillow's bytes, on the
@@ -129,10 +129,13 @@ def model_error(exc: BaseException) -> JobError:
 
 
 class Launched:
-    """A batch in the forward pass: ``result()`` is its predictions and the ms from launch to answers."""
+    """A batch in the forward pass: ``result()`` is its predictions and the ms from launch to answers; ``tag``
+    names the model that runs it."""
 
-    def __init__(self, parts: list[TopK], start: float, preds: list[Prediction] | None, size: int = 0) -> None:
-        self.parts, self.start, self.preds, self.size = parts, start, preds, size
+    def __init__(
+        self, parts: list[TopK], start: float, preds: list[Prediction] | None, size: int = 0, tag: str = ""
+    ) -> None:
+        self.parts, self.start, self.preds, self.size, self.tag = parts, start, preds, size, tag
 
     def result(self) -> tuple[list[Prediction], float]:
         if self.preds is None:

@@ -257,7 +257,10 @@ class Pipeline(FinishStage):
         self.progressed()
         for item, pred in zip(batch, preds, strict=True):
             item.error = pred if isinstance(pred, JobError) else None
-        outcomes = [self._outcome(item, len(batch), infer_ms, pred) for item, pred in zip(batch, preds, strict=True)]
+        tag = launched.tag  # the model that ran it (a swap may land between its launch and now)
+        outcomes = [
+            self._outcome(item, len(batch), infer_ms, pred, tag) for item, pred in zip(batch, preds, strict=True)
+        ]
         self.done.put((outcomes, time.monotonic()))
         if self.tracing.enabled:
             fields = [trace_fields(item, o.result) for item, o in zip(batch, outcomes, strict=True)]
@@ -276,11 +279,13 @@ class Pipeline(FinishStage):
         self.staged.extend(got[1:])
         return got[0]
 
-    def _outcome(self, item: Item, batch: int, infer_ms: float = 0.0, pred: Any = None) -> Outcome:
+    def _outcome(
+        self, item: Item, batch: int, infer_ms: float = 0.0, pred: Any = None, tag: str | None = None
+    ) -> Outcome:
         topk = None if item.error is not None else pred
         result = answer(
             item.job,
-            model=self.predictor.tag,
+            model=tag or self.predictor.tag,
             worker=self.settings.worker_name,
             meta=item.meta,
             decode_ms=item.decode_ms,

@@ -102,7 +102,8 @@ class Predicts(Protocol):
     overlaps: bool  # a launched batch runs on while the next is formed and launched (a CUDA device)
 
     def launch(self, pixels: list[Any]) -> Any:
-        """Start a batch's forward pass; its ``result()``: top-k (or a ``JobError``) per image, and the ms."""
+        """Start a batch's forward pass; its ``result()``: top-k (or a ``JobError``) per image, and the ms; its
+        ``tag``: the model that runs it."""
 
 
 class Observer(Protocol):

@@ -59,8 +59,8 @@ class Recorder:
 class Answered:
     """A launched batch whose answers are known (what ``Predictor.launch`` returns, simplified)."""
 
-    def __init__(self, preds: list, log: list | None = None) -> None:
-        self.preds, self.log = preds, log
+    def __init__(self, preds: list, log: list | None = None, tag: str = "fake@1") -> None:
+        self.preds, self.log, self.tag = preds, log, tag
 
     def result(self) -> tuple[list, float]:
         if self.log is not None:
