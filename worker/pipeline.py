@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.wire.cache import digest
 from producer.wire.jobs import ImageRef
 
 from .backoff import Backoff
@@ -41,7 +40,7 @@ class Item:
 
     job: JobRecord
     meta: dict[str, Any] = field(default_factory=dict)
-    digest: str | None = None  # SHA-256 of the image bytes: the result cache's key; duplicates in a batch
+    image: bytes | None = None  # the bytes decoded (the job's, or fetched): a batch's repeats; the cache's key
     pixels: bytes | None = None
     error: JobError | None = None
     decode_ms: float = 0.0
@@ -171,13 +170,10 @@ class Pipeline(FinishStage):
         self.decoder.submit_many(images, lambda results: self._decoded(items, images, results))
 
     def _decoded(self, items: list[Item], images: list[bytes], results: list[tuple[int, DecodeResult]]) -> None:
-        # the result cache's key (and a batch's repeated photos), hashed on the decoder's threads, not the
-        # taker's (hashlib releases the GIL for large buffers), and only when the cache is on
         ready = []
         for i, result in results:
             item = items[i]
-            if self.settings.hash_images and result.error is None:
-                item.digest = digest(images[i])
+            item.image = images[i]  # a reference: the result cache's digest is taken at finish, if the cache is on
             if self._hand_on(item, result):
                 ready.append(item)
         if ready:
@@ -235,15 +231,18 @@ class Pipeline(FinishStage):
     def _launch(self, batch: list[Item]) -> tuple[Any, list[int] | None]:
         """One forward pass over the batch's distinct photos (a photo twice in a batch runs once): the launched
         pass and, with repeats, which prediction is each item's."""
-        first: dict[str, int] = {}
+        first: dict[Any, int] = {}  # by size and last bytes (cheap), then compared in full: no hashing here
         unique: list[Any] = []
+        images: list[bytes | None] = []
         slots = []
         for n, item in enumerate(batch):
-            key = item.digest or f"#{n}"
-            if key not in first:
-                first[key] = len(unique)
+            key = (len(item.image), item.image[-64:]) if item.image is not None else n
+            k = first.get(key)
+            if k is None or images[k] != item.image:  # new, or the same size and tail but other bytes
+                first[key if k is None else (key, n)] = k = len(unique)
                 unique.append(item.pixels)
-            slots.append(first[key])
+                images.append(item.image)
+            slots.append(k)
         if len(unique) == len(batch):
             return self.predictor.launch(unique), None
         self.stats.duplicates += len(batch) - len(unique)
@@ -294,4 +293,5 @@ class Pipeline(FinishStage):
             error=item.error,
             batch=batch,
         )
-        return Outcome(item.job, result, retry=bool(item.error and item.error.retryable), digest=item.digest)
+        image = item.image if self.settings.hash_images and item.error is None else None  # the cache's, if on
+        return Outcome(item.job, result, retry=bool(item.error and item.error.retryable), image=image)

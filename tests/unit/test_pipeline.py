@@ -285,6 +285,17 @@ def test_jobs_that_may_not_run_never_reach_the_model(kind):
     assert broker.published[0]["error"]["type"] == {"forbidden": "forbidden_function", "expired": "expired"}[kind]
 
 
+def test_photos_alike_in_size_and_tail_but_not_in_bytes_each_run():
+    tail = b"T" * 64  # repeats are found by size and last bytes, then compared in full
+    broker = MemoryBroker()
+    ids = fill(broker, [b"first" + tail, b"other" + tail, b"first" + tail])
+    predictor = Recorder(cap=8)
+    assert run(MemoryStore(broker, "w1"), predictor, max_wait_ms=200) == 3
+    assert sorted(p for b in predictor.batches for p in b) == [b"first" + tail, b"other" + tail]
+    results = {r["job_id"]: r for r in broker.published}
+    assert [results[i]["label"] for i in ids] == [("first" + "T" * 64), ("other" + "T" * 64), ("first" + "T" * 64)]
+
+
 def test_a_photo_twice_in_a_batch_runs_once_and_both_jobs_get_its_answer():
     broker = MemoryBroker()
     ids = fill(broker, [b"same", b"other", b"same", b"same"])

@@ -87,13 +87,15 @@ class JobRecord:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a job ended: ``result`` is the result map; ``retry`` re-queues it if it has retries left;
-    ``digest`` is the SHA-256 of its image bytes when it had one (the result cache's key)."""
+    """How a job ended: ``result`` is the result map; ``retry`` re-queues it if it has retries left; ``image``
+    the bytes it classified, when its result may be cached (a store with the cache on files the result under
+    their SHA-256, taken at finish: on the finishing thread, off the decode path), or ``digest`` that SHA-256."""
 
     job: JobRecord
     result: dict[str, Any]
     retry: bool = False
     digest: str | None = None
+    image: bytes | None = None
 
 
 @dataclass

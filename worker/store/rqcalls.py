@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from producer.wire import keys
-from producer.wire.cache import compact
+from producer.wire.cache import compact, digest
 from producer.wire.cache import key_for as cache_key_for
 from producer.wire.results import (
     CANCELED,
@@ -250,11 +250,12 @@ def _lean(result: dict[str, Any], message: bytes) -> bytes:
 
 def _cache_entry(outcome: Outcome, cache: dict[str, Any] | None) -> tuple[str, bytes]:
     """The result cache's key and value for a successful result, or empty ones (not cached)."""
-    if cache is None or not outcome.digest:
+    found = outcome.digest or (digest(outcome.image) if cache is not None and outcome.image is not None else None)
+    if cache is None or not found:
         return "", b""
     # keyed by the tag of the model that produced it (a swap between take and finish never files an old
     # version's answer under the new tag)
-    return cache_key_for(outcome.digest, {**cache, "tag": outcome.result["model"]}), compact(outcome.result)
+    return cache_key_for(found, {**cache, "tag": outcome.result["model"]}), compact(outcome.result)
 
 
 def _without_image(job: JobRecord) -> bytes:
