@@ -36,7 +36,7 @@ if [ -n "${BENCH_QUICK:-}" ]; then
   Q_LAT=(--seconds 4 --capacity-jobs 40)
   Q_BATCH=(--max-batch 8 --budget-s 0.2)
 else
-  Q_GPU=(--batch 128 --jobs 8000 --gpu-images 4000 --pairs 2)
+  Q_GPU=(--batch 128 --jobs 8000 --gpu-images 4000 --pairs 2 --hw-loads 0.75,0.5 --workers-per-device 2,4)
   Q_LATD=(--seconds 6 --capacity-jobs 3000 --batch-size auto)
   Q_TP=(--overhead-jobs 6000 --overhead-batch 256 --compute-jobs 1500 --compute-batch 64 --plain-fraction 5
         --decode-jobs 3000 --decode-batch 64 --repeats 2 --litserve-requests 400)
@@ -59,7 +59,7 @@ step models 120 "$PY" -c "from bench.common import ensure_model as e; print(e('t
 if [ -z "${BENCH_REST:-}" ]; then
   mkdir -p models && [ -f bench/out/lite0.pt ] && cp -n bench/out/lite0.pt models/efficientnet_lite0.pt  # the tests' demo
   step gpu-tests 150 "$PY" -m pytest -q -s -rs -p no:cacheprovider --timeout 140 tests/gpu tests/unit/test_decode_gpu.py
-  step gpu-decode 300 "$PY" -m bench.gpu_decode --device "$DEVICE" "${Q_GPU[@]}" --write
+  step gpu-decode 400 "$PY" -m bench.gpu_decode --device "$DEVICE" "${Q_GPU[@]}" --write
   step latency-decode 120 "$PY" -m bench.latency --device "$DEVICE" --decode "$DECODE" "${Q_LATD[@]}" --write
   echo "must-run done $(date -u)" | tee -a "$LOG"
 fi
@@ -67,6 +67,8 @@ fi
 
 # --- the rest ------------------------------------------------------------------------------------------------
 [ -n "${BENCH_ONLY:-}" ] || step practices 80 "$PY" -m bench.practices --device "$DEVICE" "${Q_BATCH[@]}" --write
+# issue 23: a CUDA .pt2 package exported (~95 s), loaded and timed against TorchScript; top-1 agreement
+[ -n "${BENCH_ONLY:-}" ] || step formats 300 "$PY" -m bench.formats --device "$DEVICE" --batches 1,32,128 --rounds 3 --write
 [ -n "${BENCH_ONLY:-}" ] || step roofline 80 "$PY" -m bench.roofline --device "$DEVICE" "${Q_BATCH[@]}" --write
 step throughput 300 "$PY" -m bench.throughput --device "$DEVICE" "${Q_TP[@]}" --write
 step throughput-decode 150 "$PY" -m bench.throughput --device "$DEVICE" --regime decode --decode "$DECODE" "${Q_TP[@]}" --no-litserve --write

@@ -34,14 +34,15 @@ from .devserver import RedisServer, find_redis_server
 from .drain import Drain, drain, ended_times, rate_from_end_times, redis_cpu_s, worker_args
 
 
-def gpu_capacity(payloads: Sequence[bytes], device: str, sync: bool, images: int = 4000) -> float:
+def gpu_capacity(payloads: Sequence[bytes], device: str, sync: bool, images: int = 4000, hw_load: float = 1.0) -> float:
     """Images/s of the GPU decoder alone: ``images`` submitted at once (after one warm pass), all done."""
     from worker.decode.cpu import Limits, Preprocess
     from worker.decode.gpu import build_gpu_decoder
     from worker.decode.pool import ThreadDecoder
 
     spec, limits = Preprocess(size=(224, 224)), Limits()
-    decoder = build_gpu_decoder(spec, limits, ThreadDecoder(spec, limits, os.cpu_count() or 1), device, sync=sync)
+    fallback = ThreadDecoder(spec, limits, os.cpu_count() or 1)
+    decoder = build_gpu_decoder(spec, limits, fallback, device, sync=sync, hw_load=hw_load)
     try:
         for count in (len(payloads) * 4, images):  # a warm pass, then the timed one
             countdown = Countdown(count)
@@ -133,6 +134,11 @@ def main() -> None:
         default="",
         help="also drain the photos with K worker processes on the one device, for each K listed (e.g. 2,4)",
     )
+    parser.add_argument(
+        "--hw-loads",
+        default="",
+        help="also the decoder alone with these hardware-engine load hints (--decode-hw-load), e.g. 0.75,0.5",
+    )
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
@@ -149,6 +155,9 @@ def main() -> None:
             if sync:  # the worker's default
                 caps[name, "gpu"] = rate
             cap_rows.append([name, f"{kb:.0f}", f"nvImageCodec GpuDecoder, sync {'on' if sync else 'off'}", rate])
+        for load in [float(x) for x in args.hw_loads.split(",") if x] if cuda else []:
+            rate = gpu_capacity(payloads, args.device, True, args.gpu_images, hw_load=load)
+            cap_rows.append([name, f"{kb:.0f}", f"nvImageCodec GpuDecoder, sync on, hw load {load:g}", rate])
         print(table(["payloads", "mean KB", "decoder", "images/s"], cap_rows[-3:]), flush=True)
     forward = model_capacity(model, args.device, args.batch)
     print(f"model alone: {forward:.0f} images/s at batch {args.batch}", flush=True)

@@ -37,6 +37,7 @@ class WorkerSettings:
     precision: str = "auto"
     decode: str = "auto"
     decode_sync: str = "on"
+    decode_hw_load: float = 1.0
     decode_threads: int = 0
     decode_workers: int = 0
     decode_overlap: str = "auto"
@@ -169,6 +170,8 @@ def check_decode(settings: WorkerSettings) -> None:
     """``--decode`` and ``--decode-sync`` values; ``gpu`` asks for a CUDA device. Raise ``SystemExit``."""
     if settings.decode not in ("auto", "cpu", "gpu"):
         raise SystemExit(f"worker: --decode must be cpu, gpu or auto, got {settings.decode!r}")
+    if not 0.0 <= settings.decode_hw_load <= 1.0:
+        raise SystemExit(f"worker: --decode-hw-load must be between 0 and 1, got {settings.decode_hw_load}")
     if settings.decode_sync not in ("on", "off"):
         raise SystemExit(f"worker: --decode-sync must be on or off, got {settings.decode_sync!r}")
     on_cuda = settings.device.startswith("cuda") or (settings.devices and not settings.devices.startswith("cpu"))

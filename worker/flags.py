@@ -84,6 +84,13 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "hardware-decode ordering bug, pytorch/vision#9606); off: stream ordering only",
     ),
     (
+        "--decode-hw-load",
+        "WORKER_DECODE_HW_LOAD",
+        float,
+        "with --decode gpu: the share (0-1) of each decode call offered to the GPU's hardware JPEG engines, the "
+        "rest to its CUDA decoder (nvImageCodec's load hint; 1: all the engines take)",
+    ),
+    (
         "--decode-threads",
         "WORKER_DECODE_THREADS",
         int,

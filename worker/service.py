@@ -70,7 +70,8 @@ def make_decoder(settings: WorkerSettings, spec: Preprocess, gate: Gate, device:
     from .decode.gpu import GpuDecodeUnavailable, build_gpu_decoder
 
     try:
-        decoder = build_gpu_decoder(spec, limits, cpu, device, sync=settings.decode_sync == "on")
+        sync, hw_load = settings.decode_sync == "on", settings.decode_hw_load
+        decoder = build_gpu_decoder(spec, limits, cpu, device, sync=sync, hw_load=hw_load)
     except GpuDecodeUnavailable as exc:
         if settings.decode == "gpu":
             cpu.close()

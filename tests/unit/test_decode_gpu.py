@@ -311,6 +311,8 @@ def test_tensor_and_mixed_batches_predict_what_bytes_do(tiny_model_path):
         ({"decode": "fast"}, "cpu, gpu or auto"),
         ({"decode": "auto", "decode_sync": "maybe"}, "on or off"),
         ({"decode": "gpu", "devices": "cpu:2"}, "CUDA device"),
+        ({"decode": "auto", "decode_hw_load": 1.5}, "between 0 and 1"),
+        ({"decode": "auto", "decode_hw_load": -0.1}, "between 0 and 1"),
     ],
 )
 def test_decode_flags_refuse_what_cannot_work(values, error):
@@ -325,6 +327,7 @@ def test_decode_flags_refuse_what_cannot_work(values, error):
         {"decode": "gpu", "devices": "all"},
         {"decode": "auto"},
         {"decode": "cpu", "decode_sync": "off"},
+        {"decode": "auto", "decode_hw_load": 0.5},
     ],
 )
 def test_decode_flags_accept_what_can(values):

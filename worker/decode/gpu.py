@@ -94,13 +94,15 @@ def load_nvimgcodec() -> Any:
 class NvImageCodec:
     """``BatchDecode`` with nvImageCodec: hardware JPEG engines where present, CUDA otherwise, never the CPU."""
 
-    def __init__(self, device: torch.device, options: str = "") -> None:
+    def __init__(self, device: torch.device, options: str = "", hw_load: float = 1.0) -> None:
         codec = load_nvimgcodec()
         self.codec, self.device = codec, device
         index = device.index if device.index is not None else torch.cuda.current_device()
-        kinds = (codec.BackendKind.HW_GPU_ONLY, codec.BackendKind.GPU_ONLY, codec.BackendKind.HYBRID_CPU_GPU)
+        # hw_load: the share of a batch offered to the hardware JPEG engines (the rest to the CUDA decoder)
+        backends = [codec.Backend(codec.BackendKind.HW_GPU_ONLY, load_hint=hw_load)]
+        backends += [codec.Backend(k) for k in (codec.BackendKind.GPU_ONLY, codec.BackendKind.HYBRID_CPU_GPU)]
         try:
-            self.decoder = codec.Decoder(device_id=index, backends=[codec.Backend(k) for k in kinds], options=options)
+            self.decoder = codec.Decoder(device_id=index, backends=backends, options=options)
         except RuntimeError as exc:
             raise GpuDecodeUnavailable(f"nvImageCodec cannot start on {device}: {exc}") from exc
         self.params = codec.DecodeParams(
@@ -282,6 +284,7 @@ def build_gpu_decoder(
     max_batch: int = DEFAULT_MAX_BATCH,
     sync: bool = True,
     options: str = "",
+    hw_load: float = 1.0,
 ) -> GpuDecoder:
     """A ``GpuDecoder`` on nvImageCodec, checked on a small JPEG first; raise ``GpuDecodeUnavailable``."""
     dev = torch.device(device)
@@ -291,7 +294,7 @@ def build_gpu_decoder(
             if dev.type != "cuda"
             else "GPU decoding needs a CUDA device, and torch sees none"
         )
-    codec = NvImageCodec(dev, options)
+    codec = NvImageCodec(dev, options, hw_load)
     stream, buf = torch.cuda.Stream(dev), io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "JPEG", quality=90)
     with torch.cuda.stream(stream):
