@@ -152,10 +152,10 @@ class ProducerCore:
             raise ValueError("a job id appears more than once in one call")
         after = deadline_s if deadline_s is not None else self.options.deadline_s
         deadline = time.time() + after if after is not None else None
-        planned = []
+        planned, trace = [], tracing.current()  # the active span, asked once per call
         for source, job_id, meta in zip(sources, ids, meta_list, strict=True):
             final_id = job_id if job_id is not None else str(uuid.uuid4())
-            data = self.writer.data(source, final_id, tracing.inject(meta), deadline)
+            data = self.writer.data(source, final_id, tracing.inject(meta, trace, asked=True), deadline)
             planned.append(PlannedJob(final_id, job_id is not None, data))
         return planned
 
@@ -172,7 +172,7 @@ class ProducerCore:
                 yield Watch(shard, watched)
             replies = (yield Batch(shard, tuple(reads))) if reads else []
             existing = {key for key, found in zip(watched, replies, strict=False) if found}
-            fresh = [job for job in jobs if keys.job(job.id) not in existing]
+            fresh = [job for job in jobs if keys.job(job.id) not in existing] if existing else jobs
             if not fresh:
                 return
             if limit is not None and replies[-1] + len(fresh) > limit:

@@ -25,17 +25,29 @@ def _api() -> Any:
     return _propagation
 
 
-def inject(meta: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``meta`` with the active span's ``traceparent`` (and ``tracestate``) added, or ``meta`` unchanged when
-    OpenTelemetry is absent, no span is active, or the caller already set one."""
+def current() -> dict[str, str] | None:
+    """The active span's ``traceparent`` (and ``tracestate``) as a carrier, or None when OpenTelemetry is
+    absent or no span is active: asked once per enqueue call, whatever its number of jobs."""
     api = _api()
-    if not api or (meta and TRACEPARENT in meta):
-        return meta
+    if not api:
+        return None
     trace, propagate = api
     if not trace.get_current_span().get_span_context().is_valid:
-        return meta
+        return None
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    if TRACEPARENT not in carrier:
+    found = {k: v for k, v in carrier.items() if k in (TRACEPARENT, "tracestate")}
+    return found if TRACEPARENT in found else None
+
+
+def inject(
+    meta: dict[str, Any] | None, carrier: dict[str, str] | None = None, *, asked: bool = False
+) -> dict[str, Any] | None:
+    """``meta`` with the active span's ``traceparent`` (and ``tracestate``) added, or ``meta`` unchanged when
+    OpenTelemetry is absent, no span is active, or the caller already set one. ``asked``: ``carrier`` is
+    ``current()`` already (None: no span)."""
+    if not asked:
+        carrier = current()
+    if carrier is None or (meta and TRACEPARENT in meta):
         return meta
-    return {**(meta or {}), **{k: v for k, v in carrier.items() if k in (TRACEPARENT, "tracestate")}}
+    return {**(meta or {}), **carrier}
