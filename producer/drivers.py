@@ -44,6 +44,8 @@ class SyncDriver:
                 pipe.reset()
 
     def _perform(self, op: Op, watching: dict[int, Any]) -> Any:
+        if isinstance(op, Commit):  # the enqueue's one operation, most often
+            return self._commit(op, watching)
         if isinstance(op, Sleep):
             time.sleep(op.seconds)
             return None
@@ -58,8 +60,10 @@ class SyncDriver:
         if isinstance(op, Watch):
             watching.setdefault(op.shard, conn.pipeline()).watch(*op.keys)
             return None
-        assert isinstance(op, Commit)
-        pipe = watching.pop(op.shard, None) or conn.pipeline()
+        raise TypeError(f"not an operation: {op!r}")
+
+    def _commit(self, op: Commit, watching: dict[int, Any]) -> Any:
+        pipe = watching.pop(op.shard, None) or self.connections[op.shard].pipeline()
         try:
             if op.wait is not None:
                 return commit_and_wait(pipe, op)

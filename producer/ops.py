@@ -8,19 +8,21 @@ throws the Redis error in. So the logic (checks, routing, retries, deadlines) is
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Command:
-    """A Redis command as redis-py's ``execute_command`` takes it (``options`` steer its reply parsing)."""
+class Command(NamedTuple):
+    """A Redis command as redis-py's ``execute_command`` takes it (``options`` steer its reply parsing; never
+    mutated). A tuple, not a frozen dataclass: an enqueue builds several per job, and a tuple is built in a
+    tenth of the time (this is on the producer's per-job path)."""
 
     args: tuple[Any, ...]
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = MappingProxyType({})
 
 
 def command(*args: Any) -> Command:
