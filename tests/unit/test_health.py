@@ -44,8 +44,8 @@ def test_jobs_in_hand_without_progress_is_a_stall():
 
 
 def test_idling_or_progressing_is_not_a_stall():
-    assert watch(in_hand=0, timeout_s=0.2, keep_progressing=False, run_s=0.6) == ([], [])  # 3 timeouts
-    assert watch(in_hand=3, timeout_s=0.2, keep_progressing=True, run_s=0.6) == ([], [])
+    assert watch(in_hand=0, timeout_s=0.2, keep_progressing=False, run_s=0.5) == ([], [])  # 2.5 timeouts
+    assert watch(in_hand=3, timeout_s=0.2, keep_progressing=True, run_s=0.5) == ([], [])
 
 
 def test_probes_answer_readiness_and_liveness():
