@@ -12,9 +12,15 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.connection import Encoder, PythonRespSerializer
 from redis.sentinel import Sentinel
 
+from .wire.packer import fast_packer
 from .wire.urls import SentinelURL, is_sentinel, parse_sentinel
+
+# commands packed by hiredis in C where it can (producer.wire.packer); redis-py's own packer for the rest
+_PACKER = fast_packer(PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack)
+_FAST = {"command_packer": _PACKER} if _PACKER is not None else {}
 
 
 def _sentinel_options(spec: SentinelURL) -> dict[str, Any]:
@@ -30,10 +36,11 @@ def _sentinel_options(spec: SentinelURL) -> dict[str, Any]:
 def connect(url: str) -> redis.Redis:
     """A client for ``url``: ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://``."""
     if not is_sentinel(url):
-        return redis.Redis.from_url(url)
+        return redis.Redis.from_url(url, **_FAST)
     spec = parse_sentinel(url)
     sentinel = Sentinel(list(spec.sentinels), sentinel_kwargs=_sentinel_options(spec))
-    return sentinel.master_for(spec.service, db=spec.db, username=spec.username, password=spec.password, ssl=spec.tls)
+    login = {"username": spec.username, "password": spec.password, "ssl": spec.tls}
+    return sentinel.master_for(spec.service, db=spec.db, **login, **_FAST)
 
 
 def connect_async(url: str) -> aioredis.Redis:

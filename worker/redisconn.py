@@ -11,14 +11,21 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.connection import Encoder, PythonRespSerializer
 from redis.sentinel import Sentinel
 
+from producer.wire.packer import fast_packer
 from producer.wire.urls import is_sentinel, parse_sentinel
+
+# commands packed by hiredis in C where it can (a FINISH has 13 arguments per job); redis-py's packer otherwise
+_PACKER = fast_packer(PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack)
 
 
 def connect(url: str, **options: Any) -> redis.Redis:
     """A client for ``url`` (``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://``); ``options`` are
     redis-py connection options (timeouts, ``health_check_interval``)."""
+    if _PACKER is not None:
+        options = {"command_packer": _PACKER, **options}
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **options)
     spec = parse_sentinel(url)
