@@ -51,10 +51,11 @@ def scan_jpeg(data: bytes) -> JpegHeader | None:
         return None
 
 
-def _segments(data: bytes) -> tuple[tuple[int, bytes] | None, int]:
-    """Walk SOI .. SOS: the frame header (marker, body) and the EXIF orientation (0: no tag)."""
-    at, end = 2, len(data)
-    frame: tuple[int, bytes] | None = None
+def _segments(data: bytes) -> tuple[tuple[int, memoryview] | None, int]:
+    """Walk SOI .. SOS: the frame header (marker, body) and the EXIF orientation (0: no tag). Segment bodies
+    are views and prefixes are compared in place: a photo's EXIF and ICC blocks are tens of KB, never copied."""
+    at, end, view = 2, len(data), memoryview(data)
+    frame: tuple[int, memoryview] | None = None
     orientation, exif, xmp = 0, False, False
     while True:
         if at + 4 > end or data[at] != 0xFF:
@@ -66,32 +67,32 @@ def _segments(data: bytes) -> tuple[tuple[int, bytes] | None, int]:
         if marker not in SEGMENTS:  # standalone markers, EOI before the scan, unknown ones: unusual
             raise _Unsure
         length = int.from_bytes(data[at + 2 : at + 4], "big")
-        if length < 2 or at + 2 + length > end:
+        start, stop = at + 4, at + 2 + length
+        if length < 2 or stop > end:
             raise _Unsure
-        body = data[at + 4 : at + 2 + length]
         if marker == 0xDA:  # start of scan: the header is over
             break
         if marker in SOF:
             if frame is not None:
                 raise _Unsure
-            frame = (marker, body)
+            frame = (marker, view[start:stop])
         elif marker == 0xDB:
-            _check_dqt(body)
+            _check_dqt(view[start:stop])
         elif 0xE0 <= marker <= 0xEF:
-            if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):  # Pillow reads EXIF from APP1 only
+            if marker == 0xE1 and data.startswith(b"Exif\x00\x00", start, stop):  # Pillow: EXIF from APP1 only
                 if exif:
                     raise _Unsure  # Pillow joins several EXIF blocks
-                exif, orientation = True, _exif_orientation(body[6:])
+                exif, orientation = True, _exif_orientation(view[start + 6 : stop])
             else:
-                xmp = xmp or (marker == 0xE1 and body.startswith(XMP))
-                _check_app(marker, body)
-        at += 2 + length
+                xmp = xmp or (marker == 0xE1 and data.startswith(XMP, start, stop))
+                _check_app(marker, data, start, stop)
+        at = stop
     if exif and orientation == 0 and xmp:
         raise _Unsure  # Pillow may take the orientation from the XMP packet
     return frame, orientation or 1
 
 
-def _frame(marker: int, body: bytes, orientation: int) -> JpegHeader | None:
+def _frame(marker: int, body: memoryview, orientation: int) -> JpegHeader | None:
     if len(body) < 6 or body[0] != 8 or body[5] not in (1, 3) or (len(body) - 6) != 3 * body[5]:
         return None  # short, not 8-bit (Pillow refuses), CMYK or odd component counts: Pillow judges
     height, width = int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big")
@@ -100,7 +101,7 @@ def _frame(marker: int, body: bytes, orientation: int) -> JpegHeader | None:
     return JpegHeader(width, height, mode, marker in PROGRESSIVE, layers, orientation)
 
 
-def _check_dqt(body: bytes) -> None:
+def _check_dqt(body: memoryview) -> None:
     """Pillow parses every quantisation table and refuses a short one."""
     at = 0
     while at < len(body):
@@ -110,19 +111,22 @@ def _check_dqt(body: bytes) -> None:
         at += size
 
 
-def _check_app(marker: int, body: bytes) -> None:
+def _check_app(marker: int, data: bytes, start: int, stop: int) -> None:
     """The APP segments Pillow reads into fields that may fail, or that make it another format (MPO)."""
-    if marker == 0xE0 and body.startswith(b"JFIF") and len(body) < 12:
+    size = stop - start
+    if marker == 0xE0 and data.startswith(b"JFIF", start, stop) and size < 12:
         raise _Unsure
-    if marker == 0xEE and body.startswith(b"Adobe") and len(body) < 12:
+    if marker == 0xEE and data.startswith(b"Adobe", start, stop) and size < 12:
         raise _Unsure
-    if marker == 0xE2 and (body.startswith(b"MPF\x00") or (body.startswith(b"ICC_PROFILE\x00") and len(body) < 14)):
+    if marker == 0xE2 and (
+        data.startswith(b"MPF\x00", start, stop) or (data.startswith(b"ICC_PROFILE\x00", start, stop) and size < 14)
+    ):
         raise _Unsure
-    if marker == 0xED and body.startswith(b"Photoshop 3.0\x00"):
+    if marker == 0xED and data.startswith(b"Photoshop 3.0\x00", start, stop):
         raise _Unsure  # parsed resource by resource: rare in photos, left to Pillow
 
 
-def _exif_orientation(tiff: bytes) -> int:
+def _exif_orientation(tiff: memoryview) -> int:
     """The orientation tag of IFD0 in a well-formed TIFF block (0 when absent). Pillow stops reading IFD0 at
     an entry whose value lies past the block, and skips entries of unknown types: any such entry, a second
     orientation entry, or one that is not one SHORT, and this scan is unsure."""
