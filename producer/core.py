@@ -154,7 +154,7 @@ class ProducerCore:
         planned, trace = [], tracing.current()  # the active span, asked once per call
         for source, job_id, meta in zip(sources, ids, meta_list, strict=True):
             final_id = job_id if job_id is not None else str(uuid.uuid4())
-            data = self.writer.data(source, final_id, tracing.inject(meta, trace, asked=True), deadline)
+            data = self.writer.data(source, final_id, tracing.with_trace(meta, trace), deadline)
             planned.append(PlannedJob(final_id, job_id is not None, data))
         return planned
 

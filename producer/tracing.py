@@ -40,14 +40,15 @@ def current() -> dict[str, str] | None:
     return found if TRACEPARENT in found else None
 
 
-def inject(
-    meta: dict[str, Any] | None, carrier: dict[str, str] | None = None, *, asked: bool = False
-) -> dict[str, Any] | None:
+def inject(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     """``meta`` with the active span's ``traceparent`` (and ``tracestate``) added, or ``meta`` unchanged when
-    OpenTelemetry is absent, no span is active, or the caller already set one. ``asked``: ``carrier`` is
-    ``current()`` already (None: no span)."""
-    if not asked:
-        carrier = current()
+    OpenTelemetry is absent, no span is active, or the caller already set one."""
+    return with_trace(meta, current())
+
+
+def with_trace(meta: dict[str, Any] | None, carrier: dict[str, str] | None) -> dict[str, Any] | None:
+    """``meta`` with ``carrier`` (``current()``, asked once for a whole enqueue call) added, unless ``carrier`` is
+    None or the caller set a ``traceparent`` of its own."""
     if carrier is None or (meta and TRACEPARENT in meta):
         return meta
     return {**(meta or {}), **carrier}

@@ -18,6 +18,7 @@ import torch
 from .decode.cpu import Limits, decode
 from .model import Classifier, load_model
 from .modelfile import is_package
+from .pt2 import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def load_auto(
     dev = torch.device(device)
     if is_package(path) or (dev.type != "cuda" and candidate == "fp16"):
         model = load_model(path, device, max_batch, "auto", optimize)
-        return model, {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[model.dtype]
+        return model, PRECISIONS[model.dtype]
     fast = load_model(path, device, max_batch, candidate, optimize, channels_last=True)
     reference = load_model(path, device, 1, "fp32", optimize)
     found = agreement(fast, reference, calibration_batch(reference))
