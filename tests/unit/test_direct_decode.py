@@ -1,0 +1,107 @@
+"""The direct path for plain JPEGs (Pillow's libjpeg decoder, resize and crop on its C objects, no ``Image.open``)
+against ``pillow_decode``: the same pixels, or the same refusal, for every test image, every kind of JPEG the
+scan tells apart, every draft scale, and fuzzed files (headers and entropy-coded data alike)."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+from PIL import Image
+
+from tests.unit.test_jpegscan import PHOTOS, exif, jpeg, mutate, variants
+from worker.decode import cpu
+from worker.decode.cpu import ImageError, Limits, Preprocess, decode, pillow_decode
+
+LIMITS = Limits()
+SPECS = [
+    Preprocess(size=(32, 32), resize="stretch"),  # the overhead regime's tiny model
+    Preprocess(size=(224, 224)),  # the demo model: draft scales 1 to 4 on the photos
+    Preprocess(size=(24, 40)),  # small and not square: scale 8 on the photos, odd crops
+]
+
+
+def outcome(read, data: bytes, spec: Preprocess, limits: Limits = LIMITS) -> object:
+    try:
+        return read(data, spec, limits)
+    except ImageError as exc:
+        return ("refused", type(exc).__name__)
+
+
+def photo_like(size: tuple[int, int], **save: object) -> bytes:
+    """Noisy pixels, so the entropy-coded data is not one flat block."""
+    rng = random.Random(size[0] * 7 + size[1])
+    image = Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3)).resize(size)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def plain_jpegs() -> list[bytes]:
+    made = [photo_like((48, 48)), photo_like((333, 517)), photo_like((20, 12)), photo_like((1, 1))]
+    made += [photo_like((300, 200), subsampling=s) for s in (0, 1, 2)]
+    made += [photo_like((257, 129), progressive=True), photo_like((200, 300), exif=exif(1))]
+    made += [photo_like((64, 64), restart_marker_blocks=1), photo_like((96, 64), quality=30)]
+    buf = io.BytesIO()
+    Image.frombytes("L", (90, 70), random.Random(5).randbytes(90 * 70)).save(buf, "JPEG")
+    return [*made, buf.getvalue(), jpeg("L")]
+
+
+def test_plain_jpegs_take_the_direct_path_and_give_pillows_pixels():
+    odd = {"cmyk", "rotated"}  # odd_cmyk.jpg, odd_exif_rotated.jpg: Pillow's path
+    photos = [path.read_bytes() for path in PHOTOS if path.suffix == ".jpg" and not odd & set(path.stem.split("_"))]
+    for data in plain_jpegs() + photos:
+        for spec in SPECS:
+            direct = cpu._plain_jpeg(data, spec, LIMITS)
+            assert direct is not None  # taken: not silently sent to Image.open
+            assert direct == pillow_decode(data, spec, LIMITS)
+            assert len(direct) == spec.size[0] * spec.size[1] * 3
+
+
+def test_every_other_image_gets_the_same_answer_from_both_paths():
+    others = [path.read_bytes() for path in PHOTOS] + variants() + [jpeg(exif=exif(6)), jpeg("CMYK")]
+    for data in others:
+        for spec in SPECS:
+            assert outcome(decode, data, spec) == outcome(pillow_decode, data, spec)
+    assert cpu._plain_jpeg(jpeg(exif=exif(6)), SPECS[0], LIMITS) is None  # rotated: Pillow's path
+    assert cpu._plain_jpeg(jpeg("CMYK"), SPECS[0], LIMITS) is None
+
+
+def test_truncated_and_limits_are_refused_as_pillow_refuses_them():
+    data = photo_like((300, 200))
+    for cut in (len(data) // 3, len(data) // 2, len(data) - 20):
+        assert outcome(decode, data[:cut], SPECS[1]) == outcome(pillow_decode, data[:cut], SPECS[1])
+    assert outcome(decode, data[: len(data) // 2], SPECS[1]) == ("refused", "UnsupportedImage")
+    for limits in (Limits(max_bytes=100), Limits(max_pixels=1000)):
+        assert cpu._plain_jpeg(data, SPECS[1], limits) is None
+        assert outcome(decode, data, SPECS[1], limits) == ("refused", "ImageTooLarge")
+
+
+def scan_mutant(data: bytes, rng: random.Random) -> bytes:
+    """Flipped bytes or a cut in the entropy-coded data (after the header)."""
+    out = bytearray(data)
+    start = data.find(b"\xff\xda") + 20
+    if rng.random() < 0.3:
+        return bytes(out[: rng.randrange(start, len(out))])
+    for _ in range(rng.randint(1, 6)):
+        out[rng.randrange(start, len(out))] = rng.randrange(256)
+    return bytes(out)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns of corrupt EXIF on some mutants
+def test_fuzzed_files_get_the_same_pixels_or_refusal_from_both_paths():
+    rng = random.Random(23)
+    small = plain_jpegs()
+    photos = [path.read_bytes() for path in PHOTOS if path.suffix == ".jpg"]
+    direct = 0
+    for n in range(800):
+        base = photos[n % len(photos)] if n % 20 == 0 else small[n % len(small)]
+        data = mutate(base, rng) if n % 2 else scan_mutant(base, rng)
+        spec = SPECS[n % len(SPECS)]
+        assert outcome(decode, data, spec) == outcome(pillow_decode, data, spec), f"mutant {n}"
+        try:
+            direct += cpu._plain_jpeg(data, spec, LIMITS) is not None
+        except ImageError:
+            direct += 1
+    assert direct > 300  # most mutants still take the direct path: it is what is being compared
