@@ -234,6 +234,12 @@ def test_jpegs_are_decoded_in_batches_and_the_rest_by_pillow_image_by_image():
     assert decoder.routes["cpu: format WEBP"] == decoder.routes["cpu: mode CMYK"] == 1
 
 
+def test_a_jpeg_smaller_than_the_model_input_is_decoded_at_full_size_and_scaled_up():
+    results = collect(gpu_decoder(PillowBatch()), [jpeg((20, 12)), jpeg((1, 1))])  # draft scale 1, not an error
+    assert [r.error for r in results] == [None, None]
+    assert all(isinstance(r.pixels, torch.Tensor) and r.pixels.shape == (*SPEC.size, 3) for r in results)
+
+
 def test_an_image_the_gpu_rejects_falls_back_alone():
     bad = image_bytes("coffee.jpg")
     results = collect(gpu_decoder(PillowBatch(refuse=bad)), [image_bytes("cat.jpg"), bad, image_bytes("china.jpg")])
