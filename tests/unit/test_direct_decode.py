@@ -105,3 +105,25 @@ def test_fuzzed_files_get_the_same_pixels_or_refusal_from_both_paths():
         except ImageError:
             direct += 1
     assert direct > 300  # most mutants still take the direct path: it is what is being compared
+
+
+def test_a_pillow_whose_internals_moved_decodes_everything_through_image_open(monkeypatch, caplog):
+    data = photo_like((64, 48))
+
+    def moved(*args: object) -> None:
+        raise AttributeError("module 'PIL._imaging' has no attribute 'jpeg_decoder'")
+
+    def shifted(image, size, spec):  # an internal that still runs, but no longer as Image.resize does
+        return cpu.Image.core.new("RGB", (spec.size[1], spec.size[0]))
+
+    try:
+        for stand_in, why in ((moved, "AttributeError"), (shifted, "pixels differ")):
+            with monkeypatch.context() as patched:
+                patched.setattr(cpu, "_libjpeg" if stand_in is moved else "_resized", stand_in)
+                cpu.direct_path_works.cache_clear()
+                assert decode(data, SPECS[0], LIMITS) == pillow_decode(data, SPECS[0], LIMITS)  # not refused
+                assert not cpu.direct_path_works()
+            assert "direct JPEG path is off" in caplog.text and why in caplog.text
+    finally:
+        cpu.direct_path_works.cache_clear()
+    assert cpu.direct_path_works()  # this Pillow: on

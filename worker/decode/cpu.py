@@ -8,15 +8,20 @@ settings module stay light.
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import __version__ as PIL_VERSION
 
 from .jpegscan import scan_jpeg
+
+log = logging.getLogger(__name__)
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -170,8 +175,26 @@ def decode(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
     straight to Pillow's libjpeg decoder, resize and crop, skipping ``Image.open``'s Python header parser
     (~60 of ~95 µs per 48-px JPEG); every other image, and any plain JPEG near a limit, goes through
     ``pillow_decode``. Both give the same bytes (tests/unit/test_direct_decode.py)."""
-    pixels = _plain_jpeg(data, spec, limits)
+    pixels = _plain_jpeg(data, spec, limits) if direct_path_works() else None
     return pixels if pixels is not None else pillow_decode(data, spec, limits)
+
+
+@functools.cache
+def direct_path_works() -> bool:
+    """Whether this Pillow's C objects still do what the direct path expects (it uses its internal decoder and
+    encoder): checked once, on a small noisy JPEG against ``pillow_decode``. If not, every image goes through
+    ``Image.open`` (one warning), rather than every JPEG being refused."""
+    buf = io.BytesIO()
+    Image.effect_noise((37, 29), 60).convert("RGB").save(buf, "JPEG", quality=80)
+    spec, data = Preprocess(size=(16, 24)), buf.getvalue()
+    try:
+        if _plain_jpeg(data, spec, Limits()) == pillow_decode(data, spec, Limits()):
+            return True
+        problem = "its pixels differ from Image.open's"
+    except Exception as exc:  # an internal API that moved: AttributeError, TypeError, ...
+        problem = f"{type(exc).__name__}: {_clean(exc)}"
+    log.warning("the direct JPEG path is off with Pillow %s (%s): Image.open decodes every image", PIL_VERSION, problem)
+    return False
 
 
 def _plain_jpeg(data: bytes, spec: Preprocess, limits: Limits) -> bytes | None:
