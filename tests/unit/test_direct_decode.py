@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import io
 import random
+import re
+from collections.abc import Callable
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from tests.unit.test_jpegscan import PHOTOS, exif, jpeg, mutate, variants
-from worker.decode import cpu
+from worker.decode import cpu, libjpeg
 from worker.decode.cpu import ImageError, Limits, Preprocess, decode, pillow_decode
 
 LIMITS = Limits()
@@ -22,11 +24,17 @@ SPECS = [
 ]
 
 
-def outcome(read, data: bytes, spec: Preprocess, limits: Limits = LIMITS) -> object:
+def outcome(read: Callable[..., bytes | None], data: bytes, spec: Preprocess, limits: Limits = LIMITS) -> object:
+    """The pixels, or the refusal's kind and words (the words become the job's error text; how many bytes of a
+    truncated file libjpeg left unread depends on how it was fed: Pillow feeds 64 KB at a time)."""
     try:
         return read(data, spec, limits)
     except ImageError as exc:
-        return ("refused", type(exc).__name__)
+        return (
+            "refused",
+            type(exc).__name__,
+            re.sub(r"\(\d+ bytes not processed\)", "(N bytes not processed)", str(exc)),
+        )
 
 
 def photo_like(size: tuple[int, int], **save: object) -> bytes:
@@ -72,10 +80,36 @@ def test_truncated_and_limits_are_refused_as_pillow_refuses_them():
     data = photo_like((300, 200))
     for cut in (len(data) // 3, len(data) // 2, len(data) - 20):
         assert outcome(decode, data[:cut], SPECS[1]) == outcome(pillow_decode, data[:cut], SPECS[1])
-    assert outcome(decode, data[: len(data) // 2], SPECS[1]) == ("refused", "UnsupportedImage")
+    assert outcome(decode, data[: len(data) // 2], SPECS[1])[:2] == ("refused", "UnsupportedImage")
     for limits in (Limits(max_bytes=100), Limits(max_pixels=1000)):
         assert cpu._plain_jpeg(data, SPECS[1], limits) is None
-        assert outcome(decode, data, SPECS[1], limits) == ("refused", "ImageTooLarge")
+        assert outcome(decode, data, SPECS[1], limits)[:2] == ("refused", "ImageTooLarge")
+
+
+def test_pillows_own_settings_send_the_image_to_image_open(monkeypatch):
+    data = photo_like((300, 200))  # 60,000 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # Pillow's bomb guard, lowered by someone
+    assert cpu._plain_jpeg(data, SPECS[1], LIMITS) is None
+    assert outcome(decode, data, SPECS[1]) == outcome(pillow_decode, data, SPECS[1])
+    assert outcome(decode, data, SPECS[1])[:2] == ("refused", "ImageTooLarge")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # no guard: the direct path again
+    assert cpu._plain_jpeg(data, SPECS[1], LIMITS) is not None
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # Pillow then decodes what a file holds
+    cut = data[: len(data) // 2]
+    assert cpu._plain_jpeg(cut, SPECS[1], LIMITS) is None
+    assert decode(cut, SPECS[1], LIMITS) == pillow_decode(cut, SPECS[1], LIMITS)
+
+
+def test_decode_takes_the_direct_path(monkeypatch):
+    data = photo_like((96, 64))
+    want = pillow_decode(data, SPECS[1], LIMITS)
+    assert cpu.direct_path_works()  # checked (it calls pillow_decode) before pillow_decode is taken away
+
+    def no_image_open(*args: object) -> bytes:
+        raise AssertionError("Image.open's path taken")
+
+    monkeypatch.setattr(cpu, "pillow_decode", no_image_open)
+    assert decode(data, SPECS[1], LIMITS) == want
 
 
 def scan_mutant(data: bytes, rng: random.Random) -> bytes:
@@ -99,11 +133,12 @@ def test_fuzzed_files_get_the_same_pixels_or_refusal_from_both_paths():
         base = photos[n % len(photos)] if n % 20 == 0 else small[n % len(small)]
         data = mutate(base, rng) if n % 2 else scan_mutant(base, rng)
         spec = SPECS[n % len(SPECS)]
-        assert outcome(decode, data, spec) == outcome(pillow_decode, data, spec), f"mutant {n}"
-        try:
-            direct += cpu._plain_jpeg(data, spec, LIMITS) is not None
-        except ImageError:
+        pillow = outcome(pillow_decode, data, spec)
+        assert outcome(decode, data, spec) == pillow, f"mutant {n}"
+        mine = outcome(cpu._plain_jpeg, data, spec)
+        if mine is not None:  # taken: the direct path's own answer, whatever decode() chose
             direct += 1
+            assert mine == pillow, f"mutant {n}"
     assert direct > 300  # most mutants still take the direct path: it is what is being compared
 
 
@@ -113,17 +148,21 @@ def test_a_pillow_whose_internals_moved_decodes_everything_through_image_open(mo
     def moved(*args: object) -> None:
         raise AttributeError("module 'PIL._imaging' has no attribute 'jpeg_decoder'")
 
-    def shifted(image, size, spec):  # an internal that still runs, but no longer as Image.resize does
-        return cpu.Image.core.new("RGB", (spec.size[1], spec.size[0]))
+    def shifted(image: object, width: int, height: int) -> bytes:  # still runs, but not as tobytes() does
+        return bytes(width * height * 3)
 
     try:
-        for stand_in, why in ((moved, "AttributeError"), (shifted, "pixels differ")):
+        for name, stand_in, why in (("_decoded", moved, "AttributeError"), ("_encoded", shifted, "pixels differ")):
             with monkeypatch.context() as patched:
-                patched.setattr(cpu, "_libjpeg" if stand_in is moved else "_resized", stand_in)
-                cpu.direct_path_works.cache_clear()
+                patched.setattr(libjpeg, name, stand_in)
+                cpu.direct_path_works.reset()
                 assert decode(data, SPECS[0], LIMITS) == pillow_decode(data, SPECS[0], LIMITS)  # not refused
                 assert not cpu.direct_path_works()
             assert "direct JPEG path is off" in caplog.text and why in caplog.text
+        cpu.direct_path_works.reset()
+        with monkeypatch.context() as patched:
+            patched.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the check's own images refused: no verdict yet
+            assert not cpu.direct_path_works() and cpu.direct_path_works.verdict is None
     finally:
-        cpu.direct_path_works.cache_clear()
+        cpu.direct_path_works.reset()
     assert cpu.direct_path_works()  # this Pillow: on

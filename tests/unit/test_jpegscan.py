@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,13 @@ def variants() -> list[bytes]:
     xmp = b'http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
     made.append(with_segment(jpeg(exif=exif(None)), app1(xmp)))  # EXIF without the tag: XMP's counts
     made.append(with_segment(jpeg(exif=exif(None)), app1(b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00")))  # cut IFD
+    for kind, value in ((1, b"\x05"), (7, b"\x05"), (2, b"\x00"), (3, b"\x05\x00"), (5, b"")):
+        # XResolution of one BYTE / UNDEFINED / ASCII / SHORT, or a RATIONAL read past the block, beside a
+        # ResolutionUnit: Pillow's open reads the dpi from them and may fail (IndexError, not caught)
+        entries = struct.pack("<HHI", 0x011A, kind, 1) + value.ljust(4, b"\x00")
+        entries += struct.pack("<HHI", 0x0128, 3, 1) + struct.pack("<H", 2).ljust(4, b"\x00")
+        tiff = b"II*\x00" + struct.pack("<IH", 8, 2) + entries + struct.pack("<I", 0)
+        made.append(with_segment(jpeg(), app1(b"Exif\x00\x00" + tiff)))
     return made
 
 

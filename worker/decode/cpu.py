@@ -8,17 +8,17 @@ settings module stay light.
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import re
+import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from PIL import __version__ as PIL_VERSION
 
+from . import libjpeg
 from .jpegscan import scan_jpeg
 
 log = logging.getLogger(__name__)
@@ -179,83 +179,67 @@ def decode(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
     return pixels if pixels is not None else pillow_decode(data, spec, limits)
 
 
-@functools.cache
-def direct_path_works() -> bool:
-    """Whether this Pillow's C objects still do what the direct path expects (it uses its internal decoder and
-    encoder): checked once, on a small noisy JPEG against ``pillow_decode``. If not, every image goes through
-    ``Image.open`` (one warning), rather than every JPEG being refused."""
-    buf = io.BytesIO()
-    Image.effect_noise((37, 29), 60).convert("RGB").save(buf, "JPEG", quality=80)
-    spec, data = Preprocess(size=(16, 24)), buf.getvalue()
-    try:
-        if _plain_jpeg(data, spec, Limits()) == pillow_decode(data, spec, Limits()):
-            return True
-        problem = "its pixels differ from Image.open's"
-    except Exception as exc:  # an internal API that moved: AttributeError, TypeError, ...
-        problem = f"{type(exc).__name__}: {_clean(exc)}"
-    log.warning("the direct JPEG path is off with Pillow %s (%s): Image.open decodes every image", PIL_VERSION, problem)
-    return False
+class DirectCheck:
+    """Whether this Pillow's C objects still do what the direct path expects (``worker.decode.libjpeg`` uses its
+    internal decoder and encoder): checked at the first decode, on an RGB and a grayscale JPEG at DCT scale 2,
+    against ``pillow_decode``. If not, every image goes through ``Image.open`` (one warning), rather than every
+    JPEG being refused. A check that cannot run (a pixel limit below the test images') is tried again later."""
+
+    def __init__(self) -> None:
+        self.verdict: bool | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        if self.verdict is None:
+            with self.lock:
+                if self.verdict is None:
+                    self.verdict = self._check()
+        return bool(self.verdict)
+
+    def reset(self) -> None:
+        """Check again at the next decode."""
+        self.verdict = None
+
+    def _check(self) -> bool | None:
+        spec, problem = Preprocess(size=(16, 24)), ""
+        for mode in ("RGB", "L"):
+            buf = io.BytesIO()
+            Image.effect_noise((80, 60), 60).convert(mode).save(buf, "JPEG", quality=80)
+            try:
+                want = pillow_decode(buf.getvalue(), spec, Limits())
+            except ImageError:  # Image.MAX_IMAGE_PIXELS set below 4,800 by someone: no verdict yet
+                return None
+            try:
+                if _plain_jpeg(buf.getvalue(), spec, Limits()) != want:
+                    problem = f"its pixels differ from Image.open's ({mode})"
+            except Exception as exc:  # an internal API that moved: AttributeError, TypeError, ...
+                problem = f"{type(exc).__name__}: {_clean(exc)}"
+            if problem:
+                log.warning("the direct JPEG path is off with Pillow %s (%s): Image.open decodes every image",
+                            PIL_VERSION, problem)  # fmt: skip
+                return False
+        return True
+
+
+direct_path_works = DirectCheck()
 
 
 def _plain_jpeg(data: bytes, spec: Preprocess, limits: Limits) -> bytes | None:
-    """``pillow_decode``'s steps for a plain JPEG on Pillow's C objects; None when it is not one."""
-    header = scan_jpeg(data) if len(data) <= limits.max_bytes else None
+    """``pillow_decode``'s steps for a plain JPEG on Pillow's C objects; None when it is not one (or when a
+    setting of Pillow's makes its reading differ: truncated images loaded, a bomb limit)."""
+    header = scan_jpeg(data) if len(data) <= limits.max_bytes and not ImageFile.LOAD_TRUNCATED_IMAGES else None
     if header is None or header.orientation != 1 or header.width < 1 or header.height < 1:
         return None
-    if header.width * header.height > min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels):
+    pixels = header.width * header.height
+    if pixels > limits.max_pixels or (Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS):
         return None  # refused: pillow_decode words the error
     scale = draft_scale(header.width, header.height, spec)
-    size = (-(-header.width // scale), -(-header.height // scale))  # what Pillow's draft() decodes to
+    size = libjpeg.scaled_size(header.width, header.height, scale)  # what Pillow's draft() decodes to
+    height, width = spec.size
     try:
-        return _encode(_resized(_libjpeg(data, header.mode, size, scale), size, spec), spec)
+        return libjpeg.pixels(data, header.mode, size, scale, resize_plan(*size, spec), (width, height))
     except Exception as exc:  # libjpeg's errors, as pillow_decode words them
         raise UnsupportedImage(f"corrupt or truncated image: {type(exc).__name__}: {_clean(exc)}") from exc
-
-
-def _libjpeg(data: bytes, mode: str, size: tuple[int, int], scale: int) -> Any:
-    """The whole file through Pillow's JPEG decoder at DCT ``scale``, as ``ImageFile.load`` feeds it."""
-    image = Image.core.new(mode, size)
-    decoder = Image.core.jpeg_decoder(mode, mode, "", scale, 0)
-    try:
-        decoder.setimage(image, (0, 0, *size))
-        consumed, error = decoder.decode(data)
-    finally:
-        decoder.cleanup()
-    if consumed >= 0:  # libjpeg wants more: the file ends early
-        raise OSError(f"image file is truncated ({len(data) - consumed} bytes not processed)")
-    if error < 0:
-        raise OSError(ImageFile.ERRORS.get(error, f"decoder error {error}"))
-    return image if mode == "RGB" else image.convert("RGB")
-
-
-def _resized(image: Any, size: tuple[int, int], spec: Preprocess) -> Any:
-    """``resize`` on a core image: scale with ``Image.resize``'s bilinear filter, then crop the centre."""
-    new_w, new_h, left, top = resize_plan(*size, spec)
-    if (new_w, new_h) != size:
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, (0, 0, *size))
-    height, width = spec.size
-    if (new_w, new_h) != (width, height):
-        image = image.crop((left, top, left + width, top + height))
-    return image
-
-
-def _encode(image: Any, spec: Preprocess) -> bytes:
-    """``Image.tobytes()`` of an RGB core image."""
-    height, width = spec.size
-    encoder = Image.core.raw_encoder("RGB", "RGB")
-    chunks = []
-    try:
-        encoder.setimage(image, (0, 0, width, height))
-        while True:
-            _, status, chunk = encoder.encode(max(ImageFile.MAXBLOCK, width * 4))
-            chunks.append(chunk)
-            if status:
-                break
-    finally:
-        encoder.cleanup()
-    if status < 0:
-        raise RuntimeError(f"encoder error {status} in tobytes")
-    return b"".join(chunks)
 
 
 def pillow_decode(data: bytes, spec: Preprocess, limits: Limits) -> bytes:

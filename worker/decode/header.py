@@ -47,7 +47,8 @@ def scan_header(data: bytes, limits: Limits) -> Header | None:
     if len(data) > limits.max_bytes or (jpeg := scan_jpeg(data)) is None:
         return None
     pixels = jpeg.width * jpeg.height
-    if jpeg.width < 1 or jpeg.height < 1 or pixels > limits.max_pixels or pixels > (Image.MAX_IMAGE_PIXELS or pixels):
+    bomb = Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS  # Pillow refuses at once
+    if jpeg.width < 1 or jpeg.height < 1 or pixels > limits.max_pixels or bomb:
         return None  # refused, or Pillow's own bomb guard speaks: open_image words the error
     if jpeg.progressive:
         reason = "progressive"

@@ -20,6 +20,8 @@ SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xDE}
 SEGMENTS = SOF | {0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xDF, 0xFE} | frozenset(range(0xE0, 0xF0))
 PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})  # what Pillow marks progressive
 ORIENTATION_TAG = 0x0112
+RESOLUTION_TAGS = (0x011A, 0x0128)  # XResolution, ResolutionUnit: Pillow's open reads the dpi from them
+RATIONALS = (5, 10)  # RATIONAL, SRATIONAL
 XMP = b"http://ns.adobe.com/xap/1.0/\x00"
 TIFF_UNITS = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}  # bytes
 
@@ -129,7 +131,8 @@ def _check_app(marker: int, data: bytes, start: int, stop: int) -> None:
 def _exif_orientation(tiff: memoryview) -> int:
     """The orientation tag of IFD0 in a well-formed TIFF block (0 when absent). Pillow stops reading IFD0 at
     an entry whose value lies past the block, and skips entries of unknown types: any such entry, a second
-    orientation entry, or one that is not one SHORT, and this scan is unsure."""
+    orientation entry, or one that is not one SHORT, and this scan is unsure; so too for an XResolution that is
+    not one (S)RATIONAL beside a ResolutionUnit (Pillow's open reads the dpi from them, and may fail)."""
     if tiff[:4] == b"II*\x00":
         order = "little"
     elif tiff[:4] == b"MM\x00*":
@@ -146,20 +149,26 @@ def _exif_orientation(tiff: memoryview) -> int:
     count = number(ifd, 2)
     if ifd + 2 + 12 * count > len(tiff):
         raise _Unsure
-    found, outside = 0, 0
+    found, outside, resolution, odd_resolution = 0, 0, set(), False
     for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
-        unit = TIFF_UNITS.get(number(entry + 2, 2))
+        kind = number(entry + 2, 2)
+        unit = TIFF_UNITS.get(kind)
         if unit is None:
             raise _Unsure
+        if (tag := number(entry, 2)) in RESOLUTION_TAGS:
+            resolution.add(tag)
+            odd_resolution |= tag == 0x011A and (kind not in RATIONALS or number(entry + 4, 4) != 1)
         size = unit * number(entry + 4, 4)
         if size > 4:  # the value lies elsewhere in the block
             outside += size
             if number(entry + 8, 4) + size > len(tiff) or outside > len(tiff):
                 raise _Unsure
-        if number(entry, 2) == ORIENTATION_TAG:
-            if found or number(entry + 2, 2) != 3 or size != 2:
+        if tag == ORIENTATION_TAG:
+            if found or kind != 3 or size != 2:
                 raise _Unsure
             found = number(entry + 8, 2) or -1
     if found == -1:
         raise _Unsure  # an orientation of 0 (invalid) on record
+    if odd_resolution and len(resolution) == 2:
+        raise _Unsure  # Pillow's dpi reading may fail on it (a one-value XResolution: IndexError, not caught)
     return found
