@@ -19,7 +19,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from PIL import __version__ as PIL_VERSION
 
 from . import libjpeg
-from .jpegscan import scan_jpeg
+from .jpegscan import HUFFMAN_DCT, LOSSLESS, MAX_SCANS, layout, scan_count, scan_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,13 @@ def _plain_jpeg(data: bytes, spec: Preprocess, limits: Limits) -> bytes | None:
     header = scan_jpeg(data) if len(data) <= limits.max_bytes and not ImageFile.LOAD_TRUNCATED_IMAGES else None
     if header is None or header.orientation != 1 or header.width < 1 or header.height < 1:
         return None
+    if header.frame not in HUFFMAN_DCT:
+        return None  # lossless (no DCT scale), arithmetic coding (Pillow's pieces fail where a whole file works)
     pixels = header.width * header.height
     if pixels > limits.max_pixels or (Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS):
         return None  # refused: pillow_decode words the error
+    if header.multi_scan:
+        check_scans(data)
     scale = draft_scale(header.width, header.height, spec)
     size = libjpeg.scaled_size(header.width, header.height, scale)  # what Pillow's draft() decodes to
     height, width = spec.size
@@ -245,9 +249,10 @@ def _plain_jpeg(data: bytes, spec: Preprocess, limits: Limits) -> bytes | None:
 def pillow_decode(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
     """``decode`` for any image, through ``Image.open``; raise ``ImageError`` on bad input."""
     img = open_image(data, limits)
+    frame = _jpeg_frame(img, data)
     try:
         rotated = _exif_rotated(img)
-        if img.format == "JPEG" and not rotated:
+        if img.format == "JPEG" and not rotated and frame not in LOSSLESS:  # no DCT scale for lossless frames
             img.draft("RGB", draft_size(spec))
         img.seek(0)  # first frame of an animation
         if rotated:
@@ -258,6 +263,24 @@ def pillow_decode(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
     except Exception as exc:  # Pillow's decoders raise any type on hostile bytes
         raise UnsupportedImage(f"corrupt or truncated image: {type(exc).__name__}: {_clean(exc)}") from exc
     return img.tobytes()
+
+
+def check_scans(data: bytes) -> None:
+    """Refuse a JPEG with more scans than ``MAX_SCANS``: each is a pass over every block of the image, and a few
+    KB of repeated scans would hold a decode thread for minutes (a progressive file's scans may repeat)."""
+    scans = scan_count(data)
+    if scans > MAX_SCANS:
+        raise ImageTooLarge(f"JPEG has {scans} scans, over the limit of {MAX_SCANS} (each one decodes the image again)")
+
+
+def _jpeg_frame(img: Image.Image, data: bytes) -> int | None:
+    """A JPEG's frame marker (None when not a JPEG, or its segments can't be walked); refuses too many scans."""
+    if img.format != "JPEG":
+        return None
+    found = layout(data)
+    if found is None or found[1]:  # scans that may repeat, or a layout not read: count them
+        check_scans(data)
+    return found[0] if found else None
 
 
 def _exif_rotated(img: Image.Image) -> bool:

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from PIL import Image
 
 from .cpu import Limits, open_image
-from .jpegscan import scan_jpeg
+from .jpegscan import layout, scan_jpeg
 
 ORIENTATION_TAG = 0x0112
 GPU_MODES = ("RGB", "L")  # Pillow's names for YCbCr and grayscale JPEGs; CMYK/YCCK go to the CPU
 GPU_LUMA_SAMPLING = {(1, 1), (2, 1), (1, 2), (2, 2)}  # 4:4:4, 4:2:2, 4:4:0, 4:2:0
 EOI = b"\xff\xd9"
+GPU_FRAMES = (0xC0, 0xC1)  # baseline and extended sequential Huffman: not lossless, not arithmetic-coded
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ def scan_header(data: bytes, limits: Limits) -> Header | None:
         return None  # refused, or Pillow's own bomb guard speaks: open_image words the error
     if jpeg.progressive:
         reason = "progressive"
+    elif jpeg.frame not in GPU_FRAMES or jpeg.multi_scan:
+        reason = frame_reason(jpeg.frame, jpeg.multi_scan)
     elif not plain_sampling(list(jpeg.layers)):
         reason = "chroma sampling"
     elif data.rstrip(b"\x00")[-2:] != EOI:
@@ -93,11 +96,23 @@ def cpu_reason(img: Image.Image, data: bytes) -> str | None:
         return "progressive"
     if getattr(img, "bits", 8) != 8:
         return f"{getattr(img, 'bits', '?')}-bit"
+    found = layout(data)
+    if found is None:
+        return "unusual segments"  # Pillow read them; the GPU's parser may not
+    if found[0] not in GPU_FRAMES or found[1]:
+        return frame_reason(*found)
     if not plain_sampling(getattr(img, "layer", [])):
         return "chroma sampling"
     if data.rstrip(b"\x00")[-2:] != EOI:  # truncated, or trailing data: Pillow decides what it is
         return "no end marker"
     return None
+
+
+def frame_reason(frame: int, multi_scan: bool) -> str:
+    """Why a JPEG frame of this kind goes to the CPU (the caller has ruled out progressive ones)."""
+    if frame not in GPU_FRAMES:
+        return f"frame SOF{frame - 0xC0}"  # lossless, arithmetic coding, hierarchical
+    return "non-interleaved scans" if multi_scan else ""
 
 
 def plain_sampling(layers: list[tuple[int, int, int, int]]) -> bool:

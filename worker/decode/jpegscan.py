@@ -12,6 +12,7 @@ the two readers together on every test image and on fuzzed inputs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # Pillow's marker table: frame headers (SOF0-15 but DHT, JPG, DAC; and DHP, which Pillow reads as one), and
@@ -19,6 +20,12 @@ from dataclasses import dataclass
 SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xDE}
 SEGMENTS = SOF | {0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xDF, 0xFE} | frozenset(range(0xE0, 0xF0))
 PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})  # what Pillow marks progressive
+LOSSLESS = frozenset({0xC3, 0xC7, 0xCB, 0xCF})  # libjpeg ignores a DCT scale for these (draft() must not ask one)
+HUFFMAN_DCT = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended, progressive: libjpeg decodes them at a DCT scale,
+# fed whole or in pieces alike (its arithmetic decoder cannot suspend: Pillow's 64 KiB pieces fail where one whole
+# buffer does not)
+MAX_SCANS = 256  # nvImageCodec's default (NVIMGCODEC_MAX_JPEG_SCANS): each scan is a pass over every block
+_SOS = re.compile(b"\xff\xda")
 ORIENTATION_TAG = 0x0112
 RESOLUTION_TAGS = (0x011A, 0x0128)  # XResolution, ResolutionUnit: Pillow's open reads the dpi from them
 RATIONALS = (5, 10)  # RATIONAL, SRATIONAL
@@ -36,6 +43,8 @@ class JpegHeader:
     progressive: bool
     layers: tuple[tuple[int, int, int, int], ...]  # (component id, h, v, quantisation table), as Pillow's
     orientation: int  # the EXIF orientation tag's value, 1 when absent (not yet checked for 1..8)
+    frame: int = 0xC0  # the frame header's marker (SOF0 .. SOF15)
+    multi_scan: bool = False  # progressive, or a first scan without every component: the scans may repeat
 
 
 class _Unsure(Exception):
@@ -47,18 +56,19 @@ def scan_jpeg(data: bytes) -> JpegHeader | None:
     if data[:3] != b"\xff\xd8\xff":
         return None
     try:
-        frame, orientation = _segments(data)
-        return _frame(*frame, orientation) if frame else None
+        frame, orientation, scan_components = _segments(data)
+        return _frame(*frame, orientation, scan_components) if frame else None
     except _Unsure:
         return None
 
 
-def _segments(data: bytes) -> tuple[tuple[int, memoryview] | None, int]:
-    """Walk SOI .. SOS: the frame header (marker, body) and the EXIF orientation (0: no tag). Segment bodies
-    are views and prefixes are compared in place: a photo's EXIF and ICC blocks are tens of KB, never copied."""
+def _segments(data: bytes) -> tuple[tuple[int, memoryview] | None, int, int]:
+    """Walk SOI .. SOS: the frame header (marker, body), the EXIF orientation (1: no tag) and the first scan's
+    component count. Segment bodies are views and prefixes are compared in place: a photo's EXIF and ICC blocks
+    are tens of KB, never copied."""
     at, end, view = 2, len(data), memoryview(data)
     frame: tuple[int, memoryview] | None = None
-    orientation, exif, xmp = 0, False, False
+    orientation, exif, xmp, scan_components = 0, False, False, 0
     while True:
         if at + 4 > end or data[at] != 0xFF:
             raise _Unsure  # truncated, or junk between segments (Pillow skips it)
@@ -73,6 +83,7 @@ def _segments(data: bytes) -> tuple[tuple[int, memoryview] | None, int]:
         if length < 2 or stop > end:
             raise _Unsure
         if marker == 0xDA:  # start of scan: the header is over
+            scan_components = data[start] if start < stop else 0
             break
         if marker in SOF:
             if frame is not None:
@@ -91,16 +102,44 @@ def _segments(data: bytes) -> tuple[tuple[int, memoryview] | None, int]:
         at = stop
     if exif and orientation == 0 and xmp:
         raise _Unsure  # Pillow may take the orientation from the XMP packet
-    return frame, orientation or 1
+    return frame, orientation or 1, scan_components
 
 
-def _frame(marker: int, body: memoryview, orientation: int) -> JpegHeader | None:
+def _frame(marker: int, body: memoryview, orientation: int, scan_components: int) -> JpegHeader | None:
     if len(body) < 6 or body[0] != 8 or body[5] not in (1, 3) or (len(body) - 6) != 3 * body[5]:
         return None  # short, not 8-bit (Pillow refuses), CMYK or odd component counts: Pillow judges
     height, width = int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big")
     layers = tuple((body[i], body[i + 1] >> 4, body[i + 1] & 15, body[i + 2]) for i in range(6, len(body), 3))
     mode = "L" if body[5] == 1 else "RGB"
-    return JpegHeader(width, height, mode, marker in PROGRESSIVE, layers, orientation)
+    progressive = marker in PROGRESSIVE
+    multi_scan = progressive or scan_components < body[5]
+    return JpegHeader(width, height, mode, progressive, layers, orientation, marker, multi_scan)
+
+
+def scan_count(data: bytes) -> int:
+    """How many SOS markers the file holds (entropy-coded data never contains one; an EXIF thumbnail's count too):
+    ~0.3 ns a byte."""
+    return len(_SOS.findall(data))
+
+
+def layout(data: bytes) -> tuple[int, bool] | None:
+    """A JPEG's frame marker and whether its scans may repeat (progressive, or a first scan without every
+    component), by a walk of its segments up to the first scan that takes nothing for certain but the lengths
+    (for files ``scan_jpeg`` is unsure of); None when the walk fails."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    at, end, frame = 2, len(data), None
+    while at + 4 < end and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in SOF and frame is None and at + 9 < end:
+            frame = (marker, data[at + 9])
+        elif marker == 0xDA and frame is not None:
+            return frame[0], frame[0] in PROGRESSIVE or data[at + 4] < frame[1]
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
 
 
 def _check_dqt(body: memoryview) -> None:
