@@ -145,3 +145,32 @@ def test_the_dashboard_reads_a_sentinel_managed_queue(group):
     assert page.status_code == 200, page.data[:300]
     queues = {q["name"]: q["count"] for q in page.get_json()["queues"]}
     assert queues.get("classify") == 1
+
+
+def test_a_repaired_node_is_not_elected_before_its_first_sync(group):
+    """The harness rejoins a node that lost its data the way RELIABILITY.md says ("Repairing a node"): with
+    replica-priority 0 until it has synced, so the sentinels cannot elect it empty; then promotable again."""
+    primary = redis.Redis(port=group.current_primary_port())
+    primary.set("acknowledged", "1")
+    assert primary.wait(1, 5000) == 1
+    old = group.kill_primary()
+    new = group.wait_for_promotion(old)
+    group.rejoin(old)
+
+    def electable_but_for_its_priority() -> bool:  # up and in sync as every sentinel sees it, priority 0
+        views = group.replica_views(old)
+        return len(views) == 3 and all(
+            v["flags"] == "slave" and v["master-link-status"] == "ok" and int(v["slave-priority"]) == 0 for v in views
+        )
+
+    group.wait_until(electable_but_for_its_priority, 30, "the sentinels to see the rejoined node")
+    sentinel = redis.Redis(port=group.sentinels[0].port)
+    group.wait_until(group.settled, 30, "the sentinels to settle")
+    with pytest.raises(redis.ResponseError, match="NOGOODSLAVE"):
+        sentinel.execute_command("SENTINEL", "FAILOVER", "adclassify")  # the only replica may not be elected
+    group.make_promotable(old)
+    group.wait_until(group.settled, 30, "the sentinels to settle")
+    sentinel.execute_command("SENTINEL", "FAILOVER", "adclassify")
+    group.wait_for_promotion(new)
+    assert group.current_primary_port() == old
+    assert redis.Redis(port=old).get("acknowledged") == b"1"  # promoted with the data it synced
