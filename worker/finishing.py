@@ -7,15 +7,29 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from .backoff import Backoff
+from .errors import JobError
 from .progress import InHand, Observer, PipelineSettings, Stats
 from .store import Outcome, QueueStore, StoreUnavailable
+from .tracing import Tracing, trace_fields
 
 log = logging.getLogger(__name__)
 
 CLOSED = object()  # end of a stage's stream
+
+
+@dataclass
+class Answered:
+    """A forward pass's answers, in the order of ``batch`` (the pipeline's items): a prediction or a
+    ``JobError`` each, the pass's ms, the tag of the model that ran it. The finish stage builds the results."""
+
+    batch: list[Any]
+    preds: list[Any]
+    infer_ms: float
+    tag: str
 
 
 class FinishStage:
@@ -31,6 +45,8 @@ class FinishStage:
     stopping_since: float | None
     unrecorded: int
     progressed: Any
+    tracing: Tracing
+    _outcome: Any  # (item, batch size, infer ms, prediction, tag) -> Outcome
 
     # -- finish ----------------------------------------------------------------------------------
     def finish(self) -> None:
@@ -89,6 +105,8 @@ class FinishStage:
             while True:
                 if entry is CLOSED:
                     closed = True
+                elif isinstance(entry[0], Answered):  # a forward pass's answers: its results are built here
+                    pending.append((self._outcomes(entry[0]), entry[1]))
                 else:
                     pending.append(entry)
                 entry = self.done.get_nowait()
@@ -105,3 +123,17 @@ class FinishStage:
             if self.observer is not None:
                 self.observer.observe_batch([o.result for o in outcomes], now - forward_end)
             self.hand.release([o.job for o in outcomes])
+
+    def _outcomes(self, answered: Answered) -> list[Outcome]:
+        """A forward pass's answers as the jobs' outcomes (on the finish stage's thread)."""
+        batch, infer_ms, tag = answered.batch, answered.infer_ms, answered.tag
+        for item, pred in zip(batch, answered.preds, strict=True):
+            item.error = pred if isinstance(pred, JobError) else None
+        outcomes = [
+            self._outcome(item, len(batch), infer_ms, pred, tag)
+            for item, pred in zip(batch, answered.preds, strict=True)
+        ]
+        if self.tracing.enabled:
+            fields = [trace_fields(item, o.result) for item, o in zip(batch, outcomes, strict=True)]
+            self.tracing.record_batch(fields, infer_ms)
+        return outcomes

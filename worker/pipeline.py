@@ -25,11 +25,11 @@ from .backoff import Backoff
 from .batching import next_batch
 from .decode import Decoder, DecodeResult, Fetched, Fetches, NoFetch
 from .errors import JobError
-from .finishing import CLOSED, FinishStage
+from .finishing import CLOSED, Answered, FinishStage
 from .jobs import answer, job_inputs
 from .progress import InHand, Observer, PipelineSettings, Predicts, ShutdownIncomplete, Stats
 from .store import JobRecord, Outcome, QueueStore, StoreUnavailable, shown
-from .tracing import Tracing, trace_fields
+from .tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -249,21 +249,14 @@ class Pipeline(FinishStage):
         return self.predictor.launch(unique), slots
 
     def _answer(self, batch: list[Item], launched: Any, slots: list[int] | None) -> None:
-        """Wait for a launched batch's answers; its outcomes go to the finish stage."""
+        """Wait for a launched batch's answers and hand them to the finish stage, which builds the results
+        (``_outcomes``): the infer thread goes back to forming and launching batches."""
         preds, infer_ms = launched.result()
         if slots is not None:
             preds = [preds[k] for k in slots]
         self.progressed()
-        for item, pred in zip(batch, preds, strict=True):
-            item.error = pred if isinstance(pred, JobError) else None
-        tag = launched.tag  # the model that ran it (a swap may land between its launch and now)
-        outcomes = [
-            self._outcome(item, len(batch), infer_ms, pred, tag) for item, pred in zip(batch, preds, strict=True)
-        ]
-        self.done.put((outcomes, time.monotonic()))
-        if self.tracing.enabled:
-            fields = [trace_fields(item, o.result) for item, o in zip(batch, outcomes, strict=True)]
-            self.tracing.record_batch(fields, infer_ms)
+        # the tag of the model that ran it (a swap may land between its launch and now)
+        self.done.put((Answered(batch, preds, infer_ms, launched.tag), time.monotonic()))
 
     def _next_ready(self, timeout_s: float) -> Item | None:
         if self.staged:

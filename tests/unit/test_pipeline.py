@@ -115,6 +115,25 @@ def test_every_job_is_answered_in_batches_no_larger_than_the_cap():
     assert results[ids[7]]["label"] == "img7" and results[ids[7]]["meta"] == {"i": 7}
 
 
+def test_results_are_built_on_the_finish_stages_thread_not_the_infer_thread(monkeypatch):
+    import worker.pipeline as pipeline
+
+    built_on, real = [], pipeline.answer
+
+    def watched(*args, **kwargs):
+        built_on.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "answer", watched)
+    broker = MemoryBroker()
+    ids = fill(broker, [f"img{i}".encode() for i in range(20)])
+    assert run(MemoryStore(broker, "w1"), Recorder(cap=8)) == 20
+    assert built_on == ["finish"] * 20  # the infer thread only waits for answers and launches the next batch
+    assert [r["label"] for r in sorted(broker.published, key=lambda r: ids.index(r["job_id"]))] == [
+        f"img{i}" for i in range(20)
+    ]
+
+
 class Overlapping(Recorder):
     """A CUDA-like device: a launched batch runs on; the log shows when launches and answers happen. The first
     launch waits until the taker has filled the hand, so more decoded jobs are ready while it runs."""
