@@ -9,6 +9,7 @@ runs; one image larger than the whole budget still runs, alone. No torch here.
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import warnings
 from collections.abc import Iterator
@@ -35,13 +36,16 @@ def jpeg_pixels(data: bytes) -> int:
         if marker == 0xFF:  # fill byte
             at += 1
             continue
-        if marker not in SEGMENTS or (marker in SOF and pixels):
-            return 0
         if marker == 0xDA:
-            return pixels
+            return max(0, pixels)
         if marker in SOF:
-            pixels = int.from_bytes(data[at + 5 : at + 7], "big") * int.from_bytes(data[at + 7 : at + 9], "big")
-        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+            if pixels:
+                return 0
+            height, width = struct.unpack_from(">HH", data, at + 5)
+            pixels = height * width or -1  # (a frame seen: a second one is not read)
+        elif marker not in SEGMENTS:
+            return 0
+        at += 2 + (data[at + 2] << 8 | data[at + 3])
     return 0
 
 
