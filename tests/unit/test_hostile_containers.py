@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 
 from worker.decode import cpu
 from worker.decode.budget import header_pixels, jpeg_pixels
-from worker.decode.containers import MAX_PNG_ANCILLARY, MAX_PNG_CHUNKS, MAX_RLE_BMP_PIXELS
+from worker.decode.containers import MAX_GIF_EXTENSIONS, MAX_PNG_ANCILLARY, MAX_PNG_CHUNKS, MAX_RLE_BMP_PIXELS
 from worker.decode.cpu import ImageTooLarge, Limits, Preprocess, decode, resize, to_rgb
 
 SPEC, LIMITS = Preprocess(size=(24, 40)), Limits()
@@ -103,3 +103,19 @@ def test_the_jpeg_walk_gives_up_where_it_could_be_fooled():
     tiny = data[sof : sof + 2 + length].replace(b"\x00\xc8\x01\x2c", b"\x00\x01\x00\x01")  # 200x300 -> 1x1
     twice = data[:sof] + tiny + data[sof:]  # a 1x1 frame header before the real one
     assert jpeg_pixels(twice) == 0
+
+
+def gif_with_comments(count: int) -> bytes:
+    """A 16 x 16 GIF with ``count`` empty comment extensions before its image."""
+    buf = io.BytesIO()
+    Image.new("P", (16, 16), 1).save(buf, "GIF", palette=bytes([0, 0, 0, 90, 90, 90]))
+    data = buf.getvalue()
+    first = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # header, screen, global colour table
+    return data[:first] + b"\x21\xfe\x00" * count + data[first:]
+
+
+def test_a_gif_with_thousands_of_extension_blocks_before_its_image_is_refused():
+    with pytest.raises(ImageTooLarge, match=f"over {MAX_GIF_EXTENSIONS:,} extension blocks"):
+        decode(gif_with_comments(MAX_GIF_EXTENSIONS + 1), SPEC, LIMITS)
+    assert header_pixels(gif_with_comments(MAX_GIF_EXTENSIONS + 1)) == 0
+    assert decode(gif_with_comments(MAX_GIF_EXTENSIONS - 5), SPEC, LIMITS) == bytes([90]) * (24 * 40 * 3)

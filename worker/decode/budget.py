@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from PIL import Image
 
-from .containers import png_refusal
+from .containers import gif_refusal, png_refusal
 from .cpu import ALLOWED_FORMATS
 from .jpegscan import SEGMENTS, SOF
 
@@ -56,7 +56,7 @@ def header_pixels(data: bytes) -> int:
     fast = jpeg_pixels(data)
     if fast:
         return fast
-    if png_refusal(data):
+    if png_refusal(data) or gif_refusal(data):
         return 0  # refused by the decoder before Pillow opens it
     try:
         with warnings.catch_warnings():

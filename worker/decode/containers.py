@@ -5,8 +5,9 @@ PNG: Pillow's open runs a handler per chunk up to the first IDAT (and its load e
 inflating each ``iCCP`` profile it meets: 20,000 iCCP chunks of 1 KB each cost 42 s for a 64 x 64 image, 1.7
 million empty private chunks 4.5 s. The walk here reads only the length fields (~0.3 µs a chunk) and gives up
 at the limits, so its own cost is bounded too. BMP: run-length compressed BMPs are decoded by Pillow in Python
-(a 27 KB RLE8 file of 40 Mpx took 4.6 s). JPEG: a progressive file's scans may repeat, each one a pass over
-every block (20,000 repeats of a few bytes: 13.5 s for a 3000 x 3000 image).
+(a 27 KB RLE8 file of 40 Mpx took 4.6 s). GIF: Pillow reads every extension block before the first image, in
+Python (7 million empty comments: 1.7 s, at open and again at load). JPEG: a progressive file's scans may repeat,
+each one a pass over every block (20,000 repeats of a few bytes: 13.5 s for a 3000 x 3000 image).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_PNG_CHUNKS = 100_000  # every chunk, image data included (a 20 MiB PNG in 8 KiB IDATs has 2,560)
 MAX_PNG_ANCILLARY = 4_096  # chunks other than image data and animation frames
 FRAME_CHUNKS = frozenset({b"IDAT", b"fdAT", b"fcTL"})
+GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
+MAX_GIF_EXTENSIONS = 1_000  # extension blocks before the first image (a GIF has a handful)
 MAX_RLE_BMP_PIXELS = 4_000_000  # BI_RLE8 / BI_RLE4 above this: refused (Pillow decodes them in Python)
 BMP_RLE = (1, 2)
 
@@ -41,6 +44,24 @@ def png_refusal(data: bytes) -> str | None:
         if profiles > 1:
             return "PNG has more than one ICC profile (iCCP chunk)"
         at += 12 + length  # length, type, data, CRC
+    return None
+
+
+def gif_refusal(data: bytes) -> str | None:
+    """Why a GIF is refused for the extension blocks before its first image (None: fine, not a GIF, or too broken
+    to walk: Pillow judges). The walk reads block sizes only and stops at the limit."""
+    if data[:6] not in GIF_SIGNATURES or len(data) < 13:
+        return None
+    flags = data[10]
+    at, end, extensions = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0), len(data), 0
+    while at < end and data[at] == 0x21:  # an extension: label, then sub-blocks until a zero size
+        extensions += 1
+        if extensions > MAX_GIF_EXTENSIONS:
+            return f"GIF has over {MAX_GIF_EXTENSIONS:,} extension blocks before its first image"
+        at += 2
+        while at < end and data[at]:
+            at += 1 + data[at]
+        at += 1
     return None
 
 

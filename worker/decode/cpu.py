@@ -19,7 +19,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from PIL import __version__ as PIL_VERSION
 
 from . import libjpeg
-from .containers import bmp_rle_refusal, png_refusal, scan_refusal
+from .containers import bmp_rle_refusal, gif_refusal, png_refusal, scan_refusal
 from .jpegscan import HUFFMAN_DCT, LOSSLESS, layout, scan_jpeg
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
         raise UnsupportedImage("empty image bytes")
     if len(data) > limits.max_bytes:
         raise ImageTooLarge(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
-    if refused := png_refusal(data):
+    if refused := png_refusal(data) or gif_refusal(data):
         raise ImageTooLarge(refused)
     try:
         with warnings.catch_warnings():
