@@ -10,7 +10,7 @@ from bench.devserver import RedisServer
 from producer import JobOptions, Producer
 from producer.wire.results import make_result
 from producer.wire.serializer import MsgpackSerializer
-from worker.store import Outcome, QueueStore
+from worker.store import Outcome, QueueStore, WorkerStats
 from worker.store.memory import MemoryBroker, MemoryStore
 from worker.store.rq import RedisStore
 
@@ -65,6 +65,10 @@ class RedisBackend:
 
     def move(self) -> bytes:
         return self.conn.lmove("rq:queue:classify", "rq:queue:classify:intermediate", "LEFT", "RIGHT")
+
+    def lapse(self, name: str) -> None:
+        """The worker's key and its executions set expire (an outage longer than its TTL)."""
+        self.conn.delete(f"rq:worker:{name}", f"rq:worker:{name}:executions")
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +173,19 @@ def test_give_back_requeues_own_starts_that_are_not_in_hand(backend):
     store = backend.store("w1")
     held, lost_reply = store.take(2, 0.5)
     assert store.give_back({held.execution}, min_age_s=0.0) == [lost_reply.job_id]
+    assert backend.queued() == [ids[1]] and backend.status(ids[0]) == "started"
+    assert store.give_back({held.execution}, min_age_s=0.0) == []
+
+
+def test_a_worker_whose_key_expired_in_an_outage_still_gives_back_the_starts_it_does_not_hold(backend):
+    if isinstance(backend, MemoryBackend):
+        pytest.skip("keys expire in Redis only")
+    ids = backend.enqueue(2)
+    store = backend.store("w1")
+    held, finish_lost = store.take(2, 0.5)  # the second one's finish was lost in a failover, say
+    backend.lapse("w1")
+    store.heartbeat(WorkerStats())  # finds its key gone: registers again
+    assert store.give_back({held.execution}, min_age_s=0.0) == [finish_lost.job_id]
     assert backend.queued() == [ids[1]] and backend.status(ids[0]) == "started"
     assert store.give_back({held.execution}, min_age_s=0.0) == []
 

@@ -175,6 +175,8 @@ class GiveBack:
     execution_prefix: str
     job_prefix: str
     min_age_s: float
+    worker_name: str
+    full: int  # 1: also the started registry's executions that name this worker (its set may have expired)
     held: tuple[str, ...] = tail()
 
 

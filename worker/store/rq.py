@@ -95,6 +95,7 @@ class RedisStore(QueueStore):
         self.dropped = 0  # queued ids dropped unstarted: not UTF-8 (see ``take``)
         self.held = 0  # queued ids the last take left queued: keys of their own are of the wrong type
         self.misfits = MisfitReport()  # keys of the wrong type the scripts found
+        self._lost_executions = False  # our key expired (and our executions set with it): give_back looks wider
         self._claimed = False  # our name is ours (claimed once per process: a retry must not wait for itself)
         self._announce_due = False  # an announcement a full Redis refused: the next heartbeat writes it
 
@@ -267,10 +268,12 @@ class RedisStore(QueueStore):
         self.misfits.report(call, misfits_of(found))
         if not registered:
             log.warning(
-                "worker key %s was gone (a Redis restart without persistence?): registering again",
+                "worker key %s was gone (expired in an outage, or a Redis restart without persistence): "
+                "registering again",
                 shown(beat.worker_key),
             )
             self.register()
+            self._lost_executions = True  # the next give-back looks through the started registry too
         return int(backlog)
 
     def feed_lags(self) -> dict[str, int | None]:
@@ -297,8 +300,10 @@ class RedisStore(QueueStore):
 
     def give_back(self, in_hand: set[str], min_age_s: float = 10.0) -> list[str]:
         """Re-queue our own executions that we do not hold (one atomic script)."""
-        call = replace(self.calls.give_back, min_age_s=min_age_s, held=tuple(sorted(in_hand)))
+        full = int(self._lost_executions)  # our key had expired: the executions set with it
+        call = replace(self.calls.give_back, min_age_s=min_age_s, full=full, held=tuple(sorted(in_hand)))
         given, found = unavailable(lambda: self._run(call))
+        self._lost_executions = self._lost_executions and not full
         self.misfits.report(call, misfits_of(found))
         if given:
             log.warning(

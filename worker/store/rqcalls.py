@@ -179,6 +179,8 @@ def _give_back(s: Setting) -> GiveBack:
         execution_prefix=keys.EXECUTION_PREFIX,
         job_prefix=keys.JOB_PREFIX,
         min_age_s=10.0,
+        worker_name=s.worker,
+        full=0,
         held=(),
     )
 
