@@ -31,20 +31,16 @@ def next_batch(
     ``taken_at`` (our own clock, never a server-side timeout) for a fuller batch; past that, only
     while jobs already taken are still ``decoding`` (max-wait is for traffic, not for our decoders).
 
-    ``call_wait_s``: when the model is busy and what is ready is a fragment (under half a batch) while images
-    are still decoding, wait up to that long for half a batch rather than run the fragment: a GPU decoder's
-    call in flight completes into this batch, a CPU decoder's single images gather. (Without it, a model that
-    finishes early, e.g. on a batch whose repeated photos run once, runs ever smaller batches, and each job pays
-    more of the per-batch and per-take costs: docs/performance.md, section 2.4.)
+    ``call_wait_s`` (a decoder that hands images back a call at a time, the GPU's): when the model is busy
+    and what is ready is a fragment (under half a batch) while images are still decoding, wait up to that
+    long for the next hand-off rather than run the fragment: the call in flight completes into this batch.
     """
     items = _ready(get, max_items)
     if items and busy:
-        deadline = clock() + call_wait_s
-        while call_wait_s > 0 and len(items) < max_items // 2 and decoding() > 0 and (left := deadline - clock()) > 0:
-            item = get(left)
-            if item is None:
-                break
-            items += [item, *_ready(get, max_items - len(items) - 1)]
+        if call_wait_s > 0 and len(items) < max_items // 2 and decoding() > 0:
+            item = get(call_wait_s)
+            if item is not None:
+                items += [item, *_ready(get, max_items - len(items) - 1)]
         return items
     if not items:
         first = get(idle_wait_s)

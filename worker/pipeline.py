@@ -75,8 +75,8 @@ class Pipeline(FinishStage):
         self.hand, self.stats = hand or InHand(), stats or Stats()
         self.limit = max(1, settings.batches_in_hand) * predictor.cap
         self.ready: queue.Queue = queue.Queue(maxsize=self.limit + 1)  # lists of decoded items, for a batch
-        # a busy model with a fragment ready waits up to max-wait for half a batch (batching.next_batch)
-        self.call_wait_s = settings.max_wait_ms / 1000
+        # a decoder that hands back a call at a time (the GPU's): a busy model lets a call in flight complete
+        self.call_wait_s = settings.max_wait_ms / 1000 if decoder.backend == "gpu" else 0.0
         self.staged: deque[Item] = deque()  # the rest of the list the batcher took from ``ready`` (its thread only)
         self.done: queue.Queue = queue.Queue()  # outcomes waiting to be recorded (bounded by the hand)
         self.closed = False

@@ -72,34 +72,9 @@ def test_a_busy_model_lets_a_decode_call_in_flight_complete_rather_than_run_a_fr
         )
         return got, stream.now
 
-    assert batch(0.0) == (["odd"], 0.0)  # no call wait: what is ready goes at once
+    assert batch(0.0) == (["odd"], 0.0)  # CPU decoders: what is ready goes at once
     got, now = batch(0.005)
     assert got == ["odd", *(f"call-{i}" for i in range(6))] and now == 0.003  # the call's six join, no more wait
-
-
-def test_a_busy_model_waits_for_half_a_batch_of_single_images_while_they_decode():
-    # a CPU decoder hands images back one at a time: a fragment waits (at most call_wait_s) for half a batch
-
-    def batch(every_s: float) -> tuple[list[str], float]:
-        arrivals = [(n * every_s, f"image-{n}") for n in range(12)]
-        stream = Stream(arrivals)
-        got = next_batch(
-            stream.get,
-            max_items=16,
-            max_wait_s=0.005,
-            busy=True,
-            idle_wait_s=1.0,
-            taken_at=lambda item: 0.0,
-            decoding=lambda: len(stream.pending),
-            clock=stream.clock,
-            call_wait_s=0.005,
-        )
-        return got, stream.now
-
-    got, now = batch(0.0005)
-    assert got == [f"image-{n}" for n in range(8)] and abs(now - 0.0035) < 1e-9  # half of 16, then at once
-    got, now = batch(0.002)
-    assert got == ["image-0", "image-1", "image-2"] and abs(now - 0.005) < 1e-9  # no more than call_wait_s
 
 
 def test_a_busy_model_with_nothing_ready_waits_like_an_idle_one():
