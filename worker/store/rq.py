@@ -95,7 +95,7 @@ class RedisStore(QueueStore):
         self.dropped = 0  # queued ids dropped unstarted: not UTF-8 (see ``take``)
         self.held = 0  # queued ids the last take left queued: keys of their own are of the wrong type
         self.misfits = MisfitReport()  # keys of the wrong type the scripts found
-        self._lost_executions = False  # our key expired (and our executions set with it): give_back looks wider
+        self._lost_at: float | None = None  # when our key (and executions set) was found expired: give_back looks wider
         self._claimed = False  # our name is ours (claimed once per process: a retry must not wait for itself)
         self._announce_due = False  # an announcement a full Redis refused: the next heartbeat writes it
 
@@ -273,7 +273,7 @@ class RedisStore(QueueStore):
                 shown(beat.worker_key),
             )
             self.register()
-            self._lost_executions = True  # the next give-back looks through the started registry too
+            self._lost_at = time.monotonic()  # give-backs look through the started registry too, for a while
         return int(backlog)
 
     def feed_lags(self) -> dict[str, int | None]:
@@ -300,10 +300,12 @@ class RedisStore(QueueStore):
 
     def give_back(self, in_hand: set[str], min_age_s: float = 10.0) -> list[str]:
         """Re-queue our own executions that we do not hold (one atomic script)."""
-        full = int(self._lost_executions)  # our key had expired: the executions set with it
+        lost_at = self._lost_at  # our key had expired: the executions set with it
+        full = int(lost_at is not None)
         call = replace(self.calls.give_back, min_age_s=min_age_s, full=full, held=tuple(sorted(in_hand)))
         given, found = unavailable(lambda: self._run(call))
-        self._lost_executions = self._lost_executions and not full
+        if lost_at is not None and time.monotonic() - lost_at >= min_age_s + 1:
+            self._lost_at = None  # every start made before we registered again is old enough to have been seen
         self.misfits.report(call, misfits_of(found))
         if given:
             log.warning(
