@@ -74,6 +74,7 @@ class Pipeline(FinishStage):
         self.progressed: Callable[[], None] = health.progressed if health is not None else lambda: None
         self.hand, self.stats = hand or InHand(), stats or Stats()
         self.limit = max(1, settings.batches_in_hand) * predictor.cap
+        self.min_take = max(1, predictor.cap // 2)  # a full hand takes again once half a batch has room
         self.ready: queue.Queue = queue.Queue(maxsize=self.limit + 1)  # lists of decoded items, for a batch
         # a decoder that hands back a call at a time (the GPU's): a busy model lets a call in flight complete
         self.call_wait_s = settings.max_wait_ms / 1000 if decoder.backend == "gpu" else 0.0
@@ -106,7 +107,7 @@ class Pipeline(FinishStage):
         """Take jobs while there is room in hand; each goes to decoding at once."""
         backoff = Backoff()
         while not self.stop.is_set():
-            held = self.hand.wait_until(lambda n: n < self.limit, self.stop)
+            held = self.hand.wait_until(lambda n: n <= self.limit - self.min_take, self.stop)
             if self.stop.is_set():
                 break
             try:

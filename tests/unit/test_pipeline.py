@@ -323,3 +323,88 @@ def test_a_photo_twice_in_a_batch_runs_once_and_both_jobs_get_its_answer():
     assert sum(len(b) for b in predictor.batches) < 4  # forward rows: the repeats were not run again
     results = {r["job_id"]: r for r in broker.published}
     assert [results[i]["label"] for i in ids] == ["same", "other", "same", "same"]
+
+
+class OneByOne(PassThrough):
+    """A decoder that hands images back one at a time, when the test says (a slow decoder's fragments)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[bytes, Callable]] = []
+        self.cond = threading.Condition()
+        self.open = False
+
+    def submit_many(self, images: list[bytes], done: Callable[[list[tuple[int, DecodeResult]]], None]) -> None:
+        with self.cond:
+            self.pending += [(data, lambda r, i=i: done([(i, r)])) for i, data in enumerate(images)]
+            self.cond.notify_all()
+            if not self.open:
+                return
+        self.release(len(images))
+
+    def release(self, count: int) -> None:
+        """Hand back ``count`` images, oldest first, waiting for them to be submitted."""
+        for _ in range(count):
+            with self.cond:
+                assert self.cond.wait_for(lambda: self.pending, 5)
+                data, done = self.pending.pop(0)
+            done(self.result(data))
+
+    def open_up(self) -> None:
+        """From now on every image comes back at once."""
+        with self.cond:
+            self.open, count = True, len(self.pending)
+        self.release(count)
+
+
+class CountingTakes(MemoryStore):
+    def __init__(self, broker: MemoryBroker, name: str) -> None:
+        super().__init__(broker, name)
+        self.asked: list[int] = []
+
+    def take(self, max_jobs: int, timeout_s: float):
+        self.asked.append(max_jobs)
+        return super().take(max_jobs, timeout_s)
+
+
+class OneLaunchAtATime(Recorder):
+    """A model that runs a batch only when the test lets one through."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(cap)
+        self.turns = threading.Semaphore(0)
+
+    def launch(self, pixels: list[bytes]) -> Answered:
+        assert self.turns.acquire(timeout=10)
+        return super().launch(pixels)
+
+
+def test_a_full_hand_takes_again_only_once_half_a_batch_has_room():
+    # a busy model runs whatever is decoded (fragments of one job here): they must not turn into takes of one
+    # job each (a round trip per job)
+    broker = MemoryBroker()
+    ids = fill(broker, [f"img{i}".encode() for i in range(60)])
+    decoder, store, model = OneByOne(), CountingTakes(broker, "w1"), OneLaunchAtATime(cap=8)
+    settings = PipelineSettings("w1", max_wait_ms=1.0, idle_wait_ms=20, burst=True)
+    thread = threading.Thread(target=Pipeline(store, decoder, model, settings, threading.Event()).run, daemon=True)
+    thread.start()
+    decoder.release(8)  # a first full batch, held at the model
+    for n in range(8, 14):  # then one image decoded while the model runs, run as a batch of its own
+        decoder.release(1)
+        model.turns.release()
+        assert wait_for(lambda n=n: broker.status(ids[n - 1]) == "finished")
+    assert [len(b) for b in model.batches][-5:] == [1] * 5
+    decoder.open_up()
+    for _ in range(60):
+        model.turns.release()
+    thread.join(10)
+    assert not thread.is_alive() and all(broker.status(i) == "finished" for i in ids)
+    assert min(store.asked) >= 4, store.asked  # cap 8: never fewer than half a batch asked for
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
