@@ -97,7 +97,7 @@ class RedisStore(QueueStore):
         self.misfits = MisfitReport()  # keys of the wrong type the scripts found
         self._lost_at: float | None = None  # when our key (and executions set) was found expired: give_back looks wider
         self._claimed = False  # our name is ours (claimed once per process: a retry must not wait for itself)
-        self._announce_due = False  # an announcement a full Redis refused: the next heartbeat writes it
+        self._announce_due = False  # an announcement Redis refused or missed: the next heartbeat writes it
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -154,6 +154,9 @@ class RedisStore(QueueStore):
             if not self._announce_due:
                 log.warning("redis is full: announcing this worker's results for cache lookups at a later heartbeat")
             self._announce_due = True
+        except StoreUnavailable:  # a swap's announcement lost in a blip: producers would look up the old tag
+            self._announce_due = True
+            raise
 
     def _run(self, call: Any) -> Any:
         """Run a script call; if it refused because keys it must write are of the wrong type, report them and
