@@ -46,6 +46,8 @@ class Predictor:
         with self._swap_lock:
             model, self._pending = self._pending, None
         if model is not None:
+            if model.buckets[-1] > self.cap:  # a cap an out-of-memory lowered meanwhile holds for it too
+                model.buckets = [b for b in model.buckets if b < self.cap] + [self.cap]
             old, self.model, self.tag = self.tag, model, model.info.tag
             log.info("model swapped between batches: %s -> %s", old, self.tag)
 

@@ -117,7 +117,13 @@ class Launcher:
 
     def _start(self, i: int) -> None:
         proc = self.context.Process(target=_child, args=(self.settings[i],), name=f"worker-{i}")
-        proc.start()
+        # SIGHUP stays blocked in the child until its handler is installed (``serve_one``): a reload forwarded
+        # to a child still starting would end it (the default action); it loads the current file anyway
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.procs[i], self.started[i] = proc, time.monotonic()
         log.info("started worker %d on %s (pid %d)", i, self.settings[i]["device"], proc.pid)
 

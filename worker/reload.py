@@ -40,8 +40,9 @@ class Reloader(threading.Thread):
         self,
         path: str,
         predictor: Predictor,
-        load: Callable[[], Classifier],
+        load: Callable[[str], Classifier],
         *,
+        identity: tuple[int, int, int, int] | None = None,
         watch_s: float = 0.0,
         on_swap: Callable[[str], None] | None = None,
         on_refuse: Callable[[], None] | None = None,
@@ -52,7 +53,7 @@ class Reloader(threading.Thread):
         self.on_swap = on_swap or (lambda tag: None)
         self.on_refuse = on_refuse or (lambda: None)
         self.wanted, self.stopping = wanted or threading.Event(), threading.Event()
-        self.identity = file_identity(path)
+        self.identity = identity  # of the file the running model was loaded from (read before it was loaded)
         self.swapped = self.refused = 0
 
     def request(self) -> None:
@@ -78,9 +79,10 @@ class Reloader(threading.Thread):
 
     def reload(self) -> bool:
         """Load, warm and check the model at ``path``; swap it in. False (logged, counted) if refused."""
-        identity = file_identity(self.path)
+        resolved = str(Path(self.path).resolve())  # one file for the identity and every open: a flip meanwhile
+        identity = file_identity(resolved)  # is the next reload's
         try:
-            model = self.load()
+            model = self.load(resolved)
             probe = torch.zeros((1, *self.predictor.shape), dtype=torch.uint8)
             scores = model.logits(probe.to(model.device))
             if scores.shape[0] != 1 or not bool(torch.isfinite(scores).all()):
@@ -88,7 +90,8 @@ class Reloader(threading.Thread):
             self.predictor.swap(model)
         except (ModelError, RuntimeError, ValueError, OSError) as exc:
             self.refused += 1
-            self.identity = identity  # don't retry the same bad file on every poll
+            if not isinstance(exc, torch.OutOfMemoryError):  # out of memory may pass: the next poll tries again
+                self.identity = identity  # don't retry the same bad file on every poll
             log.error("model reload refused, %s keeps serving: %s", self.predictor.tag, str(exc).splitlines()[0])
             self.on_refuse()
             return False

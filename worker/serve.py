@@ -57,6 +57,7 @@ def serve_one(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     reload_requests = threading.Event()  # SIGHUP: load --model again in the background (worker.reload)
     signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_requests.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the launcher until now
     from .model import ModelError
     from .pipeline import ShutdownIncomplete
     from .service import RedisRefused, run  # torch loads here, after argument errors had their chance

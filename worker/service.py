@@ -28,7 +28,7 @@ from .model import Classifier
 from .pipeline import InHand, Pipeline, Stats
 from .progress import pipeline_settings_for
 from .redisconn import connect
-from .reload import Reloader
+from .reload import Reloader, file_identity
 from .startup import load_warm, prepare_model
 from .store import QueueStore, StoreUnavailable
 from .store.rq import RedisStore
@@ -205,6 +205,9 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
     try:
         if not wait_for_redis(settings, stop):
             return 0
+        if reload_requests is not None:
+            reload_requests.clear()  # asked before the file is read: this load answers it
+        identity = file_identity(settings.model)  # before the load: a flip during start-up is seen at the first poll
         model, settings = prepare_model(settings)
         health.warmed = True
         metrics = start_metrics(settings, health, time.perf_counter() - loading)
@@ -218,10 +221,12 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
             return 0
         health.redis_answered()
         predictor = Predictor(model, int(settings.batch_size), settings.topk, gate)
+        del model  # the predictor holds it: a swap frees the first version (device memory held twice otherwise)
         reloader = Reloader(
             settings.model,
             predictor,
-            lambda: load_warm(settings),
+            lambda path: load_warm(settings, path, predictor.cap),
+            identity=identity,
             watch_s=settings.model_watch_s,
             wanted=reload_requests,
             on_swap=lambda tag: swapped(tag, store, settings, decoder.backend, metrics),

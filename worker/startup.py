@@ -43,10 +43,11 @@ def channels_last(settings: WorkerSettings) -> bool:
     return settings.precision in ("fp16", "bf16") and torch.device(settings.device).type == "cuda"
 
 
-def load_warm(settings: WorkerSettings) -> Classifier:
-    """A new version of ``--model`` for a swap: loaded with the running settings (the precision the worker settled
-    on at start, in its layout) and warmed on every bucket."""
-    max_batch, nhwc = int(settings.batch_size), channels_last(settings)
-    model = load_model(settings.model, settings.device, max_batch, settings.precision, settings.optimize, nhwc)
+def load_warm(settings: WorkerSettings, path: str, cap: int) -> Classifier:
+    """A new version of the model for a swap, from ``path`` (``--model`` resolved): loaded with the running settings
+    (the precision the worker settled on at start, in its layout) and warmed on every bucket up to ``cap`` (the
+    running batch cap: one an out-of-memory lowered is not tried again)."""
+    max_batch, nhwc = min(int(settings.batch_size), cap), channels_last(settings)
+    model = load_model(path, settings.device, max_batch, settings.precision, settings.optimize, nhwc)
     model.warm_up()
     return model

@@ -117,3 +117,20 @@ def test_burst_workers_per_device_drain_the_queue_and_the_launcher_exits(redis_u
     done = subprocess.run(args, cwd=ROOT, timeout=180, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert all(producer.result(job_id, timeout=5)["ok"] for job_id in ids)
+
+
+def test_a_sighup_forwarded_to_a_child_still_starting_does_not_end_it(redis_url, conn, tiny_model_path):
+    from worker.config import WorkerSettings
+    from worker.launcher import Launcher
+
+    settings = WorkerSettings(model=str(tiny_model_path), redis_url=redis_url, devices="cpu:1", idle_wait_ms=200)
+    launcher = Launcher(settings, ["cpu"])
+    launcher._start(0)  # what run() does at start and at every restart
+    launcher.forward(signal.SIGHUP)  # a deploy's reload at that moment, before the child's handler exists
+    child = launcher.procs[0]
+    try:
+        assert wait_for(lambda: len(Worker.all(connection=conn)) == 1 or not child.is_alive(), 120)
+        assert child.is_alive(), f"the child ended: exit code {child.exitcode}"
+    finally:
+        launcher._stop_children()
+    assert child.exitcode == 0

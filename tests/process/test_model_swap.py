@@ -126,3 +126,62 @@ def test_model_watch_follows_a_symlink_flip_without_a_signal(redis_url, conn, st
     text = metrics(port)
     assert 'adclassify_model_info{tag="tiny@8"} 1.0' in text and 'tag="tiny@7"' not in text
     assert 'adclassify_model_reloads_total{outcome="swapped"} 1.0' in text
+
+
+def run_in_process(monkeypatch, settings, after_load=lambda: None):
+    """``worker.service.run`` on a thread (real Redis, real pipeline); its first model watched through a weak
+    reference, ``after_load`` called once that model is loaded (a deploy acting while the worker starts)."""
+    import weakref
+
+    from worker import service
+
+    real, first = service.prepare_model, {}
+
+    def prepare(s):
+        model, s = real(s)
+        first["model"] = weakref.ref(model)
+        after_load()
+        return model, s
+
+    monkeypatch.setattr(service, "prepare_model", prepare)
+    stop, hup = threading.Event(), threading.Event()
+    thread = threading.Thread(target=service.run, args=(settings, stop, hup), daemon=True)
+    thread.start()
+    return first, stop, hup, thread
+
+
+def settings_for(redis_url: str, model: Path, **extra):
+    from worker.config import WorkerSettings
+
+    return WorkerSettings(model=str(model), redis_url=redis_url, batch_size=4, precision="fp32", decode="cpu",
+                          decode_threads=1, torch_threads=1, **extra)  # fmt: skip
+
+
+def test_after_a_swap_the_first_model_is_freed(monkeypatch, redis_url, conn, current, version_8):
+    import gc
+
+    first, stop, hup, thread = run_in_process(monkeypatch, settings_for(redis_url, current))
+    try:
+        wait_for_workers(conn)
+        producer = Producer(redis_url)
+        assert producer.classify(image_bytes("cat.jpg"), timeout=60)["model"] == "tiny@7"
+        flip(current, version_8)
+        hup.set()  # what SIGHUP does
+        assert wait_for(lambda: producer.classify(image_bytes("cat.jpg"), timeout=60)["model"] == "tiny@8", 60)
+        gc.collect()
+        assert first["model"]() is None  # its memory (device memory on a GPU) is not held twice for good
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_a_flip_made_while_the_worker_starts_is_followed(monkeypatch, redis_url, conn, current, version_8):
+    settings = settings_for(redis_url, current, model_watch_s=0.2)
+    _, stop, _, thread = run_in_process(monkeypatch, settings, after_load=lambda: flip(current, version_8))
+    try:
+        wait_for_workers(conn)
+        assert wait_for(lambda: announced_tag(conn) == "tiny@8", 60)  # loaded 7; the flip to 8 is seen
+        assert Producer(redis_url).classify(image_bytes("cat.jpg"), timeout=60)["model"] == "tiny@8"
+    finally:
+        stop.set()
+        thread.join(30)
