@@ -34,7 +34,7 @@ PRODUCER_ACL_7 = (
     "+time +wait "
     "(~rq:job:* ~rq:executions:* ~rq:queue:classify ~rq:queue:classify:intermediate ~rq:wip:classify "
     "~rq:canceled:classify +evalsha +eval +type) "
-    "(~rq:queue:classify:intermediate +lrem) (~rq:executions:* +zrange) (~rq:wip:classify +zrem) "
+    "(~rq:queue:classify:intermediate +lrem) (~rq:executions:* +zrange) (~rq:wip:classify +zrem +zrange) "
     "(~rq:canceled:classify +zadd) "
     "(~rq:failed:classify ~rq:job:* ~rq:results:* ~rq:queue:classify ~rq:queues +evalsha +eval +type) "
     "(~rq:failed:classify +zrange +zrem) (~rq:job:* +persist) (~rq:results:* +xrevrange)"

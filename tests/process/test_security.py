@@ -258,3 +258,18 @@ def test_the_producer_user_can_cancel_queued_and_running_jobs_and_leaves_finishe
     assert conn.hget(f"rq:job:{done}", "status") == b"finished" and conn.zcard("rq:finished:classify") == 1
     assert conn.llen("rq:queue:classify") == 0
     assert conn.zcard("rq:canceled:classify") == 2 and conn.zcard("rq:wip:classify") == 0
+
+
+def test_the_producer_user_can_cancel_a_long_running_job_whose_executions_record_expired(acl_users, conn):
+    # cancel then finds the job's entries in the started registry by their prefix (ZRANGE on rq:wip:classify)
+    producer_url, _ = acl_users
+    producer = Producer(producer_url)
+    running = producer.enqueue_many([image_bytes("cat.jpg")])[0]
+    from worker.store.rq import RedisStore
+
+    store = RedisStore(conn, "classify", "w1")
+    store.register()
+    assert [j.job_id for j in store.take(1, 1.0)] == [running]
+    assert conn.delete(f"rq:executions:{running}") == 1  # its TTL ran out while it ran
+    assert producer.cancel(running) is CancelOutcome.CANCELING
+    assert conn.hget(f"rq:job:{running}", "status") == b"canceled" and conn.zcard("rq:wip:classify") == 0
