@@ -23,7 +23,7 @@ from .cancel import CancelOutcome, cancel_job
 from .errors import NotReplicated, QueueFull, RedisFull, ShardUnavailable
 from .groupcursor import GroupCursor, default_consumer
 from .jobdata import ImageInput, JobOptions, JobWriter, read_image
-from .ops import Batch, Commit, Procedure, Watch, call, command
+from .ops import Batch, Command, Commit, Procedure, Watch, call, command
 from .results import wait_for_result
 from .shards import rendezvous
 from .wire import keys
@@ -166,27 +166,36 @@ class ProducerCore:
         limit = self.options.max_queue_length
         reads = [command("EXISTS", key) for key in watched]
         reads += [command("LLEN", self.queue.key)] if limit is not None else []
+        wanted = self.options.wait_replicas
+        wait = (wanted, self.options.wait_timeout_ms) if wanted > 0 else None
         while True:
             if watched:
                 yield Watch(shard, watched)
             replies = (yield Batch(shard, tuple(reads))) if reads else []
             existing = {key for key, found in zip(watched, replies, strict=False) if found}
             fresh = [job for job in jobs if keys.job(job.id) not in existing] if existing else jobs
-            if not fresh:
+            if not fresh and wait is None:
                 return
-            if limit is not None and replies[-1] + len(fresh) > limit:
+            if fresh and limit is not None and replies[-1] + len(fresh) > limit:
                 raise QueueFull(self.queue.name, replies[-1], len(fresh), limit)
-            wanted = self.options.wait_replicas
-            wait = (wanted, self.options.wait_timeout_ms) if wanted > 0 else None
             try:
-                written = yield Commit(shard, self.writer.commands([job.data for job in fresh]), wait)
+                written = yield Commit(shard, self._writes(fresh, watched), wait)
             except redis.OutOfMemoryError as exc:
                 raise RedisFull(self.queue.name, len(fresh), str(exc)) from exc
             if written is not False:
                 if wait is not None and written < wanted:
-                    raise NotReplicated([job.id for job in fresh], int(written), wanted, self.names[shard])
+                    raise NotReplicated([job.id for job in fresh or jobs], int(written), wanted, self.names[shard])
                 return
-            log.info("a caller-chosen job id was created concurrently; checking again")
+            log.info("a caller-chosen job id was created or changed concurrently; checking again")
+
+    def _writes(self, fresh: list[PlannedJob], watched: tuple[str, ...]) -> tuple[Command, ...]:
+        """The transaction's commands: the fresh jobs; or, when every job exists already (a retry after
+        ``NotReplicated``) and replicas are waited for, one harmless write of our own, so that ``WAIT`` counts
+        the replicas that have everything written before it (a connection that wrote nothing is answered at
+        once). The key is watched: a job that expired or changed since the check aborts it, and is checked again."""
+        if fresh:
+            return self.writer.commands([job.data for job in fresh])
+        return (command("HSET", watched[0], "replicas_checked_at", str(time.time())),)
 
     def result(self, job_id: str, timeout: float = 30.0) -> Procedure[dict[str, Any]]:
         """The job's final result (``JobFailed``, ``JobTimeout``); a cache hit of this producer at once."""

@@ -1,0 +1,38 @@
+"""``wait_replicas``: an enqueue retried after ``NotReplicated`` (as the error and RELIABILITY.md advise) waits
+for the replicas again; it must not answer success because the job exists on the primary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from bench.devserver import RedisServer
+from producer import JobOptions, NotReplicated, Producer
+
+from ..conftest import image_bytes, wait_for
+
+
+@pytest.fixture
+def primary() -> Iterator[RedisServer]:
+    server = RedisServer(extra_args=["--repl-diskless-sync-delay", "0"]).start()
+    yield server
+    server.stop()
+
+
+def test_a_retry_after_not_replicated_waits_for_the_replicas_again(primary):
+    producer = Producer(primary.url, options=JobOptions(wait_replicas=1, wait_timeout_ms=200))
+    photo = image_bytes("cat.jpg")
+    for _ in range(2):  # the first write, then the advised retry: no replica has either
+        with pytest.raises(NotReplicated) as raised:
+            producer.enqueue(photo, job_id="ad-17")
+        assert raised.value.job_ids == ["ad-17"] and raised.value.acked == 0
+    replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    try:
+        link = redis.Redis.from_url(replica.url)
+        assert wait_for(lambda: link.info("replication")["master_link_status"] == "up", 30)
+        assert producer.enqueue(photo, job_id="ad-17") == "ad-17"  # now acknowledged by the replica
+        assert link.exists("rq:job:ad-17") and link.llen("rq:queue:classify") == 1  # one job, not two
+    finally:
+        replica.stop()
