@@ -52,5 +52,9 @@ if status == 'started' then
   outcome = 'canceling'
 end
 redis.call('HSET', job, 'status', 'canceled')
+-- kept as long as a failed job is (its failure_ttl; RQ's default a year), not for ever with its image: TAKE
+-- removed a running job's TTL, and a queued job has none
+local keep_s = tonumber(redis.call('HGET', job, 'failure_ttl') or '') or 31536000
+if keep_s > 0 then redis.call('EXPIRE', job, keep_s) end
 redis.call('ZADD', canceled, redis.call('TIME')[1], job_id)  -- RQ's score: now, whole seconds
 return {outcome, status}

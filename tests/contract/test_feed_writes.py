@@ -4,6 +4,8 @@ with the same bytes; retries are not final and are not fed; the feed is capped."
 
 from __future__ import annotations
 
+import time
+
 from producer import JobOptions, Producer
 from producer.wire.keys import results_stream
 from producer.wire.results import make_result, validate_result
@@ -67,6 +69,18 @@ def test_poison_results_are_fed_by_the_reaper(redis_url, conn):
     assert reaper.reap() == ([], [job_id])
     poison = feed(conn)[job_id]
     assert poison["ok"] is False and poison["error"]["type"] == "poison" and poison["job_id"] == job_id
+
+
+def test_a_poison_job_is_kept_as_long_as_its_own_failure_ttl_says(redis_url, conn):
+    (job_id,) = Producer(redis_url, options=JobOptions(failure_ttl_s=600)).enqueue_many([b"x"])
+    victim, reaper = RedisStore(conn, "classify", "victim"), RedisStore(conn, "classify", "reaper", max_deliveries=1)
+    victim.register()
+    reaper.register()
+    victim.take(1, 1.0)
+    conn.delete("rq:worker:victim")  # it died
+    assert reaper.reap() == ([], [job_id])
+    assert 590 < conn.ttl(f"rq:job:{job_id}") <= 600 and 590 < conn.ttl(f"rq:results:{job_id}") <= 600
+    assert 590 < conn.zscore("rq:failed:classify", job_id) - time.time() <= 600
 
 
 def test_the_feed_is_capped_and_zero_turns_it_off(redis_url, conn):

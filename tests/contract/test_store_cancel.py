@@ -7,7 +7,7 @@ from __future__ import annotations
 from rq import Queue
 from rq.job import Job
 
-from producer import Producer
+from producer import CancelOutcome, JobOptions, Producer
 from producer.wire import keys
 from producer.wire.results import make_result, parse_exc_string
 from producer.wire.serializer import MsgpackSerializer, loads
@@ -71,3 +71,18 @@ def test_a_job_canceled_while_it_ran_ends_canceled_published_and_fed(redis_url, 
     assert message["data"] == entry[1][b"result"]  # the same bytes published
     assert conn.scard(keys.worker_executions("w1")) == 0 and conn.exists(keys.execution(job_id, job.execution_id)) == 0
     assert conn.hget(keys.worker("w1"), "state") == b"idle"
+
+
+def test_canceled_jobs_and_their_results_expire_as_failed_ones_do(redis_url, conn):
+    # not kept for ever with their images: TAKE removed a running job's TTL, and a queued job has none
+    producer = Producer(redis_url, options=JobOptions(failure_ttl_s=600))
+    running, queued = producer.enqueue_many([b"a", b"b"])
+    worker = store(conn)
+    (job,) = worker.take(1, 1.0)
+    assert job.job_id == running and conn.ttl(keys.job(running)) == -1 and conn.ttl(keys.job(queued)) == -1
+    assert producer.cancel(queued) is CancelOutcome.CANCELED
+    assert producer.cancel(running) is CancelOutcome.CANCELING
+    assert 590 < conn.ttl(keys.job(queued)) <= 600 and 590 < conn.ttl(keys.job(running)) <= 600
+    result = make_result(running, model="m@1", worker="w1", timings_ms={}, meta={}, topk=[("a", 1.0)])
+    assert worker.finish([Outcome(job, result)]) == []  # ended canceled
+    assert 590 < conn.ttl(keys.results(running)) <= 600 and 590 < conn.ttl(keys.job(running)) <= 600

@@ -88,6 +88,8 @@ for i = 17, #ARGV, 13 do
         unregister(job_id, execution_id, member, executions_fit)
         if results_fit then
           add_result(results, '2', worker_name, 'exc_string', canceled_exc, execution_id, started_at, ended_text)
+          local left = redis.call('TTL', job_key)  -- the cancel set it: the result goes with the job
+          if left > 0 then redis.call('EXPIRE', results, left) end
         end
         announce(channel, stream, stream_maxlen, job_id, result_for(job_id, canceled_size, canceled_pairs))
       end

@@ -30,11 +30,13 @@ local function give_back(job_id, lost)
   local job_key = job_prefix .. job_id
   if lost then redis.call('HSET', job_key, 'lost_deliveries', lost) end
   if lost and lost >= max_deliveries then
+    local keep_s = tonumber(redis.call('HGET', job_key, 'failure_ttl') or '') or failure_ttl_s  -- the job's own
     redis.call('HSET', job_key, 'status', 'failed', 'ended_at', now_iso)
-    redis.call('ZADD', failed, now_ts + failure_ttl_s, job_id)
+    redis.call('ZADD', failed, keep_s < 0 and '+inf' or now_ts + keep_s, job_id)
     add_result(results_prefix .. job_id, '2', '', 'exc_string', poison_exc)
-    redis.call('EXPIRE', results_prefix .. job_id, failure_ttl_s)
-    redis.call('EXPIRE', job_key, failure_ttl_s)
+    for _, key in ipairs({results_prefix .. job_id, job_key}) do
+      if keep_s > 0 then redis.call('EXPIRE', key, keep_s) elseif keep_s < 0 then redis.call('PERSIST', key) end
+    end
     announce(channel, stream, stream_maxlen, job_id, result_for(job_id, poison_size, poison_pairs))
     poison[#poison + 1] = job_id
   else
