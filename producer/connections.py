@@ -21,6 +21,12 @@ from .wire.urls import SentinelURL, is_sentinel, parse_sentinel
 # commands packed by hiredis in C where it can (producer.wire.packer); redis-py's own packer for the rest
 _PACKER = fast_packer(PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack)
 _FAST = {"command_packer": _PACKER} if _PACKER is not None else {}
+# a dead or silent server answers a call with an error within this, not never; above every block and WAIT the
+# producer sends (result reads 1 s; group cursors and WAIT at most MAX_WAIT_MS); a URL's own settings win
+# (``?socket_timeout=60``)
+SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S = 30.0, 5.0
+MAX_WAIT_MS = 20_000
+_TIMEOUTS = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
 
 
 def _sentinel_options(spec: SentinelURL) -> dict[str, Any]:
@@ -36,17 +42,18 @@ def _sentinel_options(spec: SentinelURL) -> dict[str, Any]:
 def connect(url: str) -> redis.Redis:
     """A client for ``url``: ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://``."""
     if not is_sentinel(url):
-        return redis.Redis.from_url(url, **_FAST)
+        return redis.Redis.from_url(url, **_TIMEOUTS, **_FAST)
     spec = parse_sentinel(url)
     sentinel = Sentinel(list(spec.sentinels), sentinel_kwargs=_sentinel_options(spec))
     login = {"username": spec.username, "password": spec.password, "ssl": spec.tls}
-    return sentinel.master_for(spec.service, db=spec.db, **login, **_FAST)
+    return sentinel.master_for(spec.service, db=spec.db, **login, **_TIMEOUTS, **_FAST)
 
 
 def connect_async(url: str) -> aioredis.Redis:
     """The asyncio twin of ``connect``."""
     if not is_sentinel(url):
-        return aioredis.Redis.from_url(url)
+        return aioredis.Redis.from_url(url, **_TIMEOUTS)
     spec = parse_sentinel(url)
     sentinel = AsyncSentinel(list(spec.sentinels), sentinel_kwargs=_sentinel_options(spec))
-    return sentinel.master_for(spec.service, db=spec.db, username=spec.username, password=spec.password, ssl=spec.tls)
+    login = {"username": spec.username, "password": spec.password, "ssl": spec.tls}
+    return sentinel.master_for(spec.service, db=spec.db, **login, **_TIMEOUTS)

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from .connections import MAX_WAIT_MS
 from .wire.jobs import ProtocolError
 from .wire.results import validate_result
 from .wire.serializer import SerializationError, loads
@@ -106,8 +107,8 @@ class GroupCursor:
         count: int = DEFAULT_COUNT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if claim_idle_s < 0 or block_ms < 1 or count < 1:
-            raise ValueError("claim_idle_s must be >= 0, block_ms and count >= 1")
+        if claim_idle_s < 0 or not 1 <= block_ms <= MAX_WAIT_MS or count < 1:  # longer: cut by the socket timeout
+            raise ValueError(f"claim_idle_s must be >= 0, block_ms 1..{MAX_WAIT_MS}, count >= 1")
         self.stream, self.group, self.consumer, self.start = stream, group, consumer, start
         self.claim_idle_ms, self.block_ms, self.count, self.clock = int(claim_idle_s * 1000), block_ms, count, clock
         self.sweep_every_s = max(claim_idle_s / 2, MIN_SWEEP_S)

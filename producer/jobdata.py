@@ -13,6 +13,7 @@ import redis
 from rq import Queue, Retry
 from rq.job import Job
 
+from .connections import MAX_WAIT_MS
 from .ops import Command
 from .wire.jobs import DEFAULT_MAX_IMAGE_BYTES, TASK_NAME, ImageRef, check_image_size, job_kwargs
 from .wire.serializer import MsgpackSerializer
@@ -38,6 +39,11 @@ class JobOptions:
     # wait_timeout_ms raises NotReplicated (retry with the same job ids: creation is create-if-absent)
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.wait_replicas > 0 and not 0 < self.wait_timeout_ms <= MAX_WAIT_MS:
+            # 0 is Redis's "for ever"; longer than the socket timeout would be cut off as a lost connection
+            raise ValueError(f"wait_timeout_ms must be 1..{MAX_WAIT_MS} with wait_replicas")
 
 
 def read_image(image: ImageInput, max_bytes: int | None = None) -> bytes:

@@ -72,7 +72,10 @@ def wait_for_result(shard: int, job_id: str, timeout_s: float) -> Procedure[dict
             raise JobFailed(job_id, dict(CANCELED_ERROR))
         left_ms = int((deadline - time.monotonic()) * 1000)
         if left_ms <= 0:
-            exists = yield call(shard, "EXISTS", job_key)
+            try:
+                exists = yield call(shard, "EXISTS", job_key)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise JobTimeout(job_id, timeout_s, f" (Redis unavailable: {exc})") from exc
             raise JobTimeout(job_id, timeout_s, "" if exists else " (no such job)")
         block = ("BLOCK", min(left_ms, MAX_BLOCK_MS))
 
