@@ -26,7 +26,7 @@ import redis
 from .backfill_out import OutFile, make_record, refusal
 from .client import Producer
 from .drivers import SyncDriver
-from .errors import QueueFull, ShardUnavailable
+from .errors import QueueFull, RedisFull, ShardUnavailable
 from .feed import ResultFeed
 from .manifest import CONSUMER, BackfillIdentity, ManifestLine
 from .progress import Progress
@@ -153,9 +153,11 @@ class Backfill:
             self.unsent += [flight.job_id for flight in batch]
 
     def _send(self, batch: list[Flight]) -> None:
-        """Enqueue, ``MAX_SEND`` jobs a transaction."""
-        for start in range(0, len(batch), MAX_SEND):
-            self._send_some(batch[start : start + MAX_SEND])
+        """Enqueue, ``MAX_SEND`` jobs a transaction (no more than the queue may hold: a transaction that can never
+        fit would be refused for ever)."""
+        size = min(MAX_SEND, self.producer.options.max_queue_length or MAX_SEND)
+        for start in range(0, len(batch), size):
+            self._send_some(batch[start : start + size])
 
     def _send_some(self, batch: list[Flight]) -> None:
         for flight in batch:
@@ -164,7 +166,14 @@ class Backfill:
         metas = [{"backfill": self.identity.group, "line": flight.line.number} for flight in batch]
         try:
             self.producer.enqueue_many(image_urls=[f.line.url or "" for f in batch], job_ids=ids, metas=metas)
+        except RedisFull as exc:  # Redis at maxmemory; nothing of it written
+            self._later(ids, "full", f"{exc}; waiting for it to drain")
+            return
         except QueueFull as exc:  # back-pressure: the queue is long (other traffic too); nothing of it written
+            room = exc.limit - exc.length
+            if 0 < room < len(batch):  # what fits now goes now
+                self._send_some(batch[:room])
+                ids = ids[room:]
             self._later(ids, "full", f"{exc}; waiting for it to drain")
             return
         except ShardUnavailable as exc:  # the other shards' jobs are written

@@ -182,3 +182,15 @@ def test_the_producer_users_acl_is_all_a_backfill_needs(redis_url, conn, start_w
         assert "3 lines: 2 ok, 1 failed (unsupported_image 1)" in done.stdout
     finally:
         drop_users(conn)
+
+
+def test_a_queue_limit_below_the_send_size_still_lets_every_line_through(redis_url, conn, start_worker, tmp_path, root):
+    # in-flight window 200 and sends of up to 500, the queue capped at 20: sends never larger than the cap, and
+    # a refused send goes on with the part that fits
+    manifest, out = tmp_path / "catalog.txt", tmp_path / "out.jsonl"
+    manifest.write_text("ads/cat.jpg\nads/coffee.jpg\n" * 50)
+    start_worker("--fetch-root", str(root))
+    args = ["--fetch-root", str(root), "--max-in-flight", "200", "--max-queue-length", "20", "--model-tag", "tiny@7"]
+    done = backfill(redis_url, manifest, out, *args)
+    assert done.returncode == 0, done.stderr
+    assert len(records(out)) == 100 and all(r["ok"] for r in records(out))
