@@ -20,7 +20,7 @@ import redis
 from . import tracing
 from .cache import ProducerCache
 from .cancel import CancelOutcome, cancel_job
-from .errors import NotReplicated, QueueFull, RedisFull, ShardUnavailable
+from .errors import NotReplicated, ProducerError, QueueFull, RedisFull, ShardUnavailable
 from .groupcursor import GroupCursor, default_consumer
 from .jobdata import ImageInput, JobOptions, JobWriter, read_image
 from .ops import Batch, Command, Commit, Procedure, Watch, call, command
@@ -106,31 +106,57 @@ class ProducerCore:
     ) -> Procedure[list[str]]:
         """Every job built and checked first (nothing is sent if one is bad), then one transaction per shard.
 
-        A shard that cannot be reached stops only its own jobs: the other shards get theirs, then
-        ``ShardUnavailable`` says which ids were written and which were not."""
+        A shard that cannot be reached, or refuses (``QueueFull``, ``RedisFull``, ``NotReplicated``), stops only its
+        own jobs: the other shards get theirs, and the error raised says which ids were written (``enqueued``)
+        and which not (``not_enqueued``). After a connection error the shard is asked once more which of its
+        jobs exist (a reply lost after Redis ran the transaction): when all do, and no replicas are waited for,
+        the call succeeds."""
         jobs = self.plan(images, image_urls, job_ids, metas, deadline_s)
         by_shard: dict[int, list[PlannedJob]] = {}
         for job in jobs:
             by_shard.setdefault(self.shard_of(job.id), []).append(job)
         down: list[tuple[int, Exception]] = []
+        refused: list[QueueFull | NotReplicated] = []
+        missing: set[str] = set()  # ids not known to be written
         for shard, shard_jobs in by_shard.items():
             try:
                 yield from self._write(shard, shard_jobs)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                down.append((shard, exc))
+                written = yield from self._written(shard, shard_jobs)
+                lost = {job.id for job in shard_jobs if job.id not in written}
+                missing |= lost
+                if lost or self.options.wait_replicas > 0:  # else only the reply was lost: they are written
+                    down.append((shard, exc))
+            except (QueueFull, NotReplicated) as exc:  # RedisFull is a QueueFull
+                refused.append(exc)
+                missing |= set() if isinstance(exc, NotReplicated) else {job.id for job in shard_jobs}
         ids = [job.id for job in jobs]
-        if down:
-            lost = {job.id for shard, _ in down for job in by_shard[shard]}
-            (first, cause), names = down[0], [self.names[shard] for shard, _ in down]
-            raise ShardUnavailable(
-                self.names[first],
-                str(cause),
-                [i for i in ids if i not in lost],
-                [i for i in ids if i in lost],
-                ids=ids,
-                shards=names,
-            ) from cause
+        if down or refused:
+            error, cause = self._failed(ids, missing, down, refused)
+            raise error from cause
         return ids
+
+    def _written(self, shard: int, jobs: list[PlannedJob]) -> Procedure[set[str]]:
+        """After a connection error: which of the shard's jobs exist now (none known when it cannot be asked)."""
+        try:
+            found = yield Batch(shard, tuple(command("EXISTS", keys.job(job.id)) for job in jobs))
+        except (redis.ConnectionError, redis.TimeoutError):
+            return set()
+        return {job.id for job, exists in zip(jobs, found, strict=True) if exists}
+
+    def _failed(
+        self, ids: list[str], missing: set[str], down: list[tuple[int, Exception]], refused: list[Any]
+    ) -> tuple[ProducerError, Exception | None]:
+        """The error an ``enqueue_many`` raises (the first unreachable shard's, else the first refusal), with the
+        ids written and not written; and its cause."""
+        enqueued, not_enqueued = [i for i in ids if i not in missing], [i for i in ids if i in missing]
+        if down:
+            (first, cause), names = down[0], [self.names[shard] for shard, _ in down]
+            error = ShardUnavailable(self.names[first], str(cause), enqueued, not_enqueued, ids=ids, shards=names)
+            return error, cause
+        error = refused[0]
+        error.enqueued, error.not_enqueued = enqueued, not_enqueued
+        return error, None
 
     def plan(
         self,

@@ -8,7 +8,12 @@ import redis
 
 
 class ProducerError(Exception):
-    """Base class of the producer's errors."""
+    """Base class of the producer's errors. One an ``enqueue_many`` raises after writing on some shards (several
+    shards: the others still got their jobs) says which of the call's ids were written (``enqueued``) and which
+    not (``not_enqueued``); None where the call wrote nothing anywhere."""
+
+    enqueued: list[str] | None = None
+    not_enqueued: list[str] | None = None
 
 
 class JobTimeout(ProducerError, TimeoutError):
@@ -50,12 +55,14 @@ class RedisFull(QueueFull):
 
 
 class ShardUnavailable(ProducerError, redis.ConnectionError):
-    """One shard's Redis could not be reached: its jobs were NOT enqueued (never moved to another shard).
+    """One shard's Redis could not be reached: its jobs are not known to be written (never moved to another shard).
 
-    The other shards still got theirs: ``enqueued`` are the ids written on them, ``not_enqueued`` the ids
-    of the shards that could not be reached (``shards``; ``shard`` is the first), ``ids`` every id of the
-    call in the order of its images. With one shard, every id is not enqueued. A ``redis.ConnectionError``
-    too (what one server's enqueue raised before), whether the cause was a refused connection or a timeout."""
+    The other shards still got theirs: ``enqueued`` are the ids known written, ``not_enqueued`` the ids of the
+    shards that could not be reached (``shards``; ``shard`` is the first) not found written when the shard
+    was asked once more (a reply lost after Redis ran the transaction shows its ids as enqueued); ``ids``
+    every id of the call in the order of its images. A shard that could not be asked either may still have
+    them: enqueue ``not_enqueued`` again with ``job_ids=`` those ids (creation is create-if-absent: none is
+    created twice). A ``redis.ConnectionError`` too, whether the cause was a refused connection or a timeout."""
 
     def __init__(
         self,

@@ -87,6 +87,47 @@ def test_an_unreachable_shard_is_named_with_the_ids_written_before_it():
     assert sorted(down.value.enqueued + down.value.not_enqueued) == sorted(ids)
 
 
+def test_a_reply_lost_after_the_transaction_ran_is_found_written_and_the_call_succeeds():
+    core = ProducerCore(NAMES[:1], "classify", JobOptions())
+    written: set[str] = set()
+
+    def answer(op: Op) -> Any:
+        if isinstance(op, Commit):
+            written.update(committed_ids(op))
+            raise redis.ConnectionError("connection reset after EXEC")  # Redis ran it; its reply was lost
+        return [int(c.args[1].split(":")[-1] in written) for c in op.commands]  # EXISTS rq:job:<id>
+
+    ids, sent = run(core.enqueue_many([b"x"] * 3), answer)
+    assert set(ids) == written and isinstance(sent[-1], Batch)  # asked once more; not created twice
+
+
+def test_a_shard_that_cannot_be_asked_again_lists_its_ids_as_not_enqueued():
+    core = ProducerCore(NAMES[:1], "classify", JobOptions())
+
+    def answer(op: Op) -> Any:
+        raise redis.ConnectionError("refused")
+
+    with pytest.raises(ShardUnavailable) as down:
+        run(core.enqueue_many([b"x"] * 3), answer)
+    assert len(down.value.not_enqueued) == 3 and down.value.enqueued == []
+
+
+def test_a_full_queue_on_one_shard_says_which_ids_the_other_shards_took():
+    core = ProducerCore(NAMES, "classify", JobOptions(max_queue_length=100))
+    ids = [f"ad-{n}" for n in range(10)]
+
+    def answer(op: Op) -> Any:
+        if isinstance(op, Batch):  # EXISTS of each chosen id, then LLEN: shard b is full
+            return [0] * (len(op.commands) - 1) + [100 if op.shard == 1 else 0]
+        return True
+
+    with pytest.raises(QueueFull) as full:
+        run(core.enqueue_many([b"x"] * 10, job_ids=ids), answer)
+    on_b = [i for i in ids if rendezvous(NAMES, i) == 1]
+    assert 0 < len(on_b) < 10 and full.value.not_enqueued == on_b
+    assert full.value.enqueued == [i for i in ids if i not in on_b]
+
+
 def test_caller_chosen_ids_are_watched_checked_and_kept_when_they_exist():
     core = ProducerCore(NAMES[:1], "classify", JobOptions())
     ids, sent = run(core.enqueue_many([b"x"], job_ids=["ad-1"]), lambda op: [1] if isinstance(op, Batch) else None)
