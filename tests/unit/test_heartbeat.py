@@ -105,3 +105,50 @@ def test_a_store_that_is_down_is_not_retried_in_a_tight_loop():
     finally:
         heartbeat.stop()
     assert len(store.beats) == 2  # the first beat and the one for the batch, not one per poll
+
+
+class OutageStore(RecordingStore):
+    """Beats fail while ``down``; reaps and give-backs are recorded with their times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.calls: list[tuple[str, float]] = []
+
+    def heartbeat(self, stats: WorkerStats) -> int:
+        from worker.store import StoreUnavailable
+
+        self.beats.append(stats)
+        if self.down:
+            raise StoreUnavailable("redis is down")
+        return super().heartbeat(stats)
+
+    def reap(self):
+        self.calls.append(("reap", time.monotonic()))
+        return super().reap()
+
+    def give_back(self, held):
+        self.calls.append(("give_back", time.monotonic()))
+        return super().give_back(held)
+
+
+def test_after_an_outage_other_workers_get_one_ttl_to_register_again_before_they_are_reaped():
+    store = OutageStore()
+    heartbeat = Heartbeat(store, InHand(), Stats(), ttl_s=0.6, reap_s=0.02, current_s=0.01)
+    heartbeat.start()
+    try:
+        wait_for(lambda: [c for c in store.calls if c[0] == "reap"])  # reaping as usual
+        store.down = True
+        failed = len(store.beats)
+        wait_for(lambda: len(store.beats) > failed + 1)  # a beat failed
+        store.down = False
+        answered = len(store.beats)
+        wait_for(lambda: len(store.beats) > answered)  # Redis answers again
+        back = time.monotonic()
+        wait_for(lambda: [c for c in store.calls if c[0] == "reap" and c[1] > back], timeout_s=5.0)
+    finally:
+        heartbeat.stop()
+    after = [(kind, t) for kind, t in store.calls if t > back]
+    first_reap = next(t for kind, t in after if kind == "reap")
+    assert first_reap >= back + 0.6 - 0.25  # one TTL after the first answered beat (0.2 s: a beat's period)
+    assert any(kind == "give_back" and t < first_reap for kind, t in after)  # our own give-backs go on
