@@ -24,14 +24,16 @@ from .wire.cache import cached_result, digest, key_for, parse_announcement
 from .wire.serializer import loads
 
 log = logging.getLogger(__name__)
+MAX_ANSWERS = 100_000  # hits kept for ``result()`` (~40 MB); past it the oldest go (a caller that never asks)
 
 
 class ProducerCache:
     """The producer's side: look a photo up, keep hits for ``result()``, count hits and misses."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_answers: int = MAX_ANSWERS) -> None:
         self.answers: dict[str, dict[str, Any]] = {}  # cached job ids -> their results (this process only)
-        self.hits = self.misses = 0
+        self.max_answers = max_answers
+        self.hits = self.misses = self.dropped = 0
 
     def lookup(self, queue: str, image: bytes, meta: dict | None, shards: int) -> Procedure[str | None]:
         """A hit's job id (its result kept here for ``result()``), or None (a miss: enqueue as usual)."""
@@ -51,8 +53,18 @@ class ProducerCache:
                     continue
                 self.hits += 1
                 cache_lookup(hit=True)
-                self.answers[result["job_id"]] = result
+                self.keep(result)
                 return result["job_id"]
         self.misses += 1
         cache_lookup(hit=False)
         return None
+
+    def keep(self, result: dict[str, Any]) -> None:
+        """Keep a hit's result for ``result()``; past ``max_answers`` the oldest goes (its ``result()`` then
+        answers ``JobTimeout``, no such job), with one warning per process."""
+        self.answers[result["job_id"]] = result
+        if len(self.answers) > self.max_answers:
+            del self.answers[next(iter(self.answers))]  # dicts keep their insertion order
+            if not self.dropped:
+                log.warning("over %d cache hits never asked for with result(): dropping the oldest", self.max_answers)
+            self.dropped += 1

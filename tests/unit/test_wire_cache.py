@@ -33,3 +33,12 @@ def test_an_announcement_round_trips_and_a_cache_that_is_off_or_foreign_reads_as
     assert parse_announcement(announcement("tiny@1", "fp16", "gpu", 5, 0)) is None
     assert parse_announcement(b"\xc1 not msgpack") is None
     assert parse_announcement(b"") is None
+
+
+def test_hits_never_asked_for_are_bounded_oldest_first():
+    from producer.cache import ProducerCache
+
+    cache = ProducerCache(max_answers=3)
+    for n in range(5):
+        cache.keep({"job_id": f"cached-{n}", "ok": True})
+    assert list(cache.answers) == ["cached-2", "cached-3", "cached-4"] and cache.dropped == 2
