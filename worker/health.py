@@ -4,7 +4,11 @@
 the heartbeat, the last time the pipeline made progress. The ``Watchdog`` thread ends a worker whose
 pipeline is wedged (a decode or a forward pass that never returns) while it holds jobs: after
 ``--stall-timeout-s`` without progress it stops the heartbeat, registers the death if Redis lets
-it (the reaper then re-queues the jobs at once; otherwise when the key expires) and exits 3.
+it (the reaper then re-queues the jobs at once; otherwise when the key expires) and exits 3. A worker
+whose model fails batch after batch (a broken GPU: a sticky CUDA error fails every forward pass in
+milliseconds, so such a worker would take and fail jobs faster than the healthy ones) is ``broken``: the
+watchdog ends it at once the same way, exiting 4, and a restart (the launcher's, or Kubernetes') gets a
+fresh device context or shows a crash loop.
 Idling (nothing in hand) and backing off from an unavailable Redis (each retry is progress) are
 not stalls. ``ProbeServer`` serves ``/healthz`` (200 while not stalled), ``/readyz`` (200 once warmed
 and Redis answered within a heartbeat TTL, else 503) and, when metrics are on, ``/metrics``.
@@ -23,6 +27,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 STALL_EXIT = 3
+BROKEN_EXIT = 4
 
 
 class Health:
@@ -32,6 +37,8 @@ class Health:
         self.redis_ttl_s = redis_ttl_s
         self.warmed = False
         self.stalled = False
+        self.broken: str | None = None  # why the model cannot run any batch (``break_down``)
+        self.alarm = threading.Event()  # wakes the watchdog at once
         self.redis_ok_at = float("-inf")
         self.progress_at = time.monotonic()
         self.registry: Any = None  # prometheus_client registry when metrics are on
@@ -39,6 +46,11 @@ class Health:
     def progressed(self) -> None:
         """The pipeline did something that proves it is not wedged."""
         self.progress_at = time.monotonic()
+
+    def break_down(self, reason: str) -> None:
+        """The model fails every batch: the watchdog ends this worker now (``BROKEN_EXIT``)."""
+        self.broken, self.stalled = reason, True
+        self.alarm.set()
 
     def redis_answered(self) -> None:
         self.redis_ok_at = time.monotonic()
@@ -70,7 +82,18 @@ class Watchdog(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        while not self.stopping.wait(self.check_s):
+        while not self.stopping.is_set():
+            self.health.alarm.wait(self.check_s)
+            if self.stopping.is_set():
+                return
+            if self.health.broken is not None:
+                log.error(
+                    "watchdog: %s; stopping the heartbeat and exiting %d (the jobs in hand are re-queued)",
+                    self.health.broken,
+                    BROKEN_EXIT,
+                )
+                self._give_up(BROKEN_EXIT)
+                return
             if self.in_hand() == 0:
                 self.health.progressed()  # idle is not a stall
                 continue
@@ -84,18 +107,19 @@ class Watchdog(threading.Thread):
                     self.in_hand(),
                     STALL_EXIT,
                 )
-                self._give_up()
+                self._give_up(STALL_EXIT)
                 return
 
-    def _give_up(self) -> None:
+    def _give_up(self, status: int) -> None:
         done = threading.Thread(target=self.on_stall, name="watchdog-death", daemon=True)
         done.start()
         done.join(timeout=5)  # Redis may be the problem: do not wait on it for long
         logging.shutdown()
-        self.exit(STALL_EXIT)
+        self.exit(status)
 
     def stop(self) -> None:
         self.stopping.set()
+        self.health.alarm.set()
 
 
 class ProbeServer:

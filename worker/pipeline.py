@@ -32,6 +32,7 @@ from .store import JobRecord, Outcome, QueueStore, StoreUnavailable, shown
 from .tracing import Tracing
 
 log = logging.getLogger(__name__)
+BROKEN_AFTER = 3  # batches in a row that fail in the model: the device (or the model) is broken
 
 
 @dataclass
@@ -72,6 +73,8 @@ class Pipeline(FinishStage):
         self.stop, self.observer = stop, observer
         # the watchdog's evidence that we are not wedged: a forward pass done, a finish tried
         self.progressed: Callable[[], None] = health.progressed if health is not None else lambda: None
+        self.health = health
+        self.failed_batches = 0  # forward passes in a row whose every job failed in the model
         self.hand, self.stats = hand or InHand(), stats or Stats()
         self.limit = max(1, settings.batches_in_hand) * predictor.cap
         self.min_take = max(1, predictor.cap // 2)  # a full hand takes again once half a batch has room
@@ -255,9 +258,20 @@ class Pipeline(FinishStage):
         preds, infer_ms = launched.result()
         if slots is not None:
             preds = [preds[k] for k in slots]
+        self._check_model(preds)
         self.progressed()
         # the tag of the model that ran it (a swap may land between its launch and now)
         self.done.put((Answered(batch, preds, infer_ms, launched.tag), time.monotonic()))
+
+    def _check_model(self, preds: list[Any]) -> None:
+        """A model that failed ``BROKEN_AFTER`` batches in a row is broken (a GPU in a sticky error state fails
+        each in milliseconds, and would fail the queue's jobs faster than healthy workers run them): the watchdog
+        ends this worker, and this thread runs no more batches meanwhile (these jobs go back with the others)."""
+        failed = bool(preds) and all(isinstance(p, JobError) and p.kind == "model_error" for p in preds)
+        self.failed_batches = self.failed_batches + 1 if failed else 0
+        if self.failed_batches >= BROKEN_AFTER and self.health is not None:
+            self.health.break_down(f"{self.failed_batches} batches in a row failed in the model ({preds[0].message})")
+            threading.Event().wait()  # until the watchdog ends the process
 
     def _next_ready(self, timeout_s: float) -> Item | None:
         if self.staged:

@@ -408,3 +408,31 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+class BrokenDevice(Recorder):
+    """A model on a device in a sticky error state: every batch fails at once."""
+
+    def launch(self, pixels: list[bytes]) -> Answered:
+        self.batches.append(pixels)
+        return Answered([JobError("model_error", "CUDA error: an illegal memory access", retryable=True)] * len(pixels))
+
+
+def test_a_model_that_fails_batch_after_batch_ends_the_worker_instead_of_failing_the_queue():
+    from worker.health import BROKEN_EXIT, Health, Watchdog
+
+    broker = MemoryBroker()
+    fill(broker, [f"img{i}".encode() for i in range(200)])
+    health, hand, exits, deaths = Health(redis_ttl_s=10), InHand(), [], []
+    watchdog = Watchdog(health, hand.count, 300, on_stall=lambda: deaths.append(1), exit=exits.append)
+    watchdog.start()
+    model = BrokenDevice(cap=4)
+    settings = PipelineSettings("w1", max_wait_ms=1.0, idle_wait_ms=20)
+    pipeline = Pipeline(MemoryStore(broker, "w1"), PassThrough(), model, settings, threading.Event(), hand=hand,
+                        health=health)  # fmt: skip
+    threading.Thread(target=pipeline.run, daemon=True).start()
+    assert wait_for(lambda: exits == [BROKEN_EXIT])
+    assert deaths == [1] and health.stalled and "3 batches in a row failed in the model" in health.broken
+    assert len(model.batches) == 3  # no batch after the third: the rest of the queue is left to healthy workers
+    failed = [j for j in broker.jobs.values() if j.status == "failed"]
+    assert len(failed) <= 8 and len(broker.queue) >= 200 - 20  # two batches failed; at most a hand more taken
