@@ -84,10 +84,17 @@ class FinishStage:
                 count,
             )
             return False
-        delay_s = min(backoff.next(), left)
+        delay_s = min(backoff.next(), left, 1.0 if self.stop.is_set() else float("inf"))
         self.stats.store_error(exc, "finish", f", {count} finished job(s) kept, next try in {delay_s:.1f} s")
-        time.sleep(delay_s)
+        self._pause(delay_s)
         return True
+
+    def _pause(self, delay_s: float) -> None:
+        """The back-off between tries; a stop cuts it short (the shutdown timeout counts from the stop)."""
+        if self.stop.is_set():
+            time.sleep(delay_s)  # stopping: a try every second at most, until the shutdown timeout
+        else:
+            self.stop.wait(delay_s)
 
     def _shutdown_left(self) -> float:
         """Seconds left to record finished jobs: unbounded until stopping, then the shutdown timeout."""

@@ -237,13 +237,38 @@ class FlakyStore(MemoryStore):
 
 
 def test_finished_batches_are_kept_through_an_outage_and_written_once_it_ends(monkeypatch):
-    monkeypatch.setattr("worker.pipeline.time.sleep", lambda s: None)  # the back-off, not the behaviour
+    monkeypatch.setattr(Pipeline, "_pause", lambda self, s: None)  # the back-off, not the behaviour
     broker = MemoryBroker()
     ids = fill(broker, [b"x"] * 20)
     store = FlakyStore(broker, outage=3)
     assert run(store, Recorder(cap=4)) == 20
     assert store.calls > 3 and all(broker.status(i) == "finished" for i in ids)
     assert sorted(r["job_id"] for r in broker.published) == sorted(ids)  # each once
+
+
+def test_a_stop_during_an_outage_ends_within_the_shutdown_timeout_counted_from_the_stop():
+    from worker.pipeline import ShutdownIncomplete
+
+    broker = MemoryBroker()
+    fill(broker, [b"x"] * 8)
+    store, stop = FlakyStore(broker, outage=10**6), threading.Event()
+    settings = PipelineSettings("w1", max_wait_ms=1.0, idle_wait_ms=20, shutdown_timeout_s=1.0)
+    pipeline = Pipeline(store, PassThrough(), Recorder(cap=4), settings, stop)
+    ended: list[float] = []
+
+    def run_it() -> None:
+        try:
+            pipeline.run()
+        except ShutdownIncomplete:
+            ended.append(time.monotonic())
+
+    threading.Thread(target=run_it, daemon=True).start()
+    assert wait_for(lambda: store.calls >= 4, 10)  # 0.5 + 1 + 2 s of back-off: the next wait is 4 s
+    stopped = time.monotonic()
+    stop.set()
+    assert wait_for(lambda: ended, 10)
+    assert ended[0] - stopped < 1.0 + 0.8  # the timeout from the stop, not after the back-off under way
+    assert pipeline.unrecorded == 8
 
 
 class TinyModel(torch.nn.Module):
