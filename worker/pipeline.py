@@ -85,6 +85,8 @@ class Pipeline(FinishStage):
         self.done: queue.Queue = queue.Queue()  # outcomes waiting to be recorded (bounded by the hand)
         self.closed = False
         self.decoding = 0  # images submitted to the decoder and not yet back
+        self.fetching: dict[str, Item] = {}  # by execution: URLs submitted to the fetch stage, not yet back
+        self.unfetched = 0  # jobs handed back at a stop before their image was fetched
         self.stopping_since: float | None = None
         self.unrecorded = 0  # finished jobs given up on at shutdown (the store stayed unavailable)
         self.lock = threading.Lock()
@@ -129,7 +131,7 @@ class Pipeline(FinishStage):
                 self.hand.wait_until(lambda n: n == 0)
             self.hand.add(jobs)
             self._admit_all(jobs)
-        self.fetcher.close()  # every fetched image has gone on to the decoder, or to ``done``
+        self._close_fetches()  # every fetched image has gone on to the decoder, or to ``done``
         self.decoder.close()  # every submitted image has reached ``ready`` or ``done``
         self.ready.put(CLOSED)
 
@@ -153,16 +155,31 @@ class Pipeline(FinishStage):
             self.done.put(([self._outcome(item, 1)], time.monotonic()))
             return None
         if isinstance(image, ImageRef):  # fetched on the fetch stage's threads, then decoded
+            with self.lock:
+                self.fetching[job.execution] = item
             self.fetcher.submit(image.url, lambda fetched: self._fetched(item, fetched))
             return None
         return item, image
 
     def _fetched(self, item: Item, fetched: Fetched) -> None:
+        with self.lock:
+            self.fetching.pop(item.job.execution, None)
         item.fetch_ms, item.fetched = fetched.ms, fetched.data is not None
         if fetched.data is None:
             self._hand_on(item, DecodeResult(None, fetched.error, fetched.started, fetched.ms))
             return
         self._decode([(item, fetched.data)])
+
+    def _close_fetches(self) -> None:
+        """Close the fetch stage; when stopping, the URLs it had not started are not waited for: their jobs leave
+        the hand unfinished, for the store's give-back at the end (re-queued, not counted as a failure)."""
+        self.fetcher.close(drop_queued=self.stop.is_set())
+        with self.lock:
+            dropped, self.fetching = list(self.fetching.values()), {}
+        if dropped:
+            self.unfetched = len(dropped)
+            log.warning("stopping: %d job(s) whose image was not fetched yet go back to the queue", len(dropped))
+            self.hand.release([item.job for item in dropped])
 
     def _decode(self, pairs: list[tuple[Item, bytes]]) -> None:
         """Submit images in one hand-off; results come back in lists (one per decode call on a GPU)."""

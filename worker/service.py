@@ -287,6 +287,8 @@ def serve(
         watchdog.stop()
         heartbeat.stop()
         with contextlib.suppress(StoreUnavailable):
+            store.give_back(hand.snapshot(), min_age_s=0.0)  # jobs dropped unfetched; no take is in flight now
+        with contextlib.suppress(StoreUnavailable):
             store.unregister()
         log.info("worker %s stopped after %d jobs", settings.worker_name, processed)
     return processed

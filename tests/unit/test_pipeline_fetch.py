@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from worker.decode import Fetched, Fetches
 from worker.errors import JobError
-from worker.pipeline import Pipeline, PipelineSettings
+from worker.pipeline import InHand, Pipeline, PipelineSettings
 from worker.store.memory import MemoryBroker, MemoryStore
 
 from .test_pipeline import PassThrough, Recorder
@@ -39,7 +39,7 @@ class FakeFetch:
         else:
             done(Fetched(name.encode(), None, time.monotonic(), 1.0))
 
-    def close(self) -> None:
+    def close(self, drop_queued: bool = False) -> None:
         for thread in self.threads:
             thread.join(10)
 
@@ -105,3 +105,55 @@ def test_a_slow_fetch_does_not_hold_its_batch_mates_past_max_wait():
     fetcher.release.set()
     thread.join(10)
     assert broker.status(held) == "finished" and results(broker)[held]["label"] == "held"
+
+
+class SlowOrigin:
+    """A ``Fetcher`` whose every fetch waits for ``release`` (a slow origin, up to the 15 s fetch timeout)."""
+
+    def __init__(self) -> None:
+        self.release, self.started = threading.Event(), threading.Semaphore(0)
+        self.fetched: list[str] = []
+
+    def fetch(self, url: str) -> bytes:
+        self.started.release()
+        self.release.wait(10)
+        self.fetched.append(url)
+        return url.rsplit("/", 1)[1].encode()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_stop_waits_only_for_the_fetches_under_way_and_gives_the_others_back():
+    from worker.decode.fetch import FetchStage
+
+    broker = MemoryBroker()
+    ids = [broker.enqueue({"image_url": f"https://x/img{n}"}) for n in range(10)]
+    origin, stop, hand = SlowOrigin(), threading.Event(), InHand()
+    store = MemoryStore(broker, "w1")
+    settings = PipelineSettings("w1", max_wait_ms=5.0, idle_wait_ms=20)
+    stage = FetchStage(origin, threads=2)
+    pipeline = Pipeline(store, PassThrough(), Recorder(cap=8), settings, stop, hand=hand, fetcher=stage)
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+    thread.start()
+    assert origin.started.acquire(timeout=5) and origin.started.acquire(timeout=5)  # two fetches under way
+    assert wait_until(lambda: hand.count() == 10)
+    stop.set()
+    # the slow origin answers once the stage has shut down and emptied its queue (what was dropped is dropped)
+    assert wait_until(lambda: stage.pool._shutdown)
+    with stage.pool._shutdown_lock:  # held while a shutdown drops what is queued: dropped once we get it
+        origin.release.set()
+    thread.join(10)
+    assert not thread.is_alive() and len(origin.fetched) == 2 and pipeline.unfetched == 8
+    assert store.give_back(hand.snapshot(), min_age_s=0.0) and hand.count() == 0  # what the service does next
+    states = [broker.status(i) for i in ids]
+    assert states.count("finished") == 2 and states.count("queued") == 8 and len(broker.queue) == 8
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

@@ -71,8 +71,9 @@ class Fetches(Protocol):
     def submit(self, url: str, done: Callable[[Fetched], None]) -> None:
         """Queue one URL."""
 
-    def close(self) -> None:
-        """Finish what was submitted (every ``done`` has been called on return), then stop."""
+    def close(self, drop_queued: bool = False) -> None:
+        """Finish what was submitted (every ``done`` has been called on return), then stop; with ``drop_queued``
+        (stopping), URLs not started yet are dropped: their ``done`` is never called."""
 
 
 class NoFetch:
@@ -87,5 +88,5 @@ class NoFetch:
         )
         done(Fetched(None, error, time.monotonic(), 0.0))
 
-    def close(self) -> None:
+    def close(self, drop_queued: bool = False) -> None:
         """Nothing to finish."""

@@ -226,7 +226,8 @@ class FetchStage:
             data, error = None, JobError("fetch_error", f"{type(exc).__name__}: {exc}", retryable=True)
         done(Fetched(data, error, start, (time.monotonic() - start) * 1000))
 
-    def close(self) -> None:
-        """Wait for every submitted URL, then close the connections."""
-        self.pool.shutdown(wait=True)
+    def close(self, drop_queued: bool = False) -> None:
+        """Wait for every submitted URL (with ``drop_queued``, only those started: a stop must not wait for a
+        backlog of slow origins, 15 s each), then close the connections."""
+        self.pool.shutdown(wait=True, cancel_futures=drop_queued)
         self.fetcher.close()
