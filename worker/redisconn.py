@@ -21,6 +21,17 @@ from producer.wire.urls import is_sentinel, parse_sentinel
 _PACKER = fast_packer(PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack)
 
 
+def store_timeouts(idle_wait_ms: float) -> dict[str, Any]:
+    """The store's socket options, explicit (not a client library's default): a partitioned or silent Redis fails
+    a call within the socket timeout, above the longest blocking take (``--idle-wait-ms``), so the stage backs
+    off and tries again rather than hanging until the watchdog's stall timeout; keepalive finds dead peers."""
+    return {
+        "socket_timeout": max(5.0, idle_wait_ms / 1000 + 5.0),
+        "socket_connect_timeout": 5.0,
+        "socket_keepalive": True,
+    }
+
+
 def connect(url: str, **options: Any) -> redis.Redis:
     """A client for ``url`` (``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://``); ``options`` are
     redis-py connection options (timeouts, ``health_check_interval``)."""
@@ -29,9 +40,9 @@ def connect(url: str, **options: Any) -> redis.Redis:
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **options)
     spec = parse_sentinel(url)
-    sentinel_options = {
-        "socket_timeout": options.get("socket_timeout") or 2.0,
-        "socket_connect_timeout": options.get("socket_connect_timeout") or 2.0,
+    sentinel_options = {  # asking a sentinel is quick: its own short timeouts, whatever the primary's are
+        "socket_timeout": 2.0,
+        "socket_connect_timeout": 2.0,
         "username": spec.sentinel_username,
         "password": spec.sentinel_password,
         "ssl": spec.sentinel_tls,

@@ -27,7 +27,7 @@ from .metrics import Metrics
 from .model import Classifier
 from .pipeline import InHand, Pipeline, Stats
 from .progress import pipeline_settings_for
-from .redisconn import connect
+from .redisconn import connect, store_timeouts
 from .reload import Reloader, file_identity
 from .startup import load_warm, prepare_model
 from .store import QueueStore, StoreUnavailable
@@ -166,7 +166,7 @@ def build_store(settings: WorkerSettings, cache: dict | None = None) -> QueueSto
     stores: list[RedisStore] = []
     levels: list[int] = []
     for url in settings.redis_urls:
-        connection = connect(url, health_check_interval=30)
+        connection = connect(url, health_check_interval=30, **store_timeouts(settings.idle_wait_ms))
         for level, queue in enumerate(queues):
             stores.append(
                 RedisStore(
