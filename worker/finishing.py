@@ -12,7 +12,8 @@ from typing import Any
 
 from .backoff import Backoff
 from .errors import JobError
-from .progress import InHand, Observer, PipelineSettings, Stats
+from .jobs import answer
+from .progress import InHand, Item, Observer, PipelineSettings, Stats
 from .store import Outcome, QueueStore, StoreUnavailable
 from .tracing import Tracing, trace_fields
 
@@ -46,7 +47,7 @@ class FinishStage:
     unrecorded: int
     progressed: Any
     tracing: Tracing
-    _outcome: Any  # (item, batch size, infer ms, prediction, tag) -> Outcome
+    predictor: Any  # its ``tag``: the model that runs now
 
     # -- finish ----------------------------------------------------------------------------------
     def finish(self) -> None:
@@ -144,3 +145,21 @@ class FinishStage:
             fields = [trace_fields(item, o.result) for item, o in zip(batch, outcomes, strict=True)]
             self.tracing.record_batch(fields, infer_ms)
         return outcomes
+
+    def _outcome(
+        self, item: Item, batch: int, infer_ms: float = 0.0, pred: Any = None, tag: str | None = None
+    ) -> Outcome:
+        topk = None if item.error is not None else pred
+        result = answer(
+            item.job,
+            model=tag or self.predictor.tag,
+            worker=self.settings.worker_name,
+            meta=item.meta,
+            decode_ms=item.decode_ms,
+            infer_ms=infer_ms,
+            topk=topk,
+            error=item.error,
+            batch=batch,
+        )
+        image = item.image if self.settings.hash_images and item.error is None else None  # the cache's, if on
+        return Outcome(item.job, result, retry=bool(item.error and item.error.retryable), image=image)

@@ -16,7 +16,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from producer.wire.jobs import ImageRef
@@ -26,27 +25,13 @@ from .batching import next_batch
 from .decode import Decoder, DecodeResult, Fetched, Fetches, NoFetch
 from .errors import JobError
 from .finishing import CLOSED, Answered, FinishStage
-from .jobs import answer, job_inputs
-from .progress import InHand, Observer, PipelineSettings, Predicts, ShutdownIncomplete, Stats
-from .store import JobRecord, Outcome, QueueStore, StoreUnavailable, shown
+from .jobs import job_inputs
+from .progress import InHand, Item, Observer, PipelineSettings, Predicts, ShutdownIncomplete, Stats
+from .store import JobRecord, QueueStore, StoreUnavailable, shown
 from .tracing import Tracing
 
 log = logging.getLogger(__name__)
 BROKEN_AFTER = 3  # batches in a row that fail in the model: the device (or the model) is broken
-
-
-@dataclass
-class Item:
-    """A job on its way through the pipeline."""
-
-    job: JobRecord
-    meta: dict[str, Any] = field(default_factory=dict)
-    image: bytes | None = None  # the bytes decoded (the job's, or fetched): a batch's repeats; the cache's key
-    pixels: bytes | None = None
-    error: JobError | None = None
-    decode_ms: float = 0.0
-    fetch_ms: float = 0.0  # image_url jobs: the fetch (a failed fetch's time is its decode_ms too, as results say)
-    fetched: bool = True  # False when the fetch failed (nothing was decoded)
 
 
 class Pipeline(FinishStage):
@@ -302,21 +287,3 @@ class Pipeline(FinishStage):
             return None
         self.staged.extend(got[1:])
         return got[0]
-
-    def _outcome(
-        self, item: Item, batch: int, infer_ms: float = 0.0, pred: Any = None, tag: str | None = None
-    ) -> Outcome:
-        topk = None if item.error is not None else pred
-        result = answer(
-            item.job,
-            model=tag or self.predictor.tag,
-            worker=self.settings.worker_name,
-            meta=item.meta,
-            decode_ms=item.decode_ms,
-            infer_ms=infer_ms,
-            topk=topk,
-            error=item.error,
-            batch=batch,
-        )
-        image = item.image if self.settings.hash_images and item.error is None else None  # the cache's, if on
-        return Outcome(item.job, result, retry=bool(item.error and item.error.retryable), image=image)

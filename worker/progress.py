@@ -8,12 +8,27 @@ import statistics
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import WorkerSettings
+from .errors import JobError
 from .outage import Outage
 from .store import JobRecord, StoreFull
+
+
+@dataclass
+class Item:
+    """A job on its way through the pipeline."""
+
+    job: JobRecord
+    meta: dict[str, Any] = field(default_factory=dict)
+    image: bytes | None = None  # the bytes decoded (the job's, or fetched): a batch's repeats; the cache's key
+    pixels: bytes | None = None
+    error: JobError | None = None
+    decode_ms: float = 0.0
+    fetch_ms: float = 0.0  # image_url jobs: the fetch (a failed fetch's time is its decode_ms too, as results say)
+    fetched: bool = True  # False when the fetch failed (nothing was decoded)
 
 
 class InHand:
