@@ -116,15 +116,15 @@ def test_every_job_is_answered_in_batches_no_larger_than_the_cap():
 
 
 def test_results_are_built_on_the_finish_stages_thread_not_the_infer_thread(monkeypatch):
-    import worker.pipeline as pipeline
+    import worker.finishing as finishing
 
-    built_on, real = [], pipeline.answer
+    built_on, real = [], finishing.answer
 
     def watched(*args, **kwargs):
         built_on.append(threading.current_thread().name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "answer", watched)
+    monkeypatch.setattr(finishing, "answer", watched)
     broker = MemoryBroker()
     ids = fill(broker, [f"img{i}".encode() for i in range(20)])
     assert run(MemoryStore(broker, "w1"), Recorder(cap=8)) == 20
