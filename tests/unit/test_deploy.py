@@ -216,7 +216,9 @@ def test_metrics_service_and_disruption_budget_select_the_worker_pods(variant):
     service, budget = variant.one("Service"), variant.one("PodDisruptionBudget")
     assert service["spec"]["selector"].items() <= labels.items()
     assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert budget["spec"]["maxUnavailable"] == 1  # a worker can always be drained, one at a time
+    # half at a time, not one: an evicted worker's replacement is Pending on a full GPU pool, and the budget
+    # counts it unavailable (with 1, a drain's second eviction waited for a free GPU for ever)
+    assert budget["spec"]["maxUnavailable"] == "50%"
     annotations = service["metadata"]["annotations"]
     (port,) = service["spec"]["ports"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
