@@ -40,6 +40,12 @@ PRODUCER_ACL_7 = (
     "(~rq:failed:classify +zrange +zrem) (~rq:job:* +persist +expire) (~rq:results:* +xrevrange)"
 )
 
+# KEDA's Redis scalers: PING, then EVAL of a script that calls TYPE and that type's length command
+KEDA_ACL = (
+    "on >keda-secret resetkeys ~rq:queue:classify ~rq:queue:classify:intermediate ~rq:wip:classify "
+    "resetchannels -@all +ping +eval +type +llen +zcard"
+)
+
 WORKER_ACL = (
     "on >worker-secret resetkeys ~rq:* ~classify:results:stream resetchannels &classify:results "
     "+@all -@admin -@dangerous +info +client|setname +script|load"

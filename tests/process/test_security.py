@@ -273,3 +273,41 @@ def test_the_producer_user_can_cancel_a_long_running_job_whose_executions_record
     assert conn.delete(f"rq:executions:{running}") == 1  # its TTL ran out while it ran
     assert producer.cancel(running) is CancelOutcome.CANCELING
     assert conn.hget(f"rq:job:{running}", "status") == b"canceled" and conn.zcard("rq:wip:classify") == 0
+
+
+# What KEDA's redis scalers run for a trigger's listName (their script, as documented in KEDA's source: TYPE,
+# then the length command of that type), here to check the ACL of docs/security.md against it
+KEDA_LENGTH = """
+local key = KEYS[1]
+local kind = redis.call('type', key).ok
+local length = {zset = 'zcard', set = 'scard', list = 'llen', hash = 'hlen', none = 'llen'}
+return redis.call(length[kind], key)
+"""
+
+
+def test_kedas_user_reads_the_queue_and_the_jobs_in_flight_and_nothing_else(redis_url, conn):
+    from rq import Queue
+
+    from ..acls import KEDA_ACL, rules
+
+    conn.execute_command("ACL", "SETUSER", "keda", "reset", *rules(KEDA_ACL))
+    try:
+        queued, running = Producer(redis_url).enqueue_many([image_bytes("cat.jpg")] * 2)
+        from worker.store.rq import RedisStore
+
+        store = RedisStore(conn, "classify", "w1")
+        store.register()
+        assert [j.job_id for j in store.take(1, 1.0)] == [queued]
+        conn.rpush("rq:queue:classify:intermediate", "moved-id")
+        keda = redis.Redis.from_url(redis_url.replace("redis://", "redis://keda:keda-secret@"))
+        assert keda.ping()
+        lengths = {key: keda.eval(KEDA_LENGTH, 1, key) for key in (
+            "rq:queue:classify", "rq:wip:classify", "rq:queue:classify:intermediate")}  # fmt: skip
+        assert lengths == {"rq:queue:classify": 1, "rq:wip:classify": 1, "rq:queue:classify:intermediate": 1}
+        with pytest.raises(redis.ResponseError):
+            keda.eval(KEDA_LENGTH, 1, f"rq:job:{running}")  # no other key
+        with pytest.raises(redis.ResponseError):
+            keda.delete("rq:queue:classify")
+        assert Queue("classify", connection=conn).count == 1
+    finally:
+        conn.acl_deluser("keda")

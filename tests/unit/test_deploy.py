@@ -306,14 +306,16 @@ def trigger_location(trigger: dict[str, Any]) -> dict[str, str]:
 
 
 def test_one_trigger_per_queue_and_per_shard(variant):
-    """Each trigger reads one queue's RQ list on one of the servers the workers serve, and every
-    (server, queue) pair has its trigger: a queue or shard added on one side only fails here."""
+    """Each trigger reads one queue's RQ list, or its jobs in flight (the started registry, the ids a take
+    moved: they keep a pod up while jobs run and bring one back for a dead worker's), on one of the servers
+    the workers serve, and every (server, queue) pair has them: a queue or shard added on one side fails here."""
     settings = variant.settings()
     queues = [q.strip() for q in settings.queue.split(",")]
     wanted = sorted(
-        json.dumps({**redis_location(url), "listName": f"rq:queue:{queue}"}, sort_keys=True)
+        json.dumps({**redis_location(url), "listName": key}, sort_keys=True)
         for url in shard_urls(settings.redis_url)
         for queue in queues
+        for key in (f"rq:queue:{queue}", f"rq:wip:{queue}", f"rq:queue:{queue}:intermediate")
     )
     triggers = variant.one("ScaledObject")["spec"]["triggers"]
     found = sorted(
