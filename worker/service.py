@@ -199,7 +199,6 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
 
     The probes answer from the start (``/readyz`` is 503 until the model is warm and Redis answers);
     a watchdog ends the process if the pipeline stops making progress with jobs in hand."""
-    loading = time.perf_counter()
     health = Health(redis_ttl_s=settings.worker_ttl_s)
     probes = start_probes(settings, health)
     try:
@@ -207,6 +206,7 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
             return 0
         if reload_requests is not None:
             reload_requests.clear()  # asked before the file is read: this load answers it
+        loading = time.perf_counter()  # the warm-up metric: the model's load and warm-up, not a wait for Redis
         identity = file_identity(settings.model)  # before the load: a flip during start-up is seen at the first poll
         model, settings = prepare_model(settings)
         health.warmed = True
