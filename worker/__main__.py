@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .config import WorkerSettings, add_arguments, redis_url_problem, settings_from
@@ -37,7 +38,10 @@ def run_main(argv: list[str]) -> int:
     log.info("effective configuration %s", json.dumps(settings.public(), sort_keys=True))
     if settings.devices or settings.workers_per_device > 1:
         return launch(settings)
-    return serve_one(settings)
+    from .launcher import plan_children
+
+    (alone,) = plan_children(settings, [settings.device])  # threads left at 0: from --cpus when given
+    return serve_one(replace(settings, decode_threads=alone.decode_threads, torch_threads=alone.torch_threads))
 
 
 def launch(settings: WorkerSettings) -> int:

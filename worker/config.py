@@ -34,6 +34,7 @@ class WorkerSettings:
     device: str = "cpu"
     devices: str = ""
     workers_per_device: int = 1
+    cpus: int = 0  # the CPUs the worker (a pod) may use, for threads left at 0; 0: the process's CPU set
     precision: str = "auto"
     decode: str = "auto"
     decode_sync: str = "on"
@@ -133,8 +134,8 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     sizes = [settings.max_batch_size, settings.decode_threads + 1]
     if settings.batch_size != "auto":
         sizes.append(int(settings.batch_size))
-    if settings.workers_per_device < 1:
-        raise SystemExit("worker: --workers-per-device must be >= 1")
+    if settings.workers_per_device < 1 or settings.cpus < 0:
+        raise SystemExit("worker: --workers-per-device must be >= 1, --cpus >= 0")
     if min(sizes) < 1 or settings.max_wait_ms < 0 or settings.decode_workers < 0:
         raise SystemExit("worker: batch sizes must be >= 1; --decode-threads, --decode-workers and --max-wait-ms >= 0")
     check_decode(settings)

@@ -63,6 +63,14 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "decode and intra-op threads left at 0 are split between them",
     ),
     (
+        "--cpus",
+        "WORKER_CPUS",
+        int,
+        "CPUs this worker (a pod) may use: decode and intra-op threads left at 0 are this many, split between "
+        "the --workers-per-device children; 0: the cores the process may run on (a container without a CPU set "
+        "sees the node's)",
+    ),
+    (
         "--precision",
         "WORKER_PRECISION",
         str,

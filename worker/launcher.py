@@ -76,8 +76,8 @@ def plan_children(settings: WorkerSettings, devices: list[str], cores: int | Non
     ports and name index, and its share of ``cores`` for threads left automatic (0)."""
     per_device = max(1, settings.workers_per_device)
     children = [d for d in devices for _ in range(per_device)]
-    share = max(1, (cores or usable_cores()) // len(children))
-    split = len(children) > 1
+    share = max(1, (settings.cpus or cores or usable_cores()) // len(children))
+    split = len(children) > 1 or settings.cpus > 0  # one process alone picks its own threads, unless told its CPUs
     port, health = settings.metrics_port, settings.health_port
     return [
         replace(

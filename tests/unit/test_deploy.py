@@ -177,7 +177,7 @@ def test_core_objects_and_the_example_secret_match_the_kubernetes_schemas(varian
 def test_worker_command_and_environment_are_ones_the_cli_knows(variant):
     settings = variant.settings()
     assert settings.device == "cuda" and not settings.devices and settings.workers_per_device == 1
-    assert settings.decode_threads == math.ceil(cpu_cores(variant.container["resources"]["requests"]["cpu"]))
+    assert settings.cpus == math.ceil(cpu_cores(variant.container["resources"]["requests"]["cpu"]))
     assert settings.redis_url == variant.secret["stringData"]["REDIS_URL"]
 
 

@@ -28,3 +28,14 @@ def test_default_names_stay_distinct_per_process_and_ports_left_off_stay_off():
     children = plan_children(WorkerSettings(model="m", workers_per_device=3), ["cpu"], cores=2)
     assert all(c.name == "" and c.metrics_port == 0 and c.health_port == 0 for c in children)
     assert {c.decode_threads for c in children} == {1}  # never below one
+
+
+def test_the_pods_cpus_are_split_between_the_children_not_the_nodes_cores():
+    # Kubernetes gives a pod 8 CPUs (WORKER_CPUS from requests.cpu) on a 64-core node
+    pod = WorkerSettings(model="m", workers_per_device=2, cpus=8)
+    children = plan_children(pod, ["cuda:0"], cores=64)
+    assert {(c.decode_threads, c.torch_threads) for c in children} == {(4, 4)}
+    (alone,) = plan_children(WorkerSettings(model="m", cpus=8), ["cuda:0"], cores=64)
+    assert (alone.decode_threads, alone.torch_threads) == (8, 8)  # one process: all of the pod's, not 64
+    explicit = WorkerSettings(model="m", workers_per_device=2, cpus=8, decode_threads=6)
+    assert {c.decode_threads for c in plan_children(explicit, ["cuda:0"], cores=64)} == {6}  # explicit wins
