@@ -7,4 +7,7 @@ COPY worker ./worker
 COPY examples ./examples
 RUN pip install --no-cache-dir "torch>=2.4" && pip install --no-cache-dir ".[demo,fast,metrics,dashboard]"
 ENV PYTHONUNBUFFERED=1
+# not root (the Kubernetes Deployment runs it as this uid, with a read-only root and a /tmp of its own);
+# nothing in /app is written at run time
+USER 10001:10001
 CMD ["python", "-m", "worker"]

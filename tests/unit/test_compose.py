@@ -111,3 +111,12 @@ def test_dashboard_service_serves_our_launcher_on_this_host_only():
         "${DASHBOARD_PASSWORD:?"
     )  # required beyond loopback
     assert "dashboard" in (ROOT / "Dockerfile").read_text()  # the image has the dashboard extra
+
+
+def test_the_image_runs_as_the_unprivileged_uid_the_kubernetes_deployment_uses():
+    import yaml as _yaml
+
+    users = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("USER ")]
+    deployment = _yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "deployment.yaml").read_text())
+    uid = deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    assert users and users[-1].split(":")[0] == str(uid) != "0"
