@@ -37,6 +37,8 @@ def connect(url: str, **options: Any) -> redis.Redis:
     redis-py connection options (timeouts, ``health_check_interval``)."""
     if _PACKER is not None:
         options = {"command_packer": _PACKER, **options}
+    if url.startswith("unix://"):  # TCP's options: a unix socket's connection refuses them
+        options = {k: v for k, v in options.items() if k not in ("socket_keepalive", "socket_keepalive_options")}
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **options)
     spec = parse_sentinel(url)

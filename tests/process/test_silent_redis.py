@@ -36,3 +36,18 @@ def test_a_silent_redis_fails_the_store_call_within_the_socket_timeout():
 
 def test_the_socket_timeout_stays_above_the_longest_blocking_take():
     assert store_timeouts(1000.0)["socket_timeout"] == 6.0 and store_timeouts(30_000.0)["socket_timeout"] == 35.0
+
+
+def test_the_store_options_work_over_a_unix_socket(tmp_path):
+    from bench.devserver import RedisServer
+
+    path = tmp_path / "redis.sock"
+    server = RedisServer(extra_args=["--unixsocket", str(path), "--unixsocketperm", "700"]).start()
+    try:
+        conn = connect(f"unix://{path}", health_check_interval=30, **store_timeouts(1000.0))
+        assert conn.ping()
+        store = RedisStore(conn, "classify", "w1")
+        store.register()
+        assert store.take(1, 0.0) == []
+    finally:
+        server.stop()
