@@ -99,24 +99,18 @@ class Heartbeat(threading.Thread):
                 self.metrics.feed_lag.labels(group).set(lag)
 
     def run(self) -> None:
-        next_reap = reap_from = time.monotonic()
-        down = False
+        next_reap = time.monotonic()
         while True:
             try:
                 called_at = time.monotonic()
                 self.beat()
                 self.stats.outage.answered(called_at)
-                if down:  # other workers' keys may have expired in the outage while they waited it out, as we
-                    # did: they register again at their next beat; until then their jobs are not a dead's
-                    reap_from, down = time.monotonic() + self.ttl_s, False
-                if time.monotonic() >= next_reap:
-                    if time.monotonic() >= reap_from:
-                        self.store.reap()
+                if time.monotonic() >= next_reap:  # (the store defers its reaper after an outage)
+                    self.store.reap()
                     self.store.give_back(self.hand.snapshot())
                     self.feed_lags()
                     next_reap = time.monotonic() + self.reap_s
             except StoreUnavailable as exc:
-                down = True
                 self.stats.store_error(exc, "heartbeat")
             except Exception:  # this thread keeps us alive: log anything unexpected, never die of it
                 log.exception("heartbeat: unexpected error (beating on)")

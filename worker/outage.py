@@ -46,3 +46,24 @@ class Outage:
                 return
             down_s, failures, self.since, self.failures = time.monotonic() - self.since, self.failures, None, 0
         log.warning("redis answers again after %.1f s (%d failed call(s) retried)", down_s, failures)
+
+
+class ReapAfterOutage:
+    """A store's reaper after an outage of its server: the other workers' keys may have expired while they waited
+    it out too (Sentinel's default 30 s outlasts the default 20 s TTL); they register again at their next beat,
+    so reaping waits ``ttl_s`` from the first answer after a failure (their running jobs are not a dead
+    worker's). Per store: with shards, an outage of one shard defers only that shard's reaper."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s, self.down, self.reap_from = ttl_s, False, 0.0
+
+    def failed(self) -> None:
+        self.down = True
+
+    def answered(self) -> None:
+        if self.down:
+            self.down, self.reap_from = False, time.monotonic() + self.ttl_s
+
+    def allows(self) -> bool:
+        """Whether a reaper pass may run now."""
+        return time.monotonic() >= self.reap_from

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from rq.job import Job
 
 from producer import Producer
@@ -70,3 +71,42 @@ def test_a_failure_of_a_job_given_back_meanwhile_is_not_written(redis_url, conn)
     result = make_result(job_id, model="m", worker="dead", timings_ms={}, meta={}, error=error)
     assert dead.finish([Outcome(job, result)]) == [job_id]
     assert conn.hget(f"rq:job:{job_id}", "status") == b"queued" and conn.zcard("rq:failed:classify") == 0
+
+
+def test_after_an_outage_a_store_reaps_nothing_for_one_worker_ttl():
+    # the other workers' keys may have expired while they waited the outage out too: they beat again soon,
+    # and their running jobs are not a dead worker's (before, they were re-queued as lost deliveries, and
+    # a healthy job failed as poison after three outages)
+    import redis
+    from rq.job import Job
+
+    from bench.devserver import RedisServer
+    from producer import Producer
+    from producer.wire.serializer import MsgpackSerializer
+    from worker.store import StoreUnavailable, WorkerStats
+    from worker.store.rq import RedisStore
+
+    from ..conftest import wait_for
+
+    server = RedisServer(extra_args=["--appendonly", "yes"]).start()  # the data outlives the restart
+    try:
+        conn = redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=0.5)
+        (job_id,) = Producer(server.url).enqueue_many([b"x"])
+        other = RedisStore(conn, "classify", "other")
+        other.register()
+        assert [j.job_id for j in other.take(1, 1.0)] == [job_id]
+        reaper = RedisStore(conn, "classify", "reaper", worker_ttl_s=2)
+        reaper.register()
+        server.process.terminate()
+        server.process.wait(10)
+        with pytest.raises(StoreUnavailable):
+            reaper.heartbeat(WorkerStats())
+        server.start()
+        conn.delete("rq:worker:other")  # its key expired in the outage; it has not beaten again yet
+        reaper.heartbeat(WorkerStats())  # Redis answers again
+        assert reaper.reap() == ([], [])  # the other worker's running job is left to it
+        status = Job.fetch(job_id, connection=conn, serializer=MsgpackSerializer).get_status().value
+        assert status == "started"
+        assert wait_for(lambda: reaper.reap()[0] == [job_id], 10)  # after one TTL: it is a dead worker's
+    finally:
+        server.stop()

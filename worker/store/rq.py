@@ -29,6 +29,7 @@ from producer.wire.feed import group_rows
 from producer.wire.results import DEFAULT_RESULTS_MAXLEN
 from producer.wire.serializer import MsgpackSerializer
 
+from ..outage import ReapAfterOutage
 from .base import JobRecord, Outcome, QueueStore, StoreFull, StoreUnavailable, WorkerStats, WrongTypeKeys
 from .calls import Register
 from .misfits import MisfitReport, misfits_of
@@ -98,6 +99,7 @@ class RedisStore(QueueStore):
         self._lost_at: float | None = None  # when our key (and executions set) was found expired: give_back looks wider
         self._claimed = False  # our name is ours (claimed once per process: a retry must not wait for itself)
         self._announce_due = False  # an announcement Redis refused or missed: the next heartbeat writes it
+        self.reap_gate = ReapAfterOutage(worker_ttl_s)  # after an outage, the others get a TTL to beat again
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -256,7 +258,17 @@ class RedisStore(QueueStore):
 
     # -- liveness --------------------------------------------------------------------------------
     def heartbeat(self, stats: WorkerStats) -> int:
-        """Refresh the worker key (re-register if a Redis restart lost it); return the backlog."""
+        """Refresh the worker key (re-register if a Redis restart lost it); return the backlog. After a failed
+        beat, the first that succeeds defers this store's reaper by one TTL (``ReapAfterOutage``)."""
+        try:
+            backlog = self._beat(stats)
+        except StoreUnavailable:
+            self.reap_gate.failed()
+            raise
+        self.reap_gate.answered()
+        return backlog
+
+    def _beat(self, stats: WorkerStats) -> int:
         beat = self.calls.heartbeat
         if not self.primary:  # the primary store of this server beats for the worker
             return int(unavailable(lambda: self.connection.llen(beat.queue)))
@@ -292,7 +304,10 @@ class RedisStore(QueueStore):
             raise
 
     def reap(self) -> tuple[list[str], list[str]]:
-        """One reaper pass (atomic): poison jobs are failed, published and fed in it."""
+        """One reaper pass (atomic): poison jobs are failed, published and fed in it; none for a TTL after an
+        outage of this store's server."""
+        if not self.reap_gate.allows():
+            return [], []
         requeued, poison, found = unavailable(lambda: self._run(self.calls.reap))
         self.misfits.report(self.calls.reap, misfits_of(found))
         if requeued:
