@@ -13,15 +13,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from .backoff import Backoff
 from .infer import Predictor
 from .model import Classifier, ModelError
 
 log = logging.getLogger(__name__)
+OOM_RETRY_S, OOM_RETRY_MAX_S = 30.0, 600.0  # a reload out of memory: first retry, longest wait between retries
 
 
 def file_identity(path: str) -> tuple[int, int, int, int] | None:
@@ -55,6 +58,10 @@ class Reloader(threading.Thread):
         self.wanted, self.stopping = wanted or threading.Event(), threading.Event()
         self.identity = identity  # of the file the running model was loaded from (read before it was loaded)
         self.swapped = self.refused = 0
+        # a file refused for running out of memory is tried again at a poll, after a back-off (each try loads a
+        # copy beside the serving one); a new file at once
+        self.short_of_memory: tuple[int, int, int, int] | None = None
+        self.retry_at, self.backoff = 0.0, Backoff(OOM_RETRY_S, max_s=OOM_RETRY_MAX_S)
 
     def request(self) -> None:
         """Reload now (``SIGHUP``); safe from a signal handler."""
@@ -75,7 +82,16 @@ class Reloader(threading.Thread):
 
     def _changed(self) -> bool:
         now = file_identity(self.path)
-        return now is not None and now != self.identity
+        if now is None or now == self.identity:
+            return False
+        return now != self.short_of_memory or time.monotonic() >= self.retry_at
+
+    def _short_of_memory(self, identity: tuple[int, int, int, int] | None) -> None:
+        if identity != self.short_of_memory:
+            self.backoff.reset()
+        self.short_of_memory, self.retry_at = identity, time.monotonic() + self.backoff.next()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the refused copy's blocks back to the device
 
     def reload(self) -> bool:
         """Load, warm and check the model at ``path``; swap it in. False (logged, counted) if refused."""
@@ -90,12 +106,16 @@ class Reloader(threading.Thread):
             self.predictor.swap(model)
         except (ModelError, RuntimeError, ValueError, OSError) as exc:
             self.refused += 1
-            if not isinstance(exc, torch.OutOfMemoryError):  # out of memory may pass: the next poll tries again
+            model = None  # what was loaded of it goes
+            if isinstance(exc, torch.OutOfMemoryError):  # may pass: tried again after a back-off
+                self._short_of_memory(identity)
+            else:
                 self.identity = identity  # don't retry the same bad file on every poll
             log.error("model reload refused, %s keeps serving: %s", self.predictor.tag, str(exc).splitlines()[0])
             self.on_refuse()
             return False
-        self.identity = identity
+        self.identity, self.short_of_memory = identity, None
+        self.backoff.reset()
         self.swapped += 1
         log.info("model %s loaded and warmed: it runs from the next batch on", model.info.tag)
         self.on_swap(model.info.tag)

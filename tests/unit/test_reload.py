@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -22,21 +23,43 @@ def link(tmp_path: Path, tiny_model_path: Path) -> Path:
     return path
 
 
-def test_a_reload_refused_for_out_of_memory_is_tried_again_at_the_next_poll(link, tiny_model_path):
+def test_a_reload_refused_for_out_of_memory_is_tried_again_after_a_back_off(link, tiny_model_path, monkeypatch):
+    monkeypatch.setattr("worker.reload.OOM_RETRY_S", 0.3)
     predictor = Predictor(load_model(tiny_model_path, max_batch=4), cap=4)
     attempts: list[str] = []
 
     def load(path: str):
         attempts.append(path)
-        if len(attempts) == 1:
+        if len(attempts) <= 2:
             raise torch.OutOfMemoryError("CUDA out of memory (a transient peak)")
         return load_model(path, max_batch=4)
 
     reloader = Reloader(str(link), predictor, load, identity=None)
     assert not reloader.reload() and reloader.refused == 1
-    assert reloader._changed()  # not marked as seen: the next poll tries the same file again
+    assert not reloader._changed()  # not at the next poll: each try loads a copy beside the serving one
+    assert wait_until(reloader._changed)  # the same file again, once the back-off has passed
+    assert not reloader.reload() and not reloader._changed()  # refused again: the back-off doubled
+    other = link.parent / "other.pt"
+    other.write_bytes(Path(tiny_model_path).read_bytes())
+    flip(link, other)
+    assert reloader._changed()  # a new file is tried at once
     assert reloader.reload() and reloader.swapped == 1 and not reloader._changed()
-    assert attempts == [str(tiny_model_path)] * 2  # the symlink resolved once per reload, the file opened
+    assert attempts == [str(tiny_model_path)] * 2 + [str(other)]  # the symlink resolved once per reload
+
+
+def flip(link: Path, target: Path) -> None:
+    tmp = link.with_suffix(".new")
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def wait_until(condition, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_a_bad_file_is_refused_once_not_at_every_poll(link, tmp_path):
