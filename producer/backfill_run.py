@@ -166,15 +166,15 @@ class Backfill:
         metas = [{"backfill": self.identity.group, "line": flight.line.number} for flight in batch]
         try:
             self.producer.enqueue_many(image_urls=[f.line.url or "" for f in batch], job_ids=ids, metas=metas)
-        except RedisFull as exc:  # Redis at maxmemory; nothing of it written
-            self._later(ids, "full", f"{exc}; waiting for it to drain")
-            return
-        except QueueFull as exc:  # back-pressure: the queue is long (other traffic too); nothing of it written
-            room = exc.limit - exc.length
-            if 0 < room < len(batch):  # what fits now goes now
-                self._send_some(batch[:room])
-                ids = ids[room:]
-            self._later(ids, "full", f"{exc}; waiting for it to drain")
+        except QueueFull as exc:  # back-pressure (the queue is long, or Redis full): other shards' jobs are written
+            later = set(exc.not_enqueued if exc.not_enqueued is not None else ids)
+            self._sent([i for i in ids if i not in later])
+            left = [flight for flight in batch if flight.job_id in later]
+            room = 0 if isinstance(exc, RedisFull) else exc.limit - exc.length
+            if 0 < room < len(left):  # what fits now goes now
+                self._send_some(left[:room])
+                left = left[room:]
+            self._later([flight.job_id for flight in left], "full", f"{exc}; waiting for it to drain")
             return
         except ShardUnavailable as exc:  # the other shards' jobs are written
             self._later(exc.not_enqueued, "shard", f"{exc}; trying again")
@@ -182,6 +182,9 @@ class Backfill:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._later(ids, "redis", f"cannot reach Redis ({exc}); trying again")
             return
+        self._sent(ids)
+
+    def _sent(self, ids: list[str]) -> None:
         for job_id in ids:
             self.waiting[job_id].sent = True
 

@@ -94,8 +94,8 @@ class FinishStage:
         """The back-off between tries; a stop cuts it short (the shutdown timeout counts from the stop)."""
         if self.stop.is_set():
             time.sleep(delay_s)  # stopping: a try every second at most, until the shutdown timeout
-        else:
-            self.stop.wait(delay_s)
+        elif self.stop.wait(delay_s):
+            self._shutdown_left()  # the shutdown timeout counts from now, not from the next try's failure
 
     def _shutdown_left(self) -> float:
         """Seconds left to record finished jobs: unbounded until stopping, then the shutdown timeout."""

@@ -286,8 +286,9 @@ def serve(
     finally:
         watchdog.stop()
         heartbeat.stop()
-        with contextlib.suppress(StoreUnavailable):
-            store.give_back(hand.snapshot(), min_age_s=0.0)  # jobs dropped unfetched; no take is in flight now
+        if pipeline.unfetched and not pipeline.unrecorded:  # jobs dropped unfetched; no take is in flight now
+            with contextlib.suppress(StoreUnavailable):
+                store.give_back(hand.snapshot(), min_age_s=0.0)
         with contextlib.suppress(StoreUnavailable):
             store.unregister()
         log.info("worker %s stopped after %d jobs", settings.worker_name, processed)
