@@ -32,7 +32,8 @@ def test_a_retry_after_not_replicated_waits_for_the_replicas_again(primary):
     try:
         link = redis.Redis.from_url(replica.url)
         assert wait_for(lambda: link.info("replication")["master_link_status"] == "up", 30)
-        assert producer.enqueue(photo, job_id="ad-17") == "ad-17"  # now acknowledged by the replica
+        patient = Producer(primary.url, options=JobOptions(wait_replicas=1, wait_timeout_ms=10_000))  # a busy box
+        assert patient.enqueue(photo, job_id="ad-17") == "ad-17"  # now acknowledged by the replica
         assert link.exists("rq:job:ad-17") and link.llen("rq:queue:classify") == 1  # one job, not two
     finally:
         replica.stop()
