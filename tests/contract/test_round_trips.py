@@ -15,6 +15,8 @@ from producer.wire.serializer import MsgpackSerializer
 from worker.store import Outcome
 from worker.store.rq import RedisStore
 
+from ..conftest import wait_for
+
 
 class CountingPipeline(Pipeline):
     def execute(self, raise_on_error: bool = True):
@@ -67,11 +69,13 @@ def test_a_batch_costs_three_round_trips_whatever_its_size_when_jobs_are_waiting
     assert trips[2] == trips[8] == trips[32] == 3, trips  # start script, one pipelined read, finish script
 
 
-def test_a_take_on_an_empty_queue_blocks_then_starts_in_one_more_round_trip(store, redis_url):
+def test_a_take_on_an_empty_queue_blocks_then_starts_in_one_more_round_trip(store, redis_url, conn):
     found: list = []
     before = store.connection.counter["round_trips"]
     taker = threading.Thread(target=lambda: found.extend(store.take(8, 5.0)))
     taker.start()
+    blocked = lambda: any(c.get("cmd") == "blmove" and "b" in c.get("flags", "") for c in conn.client_list())  # noqa: E731
+    assert wait_for(blocked, 5)  # the empty script has run: the take waits in BLMOVE (else a busy box races it)
     (job_id,) = Producer(redis_url).enqueue_many([b"img"])
     taker.join(10)
     assert [j.job_id for j in found] == [job_id]
