@@ -267,7 +267,7 @@ def test_a_stop_during_an_outage_ends_within_the_shutdown_timeout_counted_from_t
     stopped = time.monotonic()
     stop.set()
     assert wait_for(lambda: ended, 10)
-    assert ended[0] - stopped < 1.0 + 0.8  # the timeout from the stop, not after the back-off under way
+    assert ended[0] - stopped < 3.0  # the 1 s timeout from the stop, not after the 4 s back-off under way (5 s)
     assert pipeline.unrecorded == 8
 
 
