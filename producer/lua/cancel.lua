@@ -30,31 +30,32 @@ for _, pair in ipairs(expected) do
   if kind ~= 'none' and kind ~= pair[2] then return {'wrong_type', pair[1]} end
 end
 
--- The first writes are ones a full Redis allows (LREM, ZREM), so a script without flags may go on after them.
-redis.call('LREM', queue, 0, job_id)
-redis.call('LREM', intermediate, 0, job_id)
-local outcome = 'canceled'
+-- Read everything first: a command the caller's ACL refuses then aborts the script before any write.
+local members = {}  -- the job's entries in the started registry (RQ's StartedJobRegistry.remove_executions)
 if status == 'started' then
-  -- RQ's StartedJobRegistry.remove_executions: every execution of the job off the started registry
-  local removed = 0
   for _, execution_id in ipairs(redis.call('ZRANGE', executions, 0, -1)) do
-    removed = removed + redis.call('ZREM', wip, job_id .. ':' .. execution_id)
+    members[#members + 1] = job_id .. ':' .. execution_id
   end
-  if removed == 0 then
+  if #members == 0 then
     -- its executions' record expired while it ran (a long job): find its entries by their prefix
     local prefix = job_id .. ':'
     for _, member in ipairs(redis.call('ZRANGE', wip, 0, -1)) do
       if string.sub(member, 1, #prefix) == prefix and not string.find(member, ':', #prefix + 1, true) then
-        redis.call('ZREM', wip, member)
+        members[#members + 1] = member
       end
     end
   end
-  outcome = 'canceling'
 end
-redis.call('HSET', job, 'status', 'canceled')
 -- kept as long as a failed job is (its failure_ttl; RQ's default a year), not for ever with its image: TAKE
 -- removed a running job's TTL, and a queued job has none
 local keep_s = tonumber(redis.call('HGET', job, 'failure_ttl') or '') or 31536000
+
+-- The first writes are ones a full Redis allows (EXPIRE, LREM, ZREM), so a script without flags may go on
+-- after them; EXPIRE first, so that a user without it (an ACL from before it was needed) writes nothing.
 if keep_s > 0 then redis.call('EXPIRE', job, keep_s) end
+redis.call('LREM', queue, 0, job_id)
+redis.call('LREM', intermediate, 0, job_id)
+for _, member in ipairs(members) do redis.call('ZREM', wip, member) end
+redis.call('HSET', job, 'status', 'canceled')
 redis.call('ZADD', canceled, redis.call('TIME')[1], job_id)  -- RQ's score: now, whole seconds
-return {outcome, status}
+return {status == 'started' and 'canceling' or 'canceled', status}

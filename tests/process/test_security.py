@@ -311,3 +311,21 @@ def test_kedas_user_reads_the_queue_and_the_jobs_in_flight_and_nothing_else(redi
         assert Queue("classify", connection=conn).count == 1
     finally:
         conn.acl_deluser("keda")
+
+
+def test_a_producer_acl_from_before_cancel_expired_jobs_refuses_a_cancel_whole_not_half(redis_url, conn):
+    # the script reads first and writes EXPIRE first: a user without it (an older ACL) writes nothing at all
+    from ..acls import producer_acl
+
+    older = producer_acl(conn).replace(" +expire", "")
+    producer_url, _ = set_users(conn, redis_url, producer=older)
+    try:
+        producer = Producer(producer_url)
+        (queued,) = producer.enqueue_many([image_bytes("cat.jpg")])
+        with pytest.raises(redis.ResponseError):
+            producer.cancel(queued)
+        assert conn.hget(f"rq:job:{queued}", "status") == b"queued" and conn.ttl(f"rq:job:{queued}") == -1
+        assert conn.lrange("rq:queue:classify", 0, -1) == [queued.encode()]
+        assert conn.zcard("rq:canceled:classify") == 0
+    finally:
+        drop_users(conn)
