@@ -59,26 +59,26 @@ def test_every_final_result_is_fed_with_the_published_bytes(redis_url, conn):
     assert set(published) == stored  # the very same bytes on the channel and in the feed
 
 
-def test_poison_results_are_fed_by_the_reaper(redis_url, conn):
-    (job_id,) = Producer(redis_url).enqueue_many([image_bytes("cat.jpg")])
+def lost_once(conn, job_id: str) -> RedisStore:
+    """A worker takes ``job_id`` and dies; the reaper it returns fails it as poison (one delivery allowed)."""
     victim, reaper = RedisStore(conn, "classify", "victim"), RedisStore(conn, "classify", "reaper", max_deliveries=1)
     victim.register()
     reaper.register()
     victim.take(1, 1.0)
     conn.delete("rq:worker:victim")  # it died
-    assert reaper.reap() == ([], [job_id])
+    return reaper
+
+
+def test_poison_results_are_fed_by_the_reaper(redis_url, conn):
+    (job_id,) = Producer(redis_url).enqueue_many([image_bytes("cat.jpg")])
+    assert lost_once(conn, job_id).reap() == ([], [job_id])
     poison = feed(conn)[job_id]
     assert poison["ok"] is False and poison["error"]["type"] == "poison" and poison["job_id"] == job_id
 
 
 def test_a_poison_job_is_kept_as_long_as_its_own_failure_ttl_says(redis_url, conn):
     (job_id,) = Producer(redis_url, options=JobOptions(failure_ttl_s=600)).enqueue_many([b"x"])
-    victim, reaper = RedisStore(conn, "classify", "victim"), RedisStore(conn, "classify", "reaper", max_deliveries=1)
-    victim.register()
-    reaper.register()
-    victim.take(1, 1.0)
-    conn.delete("rq:worker:victim")  # it died
-    assert reaper.reap() == ([], [job_id])
+    assert lost_once(conn, job_id).reap() == ([], [job_id])
     assert 590 < conn.ttl(f"rq:job:{job_id}") <= 600 and 590 < conn.ttl(f"rq:results:{job_id}") <= 600
     assert 590 < conn.zscore("rq:failed:classify", job_id) - time.time() <= 600
 

@@ -16,6 +16,8 @@ from worker.pipeline import InHand, Pipeline, PipelineSettings
 from worker.store import StoreUnavailable
 from worker.store.memory import MemoryBroker, MemoryStore
 
+from ..conftest import wait_for
+
 
 class PassThrough:
     """A decoder whose pixels are the job's bytes; ``b"bad"`` is refused like a corrupt image. A take's images
@@ -424,15 +426,6 @@ def test_a_full_hand_takes_again_only_once_half_a_batch_has_room():
     thread.join(10)
     assert not thread.is_alive() and all(broker.status(i) == "finished" for i in ids)
     assert min(store.asked) >= 4, store.asked  # cap 8: never fewer than half a batch asked for
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 class BrokenDevice(Recorder):

@@ -11,6 +11,7 @@ from worker.errors import JobError
 from worker.pipeline import InHand, Pipeline, PipelineSettings
 from worker.store.memory import MemoryBroker, MemoryStore
 
+from ..conftest import wait_for
 from .test_pipeline import PassThrough, Recorder
 
 
@@ -137,10 +138,10 @@ def test_a_stop_waits_only_for_the_fetches_under_way_and_gives_the_others_back()
     thread = threading.Thread(target=pipeline.run, daemon=True)
     thread.start()
     assert origin.started.acquire(timeout=5) and origin.started.acquire(timeout=5)  # two fetches under way
-    assert wait_until(lambda: hand.count() == 10)
+    assert wait_for(lambda: hand.count() == 10)
     stop.set()
     # the slow origin answers once the stage has shut down and emptied its queue (what was dropped is dropped)
-    assert wait_until(lambda: stage.pool._shutdown)
+    assert wait_for(lambda: stage.pool._shutdown)
     with stage.pool._shutdown_lock:  # held while a shutdown drops what is queued: dropped once we get it
         origin.release.set()
     thread.join(10)
@@ -148,12 +149,3 @@ def test_a_stop_waits_only_for_the_fetches_under_way_and_gives_the_others_back()
     assert store.give_back(hand.snapshot(), min_age_s=0.0) and hand.count() == 0  # what the service does next
     states = [broker.status(i) for i in ids]
     assert states.count("finished") == 2 and states.count("queued") == 8 and len(broker.queue) == 8
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ from worker.infer import Predictor
 from worker.model import load_model
 from worker.reload import Reloader, file_identity
 from worker.startup import load_warm
+
+from ..conftest import wait_for
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_a_reload_refused_for_out_of_memory_is_tried_again_after_a_back_off(link
     reloader = Reloader(str(link), predictor, load, identity=None)
     assert not reloader.reload() and reloader.refused == 1
     assert not reloader._changed()  # not at the next poll: each try loads a copy beside the serving one
-    assert wait_until(reloader._changed)  # the same file again, once the back-off has passed
+    assert wait_for(reloader._changed)  # the same file again, once the back-off has passed
     assert not reloader.reload() and not reloader._changed()  # refused again: the back-off doubled
     other = link.parent / "other.pt"
     other.write_bytes(Path(tiny_model_path).read_bytes())
@@ -51,15 +52,6 @@ def flip(link: Path, target: Path) -> None:
     tmp = link.with_suffix(".new")
     tmp.symlink_to(target)
     os.replace(tmp, link)
-
-
-def wait_until(condition, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_a_bad_file_is_refused_once_not_at_every_poll(link, tmp_path):
