@@ -68,6 +68,7 @@ class WorkerSettings:
     health_port: int = 0
     stall_timeout_s: float = 300.0
     model_watch_s: float = 0.0
+    reload_lock: str = ""  # processes sharing a device and this file reload one at a time (the launcher sets it)
 
     @property
     def worker_name(self) -> str:

@@ -223,6 +223,14 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "(a symlink flip); 0: only on SIGHUP",
     ),
     (
+        "--reload-lock",
+        "WORKER_RELOAD_LOCK",
+        str,
+        "a lock file shared by the worker processes on one device: they load a new model version one at a time "
+        "(each holds a spare copy of the weights while it loads); the launcher gives its K children on a device "
+        "one of its own",
+    ),
+    (
         "--stall-timeout-s",
         "WORKER_STALL_TIMEOUT_S",
         float,

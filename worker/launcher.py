@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import asdict, replace
@@ -71,10 +72,19 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def plan_children(settings: WorkerSettings, devices: list[str], cores: int | None = None) -> list[WorkerSettings]:
+def plan_children(
+    settings: WorkerSettings, devices: list[str], cores: int | None = None, lock_dir: str = ""
+) -> list[WorkerSettings]:
     """Each child's settings: ``--workers-per-device`` children per device, in device order, each with its own
-    ports and name index, and its share of ``cores`` for threads left automatic (0)."""
+    ports and name index, its share of ``cores`` for threads left automatic (0), and, with K > 1 and a
+    ``lock_dir``, a reload lock per device (unless ``--reload-lock`` names one)."""
     per_device = max(1, settings.workers_per_device)
+
+    def lock(device: str) -> str:
+        if settings.reload_lock or per_device == 1 or not lock_dir:
+            return settings.reload_lock
+        return os.path.join(lock_dir, device.replace(":", "") + ".reload.lock")
+
     children = [d for d in devices for _ in range(per_device)]
     share = max(1, (settings.cpus or cores or usable_cores()) // len(children))
     split = len(children) > 1 or settings.cpus > 0  # one process alone picks its own threads, unless told its CPUs
@@ -91,6 +101,7 @@ def plan_children(settings: WorkerSettings, devices: list[str], cores: int | Non
             name=f"{settings.name}:{i}" if settings.name else "",
             decode_threads=settings.decode_threads or (share if split else 0),
             torch_threads=settings.torch_threads or (share if split else 0),
+            reload_lock=lock(device),
         )
         for i, device in enumerate(children)
     ]
@@ -108,7 +119,9 @@ class Launcher:
 
     def __init__(self, settings: WorkerSettings, devices: list[str]) -> None:
         self.context = multiprocessing.get_context("spawn")
-        self.settings = [asdict(child) for child in plan_children(settings, devices)]
+        # the K children on a device reload a new model version one at a time (worker.reload.ReloadTurn)
+        self.lock_dir = "" if settings.workers_per_device < 2 else tempfile.mkdtemp(prefix="adclassify-")
+        self.settings = [asdict(child) for child in plan_children(settings, devices, lock_dir=self.lock_dir)]
         count = len(self.settings)
         self.procs: list[multiprocessing.process.BaseProcess | None] = [None] * count
         self.started = [0.0] * count
@@ -130,6 +143,13 @@ class Launcher:
     def run(self) -> int:
         """Supervise until stopped; return 0 once every child has exited. With ``--burst``, a child that exits 0
         (its queue was empty) is done, not restarted, and the launcher returns when every child is done."""
+        try:
+            return self._supervise()
+        finally:
+            if self.lock_dir:
+                shutil.rmtree(self.lock_dir, ignore_errors=True)
+
+    def _supervise(self) -> int:
         for i in range(len(self.procs)):
             self._start(i)
         due: dict[int, float] = {}

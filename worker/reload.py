@@ -6,10 +6,15 @@ it on every bucket (the load warms), and check that it answers the warm-up batch
 runs it from the next batch on. Jobs in hand finish on the model that started them, and every result
 names the tag that produced it. A model that fails to load, warm or answer is refused with one log
 line (and ``refused``, counted); the old one keeps serving.
+
+Processes that share a device and a ``--reload-lock`` file (the launcher gives its K children on a device
+one) reload one at a time: each holds a copy of the weights beside its serving one while it loads, so K at
+once would need K spare copies of device memory, one at a time one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -25,6 +30,53 @@ from .model import Classifier, ModelError
 
 log = logging.getLogger(__name__)
 OOM_RETRY_S, OOM_RETRY_MAX_S = 30.0, 600.0  # a reload out of memory: first retry, longest wait between retries
+TURN_WAIT_MAX_S = 600.0  # a sibling's reload taking longer than this (hung?) is not waited for any more
+
+
+class ReloadTurn:
+    """One reload at a time among the processes sharing ``path`` (an ``flock``: the kernel releases it when its
+    holder dies, so a child killed mid-reload never blocks its siblings). No path: always our turn."""
+
+    def __init__(self, path: str = "") -> None:
+        self.path, self.fd, self.held = path, -1, False
+        if path:
+            try:
+                self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                log.warning("model reload: cannot open the lock %s (%s); reloads won't wait for others", path, exc)
+
+    def take(self, stopping: threading.Event, max_wait_s: float | None = None) -> bool:
+        """Wait for our turn; False if ``stopping`` was set first. Past ``max_wait_s`` go on without it (logged)."""
+        if self.fd < 0:
+            return True
+        deadline = time.monotonic() + (TURN_WAIT_MAX_S if max_wait_s is None else max_wait_s)
+        waited = False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.held = True
+                return True
+            except BlockingIOError:
+                pass
+            if not waited:
+                log.info("model reload: waiting for another worker on this device to finish its reload")
+                waited = True
+            if time.monotonic() >= deadline:
+                log.warning("model reload: another worker's reload has held %s too long; loading anyway", self.path)
+                return True
+            if stopping.wait(0.05):
+                return False
+
+    def give(self) -> None:
+        if self.held:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.held = False
+
+    def close(self) -> None:
+        self.give()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def file_identity(path: str) -> tuple[int, int, int, int] | None:
@@ -50,12 +102,14 @@ class Reloader(threading.Thread):
         on_swap: Callable[[str], None] | None = None,
         on_refuse: Callable[[], None] | None = None,
         wanted: threading.Event | None = None,
+        turn: ReloadTurn | None = None,
     ) -> None:
         super().__init__(name="model-reloader", daemon=True)
         self.path, self.predictor, self.load, self.watch_s = path, predictor, load, watch_s
         self.on_swap = on_swap or (lambda tag: None)
         self.on_refuse = on_refuse or (lambda: None)
         self.wanted, self.stopping = wanted or threading.Event(), threading.Event()
+        self.turn = turn or ReloadTurn()  # shared with the other processes on this device: one reload at a time
         self.identity = identity  # of the file the running model was loaded from (read before it was loaded)
         self.swapped = self.refused = 0
         # a file refused for running out of memory is tried again at a poll, after a back-off (each try loads a
@@ -72,13 +126,19 @@ class Reloader(threading.Thread):
         self.wanted.set()
 
     def run(self) -> None:
-        while not self.stopping.is_set():
-            self.wanted.wait(self.watch_s if self.watch_s > 0 else None)
-            if self.stopping.is_set():
-                return
-            if self.wanted.is_set() or self._changed():
-                self.wanted.clear()
-                self.reload()
+        try:
+            while not self.stopping.is_set():
+                self.wanted.wait(self.watch_s if self.watch_s > 0 else None)
+                if self.stopping.is_set():
+                    return
+                if (self.wanted.is_set() or self._changed()) and self.turn.take(self.stopping):
+                    self.wanted.clear()  # asked before the file is read (once our turn came): this reload answers it
+                    try:
+                        self.reload()
+                    finally:
+                        self.turn.give()
+        finally:
+            self.turn.close()
 
     def _changed(self) -> bool:
         now = file_identity(self.path)

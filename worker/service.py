@@ -28,7 +28,7 @@ from .model import Classifier
 from .pipeline import InHand, Pipeline, Stats
 from .progress import pipeline_settings_for
 from .redisconn import connect, store_timeouts
-from .reload import Reloader, file_identity
+from .reload import Reloader, ReloadTurn, file_identity
 from .startup import load_warm, prepare_model
 from .store import QueueStore, StoreUnavailable
 from .store.rq import RedisStore
@@ -229,6 +229,7 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
             identity=identity,
             watch_s=settings.model_watch_s,
             wanted=reload_requests,
+            turn=ReloadTurn(settings.reload_lock),
             on_swap=lambda tag: swapped(tag, store, settings, decoder.backend, metrics),
             on_refuse=lambda: metrics is None or metrics.reloads.labels("refused").inc(),
         )

@@ -185,3 +185,20 @@ def test_a_flip_made_while_the_worker_starts_is_followed(monkeypatch, redis_url,
     finally:
         stop.set()
         thread.join(30)
+
+
+def test_the_launchers_sighup_swaps_k_children_that_share_a_reload_lock(
+    redis_url, conn, start_worker, current, version_8, tmp_path
+):
+    launcher = start_worker("--model", str(current), "--workers-per-device", "2", "--batch-size", "4",
+                            env={"TMPDIR": str(tmp_path)})  # fmt: skip
+    wait_for_workers(conn, 2)
+    (lock,) = tmp_path.glob("adclassify-*/cpu.reload.lock")  # opened by the children: they reload in turn
+    assert served(conn) == ["tiny@7", "tiny@7"]
+    flip(current, version_8)
+    launcher.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: served(conn) == ["tiny@8", "tiny@8"], 60)  # each child, one after the other
+    assert Producer(redis_url).classify(image_bytes("cat.jpg"), timeout=60)["model"] == "tiny@8"
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=60) == 0
+    assert not lock.parent.exists()

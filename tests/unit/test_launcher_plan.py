@@ -39,3 +39,12 @@ def test_the_pods_cpus_are_split_between_the_children_not_the_nodes_cores():
     assert (alone.decode_threads, alone.torch_threads) == (8, 8)  # one process: all of the pod's, not 64
     explicit = WorkerSettings(model="m", workers_per_device=2, cpus=8, decode_threads=6)
     assert {c.decode_threads for c in plan_children(explicit, ["cuda:0"], cores=64)} == {6}  # explicit wins
+
+
+def test_the_children_on_one_device_share_a_reload_lock_and_other_devices_have_their_own():
+    children = plan_children(WorkerSettings(model="m", workers_per_device=2), ["cuda:0", "cuda:1"], 16, "/run/x")
+    assert [c.reload_lock for c in children] == ["/run/x/cuda0.reload.lock"] * 2 + ["/run/x/cuda1.reload.lock"] * 2
+    one_each = plan_children(WorkerSettings(model="m"), ["cuda:0", "cuda:1"], 16, "/run/x")
+    assert {c.reload_lock for c in one_each} == {""}  # alone on its device: nobody to wait for
+    given = WorkerSettings(model="m", workers_per_device=2, reload_lock="/locks/gpu.lock")
+    assert {c.reload_lock for c in plan_children(given, ["cuda:0"], 16, "/run/x")} == {"/locks/gpu.lock"}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ import torch
 from worker.config import WorkerSettings
 from worker.infer import Predictor
 from worker.model import load_model
-from worker.reload import Reloader, file_identity
+from worker.reload import Reloader, ReloadTurn, file_identity
 from worker.startup import load_warm
 
 from ..conftest import wait_for
@@ -78,3 +82,81 @@ def test_a_new_version_is_warmed_and_run_only_up_to_a_cap_an_out_of_memory_lower
     predictor.swap(new)
     predictor.launch([bytes(32 * 32 * 3)])
     assert predictor.model is new and max(new.buckets) == 2
+
+
+def test_workers_sharing_a_reload_lock_load_a_new_version_one_at_a_time(link, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="worker.reload")
+    lock, events, first_may_finish = str(tmp_path / "cuda0.reload.lock"), [], threading.Event()
+
+    def reloader(name: str) -> Reloader:
+        def load(path: str):
+            events.append(f"{name} loads")
+            if name == "a":
+                assert first_may_finish.wait(20)
+            return load_model(path, max_batch=2)
+
+        predictor = Predictor(load_model(link, max_batch=2), cap=2)
+        return Reloader(
+            str(link), predictor, load, turn=ReloadTurn(lock), on_swap=lambda t: events.append(f"{name} swaps")
+        )
+
+    a, b = reloader("a"), reloader("b")
+    try:
+        a.start(), a.request()
+        wait_for(lambda: events == ["a loads"])
+        b.start(), b.request()  # the launcher's SIGHUP reaches both children at once
+        wait_for(lambda: "waiting for another worker on this device" in caplog.text)
+        assert events == ["a loads"]  # b holds no second spare copy while a loads
+        first_may_finish.set()
+        wait_for(lambda: b.swapped == 1)
+        assert events == ["a loads", "a swaps", "b loads", "b swaps"]
+    finally:
+        first_may_finish.set()
+        a.stop(), b.stop()
+
+
+def test_a_reload_lock_held_by_a_process_that_died_is_free_again(link, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="worker.reload")
+    lock = tmp_path / "cuda0.reload.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
+    )  # a sibling killed mid-reload (the out-of-memory killer, a crash)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        predictor = Predictor(load_model(link, max_batch=2), cap=2)
+        reloader = Reloader(
+            str(link), predictor, lambda path: load_model(path, max_batch=2), turn=ReloadTurn(str(lock))
+        )
+        reloader.start(), reloader.request()
+        wait_for(lambda: "waiting for another worker on this device" in caplog.text)
+        assert reloader.swapped == 0
+        holder.kill()
+        wait_for(lambda: reloader.swapped == 1)
+    finally:
+        holder.kill()
+        holder.wait(10)
+        reloader.stop()
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_turn_not_given_back_in_time_is_not_waited_for_forever(tmp_path):
+    path = str(tmp_path / "l")
+    first, second = ReloadTurn(path), ReloadTurn(path)
+    never = threading.Event()
+    assert first.take(never)
+    assert second.take(never, max_wait_s=0.2)  # a hung sibling: go on, logged
+    assert not second.held
+    stopping = threading.Event()
+    stopping.set()
+    assert not ReloadTurn(path).take(stopping, max_wait_s=30)  # a stop ends the wait
+    first.give()
+    assert second.take(never) and second.held
+    first.close(), second.close()
