@@ -36,6 +36,7 @@ from .store.sharded import ShardedStore
 from .tracing import Tracing
 
 log = logging.getLogger(__name__)
+RELOADER_JOIN_S = 30.0  # at a stop, how long a reload in progress may take to finish
 
 
 def make_gate(settings: WorkerSettings, model: Classifier) -> Gate:
@@ -240,6 +241,7 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
             )
         finally:
             reloader.stop()
+            reloader.join(RELOADER_JOIN_S)  # a thread left to the interpreter's exit aborted it at times (-6)
     finally:
         for server in probes:
             server.close()
@@ -287,6 +289,7 @@ def serve(
     finally:
         watchdog.stop()
         heartbeat.stop()
+        watchdog.join(5.0)  # as the reloader: no thread left running into the interpreter's exit
         if pipeline.unfetched and not pipeline.unrecorded:  # jobs dropped unfetched; no take is in flight now
             with contextlib.suppress(StoreUnavailable):
                 store.give_back(hand.snapshot(), min_age_s=0.0)

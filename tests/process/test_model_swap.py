@@ -202,3 +202,22 @@ def test_the_launchers_sighup_swaps_k_children_that_share_a_reload_lock(
     launcher.send_signal(signal.SIGTERM)
     assert launcher.wait(timeout=60) == 0
     assert not lock.parent.exists()
+
+
+def test_a_stopped_worker_leaves_no_reloader_or_watchdog_thread_behind(monkeypatch, redis_url, conn, current):
+    """Threads still running when the interpreter finalises are killed mid-call (pthread_exit): a reloader
+    thread woken by the stop aborted the process at exit now and then (exit -6, 'terminate called')."""
+    from worker import service
+
+    made: list[threading.Thread] = []
+    for module, name in ((service, "Reloader"), (service, "Watchdog")):
+        real = getattr(module, name)
+        monkeypatch.setattr(
+            module, name, type(name, (real,), {"start": lambda self, real=real: (made.append(self), real.start(self))})
+        )
+    _, stop, _, thread = run_in_process(monkeypatch, settings_for(redis_url, current))
+    wait_for_workers(conn)
+    stop.set()
+    thread.join(30)
+    assert not thread.is_alive() and len(made) == 2
+    assert [t.name for t in made if t.is_alive()] == []  # joined before run() returned
