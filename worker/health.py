@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,19 @@ class Watchdog(threading.Thread):
         self.health.alarm.set()
 
 
+class Probed(Protocol):
+    """What the probe server answers from: a worker's ``Health``, or the launcher's ``scrape.ChildrenPage``."""
+
+    stalled: bool
+    registry: Any
+
+    def ready(self) -> tuple[bool, str]: ...
+
+
 class ProbeServer:
     """``/healthz``, ``/readyz`` (and ``/metrics`` when ``health.registry`` is set) on ``port``."""
 
-    def __init__(self, port: int, health: Health) -> None:
+    def __init__(self, port: int, health: Probed) -> None:
         handler = type("Handler", (_Handler,), {"health": health})
         self.server = ThreadingHTTPServer(("0.0.0.0", port), handler)
         self.server.daemon_threads = True
@@ -140,7 +149,7 @@ class ProbeServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    health: Health
+    health: Probed
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

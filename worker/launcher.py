@@ -22,9 +22,15 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, replace
+from typing import TYPE_CHECKING
 
 from .backoff import Backoff
 from .config import WorkerSettings
+from .scrape import child_metrics_port
+
+if TYPE_CHECKING:
+    from .health import ProbeServer
+    from .scrape import ChildrenPage
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,7 @@ def plan_children(
     ports and name index, its share of ``cores`` for threads left automatic (0), and, with K > 1 and a
     ``lock_dir``, a reload lock per device (unless ``--reload-lock`` names one)."""
     per_device = max(1, settings.workers_per_device)
+    count = per_device * len(devices)
 
     def lock(device: str) -> str:
         if settings.reload_lock or per_device == 1 or not lock_dir:
@@ -86,16 +93,20 @@ def plan_children(
         return os.path.join(lock_dir, device.replace(":", "") + ".reload.lock")
 
     children = [d for d in devices for _ in range(per_device)]
-    share = max(1, (settings.cpus or cores or usable_cores()) // len(children))
-    split = len(children) > 1 or settings.cpus > 0  # one process alone picks its own threads, unless told its CPUs
+    share = max(1, (settings.cpus or cores or usable_cores()) // count)
+    split = count > 1 or settings.cpus > 0  # one process alone picks its own threads, unless told its CPUs
     port, health = settings.metrics_port, settings.health_port
+
+    def metrics_port(i: int) -> int:  # several children: the launcher serves their merged page on the base port
+        return 0 if not port else port if count == 1 else child_metrics_port(port, i)
+
     return [
         replace(
             settings,
             device=device,
             devices="",
             workers_per_device=1,
-            metrics_port=port + i if port else 0,
+            metrics_port=metrics_port(i),
             health_port=health + i if health else 0,
             # a fixed --name gets the child's index: same-named workers would take each other for restarts
             name=f"{settings.name}:{i}" if settings.name else "",
@@ -105,6 +116,17 @@ def plan_children(
         )
         for i, device in enumerate(children)
     ]
+
+
+class Closing:
+    """Closes what it holds, in order."""
+
+    def __init__(self, *parts: ProbeServer | ChildrenPage) -> None:
+        self.parts = parts
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
 
 
 def _child(settings: dict) -> None:
@@ -123,6 +145,7 @@ class Launcher:
         self.lock_dir = "" if settings.workers_per_device < 2 else tempfile.mkdtemp(prefix="adclassify-")
         self.settings = [asdict(child) for child in plan_children(settings, devices, lock_dir=self.lock_dir)]
         count = len(self.settings)
+        self.metrics_port = settings.metrics_port if count > 1 else 0  # the children's merged page (worker.scrape)
         self.procs: list[multiprocessing.process.BaseProcess | None] = [None] * count
         self.started = [0.0] * count
         self.backoff = [Backoff(1.0) for _ in range(count)]  # between restarts of each child
@@ -143,11 +166,26 @@ class Launcher:
     def run(self) -> int:
         """Supervise until stopped; return 0 once every child has exited. With ``--burst``, a child that exits 0
         (its queue was empty) is done, not restarted, and the launcher returns when every child is done."""
+        page = self._serve_metrics()
         try:
             return self._supervise()
         finally:
+            if page is not None:
+                page.close()
             if self.lock_dir:
                 shutil.rmtree(self.lock_dir, ignore_errors=True)
+
+    def _serve_metrics(self) -> Closing | None:
+        """With several children and ``--metrics-port``: their metrics as one page on that port (one target)."""
+        if not self.metrics_port:
+            return None
+        from .health import ProbeServer
+        from .scrape import ChildrenPage
+
+        page = ChildrenPage([child["metrics_port"] for child in self.settings])
+        server = ProbeServer(self.metrics_port, page)
+        log.info("the %d worker processes' metrics: http://0.0.0.0:%d/metrics", len(self.settings), server.port)
+        return Closing(server, page)
 
     def _supervise(self) -> int:
         for i in range(len(self.procs)):

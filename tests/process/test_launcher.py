@@ -6,14 +6,28 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from rq import Worker
 
+from bench.devserver import free_port
 from producer import Producer
 from worker.launcher import parse_devices
 
 from ..conftest import ROOT, image_bytes, wait_for
+
+
+def finished_by_process(port: int) -> dict[str, float]:
+    """``adclassify_jobs_total{outcome="ok"}`` per worker process, from the launcher's merged page."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        s.labels["process"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "adclassify_jobs_total" and s.labels["outcome"] == "ok"
+    }
 
 
 def test_device_specs():
@@ -83,6 +97,8 @@ def test_workers_per_device_starts_k_distinct_workers_that_share_the_queue(redis
         "200",
         "--batch-size",
         "4",
+        "--metrics-port",
+        str(port := free_port()),
     ]
     launcher = subprocess.Popen(args, cwd=ROOT)
     try:
@@ -92,6 +108,9 @@ def test_workers_per_device_starts_k_distinct_workers_that_share_the_queue(redis
         ids = producer.enqueue_many([image_bytes("cat.jpg")] * 40)
         results = [producer.result(job_id, timeout=60) for job_id in ids]
         assert all(r["ok"] for r in results)
+        # one scrape target for the pod: both children's series on the launcher's port, labelled by process
+        jobs = wait_for(lambda: finished_by_process(port) if sum(finished_by_process(port).values()) == 40 else None)
+        assert set(jobs) == {"0", "1"}
     finally:
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(timeout=60) == 0

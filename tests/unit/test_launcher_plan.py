@@ -10,7 +10,7 @@ def test_k_workers_per_device_get_their_own_ports_names_and_a_share_of_the_cores
     base = WorkerSettings(model="m", workers_per_device=2, metrics_port=9100, health_port=8080, name="box")
     children = plan_children(base, ["cuda:0", "cuda:1"], cores=16)
     assert [c.device for c in children] == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
-    assert [c.metrics_port for c in children] == [9100, 9101, 9102, 9103]
+    assert [c.metrics_port for c in children] == [9101, 9102, 9103, 9104]  # 9100: the launcher's merged page
     assert [c.health_port for c in children] == [8080, 8081, 8082, 8083]
     assert len({c.name for c in children}) == 4 and all(c.name.startswith("box:") for c in children)
     assert {c.decode_threads for c in children} == {4} and {c.torch_threads for c in children} == {4}
@@ -22,6 +22,8 @@ def test_threads_given_explicitly_are_kept_and_one_child_keeps_the_automatic_cho
     assert {(c.decode_threads, c.torch_threads) for c in plan_children(explicit, ["cuda:0"], cores=16)} == {(3, 1)}
     alone = plan_children(WorkerSettings(model="m"), ["cuda:0"], cores=16)
     assert len(alone) == 1 and (alone[0].decode_threads, alone[0].torch_threads) == (0, 0)
+    served = plan_children(WorkerSettings(model="m", metrics_port=9100), ["cuda:0"], cores=16)
+    assert [c.metrics_port for c in served] == [9100]  # one process: its own page on the port, no launcher page
 
 
 def test_default_names_stay_distinct_per_process_and_ports_left_off_stay_off():

@@ -1,0 +1,70 @@
+"""The launcher's one metrics page: every child's series, labelled by process, one HELP/TYPE per family."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.devserver import free_port
+from worker.health import Health, ProbeServer
+from worker.metrics import Metrics
+from worker.scrape import ChildrenPage
+
+
+def child(jobs: int, tag: str, ready: bool) -> tuple[ProbeServer, Metrics]:
+    metrics, health = Metrics("cpu"), Health(redis_ttl_s=60)
+    health.registry, health.warmed = metrics.registry, ready
+    health.redis_answered()
+    metrics.serving(tag)
+    result = {"ok": True, "timings_ms": {"queue": 1.0, "decode": 2.0, "infer": 3.0, "total": 6.0}}
+    metrics.observe_batch([result] * jobs, publish_s=0.001)
+    return ProbeServer(0, health), metrics
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_the_launchers_page_holds_every_childs_series_labelled_by_process():
+    (first, _), (second, _) = child(3, "tiny@7", ready=False), child(5, "tiny@8", ready=True)
+    gone = free_port()  # a child restarting: nothing listens
+    page = ChildrenPage([first.port, second.port, gone], timeout_s=2)
+    server = ProbeServer(0, page)
+    try:
+        status, text = get(server.port, "/metrics")
+        assert status == 200
+        assert text.count("# TYPE adclassify_jobs_total counter") == 1  # families merged, not repeated
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert samples[("adclassify_jobs_total", (("outcome", "ok"), ("process", "0")))] == 3
+        assert samples[("adclassify_jobs_total", (("outcome", "ok"), ("process", "1")))] == 5
+        assert samples[("adclassify_model_info", (("process", "0"), ("tag", "tiny@7")))] == 1
+        assert samples[("adclassify_model_info", (("process", "1"), ("tag", "tiny@8")))] == 1
+        assert samples[("adclassify_batch_size_count", (("process", "1"),))] == 1
+        assert samples[("adclassify_worker_processes", (("state", "scraped"),))] == 2
+        assert samples[("adclassify_worker_processes", (("state", "missing"),))] == 1
+        assert get(server.port, "/readyz") == (200, "1 of 3 worker processes ready\n")  # any child ready
+        assert get(server.port, "/healthz")[0] == 200
+    finally:
+        for s in (server, first, second):
+            s.close()
+        page.close()
+
+
+def test_no_child_ready_is_not_ready():
+    (only, _) = child(0, "tiny@7", ready=False)
+    page = ChildrenPage([only.port])
+    try:
+        assert page.ready() == (False, "0 of 1 worker processes ready")
+    finally:
+        only.close()
+        page.close()
