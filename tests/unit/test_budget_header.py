@@ -8,6 +8,7 @@ import random
 from PIL import Image
 
 from worker.decode.budget import header_pixels, jpeg_pixels
+from worker.decode.jpegscan import scan_jpeg
 
 from ..conftest import all_images
 
@@ -58,3 +59,23 @@ def test_fuzzed_jpegs_never_raise_and_never_claim_more_than_the_frame_says():
         assert fast >= 0
         if fast and pillow_pixels(bytes(data)):
             assert fast == pillow_pixels(bytes(data))
+
+
+def test_the_budget_read_from_the_direct_decodes_scan_agrees_with_its_own_walk_on_photos_and_fuzz():
+    """The decode pool walks a JPEG once (``scan_jpeg``) for the budget and the direct decode: where that scan
+    answers, its size is the size the budget's own reading (marker walk, else Pillow) finds."""
+    rng = random.Random(11)
+    photos = [p.read_bytes() for p in all_images()]
+    fuzzed = []
+    for base in (p for p in photos if p[:2] == b"\xff\xd8"):
+        for _ in range(60):
+            data = bytearray(base[:3000])
+            for _ in range(rng.randint(1, 6)):
+                data[rng.randrange(2, len(data))] = rng.randrange(256)
+            fuzzed.append(bytes(data))
+    answered = 0
+    for data in photos + fuzzed:
+        jpeg = scan_jpeg(data)
+        assert header_pixels(data, jpeg) == header_pixels(data)
+        answered += jpeg is not None
+    assert answered >= 50

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .containers import gif_refusal, png_refusal
 from .cpu import ALLOWED_FORMATS
-from .jpegscan import SEGMENTS, SOF
+from .jpegscan import SEGMENTS, SOF, JpegHeader
 
 
 def jpeg_pixels(data: bytes) -> int:
@@ -49,10 +49,13 @@ def jpeg_pixels(data: bytes) -> int:
     return 0
 
 
-def header_pixels(data: bytes) -> int:
-    """Width x height from the image's header (nothing decoded): the JPEG marker walk, else Pillow's header for the
-    formats the decoder reads (another format's plugin may decode while it opens: an ICO's embedded PNG); 0 when
-    the header can't be read (the decoder then refuses the image at once, so it costs nothing)."""
+def header_pixels(data: bytes, jpeg: JpegHeader | None = None) -> int:
+    """Width x height from the image's header (nothing decoded): ``jpeg``, the caller's ``scan_jpeg`` of ``data``
+    (the walk the direct decode needs anyway: it answers only where it agrees with Pillow), else the JPEG marker
+    walk, else Pillow's header for the formats the decoder reads (another format's plugin may decode while it opens:
+    an ICO's embedded PNG); 0 when the header can't be read (the decoder then refuses the image at once)."""
+    if jpeg is not None and jpeg.width > 0 and jpeg.height > 0:
+        return jpeg.width * jpeg.height
     fast = jpeg_pixels(data)
     if fast:
         return fast

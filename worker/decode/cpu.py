@@ -20,7 +20,7 @@ from PIL import __version__ as PIL_VERSION
 
 from . import libjpeg
 from .containers import bmp_rle_refusal, gif_refusal, png_refusal, scan_refusal
-from .jpegscan import HUFFMAN_DCT, LOSSLESS, layout, scan_jpeg
+from .jpegscan import HUFFMAN_DCT, LOSSLESS, UNREAD, JpegHeader, layout, scan_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +182,15 @@ def draft_scale(width: int, height: int, spec: Preprocess) -> int:
     return next((scale for scale in (8, 4, 2, 1) if most >= scale), 1)  # smaller than wanted: full size
 
 
-def decode(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
+def decode(data: bytes, spec: Preprocess, limits: Limits, jpeg: JpegHeader | None = UNREAD) -> bytes:
     """Bytes to uint8 ``H x W x 3`` pixels at the model's size; raise ``ImageError`` on bad input.
 
     A plain JPEG (``worker.decode.jpegscan`` reads its header with certainty, no EXIF rotation) goes
     straight to Pillow's libjpeg decoder, resize and crop, skipping ``Image.open``'s Python header parser
     (~60 of ~95 µs per 48-px JPEG); every other image, and any plain JPEG near a limit, goes through
-    ``pillow_decode``. Both give the same bytes (tests/unit/test_direct_decode.py)."""
-    pixels = _plain_jpeg(data, spec, limits) if direct_path_works() else None
+    ``pillow_decode``. Both give the same bytes (tests/unit/test_direct_decode.py). ``jpeg``: ``scan_jpeg(data)``
+    when the caller has read it already (the decode pool's pixel budget does)."""
+    pixels = _plain_jpeg(data, spec, limits, jpeg) if direct_path_works() else None
     return pixels if pixels is not None else pillow_decode(data, spec, limits)
 
 
@@ -238,10 +239,13 @@ class DirectCheck:
 direct_path_works = DirectCheck()
 
 
-def _plain_jpeg(data: bytes, spec: Preprocess, limits: Limits) -> bytes | None:
+def _plain_jpeg(data: bytes, spec: Preprocess, limits: Limits, header: JpegHeader | None = UNREAD) -> bytes | None:
     """``pillow_decode``'s steps for a plain JPEG on Pillow's C objects; None when it is not one (or when a
     setting of Pillow's makes its reading differ: truncated images loaded, a bomb limit)."""
-    header = scan_jpeg(data) if len(data) <= limits.max_bytes and not ImageFile.LOAD_TRUNCATED_IMAGES else None
+    if len(data) > limits.max_bytes or ImageFile.LOAD_TRUNCATED_IMAGES:
+        return None
+    if header is UNREAD:
+        header = scan_jpeg(data)
     if header is None or header.orientation != 1 or header.width < 1 or header.height < 1:
         return None
     if header.frame not in HUFFMAN_DCT:

@@ -47,6 +47,9 @@ class JpegHeader:
     multi_scan: bool = False  # progressive, or a first scan without every component: the scans may repeat
 
 
+UNREAD = JpegHeader(0, 0, "", False, (), 0)  # "not scanned yet": a caller that has not walked the file itself
+
+
 class _Unsure(Exception):
     """A segment this scan does not read exactly as Pillow would: Pillow reads the header instead."""
 

@@ -22,15 +22,16 @@ from . import Decoded, DecodeResult, submit_each
 from .budget import PixelBudget, header_pixels
 from .cpu import ImageError, Limits, Preprocess, decode
 from .gate import Gate, NoGate
+from .jpegscan import UNREAD, JpegHeader, scan_jpeg
 
 log = logging.getLogger(__name__)
 
 
-def decode_one(data: bytes, spec: Preprocess, limits: Limits) -> DecodeResult:
+def decode_one(data: bytes, spec: Preprocess, limits: Limits, jpeg: JpegHeader | None = UNREAD) -> DecodeResult:
     """Decode in this thread; bad input becomes a ``JobError`` (deterministic: never retried)."""
     start = time.monotonic()
     try:
-        pixels, error = decode(data, spec, limits), None
+        pixels, error = decode(data, spec, limits, jpeg), None
     except ImageError as exc:
         pixels, error = None, JobError(exc.kind, str(exc))
     return DecodeResult(pixels, error, start, (time.monotonic() - start) * 1000)
@@ -63,8 +64,9 @@ class ThreadDecoder:
         submit_each(self, images, done)
 
     def _run(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
-        with self.budget.hold(header_pixels(data)), self.gate.decoding():
-            result = decode_one(data, self.spec, self.limits)
+        jpeg = scan_jpeg(data)  # one walk of a JPEG's segments: the budget's size and the direct decode's header
+        with self.budget.hold(header_pixels(data, jpeg)), self.gate.decoding():
+            result = decode_one(data, self.spec, self.limits, jpeg)
         if result.error is None:
             self.gate.decoded()
         done(result)
