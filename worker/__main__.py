@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import logging
 import os
@@ -13,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import WorkerSettings, add_arguments, redis_url_problem, settings_from
-from .serve import serve_one, setup_logging
+from .serve import exit_now, serve_one, setup_logging
 
 log = logging.getLogger("worker")
 
@@ -54,6 +53,7 @@ def launch(settings: WorkerSettings) -> int:
         if launcher.stop.is_set():
             log.warning("second signal %s: killing the workers", signum)
             launcher.kill_children()
+            launcher.clean_up()
             os._exit(1)
         log.info("signal %s: stopping the workers gracefully", signum)
         launcher.stop.set()
@@ -103,17 +103,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     return run_main(argv)
-
-
-def exit_now(code: int) -> None:
-    """Run the exit handlers (log and trace flushes), then end the process without tearing torch down: an
-    AOTInductor package's runner holds C++ threads whose destructors abort the process (SIGABRT, "terminate
-    called without an active exception") when the interpreter finalizes after a clean stop. A launcher's
-    children end this way already (multiprocessing's ``os._exit``)."""
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

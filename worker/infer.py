@@ -29,6 +29,7 @@ class Predictor:
         self.threads = torch.get_num_threads()  # OpenMP's team size is per thread: the infer thread gets ours
         self._pending: Classifier | None = None
         self._swap_lock = threading.Lock()
+        self._launching = threading.Lock()  # held while a batch starts: ``settle`` swaps between two launches
 
     def swap(self, model: Classifier) -> None:
         """Run ``model`` from the next batch on (the batch in the forward pass finishes on the old one, and its
@@ -41,6 +42,18 @@ class Predictor:
             )
         with self._swap_lock:
             self._pending = model
+
+    def settle(self, timeout_s: float = 10.0) -> bool:
+        """Run a swapped-in model now rather than at the next batch (an idle worker would otherwise hold both
+        versions until traffic comes); False if a batch kept starting for ``timeout_s``."""
+        if not self._launching.acquire(timeout=timeout_s):
+            return False
+        try:
+            if self._pending is not None:
+                self._take_pending()
+        finally:
+            self._launching.release()
+        return True
 
     def _take_pending(self) -> None:
         with self._swap_lock:
@@ -66,20 +79,21 @@ class Predictor:
 
     def launch(self, pixels: Sequence[bytes | torch.Tensor]) -> Launched:
         """Start the forward pass of a batch; ``result()`` waits for its top-k (see ``predict``)."""
-        if self._pending is not None:
-            self._take_pending()
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        start, tag = time.perf_counter(), self.tag  # the tag of the model that runs this batch
-        if not pixels:
-            return Launched([], start, [], tag=tag)
-        try:
-            with self.gate.forward(len(pixels)):
-                parts = self._forward(self._stack(pixels))
-        except (RuntimeError, ValueError) as exc:
-            log.exception("model forward failed on a batch of %d", len(pixels))
-            return Launched([], start, [model_error(exc)] * len(pixels), tag=tag)
-        return Launched(parts, start, None, len(pixels), tag)
+        with self._launching:
+            if self._pending is not None:
+                self._take_pending()
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
+            start, tag = time.perf_counter(), self.tag  # the tag of the model that runs this batch
+            if not pixels:
+                return Launched([], start, [], tag=tag)
+            try:
+                with self.gate.forward(len(pixels)):
+                    parts = self._forward(self._stack(pixels))
+            except (RuntimeError, ValueError) as exc:
+                log.exception("model forward failed on a batch of %d", len(pixels))
+                return Launched([], start, [model_error(exc)] * len(pixels), tag=tag)
+            return Launched(parts, start, None, len(pixels), tag)
 
     def _stack(self, pixels: Sequence[bytes | torch.Tensor]) -> torch.Tensor:
         """One uint8 ``[B, H, W, 3]`` tensor, each image copied once: on the host for Pillow's bytes, on the

@@ -100,14 +100,17 @@ def plan_children(
     def metrics_port(i: int) -> int:  # several children: the launcher serves their merged page on the base port
         return 0 if not port else port if count == 1 else child_metrics_port(port, i)
 
-    return [
+    def health_port(i: int) -> int:  # one port for both (the probes are on the metrics port too): the launcher's
+        return 0 if not health or (count > 1 and health == port) else health + i  # page answers the pod's probes
+
+    planned = [
         replace(
             settings,
             device=device,
             devices="",
             workers_per_device=1,
             metrics_port=metrics_port(i),
-            health_port=health + i if health else 0,
+            health_port=health_port(i),
             # a fixed --name gets the child's index: same-named workers would take each other for restarts
             name=f"{settings.name}:{i}" if settings.name else "",
             decode_threads=settings.decode_threads or (share if split else 0),
@@ -116,6 +119,19 @@ def plan_children(
         )
         for i, device in enumerate(children)
     ]
+    _check_ports(planned, port if count > 1 else 0)
+    return planned
+
+
+def _check_ports(children: list[WorkerSettings], page: int) -> None:
+    """Every port the launcher and its children listen on, distinct; ``SystemExit`` with one line otherwise."""
+    ports = [p for p in [page] + [p for c in children for p in dict.fromkeys((c.metrics_port, c.health_port))] if p]
+    if len(ports) != len(set(ports)):
+        raise SystemExit(
+            f"worker: ports overlap: with {len(children)} worker processes, --metrics-port P serves the launcher's "
+            f"page and P+1..P+{len(children)} the processes' own, --health-port H serves H..H+{len(children) - 1}; "
+            "give them ranges that do not meet (or the same port for both)"
+        )
 
 
 class Closing:
@@ -130,10 +146,10 @@ class Closing:
 
 
 def _child(settings: dict) -> None:
-    """Entry point of one spawned worker process."""
-    from .serve import serve_one
+    """Entry point of one spawned worker process: its exit status is ``serve_one``'s (a name taken: 2)."""
+    from .serve import exit_now, serve_one
 
-    serve_one(WorkerSettings(**settings))
+    exit_now(serve_one(WorkerSettings(**settings)))
 
 
 class Launcher:
@@ -143,7 +159,11 @@ class Launcher:
         self.context = multiprocessing.get_context("spawn")
         # the K children on a device reload a new model version one at a time (worker.reload.ReloadTurn)
         self.lock_dir = "" if settings.workers_per_device < 2 else tempfile.mkdtemp(prefix="adclassify-")
-        self.settings = [asdict(child) for child in plan_children(settings, devices, lock_dir=self.lock_dir)]
+        try:
+            self.settings = [asdict(child) for child in plan_children(settings, devices, lock_dir=self.lock_dir)]
+        except SystemExit:
+            self.clean_up()
+            raise
         count = len(self.settings)
         self.metrics_port = settings.metrics_port if count > 1 else 0  # the children's merged page (worker.scrape)
         self.procs: list[multiprocessing.process.BaseProcess | None] = [None] * count
@@ -166,14 +186,19 @@ class Launcher:
     def run(self) -> int:
         """Supervise until stopped; return 0 once every child has exited. With ``--burst``, a child that exits 0
         (its queue was empty) is done, not restarted, and the launcher returns when every child is done."""
-        page = self._serve_metrics()
+        page = None
         try:
+            page = self._serve_metrics()
             return self._supervise()
         finally:
             if page is not None:
                 page.close()
-            if self.lock_dir:
-                shutil.rmtree(self.lock_dir, ignore_errors=True)
+            self.clean_up()
+
+    def clean_up(self) -> None:
+        """Remove the reload locks' directory."""
+        if self.lock_dir:
+            shutil.rmtree(self.lock_dir, ignore_errors=True)
 
     def _serve_metrics(self) -> Closing | None:
         """With several children and ``--metrics-port``: their metrics as one page on that port (one target)."""

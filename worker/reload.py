@@ -164,6 +164,7 @@ class Reloader(threading.Thread):
             if scores.shape[0] != 1 or not bool(torch.isfinite(scores).all()):
                 raise ModelError("the new model's answer to the warm-up batch is not finite scores for one image")
             self.predictor.swap(model)
+            self.predictor.settle()  # the old version out of the predictor now, even on an idle worker
         except (ModelError, RuntimeError, ValueError, OSError) as exc:
             self.refused += 1
             model = None  # what was loaded of it goes
@@ -177,6 +178,8 @@ class Reloader(threading.Thread):
         self.identity, self.short_of_memory = identity, None
         self.backoff.reset()
         self.swapped += 1
+        if torch.cuda.is_available():  # the old version's (and the warm-up's) blocks back to the device before
+            torch.cuda.empty_cache()  # the turn goes to the next process on it: one spare copy at a time
         log.info("model %s loaded and warmed: it runs from the next batch on", model.info.tag)
         self.on_swap(model.info.tag)
         return True

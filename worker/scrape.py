@@ -11,6 +11,7 @@ the launcher restarts a child that exits). The launcher never imports torch: thi
 
 from __future__ import annotations
 
+import http.client
 import logging
 import urllib.error
 import urllib.request
@@ -34,8 +35,8 @@ def _get(port: int, path: str, timeout_s: float) -> tuple[int, str] | None:
             return reply.status, reply.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, ""
-    except (OSError, ValueError):  # refused (a child starting or restarting), timed out
-        return None
+    except (OSError, ValueError, http.client.HTTPException):  # refused (a child starting or restarting), timed
+        return None  # out, or cut short (a child ending mid-answer)
 
 
 class ChildrenPage:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import signal
+import sys
 import threading
 
 from .config import WorkerSettings
@@ -72,3 +74,15 @@ def serve_one(settings: WorkerSettings) -> int:
         log.error("exiting 2: %s", exc)
         return 2
     return 0
+
+
+def exit_now(code: int) -> None:
+    """Run the exit handlers (log and trace flushes), then end the process without tearing torch down: an
+    AOTInductor package's runner holds C++ threads whose destructors abort the process (SIGABRT, "terminate
+    called without an active exception") when the interpreter finalizes after a clean stop, and so did a thread
+    still running then (a model reload in progress). A launcher's children end this way too (``spawn`` children
+    finalize like any interpreter)."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

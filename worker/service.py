@@ -36,7 +36,7 @@ from .store.sharded import ShardedStore
 from .tracing import Tracing
 
 log = logging.getLogger(__name__)
-RELOADER_JOIN_S = 30.0  # at a stop, how long a reload in progress may take to finish
+RELOADER_JOIN_S = 5.0  # at a stop, how long a reload in progress may take to finish (the pod's grace is short)
 
 
 def make_gate(settings: WorkerSettings, model: Classifier) -> Gate:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -28,6 +29,31 @@ def finished_by_process(port: int) -> dict[str, float]:
         for s in family.samples
         if s.name == "adclassify_jobs_total" and s.labels["outcome"] == "ok"
     }
+
+
+def served_by_process(port: int) -> dict[str, str]:
+    """``adclassify_model_info``'s tag per worker process, from the launcher's merged page."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        s.labels["process"]: s.labels["tag"]
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "adclassify_model_info"
+    }
+
+
+def free_range(count: int) -> int:
+    """A port P with P .. P + count - 1 all free now (the launcher's page and its children's)."""
+    for _ in range(50):
+        base = free_port()
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free range of ports")
 
 
 def test_device_specs():
@@ -98,7 +124,7 @@ def test_workers_per_device_starts_k_distinct_workers_that_share_the_queue(redis
         "--batch-size",
         "4",
         "--metrics-port",
-        str(port := free_port()),
+        str(port := free_range(3)),
     ]
     launcher = subprocess.Popen(args, cwd=ROOT)
     try:
@@ -109,8 +135,8 @@ def test_workers_per_device_starts_k_distinct_workers_that_share_the_queue(redis
         results = [producer.result(job_id, timeout=60) for job_id in ids]
         assert all(r["ok"] for r in results)
         # one scrape target for the pod: both children's series on the launcher's port, labelled by process
-        jobs = wait_for(lambda: finished_by_process(port) if sum(finished_by_process(port).values()) == 40 else None)
-        assert set(jobs) == {"0", "1"}
+        wait_for(lambda: sum(finished_by_process(port).values()) == 40)
+        assert served_by_process(port) == {"0": "tiny@7", "1": "tiny@7"}
     finally:
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(timeout=60) == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from worker.config import WorkerSettings
 from worker.launcher import plan_children
 
@@ -50,3 +52,15 @@ def test_the_children_on_one_device_share_a_reload_lock_and_other_devices_have_t
     assert {c.reload_lock for c in one_each} == {""}  # alone on its device: nobody to wait for
     given = WorkerSettings(model="m", workers_per_device=2, reload_lock="/locks/gpu.lock")
     assert {c.reload_lock for c in plan_children(given, ["cuda:0"], 16, "/run/x")} == {"/locks/gpu.lock"}
+
+
+def test_ports_that_would_meet_are_refused_and_one_port_for_both_stays_valid():
+    both = WorkerSettings(model="m", workers_per_device=2, metrics_port=9100, health_port=9100)
+    children = plan_children(both, ["cuda:0"], cores=4)
+    # the probes are on each child's metrics port; the pod's are answered by the launcher's page on 9100
+    assert [(c.metrics_port, c.health_port) for c in children] == [(9101, 0), (9102, 0)]
+    close = WorkerSettings(model="m", workers_per_device=2, metrics_port=9100, health_port=9102)
+    with pytest.raises(SystemExit, match="ports overlap"):
+        plan_children(close, ["cuda:0"], cores=4)  # 9102: child 1's metrics and child 0's probes
+    alone = WorkerSettings(model="m", metrics_port=9100, health_port=9100)
+    assert [(c.metrics_port, c.health_port) for c in plan_children(alone, ["cuda:0"], cores=4)] == [(9100, 9100)]

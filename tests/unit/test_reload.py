@@ -160,3 +160,18 @@ def test_a_turn_not_given_back_in_time_is_not_waited_for_forever(tmp_path):
     first.give()
     assert second.take(never) and second.held
     first.close(), second.close()
+
+
+def test_an_idle_worker_runs_the_new_version_at_once_and_lets_the_old_one_go(link):
+    """Before the turn passes to the next process on the device, the old version is out of the predictor and
+    freed (on CUDA its blocks then go back to the device): an idle worker held both until its next batch."""
+    import gc
+    import weakref
+
+    predictor = Predictor(load_model(link, max_batch=2), cap=2)
+    old = weakref.ref(predictor.model)
+    reloader = Reloader(str(link), predictor, lambda path: load_model(path, max_batch=2))
+    assert reloader.reload()  # no batch runs meanwhile
+    gc.collect()
+    assert old() is None and predictor.model is not None
+    assert predictor.launch([bytes(32 * 32 * 3)]).result()[0]  # and it runs

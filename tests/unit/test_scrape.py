@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.devserver import free_port
@@ -67,4 +68,40 @@ def test_no_child_ready_is_not_ready():
         assert page.ready() == (False, "0 of 1 worker processes ready")
     finally:
         only.close()
+        page.close()
+
+
+def test_a_child_cut_off_mid_answer_is_missing_not_the_whole_page():
+    """A child killed while it answers (out of memory, its watchdog): the others' series still come."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def half_answers() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n# HELP adclassify_jobs_total")
+
+    threading.Thread(target=half_answers, daemon=True).start()
+    (alive, _) = child(2, "tiny@7", ready=True)
+    page = ChildrenPage([alive.port, listener.getsockname()[1]], timeout_s=2)
+    try:
+        families = {f.name: f for f in text_string_to_metric_families(generate_latest(page.registry).decode())}
+        assert [s.labels["process"] for s in families["adclassify_model_info"].samples] == ["0"]
+        assert {s.labels["state"]: s.value for s in families["adclassify_worker_processes"].samples} == {
+            "scraped": 1,
+            "missing": 1,
+        }
+        assert page.ready() == (True, "1 of 2 worker processes ready")
+    finally:
+        stop.set()
+        listener.close()
+        alive.close()
         page.close()
