@@ -169,6 +169,7 @@ class Launcher:
         self.procs: list[multiprocessing.process.BaseProcess | None] = [None] * count
         self.started = [0.0] * count
         self.backoff = [Backoff(1.0) for _ in range(count)]  # between restarts of each child
+        self.restarts = [0] * count  # on the merged metrics page
         self.stop = threading.Event()
 
     def _start(self, i: int) -> None:
@@ -207,7 +208,7 @@ class Launcher:
         from .health import ProbeServer
         from .scrape import ChildrenPage
 
-        page = ChildrenPage([child["metrics_port"] for child in self.settings])
+        page = ChildrenPage([child["metrics_port"] for child in self.settings], restarts=lambda: list(self.restarts))
         server = ProbeServer(self.metrics_port, page)
         log.info("the %d worker processes' metrics: http://0.0.0.0:%d/metrics", len(self.settings), server.port)
         return Closing(server, page)
@@ -231,6 +232,7 @@ class Launcher:
                         "worker %d (pid %d) exited with %s; restarting in %.0f s", i, proc.pid, proc.exitcode, delay_s
                     )
                     due[i] = time.monotonic() + delay_s
+                    self.restarts[i] += 1
             if len(done) == len(self.procs):
                 return 0
             for i, when in list(due.items()):

@@ -3,10 +3,11 @@
 With several worker processes (``--workers-per-device K``, ``--devices``) and ``--metrics-port P``, the
 launcher serves ``/metrics`` on P, and child ``i`` serves its own on ``P + 1 + i``. The launcher's page is
 every child's series with a ``process="i"`` label added (one HELP/TYPE per family), plus
-``adclassify_worker_processes{state="scraped"|"missing"}``: a Kubernetes Service, a ServiceMonitor or a
-``prometheus.io/port`` annotation names one port per pod, whatever K is. ``/readyz`` on P answers 200
-while any child is ready; ``/healthz`` answers for the launcher (each child has its own watchdog, and
-the launcher restarts a child that exits). The launcher never imports torch: this reads text.
+``adclassify_worker_processes{state="scraped"|"missing"}`` and ``adclassify_worker_restarts_total{process}``
+(children the launcher restarted: Kubernetes sees the pod, not a child crash-looping in it). A Kubernetes
+Service, a ServiceMonitor or a ``prometheus.io/port`` annotation names one port per pod, whatever K is.
+``/readyz`` on P answers 200 while any child is ready; ``/healthz`` answers for the launcher (each child has
+its own watchdog, and the launcher restarts a child that exits). The launcher never imports torch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import http.client
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,8 +43,11 @@ def _get(port: int, path: str, timeout_s: float) -> tuple[int, str] | None:
 class ChildrenPage:
     """A prometheus_client collector over the children's pages, and the launcher's probe answers."""
 
-    def __init__(self, ports: list[int], timeout_s: float = SCRAPE_TIMEOUT_S) -> None:
+    def __init__(
+        self, ports: list[int], timeout_s: float = SCRAPE_TIMEOUT_S, restarts: Callable[[], list[int]] | None = None
+    ) -> None:
         self.ports, self.timeout_s = ports, timeout_s
+        self.restarts = restarts or (lambda: [0] * len(ports))  # the launcher's count per process
         self.pool = ThreadPoolExecutor(max_workers=min(8, len(ports)), thread_name_prefix="scrape")
         self.stalled = False  # the probe server's /healthz: the launcher answers, so it is alive
         from prometheus_client import CollectorRegistry
@@ -61,7 +65,7 @@ class ChildrenPage:
         return ready > 0, f"{ready} of {len(answers)} worker processes ready"
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
         from prometheus_client.parser import text_string_to_metric_families
 
         families: dict[str, Metric] = {}
@@ -90,6 +94,14 @@ class ChildrenPage:
         processes.add_metric(["scraped"], scraped)
         processes.add_metric(["missing"], len(self.ports) - scraped)
         yield processes
+        restarts = CounterMetricFamily(
+            "adclassify_worker_restarts",
+            "Worker processes the launcher started again after they exited (a crash loop inside one pod)",
+            labels=["process"],
+        )
+        for index, count in enumerate(self.restarts()):
+            restarts.add_metric([str(index)], count)
+        yield restarts
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

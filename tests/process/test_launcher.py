@@ -42,6 +42,16 @@ def served_by_process(port: int) -> dict[str, str]:
     }
 
 
+def restarts_by_process(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        s.labels["process"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "adclassify_worker_restarts_total"
+    }
+
+
 def free_range(count: int) -> int:
     """A port P with P .. P + count - 1 all free now (the launcher's page and its children's)."""
     for _ in range(50):
@@ -89,6 +99,8 @@ def test_two_cpu_workers_restart_and_stop_together(redis_url, conn, tiny_model_p
         "cpu:2",
         "--idle-wait-ms",
         "200",
+        "--metrics-port",
+        str(port := free_range(3)),
     ]
     launcher = subprocess.Popen(args, cwd=ROOT)
     try:
@@ -99,6 +111,7 @@ def test_two_cpu_workers_restart_and_stop_together(redis_url, conn, tiny_model_p
         os.kill(int(victim_name.rsplit(":", 1)[1].split("-")[0]), signal.SIGKILL)  # host:cpu:pid-token
         wait_for(lambda: {w.name for w in Worker.all(connection=conn)} - names, 120)  # a new worker took its place
         assert Producer(redis_url).classify(image_bytes("cat.jpg"), timeout=60)["ok"]
+        assert sorted(restarts_by_process(port).values()) == [0, 1]  # the crash is visible on the pod's page
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(timeout=90) == 0
         # every child unregistered on its way out (the SIGKILLed one's key just expires)

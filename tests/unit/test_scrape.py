@@ -35,7 +35,7 @@ def get(port: int, path: str) -> tuple[int, str]:
 def test_the_launchers_page_holds_every_childs_series_labelled_by_process():
     (first, _), (second, _) = child(3, "tiny@7", ready=False), child(5, "tiny@8", ready=True)
     gone = free_port()  # a child restarting: nothing listens
-    page = ChildrenPage([first.port, second.port, gone], timeout_s=2)
+    page = ChildrenPage([first.port, second.port, gone], timeout_s=2, restarts=lambda: [0, 0, 4])
     server = ProbeServer(0, page)
     try:
         status, text = get(server.port, "/metrics")
@@ -53,6 +53,7 @@ def test_the_launchers_page_holds_every_childs_series_labelled_by_process():
         assert samples[("adclassify_batch_size_count", (("process", "1"),))] == 1
         assert samples[("adclassify_worker_processes", (("state", "scraped"),))] == 2
         assert samples[("adclassify_worker_processes", (("state", "missing"),))] == 1
+        assert samples[("adclassify_worker_restarts_total", (("process", "2"),))] == 4  # a crash loop, visible
         assert get(server.port, "/readyz") == (200, "1 of 3 worker processes ready\n")  # any child ready
         assert get(server.port, "/healthz")[0] == 200
     finally:
