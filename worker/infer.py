@@ -45,14 +45,18 @@ class Predictor:
 
     def settle(self, timeout_s: float = 10.0) -> bool:
         """Run a swapped-in model now rather than at the next batch (an idle worker would otherwise hold both
-        versions until traffic comes); False if a batch kept starting for ``timeout_s``."""
-        if not self._launching.acquire(timeout=timeout_s):
-            return False
-        try:
-            if self._pending is not None:
-                self._take_pending()
-        finally:
-            self._launching.release()
+        versions until traffic comes): between two launches, or at the end of the one starting now (``launch``
+        takes it too); False if it was still pending after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self._pending is not None:
+            if self._launching.acquire(timeout=0.05):
+                try:
+                    if self._pending is not None:
+                        self._take_pending()
+                finally:
+                    self._launching.release()
+            elif time.monotonic() > deadline:
+                return False
         return True
 
     def _take_pending(self) -> None:
@@ -93,6 +97,8 @@ class Predictor:
             except (RuntimeError, ValueError) as exc:
                 log.exception("model forward failed on a batch of %d", len(pixels))
                 return Launched([], start, [model_error(exc)] * len(pixels), tag=tag)
+            if self._pending is not None:  # swapped in during this launch: the next batch's, and the old one goes
+                self._take_pending()  # now (a reloader's settle may lose the lock to back-to-back launches)
             return Launched(parts, start, None, len(pixels), tag)
 
     def _stack(self, pixels: Sequence[bytes | torch.Tensor]) -> torch.Tensor:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEALTHY_AFTER_S = 60.0  # a child that ran this long starts over at the shortest back-off
+SETUP_EXIT = 2  # serve_one's status for a model that won't load, Redis refusing us, a name taken
 
 
 def count_gpus() -> int:
@@ -186,7 +187,8 @@ class Launcher:
 
     def run(self) -> int:
         """Supervise until stopped; return 0 once every child has exited. With ``--burst``, a child that exits 0
-        (its queue was empty) is done, not restarted, and the launcher returns when every child is done."""
+        (its queue was empty) or 2 (its set-up failed: it would at every restart) is done, not restarted, and the
+        launcher returns the worst status when every child is done."""
         page = None
         try:
             page = self._serve_metrics()
@@ -217,12 +219,14 @@ class Launcher:
         for i in range(len(self.procs)):
             self._start(i)
         due: dict[int, float] = {}
-        done: set[int] = set()
+        done: dict[int, int] = {}  # --burst: children that will not run again, by exit status
         while not self.stop.wait(0.2):
             for i, proc in enumerate(self.procs):
                 if proc is not None and not proc.is_alive() and i not in due and i not in done:
-                    if self.settings[i]["burst"] and proc.exitcode == 0:
-                        done.add(i)
+                    if self.settings[i]["burst"] and proc.exitcode in (0, SETUP_EXIT):
+                        if proc.exitcode:  # it would fail the same way at every restart: a batch job must end
+                            log.error("worker %d exited with %d (see its log): not restarted in --burst", i, SETUP_EXIT)
+                        done[i] = proc.exitcode
                         continue
                     ran = time.monotonic() - self.started[i]
                     if ran > HEALTHY_AFTER_S:
@@ -232,12 +236,12 @@ class Launcher:
                         "worker %d (pid %d) exited with %s; restarting in %.0f s", i, proc.pid, proc.exitcode, delay_s
                     )
                     due[i] = time.monotonic() + delay_s
-                    self.restarts[i] += 1
             if len(done) == len(self.procs):
-                return 0
+                return max(done.values())
             for i, when in list(due.items()):
                 if time.monotonic() >= when:
                     del due[i]
+                    self.restarts[i] += 1
                     self._start(i)
         return self._stop_children()
 

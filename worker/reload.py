@@ -3,9 +3,9 @@
 ``SIGHUP`` (``request()``) or ``--model-watch-s N`` (the file's identity polled: a symlink flip or a
 new file at the path) makes the reloader load the model at ``--model`` again on its own thread, warm
 it on every bucket (the load warms), and check that it answers the warm-up batch; then the predictor
-runs it from the next batch on. Jobs in hand finish on the model that started them, and every result
-names the tag that produced it. A model that fails to load, warm or answer is refused with one log
-line (and ``refused``, counted); the old one keeps serving.
+runs it from the next batch on (at once on an idle worker). Jobs in hand finish on the model that started
+them, and every result names the tag that produced it. A model that fails to load, warm or answer is refused
+with one log line (and ``refused``, counted); the old one keeps serving.
 
 Processes that share a device and a ``--reload-lock`` file (the launcher gives its K children on a device
 one) reload one at a time: each holds a copy of the weights beside its serving one while it loads, so K at
@@ -164,7 +164,8 @@ class Reloader(threading.Thread):
             if scores.shape[0] != 1 or not bool(torch.isfinite(scores).all()):
                 raise ModelError("the new model's answer to the warm-up batch is not finite scores for one image")
             self.predictor.swap(model)
-            self.predictor.settle()  # the old version out of the predictor now, even on an idle worker
+            if not self.predictor.settle():  # the old version out of the predictor now, even on an idle worker
+                log.warning("model reload: the swap waits for the next batch; the old version is freed then")
         except (ModelError, RuntimeError, ValueError, OSError) as exc:
             self.refused += 1
             model = None  # what was loaded of it goes
@@ -180,6 +181,6 @@ class Reloader(threading.Thread):
         self.swapped += 1
         if torch.cuda.is_available():  # the old version's (and the warm-up's) blocks back to the device before
             torch.cuda.empty_cache()  # the turn goes to the next process on it: one spare copy at a time
-        log.info("model %s loaded and warmed: it runs from the next batch on", model.info.tag)
+        log.info("model %s loaded and warmed: it runs from the next batch on (at once if idle)", model.info.tag)
         self.on_swap(model.info.tag)
         return True

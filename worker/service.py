@@ -29,7 +29,7 @@ from .pipeline import InHand, Pipeline, Stats
 from .progress import pipeline_settings_for
 from .redisconn import connect, store_timeouts
 from .reload import Reloader, ReloadTurn, file_identity
-from .startup import load_warm, prepare_model
+from .startup import load_warm, prepare_model, register
 from .store import QueueStore, StoreUnavailable
 from .store.rq import RedisStore
 from .store.sharded import ShardedStore
@@ -146,20 +146,6 @@ def _answers(url: str) -> bool:
         connection.close()
 
 
-def register(store: QueueStore, stop: threading.Event) -> bool:
-    """Register with RQ, waiting out a Redis that is down (capped back-off); False if stopped first."""
-    backoff = Backoff()
-    while not stop.is_set():
-        try:
-            store.register(stop)
-            return True
-        except StoreUnavailable as exc:
-            delay_s = backoff.next()
-            log.warning("redis unavailable at start (%s); retrying in %.1f s", exc, delay_s)
-            stop.wait(delay_s)
-    return False
-
-
 def build_store(settings: WorkerSettings, cache: dict | None = None) -> QueueStore:
     """The Redis store for this worker's queue and name; with several URLs (shards) or queues (priorities),
     one per server and queue behind one ``ShardedStore``."""
@@ -217,8 +203,7 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
         gate = make_gate(settings, model)
         decoder = make_decoder(settings, model.info.preprocess, gate, model.device)
         store = build_store(settings, announcement(settings, model.info.tag, decoder.backend))
-        if not register(store, stop):
-            decoder.close()
+        if not register(store, stop, decoder):
             return 0
         health.redis_answered()
         predictor = Predictor(model, int(settings.batch_size), settings.topk, gate)

@@ -1,17 +1,21 @@
 """A worker's model at start and for a swap: loaded in the precision and layout settled on, threads chosen,
-every bucket warmed, and with ``--batch-size auto`` the batch size timed."""
+every bucket warmed, and with ``--batch-size auto`` the batch size timed; and its registration with RQ."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import replace
 
 import torch
 
+from .backoff import Backoff
 from .config import WorkerSettings
+from .decode import Decoder
 from .model import Classifier, load_model
 from .perf import autotune, choose_threads
 from .precision import load_auto
+from .store import QueueStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +55,25 @@ def load_warm(settings: WorkerSettings, path: str, cap: int) -> Classifier:
     model = load_model(path, settings.device, max_batch, settings.precision, settings.optimize, nhwc)
     model.warm_up()
     return model
+
+
+def register(store: QueueStore, stop: threading.Event, decoder: Decoder | None = None) -> bool:
+    """Register with RQ, waiting out a Redis that is down (capped back-off); False if stopped first. ``decoder``
+    (its processes, their shared memory) is closed when this worker won't run: stopped, or its name taken."""
+    backoff = Backoff()
+    try:
+        while not stop.is_set():
+            try:
+                store.register(stop)
+                return True
+            except StoreUnavailable as exc:
+                delay_s = backoff.next()
+                log.warning("redis unavailable at start (%s); retrying in %.1f s", exc, delay_s)
+                stop.wait(delay_s)
+    except BaseException:
+        if decoder is not None:
+            decoder.close()
+        raise
+    if decoder is not None:
+        decoder.close()
+    return False

@@ -192,3 +192,15 @@ def test_a_sighup_forwarded_to_a_child_still_starting_does_not_end_it(redis_url,
     finally:
         launcher._stop_children()
     assert child.exitcode == 0
+
+
+def test_burst_children_whose_set_up_fails_end_the_launcher_with_their_status(redis_url, tmp_path):
+    """A batch job (--burst) with a model that won't load must end, failed: restarting the children with back-off
+    for ever kept a Kubernetes Job or a CI step running."""
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a model")
+    args = [sys.executable, "-m", "worker", "--model", str(broken), "--redis-url", redis_url,
+            "--workers-per-device", "2", "--burst"]  # fmt: skip
+    done = subprocess.run(args, cwd=ROOT, timeout=180, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.count("not restarted in --burst") == 2

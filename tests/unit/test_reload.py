@@ -175,3 +175,29 @@ def test_an_idle_worker_runs_the_new_version_at_once_and_lets_the_old_one_go(lin
     gc.collect()
     assert old() is None and predictor.model is not None
     assert predictor.launch([bytes(32 * 32 * 3)]).result()[0]  # and it runs
+
+
+def test_a_swap_made_during_a_launch_is_taken_at_its_end(link):
+    """Locks are not fair: a reloader waiting for a gap between back-to-back launches could lose every time. A
+    launch that finds a swap pending at its end takes it, so the old version goes within one batch; the batch
+    launched runs, and is named, on the version that started it."""
+    import gc
+    import weakref
+    from contextlib import contextmanager
+
+    from worker.decode.gate import NoGate
+
+    new = load_model(link, max_batch=2)
+
+    class SwapDuringForward(NoGate):
+        @contextmanager
+        def forward(self, images: int = 1):
+            predictor.swap(new)  # the reloader, while this batch starts
+            yield
+
+    predictor = Predictor(load_model(link, max_batch=2), cap=2, gate=SwapDuringForward())
+    old = weakref.ref(predictor.model)
+    launched = predictor.launch([bytes(32 * 32 * 3)] * 2)
+    assert predictor.model is new and launched.result()[0]
+    gc.collect()
+    assert old() is None
