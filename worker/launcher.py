@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 HEALTHY_AFTER_S = 60.0  # a child that ran this long starts over at the shortest back-off
 SETUP_EXIT = 2  # serve_one's status for a model that won't load, Redis refusing us, a name taken
+STOP_MARGIN_S = 10.0  # past a child's --shutdown-timeout-s (its batch, its exit): 30 + 10 < a pod's 45 s grace
 
 
 def count_gpus() -> int:
@@ -171,6 +172,7 @@ class Launcher:
         self.started = [0.0] * count
         self.backoff = [Backoff(1.0) for _ in range(count)]  # between restarts of each child
         self.restarts = [0] * count  # on the merged metrics page
+        self.stop_wait_s = settings.shutdown_timeout_s + STOP_MARGIN_S  # after SIGTERM, before a child is killed
         self.stop = threading.Event()
 
     def _start(self, i: int) -> None:
@@ -246,11 +248,20 @@ class Launcher:
         return self._stop_children()
 
     def _stop_children(self) -> int:
+        """SIGTERM every child, wait for them together (each finishes its batch; with Redis down it waits
+        ``--shutdown-timeout-s``), then kill what still runs: a wedged child would hold the launcher's exit (and
+        a pod's termination) until someone else's SIGKILL."""
         alive = [p for p in self.procs if p is not None and p.is_alive()]
         for proc in alive:
             os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_wait_s
         for proc in alive:
-            proc.join(timeout=60)
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        for proc in alive:
+            if proc.is_alive():
+                log.error("worker (pid %d) still running %.0f s after SIGTERM: killed", proc.pid, self.stop_wait_s)
+                proc.kill()
+                proc.join(5)
         return 0
 
     def forward(self, signum: int) -> None:

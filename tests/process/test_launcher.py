@@ -204,3 +204,32 @@ def test_burst_children_whose_set_up_fails_end_the_launcher_with_their_status(re
     done = subprocess.run(args, cwd=ROOT, timeout=180, capture_output=True, text=True)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.count("not restarted in --burst") == 2
+
+
+def ignore_sigterm(ready) -> None:
+    """A wedged child: deaf to SIGTERM (spawned by the test below; module level so spawn can import it)."""
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
+    time.sleep(120)
+
+
+def test_a_child_deaf_to_sigterm_is_killed_once_the_shutdown_timeout_has_passed(tiny_model_path, monkeypatch):
+    """Each child's joins used to wait 60 s in turn (K wedged children: K minutes), and the launcher's exit waited on
+    any child still running: past a pod's grace period, and for ever where nobody sends SIGKILL."""
+    import multiprocessing
+
+    from worker.config import WorkerSettings
+    from worker.launcher import Launcher
+
+    monkeypatch.setattr("worker.launcher.STOP_MARGIN_S", 0.5)
+    launcher = Launcher(WorkerSettings(model=str(tiny_model_path), shutdown_timeout_s=0.5), ["cpu"])
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    wedged = context.Process(target=ignore_sigterm, args=(ready,), daemon=True)
+    wedged.start()
+    assert ready.wait(60)
+    launcher.procs[0] = wedged
+    assert launcher._stop_children() == 0
+    assert not wedged.is_alive() and wedged.exitcode == -signal.SIGKILL
