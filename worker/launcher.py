@@ -245,7 +245,7 @@ class Launcher:
                     del due[i]
                     self.restarts[i] += 1
                     self._start(i)
-        return self._stop_children()
+        return max([self._stop_children(), *done.values()])  # a --burst child's failed set-up is not forgotten
 
     def _stop_children(self) -> int:
         """SIGTERM every child, wait for them together (each finishes its batch; with Redis down it waits

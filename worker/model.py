@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .modelfile import EXTRA_FILES, ModelError, ModelInfo, is_package, model_info
-from .pt2 import PRECISIONS, load_package
+from .pt2 import PRECISIONS, TRANSIENT, load_package
 
 __all__ = [
     "DTYPES",
@@ -40,6 +40,8 @@ def read_extra_files(path: str | Path, device: str | torch.device = "cpu") -> tu
     extra = dict.fromkeys(EXTRA_FILES, "")
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except TRANSIENT:  # the device full (another process): not the file's fault, a restart may load it
+        raise
     except (RuntimeError, ValueError) as exc:  # not a zip, not TorchScript: torch's own multi-line text
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: not a TorchScript model file or a .pt2 package ({first[:160]})") from exc

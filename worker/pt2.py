@@ -21,6 +21,12 @@ import torch
 
 from .modelfile import ModelError, ModelInfo, model_info
 
+# errors of the device, not of the file, while a model loads: passed on as they are (a worker exits 1 and is
+# restarted; a reload retries after a back-off), never worded as a bad model file (exit 2: final in --burst)
+TRANSIENT: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,) + (
+    (torch.AcceleratorError,) if hasattr(torch, "AcceleratorError") else ()
+)
+
 log = logging.getLogger(__name__)
 
 # torch.export for CUDA guards the batch at <= 65,535 (seen with torch 2.11; likely a kernel grid limit), and
@@ -120,6 +126,8 @@ def load_package(path: str | Path, device: torch.device) -> tuple[PackagedModel,
     index = device.index if device.index is not None else -1
     try:
         compiled = torch._inductor.aoti_load_package(str(path), device_index=index)
+    except TRANSIENT:  # the device full: not the package's fault (worker.model.TRANSIENT)
+        raise
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: cannot load the AOTInductor package ({first[:160]})") from exc

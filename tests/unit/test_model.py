@@ -112,3 +112,15 @@ def test_export_refuses_options_that_do_not_fit_the_format(tmp_path):
         with pytest.raises(ExportError, match="no CUDA device here"):
             export(ExportSpec(out=tmp_path / "m.pt2", format="pt2", device="cuda", **base))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_device_out_of_memory_at_load_is_passed_on_not_called_a_bad_model_file(tiny_model_path, monkeypatch):
+    """A bad file exits 2 (final under --burst); a device another process has filled exits 1 and is restarted (and
+    a reload retries it after a back-off): the load must not word the second as the first."""
+
+    def device_full(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(torch.jit, "load", device_full)
+    with pytest.raises(torch.OutOfMemoryError):
+        read_extra_files(tiny_model_path)
