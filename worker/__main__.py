@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -33,6 +34,8 @@ def run_main(argv: list[str]) -> int:
     if not Path(settings.model).is_file():  # one line and a way out, not a traceback from torch.jit.load
         parser.exit(2, f"worker: no model file at {settings.model}; build the demo model with 'python -m worker "
                        f"export --demo --out {settings.model}' (or pass --model / WORKER_MODEL)\n")  # fmt: skip
+    if settings.metrics_port and importlib.util.find_spec("prometheus_client") is None:  # not after a model load
+        parser.exit(2, "worker: --metrics-port needs prometheus-client: pip install 'adclassify[metrics]'\n")
     setup_logging(settings)
     log.info("effective configuration %s", json.dumps(settings.public(), sort_keys=True))
     if settings.devices or settings.workers_per_device > 1:

@@ -201,3 +201,13 @@ def test_push_wait_with_no_live_worker_says_so_at_once_and_waits_once_for_all(re
     assert said_after_s < 4  # before the wait, not after it
     assert proc.returncode == 1 and sum("TIMEOUT" in line for line in out.splitlines()) == 6
     assert elapsed < 12  # one wait of 4 s for all six, not 4 s for each (24 s)
+
+
+def test_metrics_without_prometheus_client_is_refused_in_one_line_before_the_model_loads(tiny_model_path):
+    """Without the ``metrics`` extra a worker (or a launcher, whose merged page needs it) crashed with a traceback
+    after loading its model, and was restarted to crash again."""
+    hide = "import sys; sys.modules['prometheus_client'] = None; from worker.__main__ import main; sys.exit(main())"
+    args = ["--model", str(tiny_model_path), "--metrics-port", "9100", "--workers-per-device", "2"]
+    done = subprocess.run([sys.executable, "-c", hide, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "worker: --metrics-port needs prometheus-client: pip install 'adclassify[metrics]'"
