@@ -20,36 +20,24 @@ from worker.launcher import parse_devices
 from ..conftest import ROOT, image_bytes, wait_for
 
 
-def finished_by_process(port: int) -> dict[str, float]:
-    """``adclassify_jobs_total{outcome="ok"}`` per worker process, from the launcher's merged page."""
+def samples(port: int, name: str) -> list:
+    """The samples named ``name`` on the launcher's merged metrics page at ``port``."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {
-        s.labels["process"]: s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "adclassify_jobs_total" and s.labels["outcome"] == "ok"
-    }
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+def finished_by_process(port: int) -> dict[str, float]:
+    """``adclassify_jobs_total{outcome="ok"}`` per worker process."""
+    return {s.labels["process"]: s.value for s in samples(port, "adclassify_jobs_total") if s.labels["outcome"] == "ok"}
 
 
 def served_by_process(port: int) -> dict[str, str]:
-    """``adclassify_model_info``'s tag per worker process, from the launcher's merged page."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {
-        s.labels["process"]: s.labels["tag"]
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "adclassify_model_info"
-    }
+    """``adclassify_model_info``'s tag per worker process."""
+    return {s.labels["process"]: s.labels["tag"] for s in samples(port, "adclassify_model_info")}
 
 
 def restarts_by_process(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {
-        s.labels["process"]: s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "adclassify_worker_restarts_total"
-    }
+    return {s.labels["process"]: s.value for s in samples(port, "adclassify_worker_restarts_total")}
 
 
 def free_range(count: int) -> int:
