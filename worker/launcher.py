@@ -12,6 +12,7 @@ cores for decode and intra-op threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -22,15 +23,10 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING
 
 from .backoff import Backoff
 from .config import WorkerSettings
 from .scrape import child_metrics_port
-
-if TYPE_CHECKING:
-    from .health import ProbeServer
-    from .scrape import ChildrenPage
 
 log = logging.getLogger(__name__)
 
@@ -136,17 +132,6 @@ def _check_ports(children: list[WorkerSettings], page: int) -> None:
         )
 
 
-class Closing:
-    """Closes what it holds, in order."""
-
-    def __init__(self, *parts: ProbeServer | ChildrenPage) -> None:
-        self.parts = parts
-
-    def close(self) -> None:
-        for part in self.parts:
-            part.close()
-
-
 def _child(settings: dict) -> None:
     """Entry point of one spawned worker process: its exit status is ``serve_one``'s (a name taken: 2)."""
     from .serve import exit_now, serve_one
@@ -191,31 +176,28 @@ class Launcher:
         """Supervise until stopped; return 0 once every child has exited. With ``--burst``, a child that exits 0
         (its queue was empty) or 2 (its set-up failed: it would at every restart) is done, not restarted, and the
         launcher returns the worst status when every child is done."""
-        page = None
-        try:
-            page = self._serve_metrics()
+        with contextlib.ExitStack() as stack:
+            stack.callback(self.clean_up)
+            self._serve_metrics(stack)
             return self._supervise()
-        finally:
-            if page is not None:
-                page.close()
-            self.clean_up()
 
     def clean_up(self) -> None:
         """Remove the reload locks' directory."""
         if self.lock_dir:
             shutil.rmtree(self.lock_dir, ignore_errors=True)
 
-    def _serve_metrics(self) -> Closing | None:
+    def _serve_metrics(self, stack: contextlib.ExitStack) -> None:
         """With several children and ``--metrics-port``: their metrics as one page on that port (one target)."""
         if not self.metrics_port:
-            return None
+            return
         from .health import ProbeServer
         from .scrape import ChildrenPage
 
         page = ChildrenPage([child["metrics_port"] for child in self.settings], restarts=lambda: list(self.restarts))
+        stack.callback(page.close)
         server = ProbeServer(self.metrics_port, page)
+        stack.callback(server.close)
         log.info("the %d worker processes' metrics: http://0.0.0.0:%d/metrics", len(self.settings), server.port)
-        return Closing(server, page)
 
     def _supervise(self) -> int:
         for i in range(len(self.procs)):

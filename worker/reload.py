@@ -9,7 +9,7 @@ with one log line (and ``refused``, counted); the old one keeps serving.
 
 Processes that share a device and a ``--reload-lock`` file (the launcher gives its K children on a device
 one) reload one at a time: each holds a copy of the weights beside its serving one while it loads, so K at
-once would need K spare copies of device memory, one at a time one.
+once would need K spare copies of device memory; one at a time, one.
 """
 
 from __future__ import annotations
