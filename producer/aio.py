@@ -79,10 +79,13 @@ class AsyncProducer:
         job_ids: Iterable[str | None] | None = None,
         metas: Iterable[dict | None] | None = None,
         deadline_s: float | None = None,
+        cache: bool = False,
     ) -> list[str]:
         """Enqueue many images in one round trip per shard (see ``Producer.enqueue_many``)."""
         return await self._driver.run(
-            self.core.enqueue_many(images, image_urls=image_urls, job_ids=job_ids, metas=metas, deadline_s=deadline_s)
+            self.core.enqueue_many(
+                images, image_urls=image_urls, job_ids=job_ids, metas=metas, deadline_s=deadline_s, cache=cache
+            )
         )
 
     async def result(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:

@@ -79,7 +79,8 @@ class Producer:
         ``RedisFull`` when Redis is out of memory, ``ShardUnavailable`` when the job's shard cannot be
         reached. ``cache=True``: a photo the workers classified before (same bytes, same model version,
         see ``producer.cache``) is answered from the result cache without queueing; ``result()`` of the
-        id returned answers at once, in this process.
+        id returned answers at once, in this process. On a miss the job is queued asking the workers to
+        cache its result (workers before this version cached every result; ``--cache-for all`` still does).
         """
         return self._driver.run(
             self.core.enqueue(image, image_url=image_url, job_id=job_id, meta=meta, deadline_s=deadline_s, cache=cache)
@@ -93,13 +94,18 @@ class Producer:
         job_ids: Iterable[str | None] | None = None,
         metas: Iterable[dict | None] | None = None,
         deadline_s: float | None = None,
+        cache: bool = False,
     ) -> list[str]:
         """Enqueue many images in one round trip per shard (more to check caller-chosen ids and the queue
         limit); atomic per shard. ``image_urls``: jobs by reference instead of ``images`` (to mix the two,
         pass ``ImageRef(url)`` among ``images``). Caller-chosen ids are created only if absent, atomically:
-        two producers racing on one id leave one job. ``ShardUnavailable`` says which ids were written."""
+        two producers racing on one id leave one job. ``ShardUnavailable`` says which ids were written.
+        ``cache=True``: the workers write these jobs' results to the result cache, so that later
+        ``enqueue(..., cache=True)`` of the same photos are answered from it (nothing is looked up here)."""
         return self._driver.run(
-            self.core.enqueue_many(images, image_urls=image_urls, job_ids=job_ids, metas=metas, deadline_s=deadline_s)
+            self.core.enqueue_many(
+                images, image_urls=image_urls, job_ids=job_ids, metas=metas, deadline_s=deadline_s, cache=cache
+            )
         )
 
     def result(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:

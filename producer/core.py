@@ -85,14 +85,14 @@ class ProducerCore:
         cache: bool = False,
     ) -> Procedure[str]:
         """One image or one job by reference; a cache hit (``cache=True``, an image, no caller-chosen id) is
-        answered without queueing."""
+        answered without queueing; with ``cache=True`` a job queued asks for its result to be cached."""
         source = image_source(image, image_url)
         if cache and job_id is None and not isinstance(source, ImageRef):
             photo = read_image(source, self.options.max_image_bytes)
             hit = yield from self.cache.lookup(self.queue.name, photo, meta, len(self.names))
             if hit is not None:
                 return hit
-        ids = yield from self.enqueue_many([source], job_ids=[job_id], metas=[meta], deadline_s=deadline_s)
+        ids = yield from self.enqueue_many([source], job_ids=[job_id], metas=[meta], deadline_s=deadline_s, cache=cache)
         return ids[0]
 
     def enqueue_many(
@@ -103,15 +103,17 @@ class ProducerCore:
         job_ids: Iterable[str | None] | None = None,
         metas: Iterable[dict | None] | None = None,
         deadline_s: float | None = None,
+        cache: bool = False,
     ) -> Procedure[list[str]]:
         """Every job built and checked first (nothing is sent if one is bad), then one transaction per shard.
+        ``cache``: the workers write these jobs' results to the result cache (nothing is looked up here).
 
         A shard that cannot be reached, or refuses (``QueueFull``, ``RedisFull``, ``NotReplicated``), stops only its
         own jobs: the other shards get theirs, and the error raised says which ids were written (``enqueued``)
         and which not (``not_enqueued``). After a connection error the shard is asked once more which of its
         jobs exist (a reply lost after Redis ran the transaction): when all do, and no replicas are waited for,
         the call succeeds."""
-        jobs = self.plan(images, image_urls, job_ids, metas, deadline_s)
+        jobs = self.plan(images, image_urls, job_ids, metas, deadline_s, cache)
         by_shard: dict[int, list[PlannedJob]] = {}
         for job in jobs:
             by_shard.setdefault(self.shard_of(job.id), []).append(job)
@@ -165,6 +167,7 @@ class ProducerCore:
         job_ids: Iterable[str | None] | None,
         metas: Iterable[dict | None] | None,
         deadline_s: float | None,
+        cache: bool = False,
     ) -> list[PlannedJob]:
         """The jobs of an ``enqueue_many`` call, checked and built (ids chosen, images read, metas checked)."""
         sources = image_list(images, image_urls)
@@ -180,7 +183,7 @@ class ProducerCore:
         planned, trace = [], tracing.current()  # the active span, asked once per call
         for source, job_id, meta in zip(sources, ids, meta_list, strict=True):
             final_id = job_id if job_id is not None else str(uuid.uuid4())
-            data = self.writer.data(source, final_id, tracing.with_trace(meta, trace), deadline)
+            data = self.writer.data(source, final_id, tracing.with_trace(meta, trace), deadline, cache)
             planned.append(PlannedJob(final_id, job_id is not None, data))
         return planned
 

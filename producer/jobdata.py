@@ -15,6 +15,7 @@ from rq.job import Job
 
 from .connections import MAX_WAIT_MS
 from .ops import Command
+from .wire.cache import ASKED
 from .wire.jobs import DEFAULT_MAX_IMAGE_BYTES, TASK_NAME, ImageRef, check_image_size, job_kwargs
 from .wire.serializer import MsgpackSerializer
 
@@ -94,9 +95,12 @@ class JobWriter:
         self._queue = Queue(queue, connection=self._recorder, serializer=MsgpackSerializer, job_class=job_class)
         self._queue.redis_server_version = (7, 0, 0)  # RQ would ask the server (it only steers LPOS reads)
 
-    def data(self, image: ImageInput, job_id: str, meta: dict | None, deadline: float | None) -> Any:
+    def data(
+        self, image: ImageInput, job_id: str, meta: dict | None, deadline: float | None, cache: bool = False
+    ) -> Any:
         """One job's RQ call data (the image read from disk if it is a path; ``ProtocolError`` for a bad meta,
-        ``ImageTooLarge`` for an image over ``JobOptions.max_image_bytes``)."""
+        ``ImageTooLarge`` for an image over ``JobOptions.max_image_bytes``); ``cache``: the RQ job's meta asks
+        the workers to write its result to the result cache (``producer.wire.cache.ASKED``)."""
         if isinstance(image, ImageRef):  # a job by reference: the worker fetches image_url
             payload, name = image, image.url
         else:
@@ -113,6 +117,7 @@ class JobWriter:
             description=f"classify {name}",
             job_id=job_id,
             retry=Retry(max=opts.retries) if opts.retries > 0 else None,
+            meta=dict(ASKED) if cache else None,
         )
 
     def commands(self, datas: Sequence[Any]) -> tuple[Command, ...]:

@@ -60,6 +60,7 @@ class WorkerSettings:
     shutdown_timeout_s: float = 30.0
     results_maxlen: int = DEFAULT_RESULTS_MAXLEN
     cache_ttl_s: int = 3600
+    cache_for: str = "asked"  # whose results are cached: jobs that ask (enqueue(..., cache=True)), or all
     name: str = ""
     burst: bool = False
     log_level: str = "INFO"
@@ -141,13 +142,20 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         raise SystemExit("worker: batch sizes must be >= 1; --decode-threads, --decode-workers and --max-wait-ms >= 0")
     check_decode(settings)
     check_fetch(settings)
-    if settings.decode_overlap not in ("auto", "on", "off"):
-        raise SystemExit("worker: --decode-overlap must be auto, on or off")
-    if settings.precision not in ("auto", "fp32", "fp16", "bf16"):
-        raise SystemExit("worker: --precision must be auto, fp32, fp16 or bf16")
-    if settings.optimize not in ("auto", "off"):
-        raise SystemExit("worker: --optimize must be auto or off")
+    for name, allowed in CHOICES.items():
+        if getattr(settings, name) not in allowed:
+            flag = "--" + name.replace("_", "-")
+            raise SystemExit(f"worker: {flag} must be {', '.join(allowed[:-1])} or {allowed[-1]}")
     return settings
+
+
+# the settings that take one of a few words
+CHOICES = {
+    "decode_overlap": ("auto", "on", "off"),
+    "precision": ("auto", "fp32", "fp16", "bf16"),
+    "optimize": ("auto", "off"),
+    "cache_for": ("asked", "all"),
+}
 
 
 def redis_url_problem(settings: WorkerSettings) -> str | None:

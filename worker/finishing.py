@@ -161,5 +161,6 @@ class FinishStage:
             error=item.error,
             batch=batch,
         )
-        image = item.image if self.settings.hash_images and item.error is None else None  # the cache's, if on
+        cached = self.settings.hash_images and item.error is None and (self.settings.cache_all or item.job.cache_asked)
+        image = item.image if cached else None  # the cache's key is its SHA-256, taken at finish
         return Outcome(item.job, result, retry=bool(item.error and item.error.retryable), image=image)

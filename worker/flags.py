@@ -186,6 +186,13 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "model tag + precision + decode + top-k; producers ask with cache=True); 0: off",
     ),
     (
+        "--cache-for",
+        "WORKER_CACHE_FOR",
+        str,
+        "whose results go into the result cache: asked (jobs enqueued with cache=True; no other photo is hashed) "
+        "or all (every successful job's, as producers before cache=True marked their jobs expected)",
+    ),
+    (
         "--results-maxlen",
         "WORKER_RESULTS_MAXLEN",
         int,

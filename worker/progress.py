@@ -100,7 +100,8 @@ class PipelineSettings:
     batches_in_hand: int = 3
     burst: bool = False  # stop once a take finds the queue empty
     shutdown_timeout_s: float = 30.0  # once stopping, how long finished jobs wait for an unavailable store
-    hash_images: bool = True  # SHA-256 each photo: the result cache's key, and a batch's repeats run once
+    hash_images: bool = True  # the result cache is on: SHA-256 the photos of jobs whose results it keeps
+    cache_all: bool = False  # it keeps every successful job's result, not only those whose producer asked
 
 
 class ShutdownIncomplete(RuntimeError):
@@ -145,4 +146,5 @@ def pipeline_settings_for(settings: WorkerSettings) -> PipelineSettings:
         burst=settings.burst,
         shutdown_timeout_s=settings.shutdown_timeout_s,
         hash_images=settings.cache_ttl_s > 0,
+        cache_all=settings.cache_for == "all",
     )

@@ -5,6 +5,10 @@ tag (``name@version``), precision, decode backend and top-k. Workers write entri
 finish with ``--cache-ttl-s`` (0: off) and announce what they run in ``keys.announcement(queue)``;
 producers read both (``producer.cache``). A new model version announces a new tag, so no version is
 ever answered from another's entry.
+
+Which jobs' results are written: those that ask (``enqueue(..., cache=True)`` puts ``ASKED`` in the RQ job's
+own ``meta``, a hash field workers before this one never read), or every job with ``--cache-for all``.
+A job that does not ask is never hashed: its producer never looks it up.
 """
 
 from __future__ import annotations
@@ -15,6 +19,20 @@ from typing import Any
 from .keys import CACHE_PREFIX
 from .results import make_result
 from .serializer import dumps, loads
+
+ASKED = {"cache": True}  # the RQ job's meta (``Job.meta``) of a job whose result goes into the cache
+
+
+def asked(rq_meta: bytes | None) -> bool:
+    """Whether an RQ job's ``meta`` field (msgpack, or absent) asks for its result to be cached; anything
+    else (absent, a foreign value, another map) is no."""
+    if not rq_meta:
+        return False
+    try:
+        found = loads(rq_meta)
+    except ValueError:  # SerializationError: RQ meta written by another serializer
+        return False
+    return isinstance(found, dict) and found.get("cache") is True
 
 
 def digest(image: bytes) -> str:

@@ -76,6 +76,29 @@ def test_the_cache_off_writes_nothing_and_a_batch_runs_a_repeated_photo_once(red
     assert not conn.keys(f"{PREFIX}*")  # (one forward row per distinct photo: tests/unit/test_pipeline.py)
 
 
+def test_only_jobs_that_ask_are_cached_unless_the_worker_caches_all(redis_url, conn, start_worker):
+    from rq.job import Job
+
+    from producer.wire.serializer import MsgpackSerializer
+
+    producer = Producer(redis_url)
+    unasked = producer.enqueue_many([image_bytes("flower.jpg")])
+    asked = producer.enqueue_many([image_bytes("cat.jpg")], cache=True)  # a backfill filling the cache
+    worker = start_worker("--cache-ttl-s", "600")
+    assert all(producer.result(i, timeout=60)["ok"] for i in unasked + asked)
+    assert Job.fetch(asked[0], connection=conn, serializer=MsgpackSerializer).meta == {"cache": True}  # RQ's API
+    assert Job.fetch(unasked[0], connection=conn, serializer=MsgpackSerializer).meta == {}
+    assert len(conn.keys(f"{PREFIX}*")) == 1  # the photo nobody asked to cache was never hashed or written
+    assert "cached" not in producer.classify(image_bytes("flower.jpg"), timeout=60, cache=True)
+    assert producer.classify(image_bytes("cat.jpg"), timeout=60, cache=True)["cached"]
+    assert producer.classify(image_bytes("flower.jpg"), timeout=60, cache=True)["cached"]  # the miss asked
+    worker.terminate()
+    worker.wait(timeout=30)
+    start_worker("--cache-ttl-s", "600", "--cache-for", "all")
+    assert producer.result(producer.enqueue(image_bytes("coffee.jpg")), timeout=60)["ok"]
+    assert producer.classify(image_bytes("coffee.jpg"), timeout=60, cache=True)["cached"]
+
+
 def test_result_maps_are_unchanged_by_the_cache_fields():
     from producer.wire.cache import cached_result
 

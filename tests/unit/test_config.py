@@ -27,3 +27,23 @@ def test_a_worker_serving_priorities_holds_fewer_batches_so_high_jobs_wait_behin
     two = pipeline_settings_for(WorkerSettings(model="m", queue="high,default"))
     assert one.batches_in_hand == 3 and two.batches_in_hand == 2
     assert not pipeline_settings_for(WorkerSettings(model="m", cache_ttl_s=0)).hash_images
+
+
+def test_cache_for_is_asked_by_default_and_takes_all_or_refuses_other_words():
+    import argparse
+
+    import pytest
+
+    from worker.config import add_arguments, settings_from
+    from worker.progress import pipeline_settings_for
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    default = settings_from(parser.parse_args(["--model", "m"]), {})
+    assert default.cache_for == "asked" and not pipeline_settings_for(default).cache_all
+    env = settings_from(parser.parse_args(["--model", "m"]), {"WORKER_CACHE_FOR": "all"})
+    assert pipeline_settings_for(env).cache_all
+    with pytest.raises(SystemExit, match="--cache-for must be asked or all"):
+        settings_from(parser.parse_args(["--model", "m", "--cache-for", "some"]), {})
+    with pytest.raises(SystemExit, match="--precision must be auto, fp32, fp16 or bf16"):
+        settings_from(parser.parse_args(["--model", "m", "--precision", "fp8"]), {})

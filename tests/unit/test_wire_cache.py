@@ -42,3 +42,29 @@ def test_hits_never_asked_for_are_bounded_oldest_first():
     for n in range(5):
         cache.keep({"job_id": f"cached-{n}", "ok": True})
     assert list(cache.answers) == ["cached-2", "cached-3", "cached-4"] and cache.dropped == 2
+
+
+def test_only_rq_meta_that_asks_in_msgpack_asks_for_the_cache():
+    import pickle
+
+    from producer.wire.cache import ASKED, asked
+    from producer.wire.serializer import dumps
+
+    assert asked(dumps(ASKED))
+    assert asked(dumps({**ASKED, "other": 1}))  # RQ meta others put beside it
+    for other in (None, b"", dumps({}), dumps({"cache": 1}), dumps({"cache": "yes"}), dumps([True]), b"\xc1"):
+        assert not asked(other)
+    assert not asked(pickle.dumps({"cache": True}))  # RQ's default serializer's meta: never unpickled, a no
+
+
+def test_a_started_jobs_record_says_whether_its_producer_asked_for_the_cache():
+    from producer.wire.cache import ASKED
+    from producer.wire.serializer import dumps
+    from worker.store.rqdata import read_record
+
+    call = dumps(["worker.tasks.classify", None, [], {"image": b"x", "meta": {}}])
+    fields = {b"data": call, b"meta": dumps(ASKED)}
+    assert read_record("j", "e", fields, 0.0, 0.0, 1 << 20).cache_asked
+    assert not read_record("j", "e", {b"data": call}, 0.0, 0.0, 1 << 20).cache_asked  # an older producer's job
+    broken = read_record("j", "e", {b"data": call, b"meta": b"\x93garbage"}, 0.0, 0.0, 1 << 20)
+    assert not broken.cache_asked and broken.read_error is None  # bad RQ meta: not asked, the job still runs

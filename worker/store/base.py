@@ -71,6 +71,7 @@ class JobRecord:
     retries_left: int = 0
     result_ttl_s: int | None = None
     failure_ttl_s: int | None = None
+    cache_asked: bool = False  # its producer asked for its result to be cached (RQ job meta, ``wire.cache.asked``)
 
     def now(self) -> float:
         """The store's clock now (Unix seconds), from the start's time and this process's monotonic

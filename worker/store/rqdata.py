@@ -8,6 +8,7 @@ import zlib
 from datetime import datetime, timezone
 from typing import Any
 
+from producer.wire.cache import asked
 from producer.wire.jobs import inflate
 from producer.wire.serializer import SerializationError, loads
 
@@ -44,7 +45,7 @@ def sort_take_reply(reply: list[Any]) -> tuple[list[tuple[str, str]], int, int]:
 
 
 # the fields of RQ's job hash that read_record uses (TAKE's caller reads only these)
-RECORD_FIELDS = (b"enqueued_at", b"lost_deliveries", b"retries_left", b"result_ttl", b"failure_ttl", b"data")
+RECORD_FIELDS = (b"enqueued_at", b"lost_deliveries", b"retries_left", b"result_ttl", b"failure_ttl", b"data", b"meta")
 
 
 def read_record(
@@ -59,6 +60,7 @@ def read_record(
         values["retries_left"] = int(fields.get(b"retries_left") or 0)
         values["result_ttl_s"] = _int_or_none(fields.get(b"result_ttl"))
         values["failure_ttl_s"] = _int_or_none(fields.get(b"failure_ttl"))
+        values["cache_asked"] = asked(fields.get(b"meta"))
         call = loads(inflate(fields.get(b"data"), max_data_bytes))
         if not isinstance(call, list | tuple) or len(call) != 4:
             raise ValueError("job data is not a (function, instance, args, kwargs) call")
