@@ -13,15 +13,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any
 from uuid import uuid4
 
 import redis
-from rq import Queue, SimpleWorker
-from rq.job import Job
+from rq import Queue
 
 from producer.wire import keys
 from producer.wire.cache import announcement
@@ -35,34 +33,12 @@ from .calls import Register
 from .misfits import MisfitReport, misfits_of
 from .names import claim_name
 from .printable import shown
+from .rqbase import BatchWorker, feed_groups, shown_ids, unavailable
 from .rqcalls import QueueCalls, Setting, finish_job
 from .rqdata import RECORD_FIELDS, iso, read_record, sort_take_reply, text
 from .scripts import Scripts
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class BatchWorker(SimpleWorker):
-    """RQ's identity for our process: registration and the fields ``rq info`` reads. It never runs
-    RQ's own one-job-at-a-time loop."""
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        raise NotImplementedError("BatchWorker runs batches through worker.pipeline")
-
-
-def unavailable(call: Callable[[], T]) -> T:
-    """Run ``call``; a lost or timed-out connection becomes ``StoreUnavailable``, a full Redis
-    (maxmemory reached, noeviction) ``StoreFull``: both are retried later with back-off."""
-    try:
-        return call()
-    except redis.OutOfMemoryError as exc:
-        raise StoreFull(f"redis is full (maxmemory): {exc}") from exc
-    except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:  # READONLY: mid-failover
-        raise StoreUnavailable(str(exc)) from exc
-    except redis.RedisError as exc:  # a refusal (NOPERM after an ACL change, a script error): logged, retried
-        log.error("redis refused a call: %s", exc)
-        raise StoreUnavailable(f"redis refused: {exc}") from exc
 
 
 class RedisStore(QueueStore):
@@ -244,15 +220,15 @@ class RedisStore(QueueStore):
         skipped, canceled, held, found = unavailable(lambda: self._run(call))
         self.misfits.report(call, misfits_of(found))
         if canceled:
-            log.info("%d job(s) canceled while they ran, answered as canceled: %s", len(canceled), _ids(canceled))
+            log.info("%d job(s) canceled while they ran, answered as canceled: %s", len(canceled), shown_ids(canceled))
         if skipped:
-            log.warning("not recording %d job(s) re-queued by a reaper meanwhile: %s", len(skipped), _ids(skipped))
+            log.warning("not recording %d job(s) re-queued by a reaper meanwhile: %s", len(skipped), shown_ids(skipped))
         if held:
             log.warning(
                 "not recording %d job(s): a key each needs is of the wrong type (see above); they stay started under "
                 "this worker and are re-queued once it is deleted: %s",
                 len(held),
-                _ids(held),
+                shown_ids(held),
             )
         return [text(i) for i in skipped]
 
@@ -293,15 +269,8 @@ class RedisStore(QueueStore):
 
     def feed_lags(self) -> dict[str, int | None]:
         """Entries of the results feed each consumer group has yet to read (None before Redis 7)."""
-        return {row["name"]: row["lag"] for row in group_rows(unavailable(self._feed_groups))}
-
-    def _feed_groups(self) -> list[dict[Any, Any]]:
-        try:
-            return self.connection.xinfo_groups(self.calls.take.stream)
-        except redis.ResponseError as exc:
-            if "no such key" in str(exc).lower() or str(exc).startswith("WRONGTYPE"):
-                return []  # no result fed yet, or not a stream (the scripts report it)
-            raise
+        groups = unavailable(lambda: feed_groups(self.connection, self.calls.take.stream))
+        return {row["name"]: row["lag"] for row in group_rows(groups)}
 
     def reap(self) -> tuple[list[str], list[str]]:
         """One reaper pass (atomic): poison jobs are failed, published and fed in it; none for a TTL after an
@@ -311,7 +280,7 @@ class RedisStore(QueueStore):
         requeued, poison, found = unavailable(lambda: self._run(self.calls.reap))
         self.misfits.report(self.calls.reap, misfits_of(found))
         if requeued:
-            log.warning("re-queued %d job(s) of dead workers: %s", len(requeued), _ids(requeued))
+            log.warning("re-queued %d job(s) of dead workers: %s", len(requeued), shown_ids(requeued))
         for job_id in poison:
             log.error("job %s failed as poison after %d lost deliveries", shown(job_id), self.calls.reap.max_deliveries)
         return [text(i) for i in requeued], [text(i) for i in poison]
@@ -330,11 +299,6 @@ class RedisStore(QueueStore):
                 "re-queued %d job(s) started under this worker that it does not hold (a start whose reply was "
                 "lost, or a finish held back by a key of the wrong type): %s",
                 len(given),
-                _ids(given),
+                shown_ids(given),
             )
         return [text(i) for i in given]
-
-
-def _ids(ids: list[Any]) -> str:
-    """Ids for a log line, escaped (``worker.store.printable``)."""
-    return ", ".join(shown(i) for i in ids)
