@@ -13,7 +13,7 @@ from producer.wire.results import DEFAULT_RESULTS_MAXLEN
 from producer.wire.urls import RedisURLError, mask, split_urls
 from producer.wire.urls import check as check_url
 
-from .decode.cpu import DEFAULT_MAX_PIXELS
+from .decode.spec import DEFAULT_MAX_PIXELS
 from .decode.urls import FetchPolicy
 from .flags import FLAGS
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .decode.cpu import Preprocess
+from .decode.spec import Preprocess
 from .model import DTYPES, ModelError, load_model
 from .pt2 import build_package
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .decode.cpu import Preprocess
+from .decode.spec import Preprocess
 
 EXTRA_FILES = ("labels.json", "preprocess.json", "model.json")
 
