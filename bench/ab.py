@@ -63,7 +63,8 @@ def median(runs: list[Drain]) -> Drain:
     return sorted(runs, key=lambda d: d.images_per_s)[len(runs) // 2]
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=True, help="the commit to compare with (a ref or hash)")
     parser.add_argument(
@@ -80,7 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plain-fraction", type=int, default=6, help="plain rq drains jobs/N (it is slow)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--write", action="store_true", help="record the table in BENCHMARKS.md")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     before, sha = (args.before_tree.resolve(), args.before) if args.before_tree else worktree(args.before)
     here = args.after_label or head_label()
     if args.regime == "overhead":

@@ -121,7 +121,8 @@ def _e2e_row(
     return [name, decode, servers, jobs, rate, rate / cap, us_per_job, per_core]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch", type=int, default=128, help="the worker's --batch-size and the model's batch")
@@ -140,7 +141,11 @@ def main() -> None:
         help="also the decoder alone with these hardware-engine load hints (--decode-hw-load), e.g. 0.75,0.5",
     )
     parser.add_argument("--write", action="store_true")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     cuda = args.device.startswith("cuda")
     sets = {"photos": photos(), "phone": phone_photos()}
     sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 import redis
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> dict:
     fleet = Fleet(server.url, str(ensure_model("tiny")), args.workers)
     faults = Faults(args, conn, fleet, rng)
     mischief = Mischief(conn, server.url, rng)
-    good, ids, hostile, foreign, unaddressable = small_jpegs(), [], set(), [], 0
+    good, ids, hostile, foreign = small_jpegs(), [], set(), Foreign()
     started = time.monotonic()
     per_kill = args.jobs // (args.kills + 1)
     try:
@@ -78,32 +79,16 @@ def run(args: argparse.Namespace) -> dict:
             faults.burst_start(k)
             if k % 2 == 1 and consumer.kills < args.consumer_kills:
                 consumer.kill_and_restart()
-            new = []
-            for i in range(0, len(chunk), 100):  # paced enqueues: jobs keep flowing through the kills
-                batch = enqueue_retrying(producer, chunk[i : i + 100], faults.counts)
-                mischief.cancel_some(batch, args.cancels)  # right after the enqueue: they race the takes
-                new += batch
-                for _ in range(sum(rng.random() < args.foreign for _ in range(100))):
-                    addressable, dropped = push_foreign(conn, len(foreign) + unaddressable)
-                    foreign += addressable
-                    unaddressable += dropped
-                time.sleep(args.pace_s)
-                if i // 100 == len(chunk) // 200:  # mid-chunk: workers are busy
-                    faults.mid_burst(k)
-                    mischief.wrong_dependents(new)
+            new = _burst(args, k, chunk, Burst(producer, conn, faults, mischief, foreign), rng)
             ids += new
             hostile.update(j for j, data in zip(new, chunk, strict=False) if data in HOSTILE)
             _pause(fleet, args.interval_s / 2)  # workers restart (a few s) and recover before the next burst
             mischief.wrong_types()  # idle by now: the started registry is absent (deleted again in 2 s)
             _pause(fleet, args.interval_s / 2)
-        states = _wait_final(conn, ids + foreign, fleet)
+        states = _wait_final(conn, ids + foreign.ids, fleet)
         faults.counts.update(mischief.counts)
-        expected = (set(ids) - _unfed(mischief, listener)) | set(foreign)
-        deadline = time.monotonic() + 120
-        while not expected <= consumer.seen() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        faults.counts["feed_missing"] = len(expected - consumer.seen())
-        faults.counts["consumer_kills"] = consumer.kills
+        expected = (set(ids) - _unfed(mischief, listener)) | set(foreign.ids)
+        _wait_fed(expected, consumer, faults)
         for t in faults.threads + mischief.threads:
             t.join(timeout=60)
         time.sleep(1)  # let the last PUBLISHes reach the listener
@@ -117,8 +102,8 @@ def run(args: argparse.Namespace) -> dict:
         args,
         ids,
         hostile,
-        foreign,
-        unaddressable,
+        foreign.ids,
+        foreign.unaddressable,
         states,
         listener,
         fleet,
@@ -129,6 +114,53 @@ def run(args: argparse.Namespace) -> dict:
     summary["canceled"] = dict(Counter(str(o) for o in mischief.canceled.values()))
     summary["cancel_violations"] = mischief.violations(states, listener.published, listener.errors)
     return summary
+
+
+@dataclass
+class Foreign:
+    """Jobs pushed as a plain RQ client would (``push_foreign``): their ids, and those no client could name."""
+
+    ids: list[str] = field(default_factory=list)
+    unaddressable: int = 0
+
+
+@dataclass
+class Burst:
+    """What a burst of enqueues works with."""
+
+    producer: Producer
+    conn: redis.Redis
+    faults: Faults
+    mischief: Mischief
+    foreign: Foreign
+
+
+def _burst(args: argparse.Namespace, k: int, chunk: list[bytes], on: Burst, rng: random.Random) -> list[str]:
+    """Enqueue ``chunk`` 100 at a time, paced (jobs keep flowing through the kills), with cancels, foreign jobs
+    and, mid-chunk, burst ``k``'s faults; the ids enqueued."""
+    new: list[str] = []
+    for i in range(0, len(chunk), 100):
+        batch = enqueue_retrying(on.producer, chunk[i : i + 100], on.faults.counts)
+        on.mischief.cancel_some(batch, args.cancels)  # right after the enqueue: they race the takes
+        new += batch
+        for _ in range(sum(rng.random() < args.foreign for _ in range(100))):
+            addressable, dropped = push_foreign(on.conn, len(on.foreign.ids) + on.foreign.unaddressable)
+            on.foreign.ids += addressable
+            on.foreign.unaddressable += dropped
+        time.sleep(args.pace_s)
+        if i // 100 == len(chunk) // 200:  # mid-chunk: workers are busy
+            on.faults.mid_burst(k)
+            on.mischief.wrong_dependents(new)
+    return new
+
+
+def _wait_fed(expected: set[str], consumer: FeedConsumer, faults: Faults) -> None:
+    """Wait up to 2 minutes for the feed consumer to have seen ``expected``; count what it missed."""
+    deadline = time.monotonic() + 120
+    while not expected <= consumer.seen() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    faults.counts["feed_missing"] = len(expected - consumer.seen())
+    faults.counts["consumer_kills"] = consumer.kills
 
 
 def _unfed(mischief: Mischief, listener: Listener) -> set[str]:

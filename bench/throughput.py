@@ -88,24 +88,9 @@ def overhead(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]
 
 def compute(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]:
     """Ours vs LitServe (its own code) on EfficientNet-Lite0, alternated; plus the in-process reference."""
-    from .litserve_client import measure
-
     model, sources = str(ensure_model("lite0")), photos()
     payloads = [sources[i % len(sources)] for i in range(args.compute_jobs)]
-    ours, packaged, lit = [], [], {1: [], 4: [], 8: []}
-    package = str(ensure_package(args.device)[0]) if args.pt2 else None
-    for _ in range(args.repeats):
-        ours.append(
-            drain("ours", url, model, payloads, batch=args.compute_batch, device=args.device, extra=decode_flags(args))
-        )
-        if package:  # the same worker on the same jobs, with the model as an AOTInductor package
-            flags = decode_flags(args)
-            packaged.append(
-                drain("ours", url, package, payloads, batch=args.compute_batch, device=args.device, extra=flags)
-            )
-        if not args.no_litserve:
-            for max_batch in lit:
-                lit[max_batch].append(measure(model, payloads[: args.litserve_requests], max_batch, args.device))
+    ours, packaged, lit = _compute_rounds(url, args, model, payloads)
     inproc = in_process(model, payloads, args.compute_batch, args.device)
     o = _median(ours)
     rows = [_row("compute", f"ours (batch {args.compute_batch})", o, o.images_per_s / inproc)]
@@ -125,31 +110,54 @@ def compute(url: str, args: argparse.Namespace) -> tuple[list[list], list[str]]:
         q = _median(packaged)
         rows.insert(1, _row("compute", f"ours, .pt2 package (batch {args.compute_batch})", q, q.images_per_s / inproc))
     if not args.no_litserve:
-        medians = {b: sorted(r)[len(r) // 2] for b, r in lit.items()}
-        best = max(medians.values())
-        for max_batch, rate in medians.items():
-            rows.append(
-                [
-                    "compute",
-                    f"LitServe max_batch {max_batch} (its own load + Pillow; HTTP, 16 clients)",
-                    args.litserve_requests,
-                    rate,
-                    rate / inproc,
-                    "n/a",
-                    "n/a",
-                ]
-            )
-        each = ", ".join(f"{r.images_per_s / max(lit[b][i] for b in lit):.2f}" for i, r in enumerate(ours))
-        notes.append(
-            f"- compute: ours / LitServe's best = **{o.images_per_s / best:.2f}x** (each round: {each}; "
-            "target >= 1.1x, floor 1.0x)"
+        more_rows, more_notes = _against_litserve(lit, ours, packaged, inproc, args.litserve_requests)
+        rows, notes = rows + more_rows, notes + more_notes
+    return rows, notes
+
+
+def _compute_rounds(url: str, args: argparse.Namespace, model: str, payloads: list[bytes]) -> tuple[list, list, dict]:
+    """Each round: our worker (and with ``--pt2`` the same worker on the package), then LitServe at max_batch 1, 4
+    and 8; their drains and rates."""
+    from .litserve_client import measure
+
+    ours, packaged, lit = [], [], {1: [], 4: [], 8: []}
+    package = str(ensure_package(args.device)[0]) if args.pt2 else None
+    for _ in range(args.repeats):
+        ours.append(
+            drain("ours", url, model, payloads, batch=args.compute_batch, device=args.device, extra=decode_flags(args))
         )
-        if packaged:
-            each = ", ".join(f"{r.images_per_s / max(lit[b][i] for b in lit):.2f}" for i, r in enumerate(packaged))
-            notes.append(
-                f"- compute: ours with the .pt2 package / LitServe's best (TorchScript, as its user loads it) = "
-                f"**{_median(packaged).images_per_s / best:.2f}x** (each round: {each}; issue 23's target 1.3x)"
+        if package:  # the same worker on the same jobs, with the model as an AOTInductor package
+            flags = decode_flags(args)
+            packaged.append(
+                drain("ours", url, package, payloads, batch=args.compute_batch, device=args.device, extra=flags)
             )
+        if not args.no_litserve:
+            for max_batch in lit:
+                lit[max_batch].append(measure(model, payloads[: args.litserve_requests], max_batch, args.device))
+    return ours, packaged, lit
+
+
+def _against_litserve(
+    lit: dict[int, list[float]], ours: list, packaged: list, inproc: float, requests: int
+) -> tuple[list[list], list[str]]:
+    """LitServe's rows (median per max_batch) and the ratios of ours, and of the package, to its best."""
+    rows, notes = [], []
+    medians = {b: sorted(r)[len(r) // 2] for b, r in lit.items()}
+    best = max(medians.values())
+    for max_batch, rate in medians.items():
+        label = f"LitServe max_batch {max_batch} (its own load + Pillow; HTTP, 16 clients)"
+        rows.append(["compute", label, requests, rate, rate / inproc, "n/a", "n/a"])
+    each = ", ".join(f"{r.images_per_s / max(lit[b][i] for b in lit):.2f}" for i, r in enumerate(ours))
+    notes.append(
+        f"- compute: ours / LitServe's best = **{_median(ours).images_per_s / best:.2f}x** (each round: {each}; "
+        "target >= 1.1x, floor 1.0x)"
+    )
+    if packaged:
+        each = ", ".join(f"{r.images_per_s / max(lit[b][i] for b in lit):.2f}" for i, r in enumerate(packaged))
+        notes.append(
+            f"- compute: ours with the .pt2 package / LitServe's best (TorchScript, as its user loads it) = "
+            f"**{_median(packaged).images_per_s / best:.2f}x** (each round: {each}; issue 23's target 1.3x)"
+        )
     return rows, notes
 
 

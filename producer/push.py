@@ -121,6 +121,18 @@ def warn_if_no_worker(producer: Producer, sent: list[Pushed], timeout_s: float) 
         )
 
 
+def _outcome(producer: Producer, image: Pushed, left_s: float, timeout_s: float) -> tuple[str, str]:
+    """One image's line and outcome (ok, failed, timeout or unsent), its result waited for up to ``left_s``."""
+    if image.job_id is None:
+        return f"{image.name:<28} NOT ENQUEUED {image.refused}", "unsent"
+    try:
+        return format_result(image.name, producer.result(image.job_id, timeout=left_s)), "ok"
+    except JobFailed as exc:
+        return f"{image.name:<28} FAILED {exc.error.get('type')}: {exc.error.get('message')}", "failed"
+    except JobTimeout:
+        return f"{image.name:<28} TIMEOUT no result came for {timeout_s:g} s", "timeout"
+
+
 def push(producer: Producer, args: argparse.Namespace) -> int:
     """Enqueue the images (files, and URLs by reference) in one round trip; with --wait print each result and a
     summary. Exit 1 when an image failed, timed out or was not enqueued."""
@@ -145,20 +157,10 @@ def push(producer: Producer, args: argparse.Namespace) -> int:
     ok, failed, bar = 0, 0, Progress(len(images), start) if sys.stderr.isatty() else None
     last_result = time.monotonic()  # the wait ends when no result came for --timeout s: once for all images
     for image in images:
-        if image.job_id is None:
-            failed += 1
-            line = f"{image.name:<28} NOT ENQUEUED {image.refused}"
-        else:
-            try:
-                left = max(0.0, last_result + args.timeout - time.monotonic())
-                line = format_result(image.name, producer.result(image.job_id, timeout=left))
-                ok, last_result = ok + 1, time.monotonic()
-            except JobFailed as exc:
-                failed, last_result = failed + 1, time.monotonic()
-                line = f"{image.name:<28} FAILED {exc.error.get('type')}: {exc.error.get('message')}"
-            except JobTimeout:
-                failed += 1
-                line = f"{image.name:<28} TIMEOUT no result came for {args.timeout:g} s"
+        line, outcome = _outcome(producer, image, max(0.0, last_result + args.timeout - time.monotonic()), args.timeout)
+        ok, failed = ok + (outcome == "ok"), failed + (outcome != "ok")
+        if outcome in ("ok", "failed"):
+            last_result = time.monotonic()
         if bar is None:
             print(line, flush=True)
         else:  # a terminal: each image's line (top-3 labels, or its failure) above one progress bar

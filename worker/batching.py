@@ -38,9 +38,7 @@ def next_batch(
     items = _ready(get, max_items)
     if items and busy:
         if call_wait_s > 0 and len(items) < max_items // 2 and decoding() > 0:
-            item = get(call_wait_s)
-            if item is not None:
-                items += [item, *_ready(get, max_items - len(items) - 1)]
+            items += _next_call(get, call_wait_s, max_items - len(items))
         return items
     if not items:
         first = get(idle_wait_s)
@@ -62,6 +60,12 @@ def next_batch(
         items.append(item)
         items += _ready(get, max_items - len(items))
     return items
+
+
+def _next_call(get: Callable[[float], T | None], wait_s: float, limit: int) -> list[T]:
+    """The next hand-off, waited for up to ``wait_s``, with whatever is ready after it (up to ``limit``)."""
+    item = get(wait_s)
+    return [] if item is None else [item, *_ready(get, limit - 1)]
 
 
 def _ready(get: Callable[[float], T | None], limit: int) -> list[T]:

@@ -20,9 +20,18 @@ class Metrics:
     """The worker's metrics, in ``registry``; ``worker.health.ProbeServer`` serves them at ``/metrics``."""
 
     def __init__(self, device: str) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry
 
-        self.registry = registry = CollectorRegistry()
+        self.registry = CollectorRegistry()
+        self.device = device
+        self._declare_jobs()
+        self._declare_state()
+
+    def _declare_jobs(self) -> None:
+        """What jobs and batches did."""
+        from prometheus_client import Counter, Histogram
+
+        registry = self.registry
         self.jobs = Counter(
             "adclassify_jobs_total", "Jobs finished, by outcome (ok, or the error type)", ["outcome"], registry=registry
         )
@@ -59,6 +68,12 @@ class Metrics:
             "Photos that came again within their batch and were run once (repeated ads)",
             registry=registry,
         )
+
+    def _declare_state(self) -> None:
+        """The queue, the device and the model as this worker sees them."""
+        from prometheus_client import Counter, Gauge
+
+        registry = self.registry
         self.backlog = Gauge("adclassify_queue_backlog_jobs", "Jobs waiting in the queue", registry=registry)
         self.warm_up = Gauge(
             "adclassify_model_warmup_seconds", "Model load and warm-up time at start", registry=registry
@@ -84,7 +99,6 @@ class Metrics:
             ["tag"],
             registry=registry,
         )
-        self.device = device
 
     def serving(self, tag: str) -> None:
         """The model now served is ``tag`` (at start, and after a swap)."""
