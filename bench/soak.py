@@ -97,23 +97,7 @@ def run(args: argparse.Namespace) -> dict:
         consumer.stop()
         fleet.stop()
         server.stop()
-    canceled = set(mischief.canceled)
-    summary = _summary(
-        args,
-        ids,
-        hostile,
-        foreign.ids,
-        foreign.unaddressable,
-        states,
-        listener,
-        fleet,
-        faults,
-        time.monotonic() - started,
-        canceled,
-    )
-    summary["canceled"] = dict(Counter(str(o) for o in mischief.canceled.values()))
-    summary["cancel_violations"] = mischief.violations(states, listener.published, listener.errors)
-    return summary
+    return _summary(args, ids, hostile, foreign, states, listener, fleet, faults, time.monotonic() - started, mischief)
 
 
 @dataclass
@@ -190,16 +174,15 @@ def _summary(
     args: argparse.Namespace,
     ids: list[str],
     hostile: set[str],
-    foreign: list[str],
-    unaddressable: int,
+    foreign: Foreign,
     states: dict[str, str],
     listener: Listener,
     fleet: Fleet,
     faults: Faults,
     elapsed: float,
-    canceled: set[str],
+    mischief: Mischief,
 ) -> dict:
-    published = listener.published
+    published, canceled = listener.published, set(mischief.canceled)
     kept = [i for i in ids if i not in canceled]  # the canceled ones are judged by Mischief.violations
     lost = [i for i in kept if states[i] not in ("finished", "failed")]
     failed = {i for i in kept if states[i] == "failed"}
@@ -213,9 +196,9 @@ def _summary(
         "published_missing": sum(1 for i in kept if published[i] == 0),
         "duplicates_published": sum(max(0, published[i] - 1) for i in ids),
         "kills": args.kills,
-        "foreign": len(foreign) + unaddressable,
-        "foreign_unaddressable": unaddressable,
-        "foreign_unanswered": sum(1 for i in foreign if published[i] == 0),
+        "foreign": len(foreign.ids) + foreign.unaddressable,
+        "foreign_unaddressable": foreign.unaddressable,
+        "foreign_unanswered": sum(1 for i in foreign.ids if published[i] == 0),
         "crashes": fleet.crashes,
         "redis_full_refusals": faults.counts["redis_full_refusals"],
         "frozen": faults.counts["frozen"],
@@ -227,6 +210,8 @@ def _summary(
         "elapsed_s": elapsed,
         "workers": args.workers,
         "unexpected_errors": dict(Counter(listener.errors.get(i, "?") for i in failed - hostile)),
+        "canceled": dict(Counter(str(o) for o in mischief.canceled.values())),
+        "cancel_violations": mischief.violations(states, listener.published, listener.errors),
     }
 
 
