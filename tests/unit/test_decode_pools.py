@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 
 import pytest
 
 from worker.decode import DecodeResult
+from worker.decode.budget import PixelBudget
 from worker.decode.cpu import Limits, Preprocess, decode
 from worker.decode.gate import Gate
 from worker.decode.pool import ProcessDecoder, ThreadDecoder
@@ -43,6 +45,76 @@ def test_pools_give_the_decoders_pixels_and_its_errors(kind):
     for name, result in zip(NAMES, results, strict=False):
         assert result.error is None and result.pixels == decode(image_bytes(name), SPEC, Limits())
     assert results[-1].pixels is None and results[-1].error.kind == "unsupported_image"
+
+
+def collect_many(decoder, images: list[bytes]) -> tuple[list[DecodeResult], list[int]]:
+    """``submit_many``'s results by index, and the size of each hand-off."""
+    results: dict[int, DecodeResult] = {}
+    sizes: list[int] = []
+    lock, done = threading.Lock(), threading.Event()
+
+    def on_done(pairs: list[tuple[int, DecodeResult]]) -> None:
+        with lock:
+            sizes.append(len(pairs))
+            for i, result in pairs:
+                assert i not in results  # every index comes back exactly once
+                results[i] = result
+            if len(results) == len(images):
+                done.set()
+
+    decoder.submit_many(images, on_done)
+    assert done.wait(60)
+    return [results[i] for i in range(len(images))], sizes
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_a_takes_images_come_back_once_each_by_index_whatever_thread_decodes_them(kind):
+    decoder = ThreadDecoder(SPEC, Limits(), 3) if kind == "threads" else ProcessDecoder(SPEC, Limits(), 2)
+    images = [image_bytes(NAMES[i % len(NAMES)]) for i in range(13)] + [b"not an image"]
+    try:
+        results, sizes = collect_many(decoder, images)
+        again, _ = collect_many(decoder, images[:1])  # the pool serves the next take
+    finally:
+        decoder.close()
+    assert sizes == [1] * len(images)  # image by image: a batch-mate's decode is never waited for
+    for data, result in zip(images[:-1], results, strict=False):
+        assert result.error is None and result.pixels == decode(data, SPEC, Limits())
+    assert results[-1].error.kind == "unsupported_image" and again[0].pixels == results[0].pixels
+
+
+class FailingBudget(PixelBudget):
+    """A budget that fails (as a decoder bug or a MemoryError would) for images of one pixel count."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__(Limits().max_pixels)
+        self.fail_at = fail_at
+
+    def hold(self, pixels: int):
+        if pixels == self.fail_at:
+            raise MemoryError("injected")
+        return super().hold(pixels)
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_an_unexpected_failure_fails_its_image_only_and_is_logged(kind, caplog):
+    from PIL import Image
+
+    odd = image_bytes("odd_rgba.png")
+    with Image.open(io.BytesIO(odd)) as img:
+        budget = FailingBudget(img.size[0] * img.size[1])
+    decoder = (
+        ThreadDecoder(SPEC, Limits(), 2, budget=budget)
+        if kind == "threads"
+        else ProcessDecoder(SPEC, Limits(), 1, budget=budget)
+    )
+    images = [image_bytes("cat.jpg"), odd, image_bytes("coffee.jpg"), odd, image_bytes("cat.jpg")]
+    try:
+        results, _ = collect_many(decoder, images)
+    finally:
+        decoder.close()
+    assert [r.error is None for r in results] == [True, False, True, False, True]
+    assert results[1].error.kind == "unsupported_image" and "MemoryError" in results[1].error.message
+    assert "decoding an image failed unexpectedly" in caplog.text
 
 
 def test_a_decode_past_its_timeout_fails_and_its_process_is_replaced():
