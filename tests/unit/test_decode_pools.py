@@ -89,10 +89,10 @@ class FailingBudget(PixelBudget):
         super().__init__(Limits().max_pixels)
         self.fail_at = fail_at
 
-    def hold(self, pixels: int):
+    def acquire(self, pixels: int) -> int:
         if pixels == self.fail_at:
             raise MemoryError("injected")
-        return super().hold(pixels)
+        return super().acquire(pixels)
 
 
 @pytest.mark.parametrize("kind", ["threads", "processes"])

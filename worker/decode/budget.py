@@ -77,20 +77,36 @@ class PixelBudget:
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
         self.used = self.peak = 0
+        self.waiters = 0  # threads waiting for pixels to be released
         self.cond = threading.Condition()
 
-    @contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        """Wait until ``pixels`` fit (an image bigger than the budget waits until it runs alone)."""
+    def acquire(self, pixels: int) -> int:
+        """Wait until ``pixels`` fit (an image bigger than the budget waits until it runs alone); what is held,
+        for ``release``."""
         pixels = min(max(0, pixels), self.capacity)
         with self.cond:
             while self.used and self.used + pixels > self.capacity:
-                self.cond.wait()
+                self.waiters += 1
+                try:
+                    self.cond.wait()
+                finally:
+                    self.waiters -= 1
             self.used += pixels
             self.peak = max(self.peak, self.used)
+        return pixels
+
+    def release(self, held: int) -> None:
+        """Give back what ``acquire`` returned."""
+        with self.cond:
+            self.used -= held
+            if self.waiters:
+                self.cond.notify_all()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        """``acquire`` and ``release`` around a block."""
+        held = self.acquire(pixels)
         try:
             yield
         finally:
-            with self.cond:
-                self.used -= pixels
-                self.cond.notify_all()
+            self.release(held)

@@ -51,21 +51,29 @@ class Gate:
         with self.cond:
             self.ahead += 1
 
-    @contextmanager
-    def decoding(self) -> Iterator[None]:
-        """Held while one image decodes."""
+    def begin_decode(self) -> float:
+        """One image starts decoding (once the gate lets it); when, for ``end_decode``."""
         with self.cond:
             while self.active and (self.exclusive or self.waiting):
                 self.cond.wait()
             self.shared += 1
-        start = time.perf_counter()
+        return time.perf_counter()
+
+    def end_decode(self, start: float) -> None:
+        """That image is done."""
+        with self.cond:
+            self.shared -= 1
+            self.decode_ms = _average(self.decode_ms, (time.perf_counter() - start) * 1000)
+            self.cond.notify_all()
+
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        """Held while one image decodes."""
+        start = self.begin_decode()
         try:
             yield
         finally:
-            with self.cond:
-                self.shared -= 1
-                self.decode_ms = _average(self.decode_ms, (time.perf_counter() - start) * 1000)
-                self.cond.notify_all()
+            self.end_decode(start)
 
     @contextmanager
     def forward(self, images: int = 1) -> Iterator[None]:
@@ -95,6 +103,12 @@ class NoGate(Gate):
     """Decoding overlaps the forward pass (GPUs)."""
 
     def decoded(self) -> None:
+        pass
+
+    def begin_decode(self) -> float:
+        return 0.0
+
+    def end_decode(self, start: float) -> None:
         pass
 
     @contextmanager

@@ -88,8 +88,16 @@ class ThreadDecoder:
         start = time.monotonic()
         try:
             jpeg = scan_jpeg(data)  # one walk of a JPEG's segments: the budget's size and the direct decode's header
-            with self.budget.hold(header_pixels(data, jpeg)), self.gate.decoding():
-                result = decode_one(data, self.spec, self.limits, jpeg)
+            # the budget and the gate by hand, not as context managers: ~3 µs less per image
+            held = self.budget.acquire(header_pixels(data, jpeg))
+            try:
+                began = self.gate.begin_decode()
+                try:
+                    result = decode_one(data, self.spec, self.limits, jpeg)
+                finally:
+                    self.gate.end_decode(began)
+            finally:
+                self.budget.release(held)
         except Exception as exc:  # a decoder bug, MemoryError: this image fails, never silently (nor its take-mates)
             return unexpected(exc, start)
         if result.error is None:
