@@ -68,6 +68,11 @@ def variants() -> list[bytes]:
         entries += struct.pack("<HHI", 0x0128, 3, 1) + struct.pack("<H", 2).ljust(4, b"\x00")
         tiff = b"II*\x00" + struct.pack("<IH", 8, 2) + entries + struct.pack("<I", 0)
         made.append(with_segment(jpeg(), app1(b"Exif\x00\x00" + tiff)))
+    for turn in (1, 3, 6, 8):  # big-endian (Motorola) EXIF, as many cameras write it: a SHORT sits in the high half
+        entries = struct.pack(">HHI", 0x010F, 2, 4) + b"cam\x00"  # Make, inline
+        entries += struct.pack(">HHIH", 0x0112, 3, 1, turn) + b"\x00\x00"  # Orientation: one SHORT
+        tiff = b"MM\x00*" + struct.pack(">IH", 8, 2) + entries + struct.pack(">I", 0)
+        made.append(with_segment(jpeg(), app1(b"Exif\x00\x00" + tiff)))
     return made
 
 

@@ -13,6 +13,7 @@ the two readers together on every test image and on fuzzed inputs.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 
 # Pillow's marker table: frame headers (SOF0-15 but DHT, JPG, DAC; and DHP, which Pillow reads as one), and
@@ -30,6 +31,7 @@ ORIENTATION_TAG = 0x0112
 RESOLUTION_TAGS = (0x011A, 0x0128)  # XResolution, ResolutionUnit: Pillow's open reads the dpi from them
 RATIONALS = (5, 10)  # RATIONAL, SRATIONAL
 XMP = b"http://ns.adobe.com/xap/1.0/\x00"
+IFD_ENTRY = {"little": struct.Struct("<HHII"), "big": struct.Struct(">HHII")}  # a TIFF IFD entry
 TIFF_UNITS = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}  # bytes
 
 
@@ -192,23 +194,23 @@ def _exif_orientation(tiff: memoryview) -> int:
     if ifd + 2 + 12 * count > len(tiff):
         raise _Unsure
     found, outside, resolution, odd_resolution = 0, 0, set(), False
-    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
-        kind = number(entry + 2, 2)
+    # each entry: tag, type, count, value (or its offset); unpacked in C, not field by field (~17 µs a photo)
+    for tag, kind, n, value in IFD_ENTRY[order].iter_unpack(tiff[ifd + 2 : ifd + 2 + 12 * count]):
         unit = TIFF_UNITS.get(kind)
         if unit is None:
             raise _Unsure
-        if (tag := number(entry, 2)) in RESOLUTION_TAGS:
+        if tag in RESOLUTION_TAGS:
             resolution.add(tag)
-            odd_resolution |= tag == 0x011A and (kind not in RATIONALS or number(entry + 4, 4) != 1)
-        size = unit * number(entry + 4, 4)
+            odd_resolution |= tag == 0x011A and (kind not in RATIONALS or n != 1)
+        size = unit * n
         if size > 4:  # the value lies elsewhere in the block
             outside += size
-            if number(entry + 8, 4) + size > len(tiff) or outside > len(tiff):
+            if value + size > len(tiff) or outside > len(tiff):
                 raise _Unsure
         if tag == ORIENTATION_TAG:
             if found or kind != 3 or size != 2:
                 raise _Unsure
-            found = number(entry + 8, 2) or -1
+            found = (value & 0xFFFF if order == "little" else value >> 16) or -1  # a SHORT: the field's first 2 bytes
     if found == -1:
         raise _Unsure  # an orientation of 0 (invalid) on record
     if odd_resolution and len(resolution) == 2:
