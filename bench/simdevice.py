@@ -78,15 +78,30 @@ HEADERS = [
 ]
 
 
-def unique_photos(count: int) -> list[bytes]:
+def unique_photos(count: int, exif: bool = False) -> list[bytes]:
     """``count`` JPEGs cycling through the shared photos, each with its own COM segment after SOI (same pixels,
-    same header route, distinct bytes: distinct SHA-256, so no batch runs a photo once for several jobs)."""
-    sources = photos()
+    same header route, distinct bytes: distinct SHA-256, so no batch runs a photo once for several jobs); with
+    ``exif``, a phone camera's EXIF block too (the shared photos carry none; uploads from phones do)."""
+    sources, block = photos(), phone_exif() if exif else b""
     out = []
     for i in range(count):
         data, note = sources[i % len(sources)], f"simdevice {i}".encode()
-        out.append(data[:2] + b"\xff\xfe" + struct.pack(">H", len(note) + 2) + note + data[2:])
+        out.append(data[:2] + block + b"\xff\xfe" + struct.pack(">H", len(note) + 2) + note + data[2:])
     return out
+
+
+def phone_exif() -> bytes:
+    """An APP1 EXIF segment as a phone writes one: IFD0 with the camera, orientation (upright), resolution,
+    software and time (Pillow's writer: big-endian, as many cameras write it)."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    tags = {0x010F: "Google", 0x0110: "Pixel 7", 0x0112: 1, 0x011A: 72.0, 0x011B: 72.0, 0x0128: 2}
+    tags |= {0x0131: "HDR+ 1.0.540104767zd", 0x0132: "2026:11:30 14:02:11", 0x0213: 1}
+    for tag, value in tags.items():
+        exif[tag] = value
+    payload = exif.tobytes()  # with its "Exif\0\0" header
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
 
 
 def run_once(tree: Path, url: str, payloads: list[bytes], args: argparse.Namespace, tag: str) -> dict[str, Any]:
@@ -174,7 +189,8 @@ def render(arms: dict[str, list[dict[str, Any]]], labels: dict[str, str], args: 
         hist.append([arm, histogram(m["decode_calls"]), histogram(m["forward_batches"])])
     parts.append(table(["run", "decode calls by images per call", "forward batches by size"], hist))
     notes = [
-        f"{args.jobs} jobs of real photos (~96 KB, unique bytes) queued before each run; worker --batch-size "
+        f"{args.jobs} jobs of real photos (~96 KB, unique bytes{', phone EXIF' if args.exif else ''}) queued before "
+        "each run; worker --batch-size "
         f"{args.batch} --max-wait-ms {args.max_wait_ms:g} {args.worker_args}".rstrip()
         + f"; {args.repeats} alternating rounds; rate after the first finished batch.",
         f"Device: decode call {args.decode_fixed_ms:g} + {args.decode_per_image_ms:g} ms/image, forward "
@@ -205,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-fixed-ms", type=float, default=DECODE_FIXED_MS)
     parser.add_argument("--decode-per-image-ms", type=float, default=DECODE_PER_IMAGE_MS)
     parser.add_argument("--worker-args", default="", help="more worker flags for both sides, e.g. '--cache-ttl-s 0'")
+    parser.add_argument("--exif", action="store_true", help="a phone camera's EXIF block in every photo")
     parser.add_argument("--profile", action="store_true", help="run each child under py-spy (--gil); raw stacks")
     parser.add_argument("--write", action="store_true", help="record the tables in BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -212,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.before:
         before, sha = (args.before_tree.resolve(), args.before) if args.before_tree else worktree(args.before)
         trees, labels = {"before": before, **trees}, {"before": sha, **labels}
-    payloads = unique_photos(args.jobs)
+    payloads = unique_photos(args.jobs, args.exif)
     arms: dict[str, list[dict[str, Any]]] = {arm: [] for arm in trees}
     with RedisServer(find_redis_server()) as server:
         for round_ in range(args.repeats):
