@@ -56,7 +56,7 @@ def run(cache: bool, jobs: int, model: str) -> dict:
         proc = subprocess.Popen(args, cwd=ROOT, env={"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"})
         producer = Producer(server.url)
         earlier = photos(int(jobs * 0.3), seed=1)
-        for job_id in producer.enqueue_many(earlier):  # yesterday's ads, classified once
+        for job_id in producer.enqueue_many(earlier, cache=True):  # yesterday's ads, classified (and cached) once
             producer.result(job_id, timeout=300)
         rng = random.Random(7)
         stream = photos(jobs - len(earlier), seed=2) + earlier

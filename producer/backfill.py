@@ -188,6 +188,7 @@ def settings_from(args: argparse.Namespace) -> BackfillSettings:
         timeout_s=args.timeout,
         check_every_s=args.check_every_s,
         progress_every_s=args.progress_every_s,
+        cache=args.cache,
     )
 
 
@@ -258,3 +259,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="when the feed brought none of our results this long, look for them in RQ's records (5)",
     )
     p.add_argument("--progress-every-s", type=float, default=5.0, help="a progress line this often off a terminal")
+    p.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the workers keep each result in the result cache (their --cache-ttl-s), so a web backend's "
+        "enqueue(..., cache=True) of the same photo is answered from it (default; --no-cache: not)",
+    )

@@ -58,6 +58,7 @@ class BackfillSettings:
     timeout_s: float = 600.0  # give up (resumable) when no line was answered for this long
     check_every_s: float = 5.0  # check RQ's records when the feed brought none of our results this long
     progress_every_s: float = 5.0  # a plain progress line this often when stderr is not a terminal
+    cache: bool = True  # the workers cache each result, for web backends' enqueue(..., cache=True) of the same photo
 
 
 @dataclass
@@ -165,7 +166,8 @@ class Backfill:
         ids = [flight.job_id for flight in batch]
         metas = [{"backfill": self.identity.group, "line": flight.line.number} for flight in batch]
         try:
-            self.producer.enqueue_many(image_urls=[f.line.url or "" for f in batch], job_ids=ids, metas=metas)
+            urls = [f.line.url or "" for f in batch]
+            self.producer.enqueue_many(image_urls=urls, job_ids=ids, metas=metas, cache=self.settings.cache)
         except QueueFull as exc:  # back-pressure (the queue is long, or Redis full): other shards' jobs are written
             later = set(exc.not_enqueued if exc.not_enqueued is not None else ids)
             self._sent([i for i in ids if i not in later])

@@ -4,8 +4,8 @@ on their queue (RQ's failed registry ``rq:failed:<queue>``, every shard), select
 A failed job's type is its latest RQ result's (``JobError: <type>: <message>``, read by
 ``producer.wire.results.parse_exc_string``; for a plain ``rq worker``, the exception's class name). Failures
 that would fail the same way again (``DETERMINISTIC``) are never re-queued unless ``--error`` names their type;
-without ``--error`` every other type is (what the worker retries itself, ``fetch_error`` and ``model_error``,
-once its retries ran out, and anything unknown). Each job is re-queued by one atomic script
+without ``--error`` every other type is (what the worker retries itself, ``fetch_error``, ``model_error`` and
+``decode_error``, once its retries ran out, and anything unknown). Each job is re-queued by one atomic script
 (``producer.requeue_call``), as RQ's ``FailedJobRegistry.requeue`` would. ``--dry-run`` reads only.
 """
 

@@ -21,12 +21,13 @@ from .results import make_result
 from .serializer import dumps, loads
 
 ASKED = {"cache": True}  # the RQ job's meta (``Job.meta``) of a job whose result goes into the cache
+MAX_ASKING_META_BYTES = 4096  # RQ meta longer than this is never parsed on the take thread
 
 
 def asked(rq_meta: bytes | None) -> bool:
     """Whether an RQ job's ``meta`` field (msgpack, or absent) asks for its result to be cached; anything
     else (absent, a foreign value, another map) is no."""
-    if not rq_meta:
+    if not rq_meta or len(rq_meta) > MAX_ASKING_META_BYTES:  # ours is 8 bytes; another tool's large meta: not read
         return False
     try:
         found = loads(rq_meta)

@@ -194,3 +194,20 @@ def test_a_queue_limit_below_the_send_size_still_lets_every_line_through(redis_u
     done = backfill(redis_url, manifest, out, *args)
     assert done.returncode == 0, done.stderr
     assert len(records(out)) == 100 and all(r["ok"] for r in records(out))
+
+
+def test_a_backfill_fills_the_result_cache_for_web_backends_unless_told_not_to(
+    redis_url, conn, start_worker, tmp_path, root
+):
+    from producer import Producer
+
+    start_worker("--fetch-root", str(root))
+    manifest = tmp_path / "catalog.txt"
+    manifest.write_text("ads/cat.jpg\n")
+    spared = backfill(redis_url, manifest, tmp_path / "spared.jsonl", "--fetch-root", str(root), "--no-cache")
+    assert spared.returncode == 0, spared.stderr
+    assert not conn.keys("rq:adclassify:cache:*")  # --no-cache: nothing written
+    done = backfill(redis_url, manifest, tmp_path / "out.jsonl", "--fetch-root", str(root))
+    assert done.returncode == 0, done.stderr
+    web = Producer(redis_url).classify((root / "ads" / "cat.jpg").read_bytes(), timeout=60, cache=True)
+    assert web["cached"] is True and web["label"] == records(tmp_path / "out.jsonl")[0]["label"]

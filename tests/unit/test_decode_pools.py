@@ -113,8 +113,50 @@ def test_an_unexpected_failure_fails_its_image_only_and_is_logged(kind, caplog):
     finally:
         decoder.close()
     assert [r.error is None for r in results] == [True, False, True, False, True]
-    assert results[1].error.kind == "unsupported_image" and "MemoryError" in results[1].error.message
+    assert results[1].error.kind == "decode_error" and "MemoryError" in results[1].error.message
+    assert results[1].error.retryable  # the photo may be fine: its job is retried
     assert "decoding an image failed unexpectedly" in caplog.text
+
+
+def test_a_hand_off_that_raises_loses_no_other_image_of_its_take(caplog):
+    decoder = ThreadDecoder(SPEC, Limits(), 1)  # one thread: one drain for the whole take
+    images = [image_bytes(n) for n in ("cat.jpg", "coffee.jpg", "cat.jpg", "coffee.jpg")]
+    got, done = [], threading.Event()
+
+    def on_done(pairs: list[tuple[int, DecodeResult]]) -> None:
+        got.extend(i for i, _ in pairs)
+        if len(got) == len(images):
+            done.set()
+        if pairs[0][0] == 1:
+            raise RuntimeError("a bug in the caller's hand-off")
+
+    try:
+        decoder.submit_many(images, on_done)
+        assert done.wait(30)
+    finally:
+        decoder.close()
+    assert sorted(got) == [0, 1, 2, 3] and "hand-off failed" in caplog.text
+
+
+def test_a_process_exchange_cut_short_replaces_the_process_so_no_reply_goes_to_the_next_image(caplog):
+    decoder = ProcessDecoder(SPEC, Limits(), 1)
+    slot, real, calls = decoder.slots[0], decoder.slots[0].decode, []
+
+    def cut_short(data: bytes, timeout_s: float) -> DecodeResult:
+        if not calls:
+            calls.append(data)
+            slot.conn.send_bytes(data)  # the exchange began: the child will answer for this image
+            raise MemoryError("injected after the send")
+        return real(data, timeout_s)
+
+    slot.decode = cut_short
+    try:
+        first, second = collect(decoder, [image_bytes("cat.jpg"), image_bytes("coffee.jpg")])
+    finally:
+        decoder.close()
+    assert first.error.kind == "decode_error"
+    assert second.error is None and second.pixels == decode(image_bytes("coffee.jpg"), SPEC, Limits())
+    assert "replacing decode process" in caplog.text
 
 
 def test_a_decode_past_its_timeout_fails_and_its_process_is_replaced():

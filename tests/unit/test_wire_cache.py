@@ -55,6 +55,7 @@ def test_only_rq_meta_that_asks_in_msgpack_asks_for_the_cache():
     for other in (None, b"", dumps({}), dumps({"cache": 1}), dumps({"cache": "yes"}), dumps([True]), b"\xc1"):
         assert not asked(other)
     assert not asked(pickle.dumps({"cache": True}))  # RQ's default serializer's meta: never unpickled, a no
+    assert not asked(dumps({**ASKED, "notes": "x" * 5000}))  # a foreign tool's large meta is not parsed
 
 
 def test_a_started_jobs_record_says_whether_its_producer_asked_for_the_cache():

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
+from typing import TypeVar
 
 from ..errors import JobError
 from . import Decoded, DecodeResult, submit_each
@@ -26,6 +27,7 @@ from .gate import Gate, NoGate
 from .jpegscan import UNREAD, JpegHeader, scan_jpeg
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def decode_one(data: bytes, spec: Preprocess, limits: Limits, jpeg: JpegHeader | None = UNREAD) -> DecodeResult:
@@ -39,11 +41,21 @@ def decode_one(data: bytes, spec: Preprocess, limits: Limits, jpeg: JpegHeader |
 
 
 def unexpected(exc: Exception, start: float) -> DecodeResult:
-    """An image whose decode failed in a way no image should (a bug, MemoryError): logged with its traceback,
-    and a failed result for that image alone."""
+    """An image whose decode failed in a way no image should (MemoryError, too many open files, a bug): logged
+    with its traceback, and a failed result for that image alone, retried (``decode_error``): the photo may
+    well be fine."""
     log.error("decoding an image failed unexpectedly", exc_info=exc)
-    error = JobError("unsupported_image", f"the decoder failed on this image: {type(exc).__name__}")
+    error = JobError("decode_error", f"the decoder failed: {type(exc).__name__}: {exc}"[:300], retryable=True)
     return DecodeResult(None, error, start, (time.monotonic() - start) * 1000)
+
+
+def deliver(done: Callable[[T], None], value: T) -> None:
+    """Call a pool thread's ``done``; one that raises is logged, and the thread goes on with the next image
+    (a take's other images must not wait on it: their jobs would stall)."""
+    try:
+        done(value)
+    except Exception:
+        log.exception("a decoded image's hand-off failed")
 
 
 class ThreadDecoder:
@@ -67,7 +79,7 @@ class ThreadDecoder:
 
     def submit(self, data: bytes, done: Callable[[DecodeResult], None]) -> None:
         """Decode on a pool thread and call ``done`` there."""
-        self.pool.submit(lambda: done(self._run(data)))
+        self.pool.submit(lambda: deliver(done, self._run(data)))
 
     def submit_many(self, images: Sequence[bytes], done: Decoded) -> None:
         """The images in order, each on the next free pool thread; ``done`` once per image. One pool task per
@@ -82,7 +94,7 @@ class ThreadDecoder:
                 i, data = pending.popleft()
             except IndexError:
                 return
-            done([(i, self._run(data))])
+            deliver(done, [(i, self._run(data))])
 
     def _run(self, data: bytes) -> DecodeResult:
         start = time.monotonic()
@@ -213,15 +225,27 @@ class ProcessDecoder:
     def _dispatch(self, slot: _Slot) -> None:
         while (task := self.tasks.get()) is not None:
             data, done = task
-            start = time.monotonic()
-            try:
-                with self.budget.hold(header_pixels(data)), self.gate.decoding():
-                    result = slot.decode(data, self.timeout_s)
-            except Exception as exc:  # as ThreadDecoder._run: this image fails, the dispatcher lives on
-                result = unexpected(exc, start)
+            result = self._decode_on(slot, data)
             if result.error is None:
                 self.gate.decoded()
-            done(result)
+            deliver(done, result)
+
+    def _decode_on(self, slot: _Slot, data: bytes) -> DecodeResult:
+        """One image on ``slot``'s process; an unexpected failure fails this image only (as ``ThreadDecoder``),
+        and one inside the exchange replaces the process (its pipe may hold a reply not read)."""
+        start = time.monotonic()
+        try:
+            held = self.budget.acquire(header_pixels(data))
+        except Exception as exc:
+            return unexpected(exc, start)
+        try:
+            with self.gate.decoding():
+                return slot.decode(data, self.timeout_s)
+        except Exception as exc:
+            slot.restart(f"decoding failed unexpectedly ({type(exc).__name__})")
+            return unexpected(exc, start)
+        finally:
+            self.budget.release(held)
 
     def close(self) -> None:
         """Finish every queued image, then stop the processes."""
