@@ -251,3 +251,63 @@ def test_an_image_bigger_than_the_budget_still_decodes_alone():
     finally:
         decoder.close()
     assert all(r.error is None for r in results) and budget.peak == 1_000_000
+
+
+def test_running_out_of_memory_mid_decode_is_retried_not_blamed_on_the_image(monkeypatch):
+    from worker.decode import libjpeg
+
+    def no_memory(*args: object) -> bytes:
+        raise MemoryError("injected")
+
+    monkeypatch.setattr(libjpeg, "pixels", no_memory)  # libjpeg's allocation fails: the host, not the photo
+    with pytest.raises(MemoryError):
+        decode(image_bytes("cat.jpg"), SPEC, Limits())
+    decoder = ThreadDecoder(SPEC, Limits(), 1)
+    try:
+        (result,), _ = collect_many(decoder, [image_bytes("cat.jpg")])
+    finally:
+        decoder.close()
+    assert result.error.kind == "decode_error" and result.error.retryable
+
+
+def test_a_decode_process_out_of_memory_answers_decode_error(monkeypatch):
+    import multiprocessing
+    from multiprocessing.shared_memory import SharedMemory
+
+    from worker.decode import pool
+
+    def no_memory(*args: object) -> bytes:
+        raise MemoryError("injected")
+
+    monkeypatch.setattr(pool, "decode", no_memory)
+    parent, child = multiprocessing.Pipe()
+    shm = SharedMemory(create=True, size=SPEC.size[0] * SPEC.size[1] * 3)
+    runner = threading.Thread(target=pool._child, args=(child, shm.name, SPEC, Limits()))  # the child's loop
+    runner.start()
+    try:
+        parent.send_bytes(image_bytes("cat.jpg"))
+        assert parent.poll(10)
+        size, kind, message, _ = parent.recv()
+    finally:
+        parent.close()
+        runner.join(10)
+        shm.close()
+        shm.unlink()
+    assert (size, kind) == (0, "decode_error") and "MemoryError" in message
+
+
+def test_a_decode_process_that_cannot_be_replaced_fails_its_images_and_its_dispatcher_lives_on(caplog):
+    decoder = ProcessDecoder(SPEC, Limits(), 1)
+    slot = decoder.slots[0]
+
+    def broken(*args: object) -> DecodeResult:
+        raise OSError(24, "Too many open files")
+
+    slot.decode, slot.restart = broken, broken
+    try:
+        results = collect(decoder, [image_bytes("cat.jpg"), image_bytes("coffee.jpg")])
+    finally:
+        slot.decode, slot.restart = type(slot).decode.__get__(slot), type(slot).restart.__get__(slot)
+        decoder.close()
+    assert [r.error.kind for r in results] == ["decode_error", "decode_error"]
+    assert "could not replace a decode process" in caplog.text

@@ -74,6 +74,8 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
         raise ImageTooLarge(f"image has {pixels}, over the limit of {limits.max_pixels:,} (--max-pixels)") from exc
     except UnidentifiedImageError as exc:
         raise UnsupportedImage(f"not a supported image ({'/'.join(ALLOWED_FORMATS)}): {_clean(exc)}") from exc
+    except MemoryError:  # the host, not the image: the pool retries it (decode_error)
+        raise
     except Exception as exc:  # Pillow's parsers raise any type on hostile bytes
         raise UnsupportedImage(f"corrupt image header: {type(exc).__name__}: {_clean(exc)}") from exc
     width, height = img.size
@@ -224,6 +226,8 @@ def _plain_jpeg(data: bytes, spec: Preprocess, limits: Limits, header: JpegHeade
     height, width = spec.size
     try:
         return libjpeg.pixels(data, header.mode, size, scale, resize_plan(*size, spec), (width, height))
+    except MemoryError:  # the host, not the image: the pool retries it (decode_error)
+        raise
     except Exception as exc:  # libjpeg's errors, as pillow_decode words them
         raise UnsupportedImage(f"corrupt or truncated image: {type(exc).__name__}: {_clean(exc)}") from exc
 
@@ -244,6 +248,8 @@ def pillow_decode(data: bytes, spec: Preprocess, limits: Limits) -> bytes:
         img = resize(to_rgb(img), spec)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"decompression bomb refused: {exc}") from exc
+    except MemoryError:  # the host, not the image: the pool retries it (decode_error)
+        raise
     except Exception as exc:  # Pillow's decoders raise any type on hostile bytes
         raise UnsupportedImage(f"corrupt or truncated image: {type(exc).__name__}: {_clean(exc)}") from exc
     return img.tobytes()

@@ -134,6 +134,8 @@ def _child(conn: Connection, shm_name: str, spec: Preprocess, limits: Limits) ->
                 conn.send((len(pixels), None, None, (time.monotonic() - start) * 1000))
             except ImageError as exc:
                 conn.send((0, exc.kind, str(exc), (time.monotonic() - start) * 1000))
+            except MemoryError as exc:  # this process's memory, not the image: retried (as in ``unexpected``)
+                conn.send((0, "decode_error", f"MemoryError: {exc}", (time.monotonic() - start) * 1000))
     except (EOFError, KeyboardInterrupt):
         pass
     finally:
@@ -170,7 +172,7 @@ class _Slot:
             error = JobError("unsupported_image", "the image crashed its decoder process")
             return DecodeResult(None, error, start, (time.monotonic() - start) * 1000)
         if kind is not None:
-            return DecodeResult(None, JobError(kind, message), start, ms)
+            return DecodeResult(None, JobError(kind, message, retryable=kind == "decode_error"), start, ms)
         return DecodeResult(bytes(self.shm.buf[:size]), None, start, ms)
 
     def restart(self, why: str) -> None:
@@ -242,7 +244,10 @@ class ProcessDecoder:
             with self.gate.decoding():
                 return slot.decode(data, self.timeout_s)
         except Exception as exc:
-            slot.restart(f"decoding failed unexpectedly ({type(exc).__name__})")
+            try:
+                slot.restart(f"decoding failed unexpectedly ({type(exc).__name__})")
+            except Exception:  # too many open files, say: the next image's exchange tries again
+                log.exception("could not replace a decode process")
             return unexpected(exc, start)
         finally:
             self.budget.release(held)
