@@ -454,3 +454,30 @@ def test_a_model_that_fails_batch_after_batch_ends_the_worker_instead_of_failing
     assert len(model.batches) == 3  # no batch after the third: the rest of the queue is left to healthy workers
     failed = [j for j in broker.jobs.values() if j.status == "failed"]
     assert len(failed) <= 8 and len(broker.queue) >= 200 - 20  # two batches failed; at most a hand more taken
+
+
+class Finished(MemoryStore):
+    """The in-memory store, keeping every outcome it records."""
+
+    def __init__(self, broker: MemoryBroker, name: str) -> None:
+        super().__init__(broker, name)
+        self.outcomes: list = []
+
+    def finish(self, outcomes: list) -> list[str]:
+        self.outcomes += outcomes
+        return super().finish(outcomes)
+
+
+@pytest.mark.parametrize(("cache_on", "cache_all"), [(True, False), (True, True), (False, True)])
+def test_only_the_photos_of_jobs_that_ask_reach_the_cache_unless_it_keeps_all(cache_on, cache_all):
+    broker = MemoryBroker()
+    asked = broker.enqueue({"image": b"asked", "meta": {}}, cache=True)
+    plain = broker.enqueue({"image": b"plain", "meta": {}})
+    store = Finished(broker, "w1")
+    settings = PipelineSettings(
+        "w1", max_wait_ms=1.0, idle_wait_ms=20, burst=True, hash_images=cache_on, cache_all=cache_all
+    )
+    assert Pipeline(store, PassThrough(), Recorder(cap=8), settings, threading.Event()).run() == 2
+    images = {o.job.job_id: o.image for o in store.outcomes}  # what the store would hash and cache
+    assert images[asked] == (b"asked" if cache_on else None)
+    assert images[plain] == (b"plain" if cache_on and cache_all else None)

@@ -30,6 +30,7 @@ class MemoryJob:
     lost: int = 0
     enqueued_at: float = field(default_factory=time.time)
     results: list[dict[str, Any]] = field(default_factory=list)
+    cache_asked: bool = False  # as RQ meta {"cache": true}: its producer asked for the result to be cached
 
 
 class MemoryBroker:
@@ -52,11 +53,12 @@ class MemoryBroker:
         func_name: str = "worker.tasks.classify",
         retries: int = 0,
         job_id: str | None = None,
+        cache: bool = False,
     ) -> str:
-        """Queue a job; return its id."""
+        """Queue a job; return its id. ``cache``: it asks for its result to be cached (as ``enqueue(cache=True)``)."""
         with self.lock:
             job_id = job_id or f"job-{next(self._ids)}"
-            self.jobs[job_id] = MemoryJob(job_id, func_name, kwargs, retries_left=retries)
+            self.jobs[job_id] = MemoryJob(job_id, func_name, kwargs, retries_left=retries, cache_asked=cache)
             self.queue.append(job_id)
             self.lock.notify_all()
             return job_id
@@ -128,6 +130,7 @@ class MemoryStore(QueueStore):
                 taken_at=time.monotonic(),
                 lost=job.lost,
                 retries_left=job.retries_left,
+                cache_asked=job.cache_asked,
             )
             b.started[record.execution] = self.worker_name
             taken.append(record)
