@@ -182,8 +182,8 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "--cache-ttl-s",
         "WORKER_CACHE_TTL_S",
         int,
-        "keep each successful result this long in the result cache for repeated photos (SHA-256 of the bytes + "
-        "model tag + precision + decode + top-k; producers ask with cache=True); 0: off",
+        "keep each cached result this long in the result cache for repeated photos (SHA-256 of the bytes + "
+        "model tag + precision + decode + top-k; the jobs enqueued with cache=True, see --cache-for); 0: off",
     ),
     (
         "--cache-for",

@@ -12,8 +12,6 @@ import io
 import struct
 import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from PIL import Image
 
@@ -101,12 +99,3 @@ class PixelBudget:
             self.used -= held
             if self.waiters:
                 self.cond.notify_all()
-
-    @contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        """``acquire`` and ``release`` around a block."""
-        held = self.acquire(pixels)
-        try:
-            yield
-        finally:
-            self.release(held)
