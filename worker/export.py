@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .cpuisa import ARCHES, CpuArchError
 from .decode.spec import Preprocess
 from .model import DTYPES, ModelError, load_model
 from .pt2 import build_package
@@ -48,6 +49,7 @@ class ExportSpec:
     format: str = "torchscript"  # or "pt2": an AOTInductor package (format_for picks it from the suffix)
     device: str = "cpu"  # pt2: the device kind the package is compiled for
     precision: str = "fp32"  # pt2: the dtype it is compiled for (a TorchScript file is cast at load)
+    cpu_arch: str = "native"  # pt2: the CPUs its code runs on (worker.cpuisa): the build machine's, or a level
 
 
 def format_for(out: Path, requested: str | None = None) -> str:
@@ -126,10 +128,12 @@ def export(spec: ExportSpec, progress: Callable[[str], None] = log.info) -> dict
 def _check_spec(spec: ExportSpec) -> None:
     if spec.format not in ("torchscript", "pt2"):
         raise ExportError(f"unknown format {spec.format!r}: torchscript or pt2")
+    if spec.cpu_arch not in ARCHES:
+        raise ExportError(f"unknown --cpu-arch {spec.cpu_arch!r}: one of {', '.join(ARCHES)}")
     if spec.precision not in DTYPES:
         raise ExportError(f"unknown precision {spec.precision!r}: one of {', '.join(DTYPES)}")
-    if spec.format == "torchscript" and (spec.device != "cpu" or spec.precision != "fp32"):
-        raise ExportError("--device and --precision are for .pt2 packages; a TorchScript file is cast at load")
+    if spec.format == "torchscript" and (spec.device != "cpu" or spec.precision != "fp32" or spec.cpu_arch != "native"):
+        raise ExportError("--device, --precision and --cpu-arch are for .pt2 packages; TorchScript runs anywhere")
     if spec.format == "pt2" and spec.out.suffix != ".pt2":
         raise ExportError(f"a .pt2 package must be written to a path ending in .pt2, got {spec.out}")
     if torch.device(spec.device).type == "cuda" and not torch.cuda.is_available():
@@ -146,7 +150,9 @@ def _save_package(
     dtype = DTYPES[spec.precision]
     module = eager.to(spec.device).to(dtype)
     try:
-        build_package(module, example.to(spec.device, dtype), spec.out, extra, progress)
+        build_package(module, example.to(spec.device, dtype), spec.out, extra, progress, spec.cpu_arch)
+    except CpuArchError as exc:
+        raise ExportError(str(exc)) from exc
     except RuntimeError as exc:  # torch.export's and Inductor's errors (unsupported op, compiler failure)
         spec.out.unlink(missing_ok=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -196,6 +202,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--format", choices=["torchscript", "pt2"], help="default: pt2 if --out ends in .pt2, else torchscript")
     add("--device", default="cpu", help="pt2: the device kind to compile for (cpu, cuda); default cpu")
     add("--precision", choices=list(DTYPES), default="fp32", help="pt2: the dtype to compile for; default fp32")
+    add(
+        "--cpu-arch",
+        choices=ARCHES,
+        default="native",
+        help="pt2: the CPUs its code runs on: this machine's "
+        "instruction set (native, the default), or an x86-64 level for a fleet of mixed CPUs (x86-64-v3: AVX2)",
+    )
     add("--demo", action="store_true", help="EfficientNet-Lite0, real ImageNet weights")
     add("--factory", help="package.module:function returning an nn.Module")
     add("--weights", type=Path, help="state dict to load into the factory's module")
@@ -213,6 +226,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def spec_from(args: argparse.Namespace) -> ExportSpec:
     """The ``ExportSpec`` that ``python -m worker export`` flags describe (``--demo``, else ``--factory``)."""
     target = {"format": format_for(args.out, args.format), "device": args.device, "precision": args.precision}
+    target["cpu_arch"] = args.cpu_arch
     if args.demo:
         return demo_spec(args.out, **target)
     return ExportSpec(

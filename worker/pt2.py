@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from . import cpuisa
 from .modelfile import ModelError, ModelInfo, model_info
 
 # errors of the device, not of the file, while a model loads: passed on as they are (a worker exits 1 and is
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 # torch.export for CUDA guards the batch at <= 65,535 (seen with torch 2.11; likely a kernel grid limit), and
 # an unbounded Dim then fails to export: one range for every device, far above any batch the worker pads to.
 MAX_BATCH = 65_535
-PACKAGE_FILE = "package.json"  # {"device": "cpu" | "cuda", "dtype": "float32", "batch": [1, MAX_BATCH], "torch": ...}
+# {"device": "cpu" | "cuda", "dtype": "float32", "batch": [1, MAX_BATCH], "torch": ..., "cpu": cpuisa.requirement()}
+PACKAGE_FILE = "package.json"
 PRECISIONS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # freezing: weights become constants, so batch norms fold into convolutions and CPU convolutions use
 # pre-packed oneDNN weights: the standard inference setting (on the shared 2-core CPU here it measured
@@ -46,25 +48,33 @@ def build_package(
     out: Path,
     extra: Mapping[str, str],
     progress: Callable[[str], None] = log.info,
+    cpu_arch: str = "native",
 ) -> None:
     """Export ``module`` at ``example``'s device and dtype for batches of 1 to ``MAX_BATCH``, compile it with
-    AOTInductor, and write the package with ``extra`` (the metadata entries) and ``package.json`` to ``out``."""
+    AOTInductor for ``cpu_arch`` (``worker.cpuisa``), and write the package with ``extra`` (the metadata
+    entries) and ``package.json`` to ``out``."""
     from torch.export.pt2_archive._package import package_pt2  # the writer that takes extra_files
 
+    arch_options = cpuisa.build_options(cpu_arch)  # an arch this machine cannot run is refused before any work
     start = time.perf_counter()
     progress(f"torch.export of {type(module).__name__} with a dynamic batch dimension ...")
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad():
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-    progress(f"AOTInductor: compiling for {example.device.type} (tens of seconds to minutes) ...")
+    target = f"{example.device.type}, CPU code for {cpu_arch}"
+    progress(f"AOTInductor: compiling for {target} (tens of seconds to minutes) ...")
     with warnings.catch_warnings():  # torch's own pytree deprecation, raised inside the compiler: not ours to act on
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-        files = torch._inductor.aot_compile(program.module(), (example,), options=dict(INDUCTOR_CONFIGS))
+        with torch._inductor.config.patch(arch_options):
+            files = torch._inductor.aot_compile(program.module(), (example,), options=dict(INDUCTOR_CONFIGS))
     dtype = str(example.dtype).removeprefix("torch.")
     facts = {"device": example.device.type, "dtype": dtype, "batch": [1, MAX_BATCH], "torch": torch.__version__}
+    facts["cpu"] = cpuisa.requirement(cpu_arch)
     package_pt2(str(out), aoti_files=files, extra_files={**extra, PACKAGE_FILE: json.dumps(facts)})
     size_mb = out.stat().st_size / 1e6
     progress(f"packaged {out} ({size_mb:.1f} MB) in {time.perf_counter() - start:.0f} s")
+    needs = ", ".join(facts["cpu"]["features"]) or "no recorded feature"
+    progress(f"its CPU code needs {needs} ({cpu_arch}); a CPU without them refuses it")
 
 
 def read_entries(path: str | Path) -> dict[str, str]:
@@ -123,6 +133,10 @@ def load_package(path: str | Path, device: torch.device) -> tuple[PackagedModel,
     if built_for != device.type:
         hint = f"export it again with --device {device.type}"
         raise ModelError(f"{path}: package compiled for {built_for}, cannot run on {device}; {hint}")
+    unmet = cpuisa.unmet(facts.get("cpu") if isinstance(facts.get("cpu"), dict) else None)
+    if unmet:  # its code would die of an illegal instruction (SIGILL), taking the worker with it
+        hint = "export it again on this kind of machine (x86: or with --cpu-arch x86-64-v3, for any AVX2 CPU)"
+        raise ModelError(f"{path}: package {unmet}; {hint}")
     index = device.index if device.index is not None else -1
     try:
         compiled = torch._inductor.aoti_load_package(str(path), device_index=index)

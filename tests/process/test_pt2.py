@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -18,8 +19,9 @@ import pytest
 import torch
 
 from producer import Producer
+from worker import cpuisa
 from worker.decode.cpu import Limits
-from worker.export import ExportError, ExportSpec, verify
+from worker.export import ExportError, ExportSpec, export, verify
 from worker.model import ModelError, load_model
 from worker.modelfile import is_package
 from worker.tasks import decode_image as decode
@@ -162,3 +164,61 @@ def test_a_worker_serves_jobs_from_a_package_with_no_torch_deprecation_warning(
     assert "format=pt2" in stderr  # the worker's own log: its stderr is what we read
     warnings = [line for line in stderr.splitlines() if "Warning:" in line and "torch" in line]
     assert warnings == []
+
+
+def test_a_package_records_the_cpu_it_needs_and_a_cpu_without_it_is_refused_in_one_line(pt2_model_path, tmp_path):
+    facts = json.loads(zipfile.ZipFile(pt2_model_path).read("tiny/extra/package.json"))
+    here = cpuisa.host_features()
+    assert facts["cpu"]["machine"] == platform.machine() and facts["cpu"]["arch"] == "native"
+    assert set(facts["cpu"]["features"]) == set(here or ())  # -march=native: whatever this CPU has
+    lacking = sorted(cpuisa.X86_ISA - (here or frozenset()))[:1]
+    if here is None or not lacking:
+        pytest.skip("this CPU's features cannot be read, or it has every one")
+    needs = {**facts, "cpu": {**facts["cpu"], "features": [*facts["cpu"]["features"], *lacking]}}
+    other = rewritten(pt2_model_path, tmp_path / "elsewhere.pt2", "package.json", json.dumps(needs))
+    with pytest.raises(ModelError) as refused:
+        load_model(other)
+    assert str(refused.value) == (
+        f"{other}: package compiled for the build machine's instruction set (-march=native), which needs "
+        f"{lacking[0]}: this CPU lacks them; export it again on this kind of machine (x86: or with --cpu-arch "
+        "x86-64-v3, for any AVX2 CPU)"
+    )
+
+
+def instructions(package: Path, tmp_path: Path) -> str:
+    """The disassembly of every compiled library in ``package``."""
+    text = []
+    with zipfile.ZipFile(package) as archive:
+        for name in (n for n in archive.namelist() if n.endswith(".so")):
+            lib = tmp_path / Path(name).name
+            lib.write_bytes(archive.read(name))
+            text.append(subprocess.run(["objdump", "-d", str(lib)], capture_output=True, text=True, check=True).stdout)
+    assert text, "no compiled library in the package"
+    return "\n".join(text)
+
+
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or not cpuisa.LEVELS["x86-64-v3"][0] <= (cpuisa.host_features() or frozenset()),
+    reason="an x86-64-v3 package is built and checked on an x86-64 CPU with AVX2",
+)
+def test_a_package_for_an_x86_64_level_holds_no_wider_instructions_and_predicts_as_the_native_one(
+    pt2_model_path, tmp_path
+):
+    native = load_model(pt2_model_path)
+    spec = ExportSpec(
+        "tests.tinymodels:tiny_cnn", tmp_path / "v3.pt2", "tiny", "7", native.info.preprocess,
+        labels=native.info.labels, format="pt2", cpu_arch="x86-64-v3",
+    )  # fmt: skip
+    lines = []
+    export(spec, progress=lines.append)  # compiles: tens of seconds
+    facts = json.loads(zipfile.ZipFile(spec.out).read("v3/extra/package.json"))
+    assert facts["cpu"]["arch"] == "x86-64-v3" and "avx2" in facts["cpu"]["features"]
+    assert not any(f.startswith("avx512") for f in facts["cpu"]["features"])
+    assert any("CPU code for x86-64-v3" in line for line in lines)
+    if shutil.which("objdump"):  # AVX-512 code names zmm registers; AVX2 code only ymm
+        code = instructions(spec.out, tmp_path)
+        assert "%ymm" in code and "%zmm" not in code
+        if {"avx512f"} <= (cpuisa.host_features() or frozenset()):
+            assert "%zmm" in instructions(pt2_model_path, tmp_path)  # the native package here does use them
+    batch = image_batch(native.info.preprocess)
+    assert torch.equal(load_model(spec.out).logits(batch).argmax(1), native.logits(batch).argmax(1))

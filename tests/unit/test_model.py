@@ -100,14 +100,20 @@ def test_the_export_format_follows_the_output_suffix_unless_given():
     assert export_flags("--out", "m.pt2", "--format", "torchscript").format == "torchscript"
     demo = export_flags("--demo", "--out", "x.pt2", "--device", "cuda", "--precision", "bf16")
     assert (demo.name, demo.format, demo.device, demo.precision) == ("efficientnet-lite0", "pt2", "cuda", "bf16")
+    assert demo.cpu_arch == "native"
+    assert export_flags("--out", "x.pt2", "--cpu-arch", "x86-64-v3").cpu_arch == "x86-64-v3"
 
 
 def test_export_refuses_options_that_do_not_fit_the_format(tmp_path):
     base = {"factory": "tests.tinymodels:tiny_cnn", "name": "m", "version": "1", "preprocess": Preprocess((8, 8))}
     with pytest.raises(ExportError, match=r"path ending in \.pt2"):
         export(ExportSpec(out=tmp_path / "m.pt", format="pt2", **base))
-    with pytest.raises(ExportError, match=r"for \.pt2 packages; a TorchScript file is cast at load"):
+    with pytest.raises(ExportError, match=r"for \.pt2 packages; TorchScript runs anywhere"):
         export(ExportSpec(out=tmp_path / "m.pt", precision="bf16", **base))
+    with pytest.raises(ExportError, match=r"--cpu-arch are for \.pt2 packages"):
+        export(ExportSpec(out=tmp_path / "m.pt", cpu_arch="x86-64-v3", **base))
+    with pytest.raises(ExportError, match=r"unknown --cpu-arch 'i386'"):
+        export(ExportSpec(out=tmp_path / "m.pt2", format="pt2", cpu_arch="i386", **base))
     if not torch.cuda.is_available():
         with pytest.raises(ExportError, match="no CUDA device here"):
             export(ExportSpec(out=tmp_path / "m.pt2", format="pt2", device="cuda", **base))
