@@ -241,6 +241,8 @@ def optimized(model: Classifier) -> torch.nn.Module:
             want = model.logits(batch)
             model.module = fast
             got = model.logits(batch)
+    except torch.OutOfMemoryError:  # the device full, not the optimisation's fault: the load fails (a reload retries)
+        raise
     except (RuntimeError, ValueError) as exc:
         log.warning("optimize_for_inference failed (%s): using the plain model", exc)
         return plain

@@ -51,6 +51,25 @@ def model_info(path: str | Path, extra: Mapping[str, str]) -> ModelInfo:
         raise ModelError(f"{path}: malformed metadata: {exc}") from exc
 
 
+def extra_entries(path: str | Path) -> dict[str, str]:
+    """The ``<archive>/extra/`` entries of a model file of either format (both are zips), without loading it."""
+    with zipfile.ZipFile(path) as archive:
+        return {
+            name.split("/extra/", 1)[1]: archive.read(name).decode()
+            for name in archive.namelist()
+            if name.count("/") == 2 and "/extra/" in name
+        }
+
+
+def read_info(path: str | Path) -> ModelInfo:
+    """A model file's metadata, read from its zip without loading any weight; ``ModelError`` if it has none."""
+    try:
+        entries = extra_entries(path)
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not a model file ({exc})") from exc
+    return model_info(path, entries)
+
+
 def is_package(path: str | Path) -> bool:
     """Whether ``path`` is a PT2 archive (an AOTInductor package): by its ``.pt2`` suffix, else by content
     (a zip whose ``archive_format`` entry says ``pt2``; TorchScript files are zips without one)."""

@@ -17,7 +17,7 @@ import torch
 
 from .decode.cpu import Limits, decode
 from .model import Classifier, load_model
-from .modelfile import is_package
+from .modelfile import ModelError, is_package
 from .pt2 import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -86,3 +86,21 @@ def load_auto(
     )
     del fast
     return load_model(path, device, max_batch, "fp32", optimize), "fp32"
+
+
+def recheck(model: Classifier, path: str, optimize: str = "off") -> None:
+    """A new version for a swap under ``--precision auto``, loaded in the half precision the worker settled on at
+    start, must give fp32's top-1 on the calibration photos too: ``ModelError`` otherwise (the running version
+    keeps serving; a restart settles the precision again, and the result cache's key with it)."""
+    if model.dtype == torch.float32 or is_package(path):  # a package runs as compiled: its export checked it
+        return
+    reference = load_model(path, str(model.device), 1, "fp32", optimize)
+    found = agreement(model, reference, calibration_batch(reference))
+    del reference
+    if not found.agrees:
+        half = PRECISIONS[model.dtype]
+        raise ModelError(
+            f"{model.info.tag} in {half} changes the top-1 label of {found.photos - found.same_top1} of "
+            f"{found.photos} calibration photos (--precision auto settled on {half} at start): restart the "
+            "worker to serve it in fp32"
+        )

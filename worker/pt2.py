@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import cpuisa
-from .modelfile import ModelError, ModelInfo, model_info
+from .modelfile import ModelError, ModelInfo, extra_entries, model_info
 
 # errors of the device, not of the file, while a model loads: passed on as they are (a worker exits 1 and is
 # restarted; a reload retries after a back-off), never worded as a bad model file (exit 2: final in --burst)
@@ -80,12 +80,7 @@ def build_package(
 def read_entries(path: str | Path) -> dict[str, str]:
     """The ``extra/`` entries of a PT2 archive (metadata and ``package.json``), without loading the model."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            return {
-                name.split("/extra/", 1)[1]: archive.read(name).decode()
-                for name in archive.namelist()
-                if name.count("/") == 2 and "/extra/" in name
-            }
+        return extra_entries(path)
     except (OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: not an AOTInductor .pt2 package ({exc})") from exc
 
@@ -144,5 +139,8 @@ def load_package(path: str | Path, device: torch.device) -> tuple[PackagedModel,
         raise
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if device.type == "cuda" and "out of memory" in str(exc).lower():
+            # the compiled library allocates its constants with cudaMalloc: the device full, not a bad file
+            raise torch.OutOfMemoryError(f"{path}: out of memory loading the package ({first[:160]})") from exc
         raise ModelError(f"{path}: cannot load the AOTInductor package ({first[:160]})") from exc
     return PackagedModel(compiled, device, dtype), info

@@ -27,6 +27,7 @@ import torch
 from .backoff import Backoff
 from .infer import Predictor
 from .model import Classifier, ModelError
+from .modelfile import read_info
 
 log = logging.getLogger(__name__)
 OOM_RETRY_S, OOM_RETRY_MAX_S = 30.0, 600.0  # a reload out of memory: first retry, longest wait between retries
@@ -79,13 +80,17 @@ class ReloadTurn:
             self.fd = -1
 
 
-def file_identity(path: str) -> tuple[int, int, int, int] | None:
-    """What changes when a deploy replaces the model: the resolved file's device, inode, mtime and size."""
+Identity = tuple[int, int, int, int, int]
+
+
+def file_identity(path: str) -> Identity | None:
+    """What changes when a deploy replaces the model: the resolved file's device, inode, mtime, size and ctime
+    (``cp -p`` or ``rsync --inplace`` of a same-size file keeps the inode and the mtime, not the ctime)."""
     try:
         st = os.stat(Path(path).resolve())
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
 
 
 class Reloader(threading.Thread):
@@ -97,7 +102,7 @@ class Reloader(threading.Thread):
         predictor: Predictor,
         load: Callable[[str], Classifier],
         *,
-        identity: tuple[int, int, int, int] | None = None,
+        identity: Identity | None = None,
         watch_s: float = 0.0,
         on_swap: Callable[[str], None] | None = None,
         on_refuse: Callable[[], None] | None = None,
@@ -114,7 +119,7 @@ class Reloader(threading.Thread):
         self.swapped = self.refused = 0
         # a file refused for running out of memory is tried again at a poll, after a back-off (each try loads a
         # copy beside the serving one); a new file at once
-        self.short_of_memory: tuple[int, int, int, int] | None = None
+        self.short_of_memory: Identity | None = None
         self.retry_at, self.backoff = 0.0, Backoff(OOM_RETRY_S, max_s=OOM_RETRY_MAX_S)
 
     def request(self) -> None:
@@ -135,6 +140,8 @@ class Reloader(threading.Thread):
                     self.wanted.clear()  # asked before the file is read (once our turn came): this reload answers it
                     try:
                         self.reload()
+                    except Exception:  # an on_swap/on_refuse hook's bug: this process keeps taking reloads
+                        log.exception("model reload: unexpected error; later reloads still run")
                     finally:
                         self.turn.give()
         finally:
@@ -146,41 +153,62 @@ class Reloader(threading.Thread):
             return False
         return now != self.short_of_memory or time.monotonic() >= self.retry_at
 
-    def _short_of_memory(self, identity: tuple[int, int, int, int] | None) -> None:
+    def _short_of_memory(self, identity: Identity | None) -> None:
         if identity != self.short_of_memory:
             self.backoff.reset()
         self.short_of_memory, self.retry_at = identity, time.monotonic() + self.backoff.next()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the refused copy's blocks back to the device
 
     def reload(self) -> bool:
         """Load, warm and check the model at ``path``; swap it in. False (logged, counted) if refused."""
         resolved = str(Path(self.path).resolve())  # one file for the identity and every open: a flip meanwhile
         identity = file_identity(resolved)  # is the next reload's
         try:
-            model = self.load(resolved)
-            probe = torch.zeros((1, *self.predictor.shape), dtype=torch.uint8)
-            scores = model.logits(probe.to(model.device))
-            if scores.shape[0] != 1 or not bool(torch.isfinite(scores).all()):
-                raise ModelError("the new model's answer to the warm-up batch is not finite scores for one image")
-            self.predictor.swap(model)
-            if not self.predictor.settle():  # the old version out of the predictor now, even on an idle worker
-                log.warning("model reload: the swap waits for the next batch; the old version is freed then")
-        except (ModelError, RuntimeError, ValueError, OSError) as exc:
-            self.refused += 1
-            model = None  # what was loaded of it goes
-            if isinstance(exc, torch.OutOfMemoryError):  # may pass: tried again after a back-off
-                self._short_of_memory(identity)
-            else:
-                self.identity = identity  # don't retry the same bad file on every poll
-            log.error("model reload refused, %s keeps serving: %s", self.predictor.tag, str(exc).splitlines()[0])
-            self.on_refuse()
+            tag = self._swap_in(resolved)
+        except Exception as exc:  # whatever a loader raises, the old model keeps serving
+            refusal, short_of_memory = _first_line(exc), isinstance(exc, torch.OutOfMemoryError)
+        else:
+            refusal, short_of_memory = "", False
+        # past the except block: the refused copy (held by the exception's frames until then) is garbage now
+        if torch.cuda.is_available():  # its blocks (or the old version's and the warm-up's) back to the device
+            torch.cuda.empty_cache()  # before the turn goes to the next process on it: one spare copy at a time
+        if refusal:
+            self._refuse(refusal, short_of_memory, identity)
             return False
         self.identity, self.short_of_memory = identity, None
         self.backoff.reset()
         self.swapped += 1
-        if torch.cuda.is_available():  # the old version's (and the warm-up's) blocks back to the device before
-            torch.cuda.empty_cache()  # the turn goes to the next process on it: one spare copy at a time
-        log.info("model %s loaded and warmed: it runs from the next batch on (at once if idle)", model.info.tag)
-        self.on_swap(model.info.tag)
+        log.info("model %s loaded and warmed: it runs from the next batch on (at once if idle)", tag)
+        self.on_swap(tag)
         return True
+
+    def _swap_in(self, resolved: str) -> str:
+        """Load, warm and check the model at ``resolved``, and hand it to the predictor; its tag."""
+        info = read_info(resolved)  # a new input size is refused before any weight is loaded
+        if info.preprocess != self.predictor.model.info.preprocess:
+            raise ValueError(
+                f"the new model's preprocessing ({info.preprocess}) differs from the running model's "
+                f"({self.predictor.model.info.preprocess}): restart the worker to change it"
+            )
+        model = self.load(resolved)
+        probe = torch.zeros((1, *self.predictor.shape), dtype=torch.uint8)
+        scores = model.logits(probe.to(model.device))
+        if scores.shape[0] != 1 or not bool(torch.isfinite(scores).all()):
+            raise ModelError("the new model's answer to the warm-up batch is not finite scores for one image")
+        self.predictor.swap(model)
+        if not self.predictor.settle():  # the old version out of the predictor now, even on an idle worker
+            log.warning("model reload: the swap waits for the next batch; the old version is freed then")
+        return model.info.tag
+
+    def _refuse(self, why: str, short_of_memory: bool, identity: Identity | None) -> None:
+        self.refused += 1
+        if short_of_memory:  # may pass: tried again after a back-off
+            self._short_of_memory(identity)
+        else:
+            self.identity = identity  # don't retry the same bad file on every poll
+        log.error("model reload refused, %s keeps serving: %s", self.predictor.tag, why)
+        self.on_refuse()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -195,6 +195,7 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
             reload_requests.clear()  # asked before the file is read: this load answers it
         loading = time.perf_counter()  # the warm-up metric: the model's load and warm-up, not a wait for Redis
         identity = file_identity(settings.model)  # before the load: a flip during start-up is seen at the first poll
+        auto = settings.precision == "auto"
         model, settings = prepare_model(settings)
         health.warmed = True
         metrics = start_metrics(settings, health, time.perf_counter() - loading)
@@ -211,7 +212,7 @@ def run(settings: WorkerSettings, stop: threading.Event, reload_requests: thread
         reloader = Reloader(
             settings.model,
             predictor,
-            lambda path: load_warm(settings, path, predictor.cap),
+            lambda path: load_warm(settings, path, predictor.cap, auto),
             identity=identity,
             watch_s=settings.model_watch_s,
             wanted=reload_requests,

@@ -14,7 +14,7 @@ from .config import WorkerSettings
 from .decode import Decoder
 from .model import Classifier, load_model
 from .perf import autotune, choose_threads
-from .precision import load_auto
+from .precision import load_auto, recheck
 from .store import QueueStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,15 @@ def channels_last(settings: WorkerSettings) -> bool:
     return settings.precision in ("fp16", "bf16") and torch.device(settings.device).type == "cuda"
 
 
-def load_warm(settings: WorkerSettings, path: str, cap: int) -> Classifier:
+def load_warm(settings: WorkerSettings, path: str, cap: int, auto: bool = False) -> Classifier:
     """A new version of the model for a swap, from ``path`` (``--model`` resolved): loaded with the running settings
     (the precision the worker settled on at start, in its layout) and warmed on every bucket up to ``cap`` (the
-    running batch cap: one an out-of-memory lowered is not tried again)."""
+    running batch cap: one an out-of-memory lowered is not tried again). ``auto`` (``--precision auto`` at
+    start): a half precision is kept only if the new version too answers as in fp32 (``ModelError`` if not)."""
     max_batch, nhwc = min(int(settings.batch_size), cap), channels_last(settings)
     model = load_model(path, settings.device, max_batch, settings.precision, settings.optimize, nhwc)
+    if auto:
+        recheck(model, path, settings.optimize)
     model.warm_up()
     return model
 

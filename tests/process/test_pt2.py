@@ -24,6 +24,7 @@ from worker.decode.cpu import Limits
 from worker.export import ExportError, ExportSpec, export, verify
 from worker.model import ModelError, load_model
 from worker.modelfile import is_package
+from worker.pt2 import load_package
 from worker.tasks import decode_image as decode
 
 from ..conftest import ROOT, all_images, wait_for_workers
@@ -222,3 +223,21 @@ def test_a_package_for_an_x86_64_level_holds_no_wider_instructions_and_predicts_
             assert "%zmm" in instructions(pt2_model_path, tmp_path)  # the native package here does use them
     batch = image_batch(native.info.preprocess)
     assert torch.equal(load_model(spec.out).logits(batch).argmax(1), native.logits(batch).argmax(1))
+
+
+def test_a_cuda_package_the_device_has_no_room_for_is_out_of_memory_not_a_bad_file(
+    pt2_model_path, tmp_path, monkeypatch
+):
+    facts = json.loads(zipfile.ZipFile(pt2_model_path).read("tiny/extra/package.json"))
+    cuda = rewritten(pt2_model_path, tmp_path / "cuda.pt2", "package.json", json.dumps({**facts, "device": "cuda"}))
+    reason = "CUDA error: out of memory"  # how AOTInductor's constant allocation (cudaMalloc) reports it
+
+    def full_device(path: str, device_index: int = -1) -> None:
+        raise RuntimeError(reason)
+
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", full_device)  # no GPU here: the device's answer
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory loading the package"):
+        load_package(cuda, torch.device("cuda:0"))  # a reload retries it after a back-off; a start exits 1
+    reason = "Error in dlopen: undefined symbol"
+    with pytest.raises(ModelError, match="cannot load the AOTInductor package"):
+        load_package(cuda, torch.device("cuda:0"))

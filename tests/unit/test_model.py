@@ -130,3 +130,21 @@ def test_a_device_out_of_memory_at_load_is_passed_on_not_called_a_bad_model_file
     monkeypatch.setattr(torch.jit, "load", device_full)
     with pytest.raises(torch.OutOfMemoryError):
         read_extra_files(tiny_model_path)
+
+
+def test_optimize_auto_falls_back_to_the_plain_model_on_its_failure_but_not_on_a_full_device(
+    tiny_model_path, monkeypatch, caplog
+):
+    def fails(module: object) -> object:
+        raise RuntimeError("unsupported op in freeze")
+
+    monkeypatch.setattr(torch.jit, "optimize_for_inference", fails)
+    model = load_model(tiny_model_path, max_batch=4, optimize="auto")
+    assert isinstance(model.module, torch.jit.ScriptModule) and "optimize_for_inference failed" in caplog.text
+
+    def full(module: object) -> object:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(torch.jit, "optimize_for_inference", full)
+    with pytest.raises(torch.OutOfMemoryError):  # not a slower model for good: the load fails, a reload retries
+        load_model(tiny_model_path, max_batch=4, optimize="auto")

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from worker.config import WorkerSettings
 from worker.decode.cpu import Preprocess
 from worker.export import ExportSpec, export
-from worker.model import load_model
+from worker.model import ModelError, load_model
 from worker.precision import CALIBRATION, agreement, calibration_batch, load_auto
+from worker.startup import load_warm
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +65,13 @@ def test_channels_last_gives_the_contiguous_layouts_logits(tiny_model_path):
     assert nhwc.channels_last and torch.allclose(nhwc.logits(batch), plain.logits(batch), atol=1e-5)
     same = agreement(nhwc, plain, batch)
     assert same.agrees and same.max_top5_diff < 1e-5
+
+
+def test_a_new_version_whose_half_precision_answers_differ_is_refused_for_a_swap_not_served(models, tmp_path):
+    settings = WorkerSettings(model=str(models["dominant"]), batch_size=8, precision="bf16", device="cpu")
+    kept = load_warm(settings, str(models["dominant"]), 8, auto=True)  # bf16 still answers as fp32: kept
+    assert kept.dtype == torch.bfloat16
+    with pytest.raises(ModelError, match=r"in bf16 changes the top-1 label of 9 of 9 calibration photos"):
+        load_warm(settings, str(models["half_flips"]), 8, auto=True)
+    flips = load_warm(settings, str(models["half_flips"]), 8)  # bf16 asked for by name: served as asked
+    assert flips.dtype == torch.bfloat16

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 import threading
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -201,3 +204,69 @@ def test_a_swap_made_during_a_launch_is_taken_at_its_end(link):
     assert predictor.model is new and launched.result()[0]
     gc.collect()
     assert old() is None
+
+
+def with_entry(model: Path, out: Path, entry: str, content: str) -> Path:
+    """A copy of the model file ``model`` with its ``<archive>/extra/<entry>`` replaced."""
+    with zipfile.ZipFile(model) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, content if item.filename.endswith(f"/extra/{entry}") else src.read(item))
+    return out
+
+
+def test_a_new_input_size_is_refused_from_the_files_metadata_before_any_weight_loads(link, tmp_path, caplog):
+    predictor = Predictor(load_model(link, max_batch=2), cap=2)
+    preprocess = json.loads(zipfile.ZipFile(link).read("tiny/extra/preprocess.json"))
+    bigger = with_entry(link, tmp_path / "big.pt", "preprocess.json", json.dumps({**preprocess, "size": [64, 64]}))
+    loads: list[str] = []
+    reloader = Reloader(str(link), predictor, lambda path: loads.append(path) or load_model(path, max_batch=2))
+    flip(link, bigger)
+    with caplog.at_level(logging.ERROR, logger="worker.reload"):
+        assert not reloader.reload()
+    assert loads == [] and reloader.refused == 1  # no copy of its weights was made on the device
+    assert "preprocessing" in caplog.text and "restart the worker to change it" in caplog.text
+
+
+def test_any_error_of_a_loader_is_a_refusal_and_the_reloader_thread_survives_its_hooks(link, caplog):
+    predictor = Predictor(load_model(link, max_batch=2), cap=2)
+    failures = [KeyError(), AssertionError()]  # what torch's loaders raise for some malformed archives: no message
+
+    def load(path: str):
+        if failures:
+            raise failures.pop(0)
+        return load_model(path, max_batch=2)
+
+    hooks: list[str] = []
+
+    def on_swap(tag: str) -> None:
+        hooks.append(tag)
+        if len(hooks) == 1:
+            raise RuntimeError("a metrics hook's bug")
+
+    with caplog.at_level(logging.ERROR, logger="worker.reload"):
+        reloader = Reloader(str(link), predictor, load, on_swap=on_swap)
+        assert not reloader.reload() and reloader.refused == 1 and "keeps serving: KeyError" in caplog.text
+        reloader.start()
+        try:
+            reloader.request()  # AssertionError: refused
+            assert wait_for(lambda: reloader.refused == 2)
+            reloader.request()  # loads, swaps, and the hook raises: logged, the thread goes on
+            assert wait_for(lambda: len(hooks) == 1)
+            reloader.request()
+            assert wait_for(lambda: len(hooks) == 2) and reloader.is_alive() and reloader.swapped == 2
+        finally:
+            reloader.stop()
+            reloader.join(5)
+    assert "a metrics hook's bug" in caplog.text
+
+
+def test_a_same_size_rewrite_that_keeps_the_mtime_is_still_a_new_file(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"version 1")
+    before, stat = file_identity(str(path)), path.stat()
+    assert wait_for(lambda: time.time_ns() - stat.st_ctime_ns > 50_000_000)  # past the file clock's granularity
+    with path.open("r+b") as f:  # rsync --inplace, or cp -p onto the file: same inode, size and mtime
+        f.write(b"version 2")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns and path.stat().st_ino == stat.st_ino
+    assert file_identity(str(path)) != before
