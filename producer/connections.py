@@ -16,6 +16,7 @@ from redis.connection import Encoder, PythonRespSerializer
 from redis.sentinel import Sentinel
 
 from .wire.packer import fast_packer
+from .wire.readonly import drop_on_readonly
 from .wire.urls import SentinelURL, is_sentinel, parse_sentinel
 
 # commands packed by hiredis in C where it can (producer.wire.packer); redis-py's own packer for the rest
@@ -42,7 +43,8 @@ def _sentinel_options(spec: SentinelURL) -> dict[str, Any]:
 def connect(url: str) -> redis.Redis:
     """A client for ``url``: ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://``."""
     if not is_sentinel(url):
-        return redis.Redis.from_url(url, **_TIMEOUTS, **_FAST)
+        # a READONLY reply (a primary demoted behind the address) drops the connection
+        return drop_on_readonly(redis.Redis.from_url(url, **_TIMEOUTS, **_FAST), redis.ReadOnlyError)
     spec = parse_sentinel(url)
     sentinel = Sentinel(list(spec.sentinels), sentinel_kwargs=_sentinel_options(spec))
     login = {"username": spec.username, "password": spec.password, "ssl": spec.tls}

@@ -123,7 +123,7 @@ class ProducerCore:
         for shard, shard_jobs in by_shard.items():
             try:
                 yield from self._write(shard, shard_jobs)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:  # READONLY: mid-failover
                 written = yield from self._written(shard, shard_jobs)
                 lost = {job.id for job in shard_jobs if job.id not in written}
                 missing |= lost

@@ -20,6 +20,7 @@ from .tracing import Tracing, trace_fields
 log = logging.getLogger(__name__)
 
 CLOSED = object()  # end of a stage's stream
+OUTAGE_POLL_S = 0.25  # how often a finisher backing off looks whether the outage ended
 
 
 @dataclass
@@ -91,11 +92,18 @@ class FinishStage:
         return True
 
     def _pause(self, delay_s: float) -> None:
-        """The back-off between tries; a stop cuts it short (the shutdown timeout counts from the stop)."""
+        """The back-off between tries; a stop cuts it short (the shutdown timeout counts from the stop), and so
+        does another thread's call that Redis answered: the finished jobs are recorded within a fraction of a
+        second of the outage's end, long before any reaper's deferral (one TTL) ends (their execution keys may
+        have expired meanwhile, so a reaper pass would count them as a dead worker's)."""
         if self.stop.is_set():
             time.sleep(delay_s)  # stopping: a try every second at most, until the shutdown timeout
-        elif self.stop.wait(delay_s):
-            self._shutdown_left()  # the shutdown timeout counts from now, not from the next try's failure
+            return
+        deadline = time.monotonic() + delay_s
+        while (left := deadline - time.monotonic()) > 0 and self.stats.outage.since is not None:
+            if self.stop.wait(min(left, OUTAGE_POLL_S)):
+                self._shutdown_left()  # the shutdown timeout counts from now, not from the next try's failure
+                return
 
     def _shutdown_left(self) -> float:
         """Seconds left to record finished jobs: unbounded until stopping, then the shutdown timeout."""

@@ -54,8 +54,10 @@ class ReapAfterOutage:
     so reaping waits ``ttl_s`` from the first answer after a failure (their running jobs are not a dead
     worker's). Per store: with shards, an outage of one shard defers only that shard's reaper."""
 
-    def __init__(self, ttl_s: float) -> None:
-        self.ttl_s, self.down, self.reap_from = ttl_s, False, 0.0
+    def __init__(self, ttl_s: float, closed: bool = False) -> None:
+        # ``closed``: for a TTL from the start too (a worker process): it may be starting just after an outage
+        # that the others are still waiting out (a pod restarted during a failover)
+        self.ttl_s, self.down, self.reap_from = ttl_s, False, time.monotonic() + ttl_s if closed else 0.0
 
     def failed(self) -> None:
         self.down = True
@@ -65,5 +67,5 @@ class ReapAfterOutage:
             self.down, self.reap_from = False, time.monotonic() + self.ttl_s
 
     def allows(self) -> bool:
-        """Whether a reaper pass may run now."""
-        return time.monotonic() >= self.reap_from
+        """Whether a reaper pass may run now: not while this store's beats fail, nor for a TTL after."""
+        return not self.down and time.monotonic() >= self.reap_from

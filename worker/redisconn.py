@@ -15,6 +15,7 @@ from redis.connection import Encoder, PythonRespSerializer
 from redis.sentinel import Sentinel
 
 from producer.wire.packer import fast_packer
+from producer.wire.readonly import drop_on_readonly
 from producer.wire.urls import is_sentinel, parse_sentinel
 
 # commands packed by hiredis in C where it can (a FINISH has 13 arguments per job); redis-py's packer otherwise
@@ -40,7 +41,8 @@ def connect(url: str, **options: Any) -> redis.Redis:
     if url.startswith("unix://"):  # TCP's options: a unix socket's connection refuses them
         options = {k: v for k, v in options.items() if k not in ("socket_keepalive", "socket_keepalive_options")}
     if not is_sentinel(url):
-        return redis.Redis.from_url(url, **options)
+        # a READONLY reply (a primary demoted behind the address) drops the connection
+        return drop_on_readonly(redis.Redis.from_url(url, **options), redis.ReadOnlyError)
     spec = parse_sentinel(url)
     sentinel_options = {  # asking a sentinel is quick: its own short timeouts, whatever the primary's are
         "socket_timeout": 2.0,

@@ -167,6 +167,7 @@ def build_store(settings: WorkerSettings, cache: dict | None = None) -> QueueSto
                     queues=queues,
                     primary=level == 0,
                     cache=cache,
+                    reap_deferred=True,  # a worker starting may be starting just after an outage (ReapAfterOutage)
                 )
             )
             levels.append(level)

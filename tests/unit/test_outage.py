@@ -6,8 +6,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from types import SimpleNamespace
 
-from worker.outage import Outage
+from worker.outage import Outage, ReapAfterOutage
+from worker.pipeline import Pipeline, PipelineSettings
+from worker.store.memory import MemoryBroker, MemoryStore
+
+from ..conftest import wait_for
 
 
 def warnings(caplog) -> list[str]:
@@ -45,3 +50,40 @@ def test_a_second_outage_is_reported_again(caplog):
         "redis unavailable",
         "redis answers again",
     ] * 2
+
+
+def test_the_reaper_waits_while_beats_fail_and_a_ttl_after_and_a_worker_process_a_ttl_from_its_start():
+    gate = ReapAfterOutage(0.2)
+    assert gate.allows()  # a store on its own (tools, tests): reaps at once
+    gate.failed()
+    assert not gate.allows()  # a shard whose beat failed is not reaped while it is down, however long ago
+    gate.reap_from = 0.0
+    assert not gate.allows()
+    gate.answered()
+    assert not gate.allows()  # the others get a TTL to beat again
+    assert wait_for(gate.allows, timeout_s=5)
+    started = ReapAfterOutage(0.2, closed=True)  # a worker process may start just after an outage
+    assert not started.allows() and wait_for(started.allows, timeout_s=5)
+
+
+def test_a_finisher_backing_off_tries_again_as_soon_as_another_threads_call_is_answered():
+    broker = MemoryBroker()
+    decoder, model = SimpleNamespace(backend="cpu"), SimpleNamespace(cap=4)  # the pause uses neither
+    pipeline = Pipeline(MemoryStore(broker, "w1"), decoder, model, PipelineSettings("w1"), threading.Event())
+    outage = pipeline.stats.outage
+    outage.failed("finish", ConnectionError("gone"))
+    waited: list[float] = []
+    pause = threading.Thread(
+        target=lambda: (start := time.monotonic(), pipeline._pause(30.0), waited.append(time.monotonic() - start))
+    )
+    pause.start()
+    pause.join(0.5)
+    assert pause.is_alive() and not waited  # backing off while Redis is down
+    outage.answered(time.monotonic())  # the heartbeat's call, say: Redis is back
+    assert wait_for(lambda: bool(waited), timeout_s=5) and waited[0] < 5  # not the 30 s of its back-off
+    outage.failed("finish", ConnectionError("gone"))
+    waited.clear()
+    pause = threading.Thread(target=lambda: (pipeline._pause(30.0), waited.append(0.0)))
+    pause.start()
+    pipeline.stop.set()  # a stop cuts it short too
+    assert wait_for(lambda: bool(waited), timeout_s=5)

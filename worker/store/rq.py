@@ -58,6 +58,7 @@ class RedisStore(QueueStore):
         queues: list[str] | None = None,
         primary: bool = True,
         cache: dict[str, Any] | None = None,
+        reap_deferred: bool = False,
     ) -> None:
         self.connection, self.queue, self.worker_name = connection, queue, worker_name
         # a worker serving several queues on this server (priorities): one registration, by the primary store
@@ -75,7 +76,8 @@ class RedisStore(QueueStore):
         self._lost_at: float | None = None  # when our key (and executions set) was found expired: give_back looks wider
         self._claimed = False  # our name is ours (claimed once per process: a retry must not wait for itself)
         self._announce_due = False  # an announcement Redis refused or missed: the next heartbeat writes it
-        self.reap_gate = ReapAfterOutage(worker_ttl_s)  # after an outage, the others get a TTL to beat again
+        # after an outage (and, reap_deferred, after this process's start), the others get a TTL to beat again
+        self.reap_gate = ReapAfterOutage(worker_ttl_s, closed=reap_deferred)
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property

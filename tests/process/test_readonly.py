@@ -1,0 +1,62 @@
+"""A primary demoted behind a plain address (a DNS name or a virtual IP that moves on failover, not Sentinel):
+its pooled connections answer READONLY to every write while a PING still answers, so a client that keeps them
+never reaches the new primary. Both sides' clients drop a connection on READONLY and connect afresh."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from bench.devserver import RedisServer, free_port
+from producer import Producer
+from producer.connections import connect as producer_connect
+from producer.errors import ShardUnavailable
+from worker.redisconn import connect as worker_connect
+from worker.store import StoreUnavailable
+from worker.store.rqbase import unavailable
+
+from ..conftest import image_bytes
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def demote(admin: redis.Redis) -> None:
+    admin.replicaof("127.0.0.1", free_port())  # a replica of a primary that is not there: read-only, as on failover
+
+
+@pytest.mark.parametrize("connect", [worker_connect, producer_connect], ids=["worker", "producer"])
+def test_a_connection_to_a_demoted_primary_is_dropped_at_its_first_readonly_reply(server, connect):
+    client, admin = connect(server.url), redis.Redis.from_url(server.url)
+    client.set("before", 1)
+    first = client.client_id()
+    demote(admin)
+    try:
+        with pytest.raises(StoreUnavailable, match="read only replica"):
+            unavailable(lambda: client.set("during", 1))  # the worker's stages retry this with back-off
+        assert client.client_id() != first  # a new connection: where a moved address would now lead
+        assert client.get("before") == b"1"  # reads still answer on the replica
+    finally:
+        admin.replicaof("no", "one")
+    client.set("after", 1)
+
+
+def test_an_enqueue_on_a_demoted_primary_names_its_jobs_not_enqueued_and_a_retry_after_promotion_succeeds(server):
+    producer, admin = Producer(server.url), redis.Redis.from_url(server.url)
+    photo = image_bytes("cat.jpg")
+    producer.enqueue(photo, job_id="ad-1")
+    demote(admin)
+    try:
+        with pytest.raises(ShardUnavailable) as raised:
+            producer.enqueue_many([photo], job_ids=["ad-2"])
+        assert raised.value.not_enqueued == ["ad-2"]
+    finally:
+        admin.replicaof("no", "one")
+    assert producer.enqueue_many([photo], job_ids=["ad-2"]) == ["ad-2"]
+    assert admin.llen("rq:queue:classify") == 2
