@@ -164,6 +164,25 @@ def test_a_cancel_between_the_start_and_the_finish_ends_the_job_canceled_never_o
     assert producer.cancel(job_id) is CancelOutcome.ALREADY_CANCELED
 
 
+def test_a_finish_retried_after_its_reply_was_lost_announces_a_canceled_job_once(redis_url, conn):
+    producer = Producer(redis_url)
+    (job_id,) = producer.enqueue_many([b"a"])
+    worker = store(conn)
+    (job,) = worker.take(1, 1.0)
+    producer.cancel(job_id)
+    pubsub = conn.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.results_channel(QUEUE))
+    pubsub.get_message(timeout=1)  # the subscription's confirmation
+    outcome = Outcome(job, ok(job_id))
+    assert worker.finish([outcome]) == []
+    assert worker.finish([outcome]) == [job_id]  # the same call again (its reply was lost): skipped
+    fed = [e for _, e in conn.xrange(keys.results_stream(QUEUE)) if e[b"job_id"] == job_id.encode()]
+    assert len(fed) == 1 and len(fetch(conn, job_id).results()) == 1
+    heard = [pubsub.get_message(timeout=0.2) for _ in range(3)]
+    assert len([m for m in heard if m is not None]) == 1  # one announcement on the channel
+    assert_canceled(producer, conn, job_id)
+
+
 def test_a_cancel_after_the_finish_changes_nothing(redis_url, conn):
     producer = Producer(redis_url)
     done, broken = producer.enqueue_many([b"a", b"b"])
