@@ -113,6 +113,29 @@ def _ooms(device: torch.device) -> int:
     return int(torch.cuda.memory_stats(device).get("num_ooms", 0))
 
 
+def _release(version: str) -> tuple[int, int] | None:
+    parts = version.split("+")[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _check_torch(path: str | Path, built_with: str) -> None:
+    """A package's compiled code calls torch's C shim, kept working for newer torch releases (AOTInductor's
+    compatibility promise), not for older ones: a package from a newer torch is refused in one line (an older
+    one's crash would take the worker with it), one from an older torch is loaded with a warning."""
+    built, here = _release(built_with), _release(torch.__version__)
+    if built is None or here is None or built == here:
+        return
+    if built > here:
+        raise ModelError(
+            f"{path}: package built with torch {built_with}, newer than this worker's {torch.__version__}; "
+            "export it again with the worker's torch"
+        )
+    log.warning("%s: package built with torch %s, this worker runs %s", path, built_with, torch.__version__)
+
+
 def load_package(path: str | Path, device: torch.device) -> tuple[PackagedModel, ModelInfo]:
     """Load a package onto ``device`` with its metadata; ``ModelError`` (one line) when it was compiled for
     another device kind, lacks metadata, or cannot be loaded."""
@@ -128,6 +151,7 @@ def load_package(path: str | Path, device: torch.device) -> tuple[PackagedModel,
     if built_for != device.type:
         hint = f"export it again with --device {device.type}"
         raise ModelError(f"{path}: package compiled for {built_for}, cannot run on {device}; {hint}")
+    _check_torch(path, str(facts.get("torch", "")))
     unmet = cpuisa.unmet(facts.get("cpu") if isinstance(facts.get("cpu"), dict) else None)
     if unmet:  # its code would die of an illegal instruction (SIGILL), taking the worker with it
         hint = "export it again on this kind of machine (x86: or with --cpu-arch x86-64-v3, for any AVX2 CPU)"

@@ -241,3 +241,21 @@ def test_a_cuda_package_the_device_has_no_room_for_is_out_of_memory_not_a_bad_fi
     reason = "Error in dlopen: undefined symbol"
     with pytest.raises(ModelError, match="cannot load the AOTInductor package"):
         load_package(cuda, torch.device("cuda:0"))
+
+
+def test_a_package_from_a_newer_torch_is_refused_and_one_from_an_older_loads_with_a_warning(
+    pt2_model_path, tmp_path, caplog
+):
+    facts = json.loads(zipfile.ZipFile(pt2_model_path).read("tiny/extra/package.json"))
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    newer = rewritten(
+        pt2_model_path, tmp_path / "newer.pt2", "package.json", json.dumps({**facts, "torch": f"{major}.{minor + 1}.0"})
+    )
+    with pytest.raises(ModelError, match=rf"built with torch {major}\.{minor + 1}\.0, newer than this worker's"):
+        load_model(newer)
+    older = rewritten(
+        pt2_model_path, tmp_path / "older.pt2", "package.json", json.dumps({**facts, "torch": f"{major}.{minor - 1}.1"})
+    )
+    with caplog.at_level("WARNING", logger="worker.pt2"):
+        assert load_model(older).info.tag == "tiny@7"
+    assert f"package built with torch {major}.{minor - 1}.1, this worker runs" in caplog.text
