@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import WorkerSettings, add_arguments, redis_url_problem, settings_from
 from .serve import exit_now, serve_one, setup_logging
+from .signals import SignalThread
 
 log = logging.getLogger("worker")
 
@@ -52,7 +53,7 @@ def launch(settings: WorkerSettings) -> int:
 
     launcher = Launcher(settings, parse_devices(settings.devices) if settings.devices else [settings.device])
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(signum: int) -> None:
         if launcher.stop.is_set():
             log.warning("second signal %s: killing the workers", signum)
             launcher.kill_children()
@@ -61,9 +62,8 @@ def launch(settings: WorkerSettings) -> int:
         log.info("signal %s: stopping the workers gracefully", signum)
         launcher.stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: launcher.forward(signal.SIGHUP))  # a new model version
+    forward = launcher.forward  # SIGHUP: a new model version, each child loads it
+    SignalThread({signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGHUP: forward}).install()
     return launcher.run()
 
 

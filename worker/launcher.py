@@ -250,10 +250,12 @@ class Launcher:
         """Pass ``signum`` to every live child (SIGHUP: each loads the new model version itself)."""
         for proc in self.procs:
             if proc is not None and proc.is_alive():
-                os.kill(proc.pid, signum)
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile (the supervisor restarts it)
+                    os.kill(proc.pid, signum)
 
     def kill_children(self) -> None:
         """Second signal: no grace."""
         for proc in self.procs:
             if proc is not None and proc.is_alive():
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()

@@ -11,6 +11,7 @@ import sys
 import threading
 
 from .config import WorkerSettings
+from .signals import SignalThread
 
 log = logging.getLogger("worker")
 
@@ -48,17 +49,16 @@ def serve_one(settings: WorkerSettings) -> int:
     setup_logging(settings)
     stop = threading.Event()
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(signum: int) -> None:
         if stop.is_set():
             log.warning("second signal %s: exiting at once", signum)
             os._exit(1)
         log.info("signal %s: finishing the batch in hand, then exiting", signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     reload_requests = threading.Event()  # SIGHUP: load --model again in the background (worker.reload)
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_requests.set())
+    actions = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGHUP: lambda _: reload_requests.set()}
+    SignalThread(actions).install()  # acted on off the main thread: worker.signals says why
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the launcher until now
     from .model import ModelError
     from .pipeline import ShutdownIncomplete
