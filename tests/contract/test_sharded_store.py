@@ -3,6 +3,7 @@ wakes on whichever shard gets a job first, and each job is finished on its own s
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -12,9 +13,12 @@ import redis
 from bench.devserver import RedisServer
 from producer import Producer
 from producer.wire.results import make_result
-from worker.store import Outcome
+from worker.redisconn import connect as worker_connect
+from worker.store import Outcome, StoreUnavailable
 from worker.store.rq import RedisStore
 from worker.store.sharded import ShardedStore
+
+from ..conftest import wait_for
 
 
 @pytest.fixture
@@ -74,3 +78,37 @@ def test_an_id_moved_on_one_shard_is_started_there(three):
     (job,) = store.start_moved([moved], 4)
     assert job.job_id == job_id and store.shard_of(job) == 1
     assert conn.llen("rq:queue:classify:intermediate") == 0 and conn.zcard("rq:wip:classify") == 1
+
+
+def test_a_silent_shard_costs_one_timeout_per_back_off_not_one_per_take_and_all_silent_fails_the_take():
+    servers = [RedisServer().start() for _ in range(3)]
+    stores = [
+        RedisStore(worker_connect(s.url, socket_timeout=0.3, socket_connect_timeout=0.3), "classify", "w1")
+        for s in servers
+    ]
+    store = ShardedStore(stores, block_s=0.2)
+    try:
+        store.register()
+        for server in (servers[0], servers[2]):
+            Producer(server.url).enqueue_many([b"x"] * 40)
+        servers[1].process.send_signal(signal.SIGSTOP)  # up, but silent: connections open, nothing answers
+        started = time.monotonic()
+        taken = [store.take(4, 0.0) for _ in range(8)]
+        assert time.monotonic() - started < 1.2  # one 0.3 s timeout, not eight
+        assert all(jobs for jobs in taken) and {store.shard_of(j) for jobs in taken for j in jobs} == {0, 2}
+        assert all(len(jobs) <= 4 for jobs in taken)
+        for server in (servers[0], servers[2]):
+            server.process.send_signal(signal.SIGSTOP)
+        with pytest.raises(StoreUnavailable):  # every shard silent: the pipeline's take backs off
+            while True:
+                store.take(4, 0.0)  # (jobs the waiters moved may still come first)
+        for server in servers:
+            server.process.send_signal(signal.SIGCONT)
+        Producer(servers[1].url).enqueue_many([b"y"] * 4)
+        assert wait_for(lambda: any(store.shard_of(j) == 1 for j in store.take(4, 0.0)), timeout_s=30)
+    finally:
+        for server in servers:
+            server.process.send_signal(signal.SIGCONT)
+        store.unregister()
+        for server in servers:
+            server.stop()

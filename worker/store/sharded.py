@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import redis
 from redis.sentinel import SentinelConnectionPool
 
+from ..backoff import Backoff
 from .base import JobRecord, Outcome, QueueStore, StoreUnavailable, WorkerStats
 from .rq import RedisStore
 
@@ -83,6 +84,9 @@ class ShardedStore(QueueStore):
         self.wanted, self.arrivals = threading.Event(), queue.Queue()
         self.waiters = [_Waiter(i, s, self.wanted, self.arrivals, block_s) for i, s in enumerate(shards)]
         self.recorded: set[str] = set()  # executions finished by a call that failed on another shard
+        # per store: when a take is due again after it failed (None: its last take answered), and its back-off
+        self.retry_at: list[float | None] = [None] * len(shards)
+        self.backoffs = [Backoff() for _ in shards]
         for waiter in self.waiters:
             waiter.start()
 
@@ -123,7 +127,13 @@ class ShardedStore(QueueStore):
             waiter.stopping.set()
 
     def take(self, max_jobs: int, timeout_s: float) -> list[JobRecord]:
-        jobs = self._arrived(max_jobs) + self._sweep(max_jobs)
+        jobs = self._arrived(max_jobs)
+        try:
+            jobs += self._sweep(max_jobs - len(jobs))
+        except StoreUnavailable:
+            if jobs:  # started: they go to the hand now; the next take fails if the shards are still down
+                return jobs
+            raise
         if jobs or timeout_s < 0.001:
             return jobs
         if any(shard.held for shard in self.shards):  # only jobs that must stay queued: the waiters would
@@ -173,15 +183,30 @@ class ShardedStore(QueueStore):
 
     def _sweep(self, max_jobs: int) -> list[JobRecord]:
         """One non-blocking take per store: higher priorities first; among equals (shards), starting one
-        further along each time (fairness)."""
+        further along each time (fairness). A store whose last take failed is skipped until its back-off has
+        passed, and then tried only while this sweep holds no job yet: a silent server costs a socket timeout,
+        and jobs already started elsewhere would wait that long to reach the hand (and be given back as not
+        held). With every store failing, the take fails (the pipeline backs off)."""
         jobs: list[JobRecord] = []
+        all_down, failures = all(t is not None for t in self.retry_at), []
         for index in self._order():
             if len(jobs) >= max_jobs:
                 break
+            due = self.retry_at[index]
+            if not all_down and due is not None and (jobs or time.monotonic() < due):
+                continue
             try:
                 jobs += self._taken(index, self.shards[index].take(max_jobs - len(jobs), 0))
             except StoreUnavailable as exc:
-                log.warning("shard %d: take failed (%s)", index, exc)
+                failures.append(exc)
+                delay_s = self.backoffs[index].next()
+                self.retry_at[index] = time.monotonic() + delay_s
+                log.warning("shard %d: take failed (%s); next try in %.1f s", index, exc, delay_s)
+                continue
+            self.retry_at[index] = None
+            self.backoffs[index].reset()
+        if all_down and len(failures) == len(self.shards):
+            raise failures[0]
         return jobs
 
     def _order(self) -> list[int]:
