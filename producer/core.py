@@ -62,6 +62,12 @@ class PlannedJob(NamedTuple):
     data: Any  # RQ's call data (``Queue.prepare_data``)
 
 
+def cut_off(exc: redis.ResponseError) -> bool:
+    """A write refused by a primary that is mid-failover (``READONLY``: demoted) or cut off from its replicas
+    (``NOREPLICAS``: ``min-replicas-to-write``): nothing was written, another try may succeed."""
+    return isinstance(exc, redis.ReadOnlyError) or "NOREPLICAS" in str(exc).split()  # (a pipeline prefixes it)
+
+
 class ProducerCore:
     """What ``Producer`` and ``AsyncProducer`` do, as procedures; ``names`` are the shards' names, in order."""
 
@@ -123,7 +129,9 @@ class ProducerCore:
         for shard, shard_jobs in by_shard.items():
             try:
                 yield from self._write(shard, shard_jobs)
-            except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:  # READONLY: mid-failover
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+                if isinstance(exc, redis.ResponseError) and not cut_off(exc):
+                    raise
                 written = yield from self._written(shard, shard_jobs)
                 lost = {job.id for job in shard_jobs if job.id not in written}
                 missing |= lost

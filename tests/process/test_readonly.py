@@ -60,3 +60,18 @@ def test_an_enqueue_on_a_demoted_primary_names_its_jobs_not_enqueued_and_a_retry
         admin.replicaof("no", "one")
     assert producer.enqueue_many([photo], job_ids=["ad-2"]) == ["ad-2"]
     assert admin.llen("rq:queue:classify") == 2
+
+
+def test_a_primary_cut_off_from_its_replicas_is_unavailable_to_both_sides_not_a_refusal(server, caplog):
+    admin, producer, client = redis.Redis.from_url(server.url), Producer(server.url), worker_connect(server.url)
+    admin.config_set("min-replicas-to-write", 1)  # no replica: writes refused (NOREPLICAS), as when partitioned
+    try:
+        with pytest.raises(ShardUnavailable) as raised:
+            producer.enqueue_many([image_bytes("cat.jpg")], job_ids=["ad-3"])
+        assert raised.value.not_enqueued == ["ad-3"]
+        with caplog.at_level("ERROR", logger="worker.store"), pytest.raises(StoreUnavailable, match="NOREPLICAS"):
+            unavailable(lambda: client.set("k", 1))
+        assert "refused" not in caplog.text  # an outage (one warning, retried), not an error per call
+    finally:
+        admin.config_set("min-replicas-to-write", 0)
+    assert producer.enqueue_many([image_bytes("cat.jpg")], job_ids=["ad-3"]) == ["ad-3"]

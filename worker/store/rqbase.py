@@ -35,6 +35,11 @@ def unavailable(call: Callable[[], T]) -> T:
         raise StoreFull(f"redis is full (maxmemory): {exc}") from exc
     except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:  # READONLY: mid-failover
         raise StoreUnavailable(str(exc)) from exc
+    except redis.ResponseError as exc:
+        if "NOREPLICAS" in str(exc).split():  # min-replicas-to-write: a primary cut off from its replicas
+            raise StoreUnavailable(str(exc)) from exc
+        log.error("redis refused a call: %s", exc)
+        raise StoreUnavailable(f"redis refused: {exc}") from exc
     except redis.RedisError as exc:  # a refusal (NOPERM after an ACL change, a script error): logged, retried
         log.error("redis refused a call: %s", exc)
         raise StoreUnavailable(f"redis refused: {exc}") from exc
