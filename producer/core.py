@@ -134,8 +134,10 @@ class ProducerCore:
                     raise
                 written = yield from self._written(shard, shard_jobs)
                 lost = {job.id for job in shard_jobs if job.id not in written}
+                if self.options.wait_replicas > 0:  # written is not enough: none is known to be on a replica
+                    lost = {job.id for job in shard_jobs}  # (enqueued again with the same ids, they wait again)
                 missing |= lost
-                if lost or self.options.wait_replicas > 0:  # else only the reply was lost: they are written
+                if lost:  # else only the reply was lost: they are written
                     down.append((shard, exc))
             except (QueueFull, NotReplicated) as exc:  # RedisFull is a QueueFull
                 refused.append(exc)

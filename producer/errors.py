@@ -59,7 +59,8 @@ class ShardUnavailable(ProducerError, redis.ConnectionError):
 
     The other shards still got theirs: ``enqueued`` are the ids known written, ``not_enqueued`` the ids of the
     shards that could not be reached (``shards``; ``shard`` is the first) not found written when the shard
-    was asked once more (a reply lost after Redis ran the transaction shows its ids as enqueued); ``ids``
+    was asked once more (a reply lost after Redis ran the transaction shows its ids as enqueued), or, with
+    ``wait_replicas``, every id of those shards (written or not, none is known to be on a replica); ``ids``
     every id of the call in the order of its images. A shard that could not be asked either may still have
     them: enqueue ``not_enqueued`` again with ``job_ids=`` those ids (creation is create-if-absent: none is
     created twice). A ``redis.ConnectionError`` too, whether the cause was a refused connection or a timeout."""

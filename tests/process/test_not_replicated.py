@@ -3,13 +3,14 @@ for the replicas again; it must not answer success because the job exists on the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
 import redis
 
 from bench.devserver import RedisServer
-from producer import JobOptions, NotReplicated, Producer
+from producer import JobOptions, NotReplicated, Producer, ShardUnavailable
 
 from ..conftest import image_bytes, wait_for
 
@@ -37,3 +38,18 @@ def test_a_retry_after_not_replicated_waits_for_the_replicas_again(primary):
         assert link.exists("rq:job:ad-17") and link.llen("rq:queue:classify") == 1  # one job, not two
     finally:
         replica.stop()
+
+
+def test_a_connection_lost_while_waiting_for_the_replicas_leaves_every_id_not_enqueued(primary):
+    producer = Producer(primary.url, options=JobOptions(wait_replicas=1, wait_timeout_ms=20_000))
+    admin = redis.Redis.from_url(primary.url)
+
+    def waiting() -> list[int]:
+        return [c["id"] for c in admin.client_list() if c.get("cmd") == "wait"]
+
+    killer = threading.Thread(target=lambda: admin.client_kill_filter(_id=wait_for(waiting, 30)[0]))
+    killer.start()
+    with pytest.raises(ShardUnavailable) as raised:  # written, but the WAIT's connection was cut
+        producer.enqueue_many([image_bytes("cat.jpg")], job_ids=["ad-9"])
+    killer.join(30)
+    assert admin.exists("rq:job:ad-9") and raised.value.not_enqueued == ["ad-9"]  # on no replica: not done
