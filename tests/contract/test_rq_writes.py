@@ -69,13 +69,17 @@ def _call(data: bytes) -> bytes:
         return data
 
 
-def setup(url: str, **options) -> tuple[redis.Redis, RedisStore, str]:
+def setup(url: str, deps: bool = False, **options) -> tuple[redis.Redis, RedisStore, str]:
     conn = redis.Redis.from_url(url)
     conn.flushdb()
     store = RedisStore(conn, "classify", "w1")
     store.register()
     producer = Producer(url, options=JobOptions(**options)) if options else Producer(url)
     (job_id,) = producer.enqueue_many([b"image bytes"], job_ids=["job-1"])
+    if deps:  # a job others depend on, that depended on one (RQ's keys for them; our producer writes neither)
+        job = Job(job_id, connection=conn)
+        conn.sadd(job.dependents_key, "job-2")
+        conn.sadd(job.dependencies_key, "job-0")
     return conn, store, job_id
 
 
@@ -94,9 +98,9 @@ def rq_start(conn: redis.Redis, store: RedisStore, job_id: str) -> tuple[Job, Ex
     return job, execution
 
 
-def rq_reference(url: str, kind: str = "ok", **options) -> tuple[dict, dict]:
+def rq_reference(url: str, kind: str = "ok", deps: bool = False, **options) -> tuple[dict, dict]:
     """Start and end the job with RQ's own calls; snapshot after each."""
-    conn, store, job_id = setup(url, **options)
+    conn, store, job_id = setup(url, deps, **options)
     job, execution = rq_start(conn, store, job_id)
     ids = {job_id.encode(): b"J", execution.id.encode(): b"E"}
     started = snapshot(conn, ids)
@@ -136,8 +140,8 @@ def rq_reference(url: str, kind: str = "ok", **options) -> tuple[dict, dict]:
 ERROR = {"type": "unsupported_image", "message": "not an image"}
 
 
-def ours(url: str, kind: str = "ok", flush_scripts: bool = False, **options) -> tuple[dict, dict]:
-    conn, store, job_id = setup(url, **options)
+def ours(url: str, kind: str = "ok", flush_scripts: bool = False, deps: bool = False, **options) -> tuple[dict, dict]:
+    conn, store, job_id = setup(url, deps, **options)
     if flush_scripts:
         conn.script_flush()
     (job,) = store.take(1, 1.0)
@@ -213,3 +217,16 @@ def test_scripts_are_reloaded_after_script_flush(redis_url, conn):
     _, finished = ours(redis_url, flush_scripts=True)
     assert Job.fetch("job-1", connection=conn, serializer=MsgpackSerializer).get_status() == JobStatus.FINISHED
     assert finished[b"rq:finished:classify"][2][0][0] == b"J"
+
+
+# (a failure kept for ever is not compared: RQ's FailedJobRegistry.add scores it -1, its other registries
+# '+inf'; ours '+inf' there too)
+@pytest.mark.parametrize(("kind", "ttl"), [("ok", 500), ("ok", -1), ("fail", 500)])
+def test_a_jobs_dependents_and_dependencies_are_kept_as_rq_keeps_them(redis_url, kind, ttl):
+    ref = rq_reference(redis_url, kind, deps=True, result_ttl_s=ttl, failure_ttl_s=ttl)[1]
+    mine = ours(redis_url, kind, deps=True, result_ttl_s=ttl, failure_ttl_s=ttl)[1]
+    for snapshot in (ref, mine):
+        _data(snapshot, drop=True)
+    mine.pop(b"classify:results:stream")
+    assert mine[b"rq:job:J:dependents"][1] == (-1 if ttl < 0 else ttl)  # kept with the job
+    assert mine == ref

@@ -54,8 +54,12 @@ end
 local function keep(job_id, job_key, results, ttl)
   expire_or_persist(results, ttl)
   expire_or_persist(job_key, ttl)
-  expire_or_persist(dependents_prefix .. job_id .. dependents_suffix, ttl)
-  expire_or_persist(dependencies_prefix .. job_id .. dependencies_suffix, ttl)
+  local dependents, dependencies = dependents_prefix .. job_id .. dependents_suffix,
+                                   dependencies_prefix .. job_id .. dependencies_suffix
+  if redis.call('EXISTS', dependents, dependencies) > 0 then  -- most jobs have neither: one call, not two
+    expire_or_persist(dependents, ttl)
+    expire_or_persist(dependencies, ttl)
+  end
 end
 
 -- This run of the job is over: its execution leaves every registry (the executions entry only from a zset).
@@ -111,9 +115,12 @@ for i = 17, #ARGV, 13 do
     ok = ok + 1
     writes[#writes + 1] = function()
       unregister(job_id, execution_id, member, executions_fit)
-      redis.call('HSET', job_key, 'status', 'finished', 'ended_at', ended_iso)
       -- the image is not needed any more: keep the call without it (RQ's Job API still reads the job)
-      if data ~= '' then redis.call('HSET', job_key, 'data', data) end
+      if data ~= '' then
+        redis.call('HSET', job_key, 'status', 'finished', 'ended_at', ended_iso, 'data', data)
+      else
+        redis.call('HSET', job_key, 'status', 'finished', 'ended_at', ended_iso)
+      end
       add_result(results, '1', worker_name, 'return_value', payload, execution_id, started_at, ended_text)
       if ttl_s == 0 then
         redis.call('DEL', job_key, dependents_prefix .. job_id .. dependents_suffix,

@@ -66,9 +66,10 @@ for n, job_id in ipairs(ids) do
   if addressable(job_id) then kind = redis.call('TYPE', job_key)['ok'] end
   local lost = 0
   if kind == 'hash' then
-    lost = tonumber(redis.call('HGET', job_key, 'lost_deliveries') or '0') or 0
+    local fields = redis.call('HMGET', job_key, 'lost_deliveries', 'status')
+    lost = tonumber(fields[1] or '0') or 0
     -- canceled (RQ's cancel) after a blocking move took it off the queue: never started
-    if redis.call('HGET', job_key, 'status') == 'canceled' then kind = 'canceled' end
+    if fields[2] == 'canceled' then kind = 'canceled' end
   end
   if kind == 'unaddressable' then
     state = -1
