@@ -9,6 +9,7 @@ per shard, merged (threads for the sync client, tasks for asyncio).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -26,6 +27,26 @@ from .wire.serializer import SerializationError, loads
 log = logging.getLogger(__name__)
 
 AWAY_WAIT_S = 1.0  # a shard whose subscription lost its server is tried again after this
+# results a merged subscription holds for a reader that falls behind; past it the oldest go (best-effort, as
+# Redis's output buffer limit would cut a slow subscriber), counted in ``dropped`` and warned of
+MAX_BUFFERED = 10_000
+
+
+class PumpFailed(RuntimeError):
+    """A shard's subscription stopped on an error other than a lost connection: raised to the reader."""
+
+
+def offer(arrived: queue.Queue | asyncio.Queue, item: Any) -> bool:
+    """Put ``item``; when the buffer is full, drop the oldest first. False if one was dropped."""
+    kept = True
+    while True:
+        try:
+            arrived.put_nowait(item)
+            return kept
+        except (queue.Full, asyncio.QueueFull):
+            kept = False
+            with contextlib.suppress(queue.Empty, asyncio.QueueEmpty):
+                arrived.get_nowait()
 
 
 def decode_message(message: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -81,8 +102,8 @@ class MergedSubscription(Subscription):
     result came first."""
 
     def __init__(self, subs: list[Subscription]) -> None:  # no pubsub of its own: it merges the shards'
-        self.subs, self.arrived = subs, queue.Queue()
-        self.stopping = threading.Event()
+        self.subs, self.arrived = subs, queue.Queue(MAX_BUFFERED)
+        self.stopping, self.dropped = threading.Event(), 0
         self.threads = [threading.Thread(target=self._pump, args=(s,), daemon=True) for s in subs]
         for thread in self.threads:
             thread.start()
@@ -94,14 +115,22 @@ class MergedSubscription(Subscription):
             except (redis.ConnectionError, redis.TimeoutError):
                 self.stopping.wait(AWAY_WAIT_S)  # that shard is away; the others go on
                 continue
-            if result is not None:
-                self.arrived.put(result)
+            except Exception as exc:  # the reader must hear of it, not wait for ever on a dead pump
+                offer(self.arrived, PumpFailed(f"a shard's subscription stopped: {exc!r}"))
+                return
+            if result is not None and not offer(self.arrived, result):
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % MAX_BUFFERED == 0:
+                    log.warning("the results reader is behind: %d result(s) dropped (best-effort)", self.dropped)
 
     def get(self, timeout: float | None = None) -> dict[str, Any] | None:
         try:
-            return self.arrived.get(timeout=timeout)
+            got = self.arrived.get(timeout=timeout)
         except queue.Empty:
             return None
+        if isinstance(got, PumpFailed):
+            raise got
+        return got
 
     def close(self) -> None:
         self.stopping.set()
@@ -120,14 +149,17 @@ def subscribe(connections: Sequence[redis.Redis], channel: str) -> Subscription:
 async def subscribe_async(connections: Sequence[aioredis.Redis], channel: str) -> AsyncIterator[dict[str, Any]]:
     """Every result published on the channel of every shard, as it arrives (subscribes on the first ``anext``)."""
     pubsubs = [conn.pubsub(ignore_subscribe_messages=True) for conn in connections]
-    arrived: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    arrived: asyncio.Queue[dict[str, Any] | PumpFailed] = asyncio.Queue(MAX_BUFFERED)
     pumps: list[asyncio.Task] = []
     try:
         for pubsub in pubsubs:
             await pubsub.subscribe(channel)
         pumps = [asyncio.create_task(_pump(pubsub, arrived)) for pubsub in pubsubs]
         while True:
-            yield await arrived.get()
+            got = await arrived.get()
+            if isinstance(got, PumpFailed):
+                raise got
+            yield got
     finally:
         for pump in pumps:
             pump.cancel()
@@ -136,13 +168,19 @@ async def subscribe_async(connections: Sequence[aioredis.Redis], channel: str) -
             await pubsub.aclose()
 
 
-async def _pump(pubsub: Any, arrived: asyncio.Queue[dict[str, Any]]) -> None:
+async def _pump(pubsub: Any, arrived: asyncio.Queue[dict[str, Any] | PumpFailed]) -> None:
+    dropped = 0
     while True:
         try:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=AWAY_WAIT_S)
         except (redis.ConnectionError, redis.TimeoutError):
             await asyncio.sleep(AWAY_WAIT_S)  # that shard is away; the others go on
             continue
+        except Exception as exc:  # the reader must hear of it, not wait for ever on a dead pump
+            offer(arrived, PumpFailed(f"a shard's subscription stopped: {exc!r}"))
+            return
         result = decode_message(message)
-        if result is not None:
-            arrived.put_nowait(result)
+        if result is not None and not offer(arrived, result):
+            dropped += 1
+            if dropped == 1 or dropped % MAX_BUFFERED == 0:
+                log.warning("the results reader is behind: %d result(s) dropped (best-effort)", dropped)

@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from .core import cut_off
 from .drivers import AsyncDriver, SyncDriver
 from .groupcursor import CREATE, Entry, GroupCursor
 from .ops import Call, Command, Procedure, Sleep, call
@@ -35,6 +36,12 @@ MAX_RETRY_S = 2.0
 TURN_S = 0.05  # with several shards: how long one shard's feed is waited on before the next one's turn
 CAP_NOTE = "trimmed at ~maxlen set on the workers (--results-maxlen)"
 _RETRIED = (redis.ConnectionError, redis.TimeoutError)
+
+
+def _retried(exc: redis.RedisError) -> bool:
+    """An error the feed waits out: Redis unreachable, or a primary mid-failover (``READONLY``) or cut off from
+    its replicas (``NOREPLICAS``): nothing was read or acknowledged."""
+    return isinstance(exc, _RETRIED) or (isinstance(exc, redis.ResponseError) and cut_off(exc))
 
 
 class Retry:
@@ -108,7 +115,9 @@ class ShardReader:
     def _ack(self, entry_id: str) -> Procedure[None]:
         try:
             yield call(self.shard, "XACK", self.cursor.stream, self.cursor.group, entry_id)
-        except _RETRIED as exc:  # it stays pending: a sweep claims it again
+        except redis.RedisError as exc:  # it stays pending: a sweep claims it again
+            if not _retried(exc):
+                raise
             log.warning("could not acknowledge feed entry %s (%s); it will be delivered again", entry_id, exc)
 
     def _fill(self, max_block_ms: int | None) -> Procedure[None]:
@@ -120,6 +129,9 @@ class ShardReader:
             yield Sleep(min(self.retry.failed(exc), (max_block_ms or 10**9) / 1000))
             return
         except redis.ResponseError as exc:
+            if cut_off(exc):  # a demoted primary (the connection is dropped: the next try goes where it leads now)
+                yield Sleep(min(self.retry.failed(exc), (max_block_ms or 10**9) / 1000))
+                return
             if str(exc).startswith("WRONGTYPE"):
                 yield Sleep(min(self.retry.wrong_type(self.cursor.stream, exc), (max_block_ms or 10**9) / 1000))
                 return
@@ -132,7 +144,9 @@ class ShardReader:
             try:
                 yield from with_meta(self.shard, [entry.result for entry in entries if entry.result is not None])
                 break
-            except _RETRIED as exc:
+            except redis.RedisError as exc:
+                if not _retried(exc):
+                    raise
                 yield Sleep(self.retry.failed(exc))
         self.retry.reset()
         for entry in entries:

@@ -173,7 +173,14 @@ class GroupCursor:
             self.phase = OWN  # the group exists: keep its position
             return True
         if message.startswith("NOGROUP"):  # the stream or group was deleted (a flush, a restart without data)
-            log.warning("feed group %s on %s is gone; creating it again at %s", self.group, self.stream, self.start)
+            # again from the stream's start, not from ``start`` ($: its end): what workers fed since the loss
+            # (while this consumer backed off) is delivered; an intact stream's older entries come again
+            # (duplicates are allowed, losses are not; an entry id after the last one delivered would miss
+            # the entries of a stream re-created within that millisecond, or by a host whose clock is behind)
+            self.start = "0"
+            log.warning(
+                "feed group %s on %s is gone; creating it again from the stream's start", self.group, self.stream
+            )
             self.phase, self.own_from = CREATE, "0"
             return True
         return False

@@ -13,6 +13,9 @@ from bench.devserver import RedisServer, free_port
 from producer import Producer
 from producer.connections import connect as producer_connect
 from producer.errors import ShardUnavailable
+from producer.wire.keys import results_stream
+from producer.wire.results import make_result
+from producer.wire.serializer import dumps
 from worker.redisconn import connect as worker_connect
 from worker.store import StoreUnavailable
 from worker.store.rqbase import unavailable
@@ -75,3 +78,19 @@ def test_a_primary_cut_off_from_its_replicas_is_unavailable_to_both_sides_not_a_
     finally:
         admin.config_set("min-replicas-to-write", 0)
     assert producer.enqueue_many([image_bytes("cat.jpg")], job_ids=["ad-3"]) == ["ad-3"]
+
+
+def test_a_feed_consumer_waits_out_a_demoted_primary_and_reads_on_once_it_is_writable_again(server):
+    admin, producer = redis.Redis.from_url(server.url), Producer(server.url)
+    feed = producer.results("web", start="0")
+    assert feed.get(timeout_s=0.2) is None  # the group exists
+    demote(admin)
+    try:
+        assert feed.get(timeout_s=1.0) is None  # READONLY for XREADGROUP: waited out, not raised
+    finally:
+        admin.replicaof("no", "one")
+    stream = results_stream("classify")
+    result = make_result("j1", model="m@1", worker="w1", timings_ms={}, meta={}, topk=[("a", 1.0)])
+    admin.xadd(stream, {"job_id": "j1", "result": dumps(result)})
+    got = feed.get(timeout_s=10)
+    assert got is not None and got["job_id"] == "j1"
