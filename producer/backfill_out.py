@@ -95,16 +95,17 @@ class Answered:
 
 
 def _read_back(file: BinaryIO, answered: Answered) -> None:
-    """Count every complete record; cut off a last line a kill left half-written."""
-    data = file.read()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        log.warning("dropping a half-written last line of the output (%d bytes)", len(data) - end)
-        file.truncate(end)
-    for raw in data[:end].splitlines():
+    """Count every complete record, a line at a time (an output of millions of lines is never held whole);
+    cut off a last line a kill left half-written."""
+    end = 0  # just past the last complete line
+    for raw in file:
+        if not raw.endswith(b"\n"):
+            log.warning("dropping a half-written last line of the output (%d bytes)", len(raw))
+            file.truncate(end)
+            break
+        end += len(raw)
         try:
-            record = json.loads(raw)
-            answered.add(record)
+            answered.add(json.loads(raw))
         except (ValueError, KeyError, TypeError):
             log.warning("skipping an output line that is not a record: %.80r", raw)
 

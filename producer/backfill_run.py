@@ -99,22 +99,26 @@ class Backfill:
         """Answer ``lines`` (those the output lacks); True when every one is answered, False on time-out."""
         self.pending = lines
         feed = self.producer.results(self.identity.group, consumer=CONSUMER, start="$")
-        try:
-            self._refill(send=False)  # the first window: what a killed run with these arguments may have in flight
-            self._drain(feed)
-            while True:
-                self._refill()
-                if self.exhausted and not self.waiting:
-                    return True
-                if time.monotonic() - self.last_answer > self.settings.timeout_s:
-                    return False
-                result = feed.get(timeout_s=POLL_S)  # acknowledges the previous result: it is written
-                self.caught_up = result is None
-                if result is not None and self._take(result):
-                    self.last_fed = time.monotonic()
-                self._check()
-        finally:
-            feed.ack()
+        done = self._answer(feed)
+        # the last result's line is written: acknowledged. Not when the run raised (a write that failed, a
+        # Ctrl-C): that result stays pending and is delivered again to the next run, whose output lacks it
+        feed.ack()
+        return done
+
+    def _answer(self, feed: ResultFeed) -> bool:
+        self._refill(send=False)  # the first window: what a killed run with these arguments may have in flight
+        self._drain(feed)
+        while True:
+            self._refill()
+            if self.exhausted and not self.waiting:
+                return True
+            if time.monotonic() - self.last_answer > self.settings.timeout_s:
+                return False
+            result = feed.get(timeout_s=POLL_S)  # acknowledges the previous result: it is written
+            self.caught_up = result is None
+            if result is not None and self._take(result):
+                self.last_fed = time.monotonic()
+            self._check()
 
     def _drain(self, feed: ResultFeed) -> None:
         """Before the first enqueue: take what the feed holds for the first window (a killed run's results), so

@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .dashboard_guard import DEFAULT_USERNAME, Guard, default_allowed_hosts, install, is_loopback
+from .dashboard_state import install_state_routes
 from .wire.serializer import MsgpackSerializer
 from .wire.urls import split_urls
 
@@ -145,6 +146,7 @@ def create_app(
     # built, never removed) and compares with ``!=``; the guard's auth covers every route instead.
     app = make_flask_app(None, None, None, "")
     install(app, guard)
+    install_state_routes(app, len(redis_urls))  # requeue by our script; no state change across shards
     app.config.update(
         RQ_DASHBOARD_REDIS_URL=tuple(redis_urls),
         RQ_DASHBOARD_SHOW_FULL_ARGS=show_full_args,

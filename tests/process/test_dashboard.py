@@ -127,6 +127,7 @@ def test_only_the_dashboards_own_pages_can_requeue_or_empty_and_never_with_get(c
     job = queue.enqueue("worker.tasks.classify", kwargs={"image": b"not an image", "meta": {}})
     queue.remove(job)
     queue.failed_job_registry.add(job, exc_string="unsupported_image")
+    conn.hset(job.key, "status", "failed")  # as a worker's failure leaves it
     own = {"Origin": dashboard, "X-Requested-With": "XMLHttpRequest"}  # what the dashboard's $.post sends
 
     assert get(dashboard, "/requeue/classify")[0] == 405  # what a cross-site <img> does
@@ -153,3 +154,29 @@ def test_dashboard_password_alone_turns_on_basic_auth_as_admin(start_dashboard):
     auth = {"Authorization": "Basic " + base64.b64encode(b"admin:s3cret").decode()}
     assert get(base, "/0/data/queues.json")[0] == 401
     assert get(base, "/0/data/queues.json", auth)[0] == 200
+
+
+def test_a_requeue_from_the_dashboard_runs_our_script_and_with_shards_state_changes_are_refused(
+    conn, redis_url, start_dashboard
+):
+    dashboard = start_dashboard()
+    queue = Queue("classify", connection=conn, serializer=MsgpackSerializer)
+    own = {"Origin": dashboard, "X-Requested-With": "XMLHttpRequest"}
+    ids = []
+    for _ in range(2):
+        job = queue.enqueue("worker.tasks.classify", kwargs={"image": b"not an image", "meta": {}})
+        queue.remove(job)
+        queue.failed_job_registry.add(job, ttl=600, exc_string="unsupported_image")  # expiring, as failures do
+        conn.hset(job.key, "status", "failed")
+        ids.append(job.id)
+    assert post(dashboard, f"/job/{ids[0]}/requeue", own) == (200, '{"status":"OK"}\n')
+    assert post(dashboard, f"/job/{ids[0]}/requeue", own) == (200, '{"status":"NOT_FAILED"}\n')  # once only
+    assert post(dashboard, "/requeue/classify", own) == (200, '{"count":1,"status":"OK"}\n')
+    for job_id in ids:  # as `producer requeue` leaves it: kept while it waits, its old failure not answered
+        assert conn.hget(f"rq:job:{job_id}", "requeued_after") is not None and conn.ttl(f"rq:job:{job_id}") == -1
+    assert queue.job_ids == ids
+
+    sharded = start_dashboard("--redis-url", f"{redis_url},{redis_url}")
+    own = {"Origin": sharded, "X-Requested-With": "XMLHttpRequest"}
+    status, text = post(sharded, "/queue/classify/queued/empty", own)
+    assert status == 409 and "one shard per dashboard" in text and queue.count == 2
