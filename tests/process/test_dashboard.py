@@ -13,12 +13,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 from rq import Queue
 
 from bench.devserver import free_port
 from producer import JobFailed, Producer
 from producer.wire.serializer import MsgpackSerializer
 
+from ..acls import drop_users, set_users
 from ..conftest import ROOT, image_bytes, wait_for, wait_for_workers
 
 pytest.importorskip("rq_dashboard", reason="rq-dashboard is not installed (pip install -e '.[dashboard]')")
@@ -159,7 +161,19 @@ def test_dashboard_password_alone_turns_on_basic_auth_as_admin(start_dashboard):
 def test_a_requeue_from_the_dashboard_runs_our_script_and_with_shards_state_changes_are_refused(
     conn, redis_url, start_dashboard
 ):
-    dashboard = start_dashboard()
+    _, as_worker = set_users(conn, redis_url)  # the Redis user docs/dashboard.md gives it: the worker's
+    try:
+        requeue_through(start_dashboard("--redis-url", as_worker), conn)
+    finally:
+        drop_users(conn)
+    queue = Queue("classify", connection=conn, serializer=MsgpackSerializer)
+    sharded = start_dashboard("--redis-url", f"{redis_url},{redis_url}")
+    own = {"Origin": sharded, "X-Requested-With": "XMLHttpRequest"}
+    status, text = post(sharded, "/queue/classify/queued/empty", own)
+    assert status == 409 and "one shard per dashboard" in text and queue.count == 2
+
+
+def requeue_through(dashboard: str, conn: redis.Redis) -> None:
     queue = Queue("classify", connection=conn, serializer=MsgpackSerializer)
     own = {"Origin": dashboard, "X-Requested-With": "XMLHttpRequest"}
     ids = []
@@ -175,8 +189,3 @@ def test_a_requeue_from_the_dashboard_runs_our_script_and_with_shards_state_chan
     for job_id in ids:  # as `producer requeue` leaves it: kept while it waits, its old failure not answered
         assert conn.hget(f"rq:job:{job_id}", "requeued_after") is not None and conn.ttl(f"rq:job:{job_id}") == -1
     assert queue.job_ids == ids
-
-    sharded = start_dashboard("--redis-url", f"{redis_url},{redis_url}")
-    own = {"Origin": sharded, "X-Requested-With": "XMLHttpRequest"}
-    status, text = post(sharded, "/queue/classify/queued/empty", own)
-    assert status == 409 and "one shard per dashboard" in text and queue.count == 2
