@@ -81,6 +81,7 @@ class ShardReader:
     def __init__(self, shard: int, cursor: GroupCursor) -> None:
         self.shard, self.cursor = shard, cursor
         self.ready: deque[Entry] = deque()
+        self.staged: list[Entry] = []  # read, their meta still to fetch
         self.unacked: str | None = None
         self.retry = Retry()
 
@@ -121,6 +122,9 @@ class ShardReader:
             log.warning("could not acknowledge feed entry %s (%s); it will be delivered again", entry_id, exc)
 
     def _fill(self, max_block_ms: int | None) -> Procedure[None]:
+        if self.staged:  # read before, their meta not fetched yet (Redis went away): that first
+            yield from self._stage(self.staged, max_block_ms)
+            return
         try:
             reply = yield Call(self.shard, Command(self.cursor.next_command(max_block_ms)))
         except redis.AuthenticationError:
@@ -139,15 +143,20 @@ class ShardReader:
                 return
             raise
         self.retry.reset()
-        entries = self.cursor.take(reply)
-        while True:  # read and not acknowledged: retried here, so that none goes out without its meta
-            try:
-                yield from with_meta(self.shard, [entry.result for entry in entries if entry.result is not None])
-                break
-            except redis.RedisError as exc:
-                if not _retried(exc):
-                    raise
-                yield Sleep(self.retry.failed(exc))
+        yield from self._stage(self.cursor.take(reply), max_block_ms)
+
+    def _stage(self, entries: list[Entry], max_block_ms: int | None) -> Procedure[None]:
+        """Give read entries their meta, then make them ready; while Redis is away they stay staged (read, not
+        acknowledged, none handed out without its meta) and the caller's deadline still holds."""
+        try:
+            yield from with_meta(self.shard, [entry.result for entry in entries if entry.result is not None])
+        except redis.RedisError as exc:
+            if not _retried(exc):
+                raise
+            self.staged = entries
+            yield Sleep(min(self.retry.failed(exc), (max_block_ms or 10**9) / 1000))
+            return
+        self.staged = []
         self.retry.reset()
         for entry in entries:
             if entry.result is None:

@@ -56,7 +56,9 @@ def wait_for_result(shard: int, job_id: str, timeout_s: float) -> Procedure[dict
                     command("HGET", job_key, "requeued_after"),  # a requeue's earlier results are history
                 ),
             )
-        except (redis.ConnectionError, redis.TimeoutError):
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() >= deadline:  # no EXISTS after it: a silent server would hold the caller again
+                raise JobTimeout(job_id, timeout_s, f" (Redis unavailable: {exc})") from exc
             response, status, requeued_after = None, None, None
             yield Sleep(min(RECONNECT_WAIT_S, max(0.0, deadline - time.monotonic())))
         for result_id, payload in response[0][1] if response else []:

@@ -237,3 +237,40 @@ def test_json_output_handles_datetimes_and_keys_that_are_not_strings():
     moment = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
     assert jsonable({1: moment, None: 2, (1, 2): 3}) == {"1": "2024-05-01T12:00:00+00:00", "null": 2, "[1, 2]": 3}
     assert jsonable(object())["$repr"].startswith("<object")
+
+
+class ScriptedPipeline:
+    """A scripted connection's pipeline: the batch's reply is the connection's next one (or its exception)."""
+
+    def __init__(self, conn: ScriptedRedis) -> None:
+        self.conn, self.commands = conn, []
+
+    def __enter__(self) -> ScriptedPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def execute_command(self, *args, **options) -> None:
+        self.commands.append(args)
+
+    def execute(self):
+        self.conn.sent.append("PIPELINE")
+        if self.conn.down:
+            raise redis.ConnectionError("gone")
+        return self.conn.batch_reply
+
+
+def test_entries_read_just_before_redis_went_away_wait_staged_and_the_callers_timeout_still_holds():
+    lean = {b"job_id": b"a", b"result": dumps({**loads(result_bytes("a")), "meta": None})}  # meta left in the job
+    call = dumps(["worker.tasks.classify", None, [], {"meta": {"ad": 7}}])
+    conn = ScriptedRedis([b"OK", [[b"s", [(b"1-0", lean)]]]])
+    conn.down, conn.batch_reply = True, [call]  # Redis goes away after the read, before the meta's HGET
+    conn.pipeline = lambda transaction=False: ScriptedPipeline(conn)
+    feed = feed_on(conn).open()
+    assert feed.get(timeout_s=0.3) is None  # not blocked until Redis answers: the entry waits, unacknowledged
+    assert conn.acked == [] and conn.sent.count("XREADGROUP") == 1
+    conn.down = False
+    got = feed.get(timeout_s=5)
+    assert got["job_id"] == "a" and got["meta"] == {"ad": 7}
+    assert conn.sent.count("XREADGROUP") == 1  # the staged entry was not read twice
