@@ -98,7 +98,11 @@ def enqueue_images(producer: Producer, paths: list[Path], refs: list[ImageRef]) 
             raise  # nothing went anywhere: Redis cannot be reached
         ids, lost = exc.ids, set(exc.not_enqueued)
         why = f"shard {', '.join(exc.shards)} is unavailable"
-        print(f"push: {exc}; push the images marked NOT ENQUEUED again", file=sys.stderr)
+        print(
+            f"push: {exc}; push the images marked NOT ENQUEUED again (one whose shard could not be asked, or "
+            "not confirmed on a replica, may be queued already: pushed again, it runs twice)",
+            file=sys.stderr,
+        )
     for item, job_id in zip(items, ids, strict=True):
         name, label = (item.url, item.url) if isinstance(item, ImageRef) else (item.name, str(item))
         images.append(Pushed(name, label, refused=why) if job_id in lost else Pushed(name, label, job_id))
