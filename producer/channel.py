@@ -36,17 +36,17 @@ class PumpFailed(RuntimeError):
     """A shard's subscription stopped on an error other than a lost connection: raised to the reader."""
 
 
-def offer(arrived: queue.Queue | asyncio.Queue, item: Any) -> bool:
-    """Put ``item``; when the buffer is full, drop the oldest first. False if one was dropped."""
-    kept = True
+def offer(arrived: queue.Queue | asyncio.Queue, item: Any) -> int:
+    """Put ``item``; when the buffer is full, drop the oldest first. How many were dropped."""
+    dropped = 0
     while True:
         try:
             arrived.put_nowait(item)
-            return kept
+            return dropped
         except (queue.Full, asyncio.QueueFull):
-            kept = False
             with contextlib.suppress(queue.Empty, asyncio.QueueEmpty):
                 arrived.get_nowait()
+                dropped += 1
 
 
 def decode_message(message: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -103,7 +103,8 @@ class MergedSubscription(Subscription):
 
     def __init__(self, subs: list[Subscription]) -> None:  # no pubsub of its own: it merges the shards'
         self.subs, self.arrived = subs, queue.Queue(MAX_BUFFERED)
-        self.stopping, self.dropped = threading.Event(), 0
+        self.stopping, self.dropped, self.lock = threading.Event(), 0, threading.Lock()
+        self.failure: PumpFailed | None = None  # a shard's pump that stopped: raised once the buffer is read
         self.threads = [threading.Thread(target=self._pump, args=(s,), daemon=True) for s in subs]
         for thread in self.threads:
             thread.start()
@@ -116,21 +117,34 @@ class MergedSubscription(Subscription):
                 self.stopping.wait(AWAY_WAIT_S)  # that shard is away; the others go on
                 continue
             except Exception as exc:  # the reader must hear of it, not wait for ever on a dead pump
-                offer(self.arrived, PumpFailed(f"a shard's subscription stopped: {exc!r}"))
+                self.failure = PumpFailed(f"a shard's subscription stopped: {exc!r}")
                 return
-            if result is not None and not offer(self.arrived, result):
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % MAX_BUFFERED == 0:
-                    log.warning("the results reader is behind: %d result(s) dropped (best-effort)", self.dropped)
+            if result is not None:
+                self._count_dropped(offer(self.arrived, result))
+
+    def _count_dropped(self, count: int) -> None:
+        if not count:
+            return
+        with self.lock:
+            before, self.dropped = self.dropped, self.dropped + count
+        if before == 0 or before // MAX_BUFFERED != self.dropped // MAX_BUFFERED:
+            log.warning("the results reader is behind: %d result(s) dropped (best-effort)", self.dropped)
 
     def get(self, timeout: float | None = None) -> dict[str, Any] | None:
-        try:
-            got = self.arrived.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if isinstance(got, PumpFailed):
-            raise got
-        return got
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self.arrived.get_nowait()
+            except queue.Empty:
+                if self.failure is not None:  # what came before it was read first
+                    raise self.failure from None
+            left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if left <= 0:
+                return None
+            try:
+                return self.arrived.get(timeout=left)
+            except queue.Empty:
+                continue
 
     def close(self) -> None:
         self.stopping.set()
@@ -149,16 +163,20 @@ def subscribe(connections: Sequence[redis.Redis], channel: str) -> Subscription:
 async def subscribe_async(connections: Sequence[aioredis.Redis], channel: str) -> AsyncIterator[dict[str, Any]]:
     """Every result published on the channel of every shard, as it arrives (subscribes on the first ``anext``)."""
     pubsubs = [conn.pubsub(ignore_subscribe_messages=True) for conn in connections]
-    arrived: asyncio.Queue[dict[str, Any] | PumpFailed] = asyncio.Queue(MAX_BUFFERED)
+    arrived: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_BUFFERED)
+    failures: list[PumpFailed] = []  # a shard's pump that stopped: raised once the buffer is read
     pumps: list[asyncio.Task] = []
     try:
         for pubsub in pubsubs:
             await pubsub.subscribe(channel)
-        pumps = [asyncio.create_task(_pump(pubsub, arrived)) for pubsub in pubsubs]
+        pumps = [asyncio.create_task(_pump(pubsub, arrived, failures)) for pubsub in pubsubs]
         while True:
-            got = await arrived.get()
-            if isinstance(got, PumpFailed):
-                raise got
+            if failures and arrived.empty():
+                raise failures[0]
+            try:
+                got = await asyncio.wait_for(arrived.get(), 0.2)
+            except asyncio.TimeoutError:
+                continue
             yield got
     finally:
         for pump in pumps:
@@ -168,7 +186,7 @@ async def subscribe_async(connections: Sequence[aioredis.Redis], channel: str) -
             await pubsub.aclose()
 
 
-async def _pump(pubsub: Any, arrived: asyncio.Queue[dict[str, Any] | PumpFailed]) -> None:
+async def _pump(pubsub: Any, arrived: asyncio.Queue[dict[str, Any]], failures: list[PumpFailed]) -> None:
     dropped = 0
     while True:
         try:
@@ -177,10 +195,11 @@ async def _pump(pubsub: Any, arrived: asyncio.Queue[dict[str, Any] | PumpFailed]
             await asyncio.sleep(AWAY_WAIT_S)  # that shard is away; the others go on
             continue
         except Exception as exc:  # the reader must hear of it, not wait for ever on a dead pump
-            offer(arrived, PumpFailed(f"a shard's subscription stopped: {exc!r}"))
+            failures.append(PumpFailed(f"a shard's subscription stopped: {exc!r}"))
             return
         result = decode_message(message)
-        if result is not None and not offer(arrived, result):
-            dropped += 1
-            if dropped == 1 or dropped % MAX_BUFFERED == 0:
+        count = offer(arrived, result) if result is not None else 0
+        if count:
+            before, dropped = dropped, dropped + count
+            if before == 0 or before // MAX_BUFFERED != dropped // MAX_BUFFERED:
                 log.warning("the results reader is behind: %d result(s) dropped (best-effort)", dropped)

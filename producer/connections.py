@@ -54,7 +54,7 @@ def connect(url: str) -> redis.Redis:
 def connect_async(url: str) -> aioredis.Redis:
     """The asyncio twin of ``connect``."""
     if not is_sentinel(url):
-        return aioredis.Redis.from_url(url, **_TIMEOUTS)
+        return drop_on_readonly(aioredis.Redis.from_url(url, **_TIMEOUTS), redis.ReadOnlyError)
     spec = parse_sentinel(url)
     sentinel = AsyncSentinel(list(spec.sentinels), sentinel_kwargs=_sentinel_options(spec))
     login = {"username": spec.username, "password": spec.password, "ssl": spec.tls}

@@ -79,10 +79,27 @@ def build_options(arch: str) -> dict[str, Any]:
     return {"cpp.march": arch, "cpp.simdlen": LEVELS[arch][1]}
 
 
-def requirement(arch: str) -> dict[str, Any]:
-    """What a package built here for ``arch`` needs of the CPU that loads it (``package.json``'s ``cpu``)."""
+# gcc's -m options Inductor's vector ISAs add (``VecISA.build_arch_flags``), as kernel feature names
+_GCC_FLAGS = {
+    "avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512dq": "avx512dq",
+    "avx512vl": "avx512vl", "avx512bw": "avx512bw", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16",
+    "avx512fp16": "avx512_fp16", "amx-tile": "amx_tile", "amx-bf16": "amx_bf16", "amx-int8": "amx_int8",
+    "amx-fp16": "amx_fp16", "avxvnni": "avx_vnni",
+}  # fmt: skip
+
+
+def flag_features(flags: str) -> set[str]:
+    """The CPU features gcc options (``-mavx512f -mavx512vnni ...``) make the code use."""
+    names = (flag.removeprefix("-m") for flag in flags.split() if flag.startswith("-m"))
+    return {_GCC_FLAGS.get(name, name.replace("-", "_")) for name in names}
+
+
+def requirement(arch: str, vector_flags: str = "") -> dict[str, Any]:
+    """What a package built here for ``arch`` needs of the CPU that loads it (``package.json``'s ``cpu``): a
+    level's features, and those of the vector ISA Inductor picked for it (``vector_flags``: for x86-64-v4 on a
+    machine with VNNI or AMX, its 512-bit kernels use those too); the build machine's, natively."""
     if arch in LEVELS:
-        features: Iterable[str] = LEVELS[arch][0]
+        features: Iterable[str] = LEVELS[arch][0] | flag_features(vector_flags)
     else:
         features = host_features() or ()
     return {"machine": platform.machine(), "arch": arch, "features": sorted(features)}

@@ -20,7 +20,6 @@ from .tracing import Tracing, trace_fields
 log = logging.getLogger(__name__)
 
 CLOSED = object()  # end of a stage's stream
-OUTAGE_POLL_S = 0.25  # how often a finisher backing off looks whether the outage ended
 
 
 @dataclass
@@ -54,7 +53,7 @@ class FinishStage:
     def finish(self) -> None:
         """Record finished batches (all that are ready, in one store call); keep them through outages."""
         pending: list[tuple[list[Outcome], float]] = []
-        closing, backoff = False, Backoff()
+        closing, backoff = False, Backoff(max_s=self.settings.finish_backoff_max_s)
         while not (closing and not pending):
             closing = self._collect(pending, block=not pending) or closing
             if not pending:
@@ -92,18 +91,11 @@ class FinishStage:
         return True
 
     def _pause(self, delay_s: float) -> None:
-        """The back-off between tries; a stop cuts it short (the shutdown timeout counts from the stop), and so
-        does another thread's call that Redis answered: the finished jobs are recorded within a fraction of a
-        second of the outage's end, long before any reaper's deferral (one TTL) ends (their execution keys may
-        have expired meanwhile, so a reaper pass would count them as a dead worker's)."""
+        """The back-off between tries; a stop cuts it short (the shutdown timeout counts from the stop)."""
         if self.stop.is_set():
             time.sleep(delay_s)  # stopping: a try every second at most, until the shutdown timeout
-            return
-        deadline = time.monotonic() + delay_s
-        while (left := deadline - time.monotonic()) > 0 and self.stats.outage.since is not None:
-            if self.stop.wait(min(left, OUTAGE_POLL_S)):
-                self._shutdown_left()  # the shutdown timeout counts from now, not from the next try's failure
-                return
+        elif self.stop.wait(delay_s):
+            self._shutdown_left()  # the shutdown timeout counts from now, not from the next try's failure
 
     def _shutdown_left(self) -> float:
         """Seconds left to record finished jobs: unbounded until stopping, then the shutdown timeout."""

@@ -102,6 +102,10 @@ class PipelineSettings:
     shutdown_timeout_s: float = 30.0  # once stopping, how long finished jobs wait for an unavailable store
     hash_images: bool = True  # the result cache is on: SHA-256 the photos of jobs whose results it keeps
     cache_all: bool = False  # it keeps every successful job's result, not only those whose producer asked
+    # the finisher's longest back-off through an outage: a quarter of --worker-ttl-s, so that its finished jobs
+    # are recorded within it of Redis answering again, long before any reaper's deferral (one TTL) ends (their
+    # execution keys may have expired during a long outage, and a reaper pass would count them as lost)
+    finish_backoff_max_s: float = 5.0
 
 
 class ShutdownIncomplete(RuntimeError):
@@ -147,4 +151,5 @@ def pipeline_settings_for(settings: WorkerSettings) -> PipelineSettings:
         shutdown_timeout_s=settings.shutdown_timeout_s,
         hash_images=settings.cache_ttl_s > 0,
         cache_all=settings.cache_for == "all",
+        finish_backoff_max_s=max(0.5, min(30.0, settings.worker_ttl_s / 4)),
     )

@@ -67,14 +67,23 @@ def build_package(
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         with torch._inductor.config.patch(arch_options):
             files = torch._inductor.aot_compile(program.module(), (example,), options=dict(INDUCTOR_CONFIGS))
+            vector_flags = _vector_flags()
     dtype = str(example.dtype).removeprefix("torch.")
     facts = {"device": example.device.type, "dtype": dtype, "batch": [1, MAX_BATCH], "torch": torch.__version__}
-    facts["cpu"] = cpuisa.requirement(cpu_arch)
+    facts["cpu"] = cpuisa.requirement(cpu_arch, vector_flags)
     package_pt2(str(out), aoti_files=files, extra_files={**extra, PACKAGE_FILE: json.dumps(facts)})
     size_mb = out.stat().st_size / 1e6
     progress(f"packaged {out} ({size_mb:.1f} MB) in {time.perf_counter() - start:.0f} s")
     needs = ", ".join(facts["cpu"]["features"]) or "no recorded feature"
     progress(f"its CPU code needs {needs} ({cpu_arch}); a CPU without them refuses it")
+
+
+def _vector_flags() -> str:
+    """The gcc flags of the vector ISA Inductor compiles kernels for under the current config ('' if none)."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    isa = pick_vec_isa()
+    return isa.build_arch_flags() if isa else ""
 
 
 def read_entries(path: str | Path) -> dict[str, str]:

@@ -167,7 +167,9 @@ def build_store(settings: WorkerSettings, cache: dict | None = None) -> QueueSto
                     queues=queues,
                     primary=level == 0,
                     cache=cache,
-                    reap_deferred=True,  # a worker starting may be starting just after an outage (ReapAfterOutage)
+                    # a worker starting may be starting just after an outage (ReapAfterOutage); not a --burst one,
+                    # which may be done within a TTL: the only reaper of a fleet of batch runs
+                    reap_deferred=not settings.burst,
                 )
             )
             levels.append(level)

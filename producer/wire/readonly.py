@@ -15,9 +15,11 @@ from typing import Any
 
 
 def drop_on_readonly(client: Any, readonly_error: type[Exception]) -> Any:
-    """``client`` (a ``redis.Redis`` on a plain URL), its pool's connections dropped after a ``readonly_error``."""
+    """``client`` (a ``redis.Redis`` or ``redis.asyncio.Redis`` on a plain URL), its pool's connections dropped
+    after a ``readonly_error``."""
     pool = client.connection_pool
-    pool.connection_class = _dropping(pool.connection_class, readonly_error)
+    dropping = _dropping_async if pool.connection_class.__module__.startswith("redis.asyncio") else _dropping
+    pool.connection_class = dropping(pool.connection_class, readonly_error)
     return client
 
 
@@ -40,6 +42,28 @@ def _dropping(base: type, readonly_error: type[Exception]) -> type:
                 self.demoted = False
                 self.disconnect()  # the next call connects to whatever the address names now
             super().send_packed_command(command, check_health)
+
+    DropsOnReadOnly.__name__ = f"DropsOnReadOnly{base.__name__}"
+    return DropsOnReadOnly
+
+
+@cache
+def _dropping_async(base: type, readonly_error: type[Exception]) -> type:
+    class DropsOnReadOnly(base):  # type: ignore[valid-type, misc]
+        demoted = False
+
+        async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().read_response(*args, **kwargs)
+            except readonly_error:
+                self.demoted = True  # as the synchronous class: dropped before its next command
+                raise
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            if self.demoted:
+                self.demoted = False
+                await self.disconnect()
+            await super().send_packed_command(command, check_health)
 
     DropsOnReadOnly.__name__ = f"DropsOnReadOnly{base.__name__}"
     return DropsOnReadOnly

@@ -183,6 +183,19 @@ def test_a_finish_retried_after_its_reply_was_lost_announces_a_canceled_job_once
     assert_canceled(producer, conn, job_id)
 
 
+def test_a_canceled_job_is_still_answered_after_an_outage_outlasted_the_workers_key(redis_url, conn):
+    producer = Producer(redis_url)
+    (job_id,) = producer.enqueue_many([b"a"])
+    worker = store(conn)
+    (job,) = worker.take(1, 1.0)
+    producer.cancel(job_id)
+    conn.delete(keys.worker("w1"), keys.worker_executions("w1"))  # expired while Redis was away (TTL 20 s)
+    assert worker.finish([Outcome(job, ok(job_id))]) == []  # answered: canceled, with its announcement
+    assert_canceled(producer, conn, job_id)
+    fed = [e for _, e in conn.xrange(keys.results_stream(QUEUE)) if e[b"job_id"] == job_id.encode()]
+    assert len(fed) == 1
+
+
 def test_a_cancel_after_the_finish_changes_nothing(redis_url, conn):
     producer = Producer(redis_url)
     done, broken = producer.enqueue_many([b"a", b"b"])

@@ -36,8 +36,8 @@ def publish(conn: redis.Redis, job_id: str) -> None:
 
 def test_a_full_buffer_drops_its_oldest_item():
     buffer: queue.Queue = queue.Queue(2)
-    assert offer(buffer, 1) and offer(buffer, 2)
-    assert not offer(buffer, 3)
+    assert offer(buffer, 1) == 0 and offer(buffer, 2) == 0
+    assert offer(buffer, 3) == 1
     assert [buffer.get_nowait(), buffer.get_nowait()] == [2, 3]
 
 
@@ -62,6 +62,8 @@ def test_a_shard_subscription_that_stops_on_an_error_is_raised_to_the_reader(two
         def broken(**_options: object) -> None:
             raise RuntimeError("pubsub connection not set")  # what redis-py raises for a pubsub reset under it
 
+        publish(two[1], "before")  # read first: the failure comes after what arrived before it
+        assert merged.get(timeout=5)["job_id"] == "before"
         merged.subs[0]._pubsub.get_message = broken
         with pytest.raises(PumpFailed, match="stopped"):
             merged.get(timeout=10)

@@ -1,5 +1,5 @@
-"""A feed consumer whose group is gone (a Redis restarted without data, a flush) creates it again after the newest
-entry it delivered, not at the stream's end: the results workers fed meanwhile are delivered, none is lost."""
+"""A feed consumer whose group is gone (a Redis restarted without data, a flush) creates it again from the stream's
+start, not at its end: the results workers fed meanwhile are delivered, none is lost."""
 
 from __future__ import annotations
 

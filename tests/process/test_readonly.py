@@ -4,6 +4,7 @@ never reaches the new primary. Both sides' clients drop a connection on READONLY
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,7 @@ import redis
 from bench.devserver import RedisServer, free_port
 from producer import Producer
 from producer.connections import connect as producer_connect
+from producer.connections import connect_async
 from producer.errors import ShardUnavailable
 from producer.wire.keys import results_stream
 from producer.wire.results import make_result
@@ -94,3 +96,22 @@ def test_a_feed_consumer_waits_out_a_demoted_primary_and_reads_on_once_it_is_wri
     admin.xadd(stream, {"job_id": "j1", "result": dumps(result)})
     got = feed.get(timeout_s=10)
     assert got is not None and got["job_id"] == "j1"
+
+
+def test_the_async_producers_connection_to_a_demoted_primary_is_dropped_too(server):
+    admin = redis.Redis.from_url(server.url)
+
+    async def main() -> None:
+        client = connect_async(server.url)
+        first = await client.client_id()
+        demote(admin)
+        try:
+            with pytest.raises(redis.ReadOnlyError):
+                await client.set("during", 1)
+            assert await client.client_id() != first  # connected afresh
+        finally:
+            admin.replicaof("no", "one")
+        await client.set("after", 1)
+        await client.aclose()
+
+    asyncio.run(main())

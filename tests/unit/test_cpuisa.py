@@ -68,3 +68,13 @@ def test_a_level_sets_inductors_march_and_vector_width_and_native_sets_nothing(t
     with pytest.raises(CpuArchError, match=r"cannot run x86-64-v4 code \(lacks avx512bw, .*\), so it cannot check it"):
         build_options("x86-64-v4")
     assert requirement("native")["features"] == sorted(host_features(CPUINFO) or ())
+
+
+def test_a_levels_package_also_needs_what_inductors_chosen_vector_isa_adds():
+    vnni = "-mavx512f -mavx512dq -mavx512vl -mavx512bw -mfma -mavx512vnni -mavx512vl"  # VecAVX512VNNI's flags
+    needs = requirement("x86-64-v4", vnni)["features"]
+    assert "avx512_vnni" in needs and set(LEVELS["x86-64-v4"][0]) <= set(needs)
+    skylake = frozenset(LEVELS["x86-64-v4"][0])  # AVX-512 without VNNI: it would die of SIGILL in those kernels
+    assert "needs avx512_vnni" in unmet(requirement("x86-64-v4", vnni) | {"machine": platform.machine()}, skylake)
+    amx = "-mavx512f -mavx512dq -mavx512vl -mavx512bw -mfma -mamx-tile -mamx-bf16 -mamx-int8 -mavx512bf16"
+    assert {"amx_tile", "amx_bf16", "amx_int8", "avx512_bf16"} <= set(requirement("x86-64-v4", amx)["features"])

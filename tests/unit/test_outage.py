@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from types import SimpleNamespace
 
+from worker.config import WorkerSettings
 from worker.outage import Outage, ReapAfterOutage
 from worker.pipeline import Pipeline, PipelineSettings
+from worker.progress import pipeline_settings_for
+from worker.store import StoreUnavailable
 from worker.store.memory import MemoryBroker, MemoryStore
 
-from ..conftest import wait_for
+from .test_pipeline import PassThrough, Recorder, fill
 
 
 def warnings(caplog) -> list[str]:
@@ -53,37 +55,38 @@ def test_a_second_outage_is_reported_again(caplog):
 
 
 def test_the_reaper_waits_while_beats_fail_and_a_ttl_after_and_a_worker_process_a_ttl_from_its_start():
-    gate = ReapAfterOutage(0.2)
+    gate = ReapAfterOutage(60.0)
     assert gate.allows()  # a store on its own (tools, tests): reaps at once
     gate.failed()
     assert not gate.allows()  # a shard whose beat failed is not reaped while it is down, however long ago
     gate.reap_from = 0.0
     assert not gate.allows()
     gate.answered()
-    assert not gate.allows()  # the others get a TTL to beat again
-    assert wait_for(gate.allows, timeout_s=5)
-    started = ReapAfterOutage(0.2, closed=True)  # a worker process may start just after an outage
-    assert not started.allows() and wait_for(started.allows, timeout_s=5)
+    assert not gate.allows() and gate.reap_from > time.monotonic() + 50  # the others get a TTL to beat again
+    gate.reap_from = time.monotonic()
+    assert gate.allows()
+    started = ReapAfterOutage(60.0, closed=True)  # a worker process may start just after an outage
+    assert not started.allows() and started.reap_from > time.monotonic() + 50
 
 
-def test_a_finisher_backing_off_tries_again_as_soon_as_another_threads_call_is_answered():
+def test_a_finisher_backing_off_through_a_long_outage_tries_again_within_a_quarter_ttl():
+    for ttl_s, cap_s in ((20, 5.0), (2, 0.5), (600, 30.0)):
+        settings = WorkerSettings(model="m.pt", worker_ttl_s=ttl_s)
+        assert pipeline_settings_for(settings).finish_backoff_max_s == cap_s
     broker = MemoryBroker()
-    decoder, model = SimpleNamespace(backend="cpu"), SimpleNamespace(cap=4)  # the pause uses neither
-    pipeline = Pipeline(MemoryStore(broker, "w1"), decoder, model, PipelineSettings("w1"), threading.Event())
-    outage = pipeline.stats.outage
-    outage.failed("finish", ConnectionError("gone"))
-    waited: list[float] = []
-    pause = threading.Thread(
-        target=lambda: (start := time.monotonic(), pipeline._pause(30.0), waited.append(time.monotonic() - start))
-    )
-    pause.start()
-    pause.join(0.5)
-    assert pause.is_alive() and not waited  # backing off while Redis is down
-    outage.answered(time.monotonic())  # the heartbeat's call, say: Redis is back
-    assert wait_for(lambda: bool(waited), timeout_s=5) and waited[0] < 5  # not the 30 s of its back-off
-    outage.failed("finish", ConnectionError("gone"))
-    waited.clear()
-    pause = threading.Thread(target=lambda: (pipeline._pause(30.0), waited.append(0.0)))
-    pause.start()
-    pipeline.stop.set()  # a stop cuts it short too
-    assert wait_for(lambda: bool(waited), timeout_s=5)
+    ids = fill(broker, [b"x"] * 4)
+    back_at: list[float] = []
+
+    class Outage(MemoryStore):  # every finish refused for 4 s: the back-off grows to its cap meanwhile
+        def finish(self, outcomes):
+            if time.monotonic() < started + 4.0:
+                raise StoreUnavailable("connection refused")
+            back_at.append(time.monotonic())
+            return super().finish(outcomes)
+
+    settings = PipelineSettings("w1", max_wait_ms=1.0, idle_wait_ms=20, burst=True, finish_backoff_max_s=0.5)
+    decoder, model = PassThrough(), Recorder(cap=4)
+    started = time.monotonic()
+    Pipeline(Outage(broker, "w1"), decoder, model, settings, threading.Event()).run()
+    assert all(broker.status(i) == "finished" for i in ids)
+    assert back_at[0] - (started + 4.0) < 1.5  # within the cap (0.5 s) of its end; uncapped: 3.5 s after it

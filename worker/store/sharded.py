@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import redis
 from redis.sentinel import SentinelConnectionPool
 
-from ..backoff import Backoff
+from ..backoff import MAX_BACKOFF_S, Backoff
 from .base import JobRecord, Outcome, QueueStore, StoreUnavailable, WorkerStats
 from .rq import RedisStore
 
@@ -129,7 +129,7 @@ class ShardedStore(QueueStore):
     def take(self, max_jobs: int, timeout_s: float) -> list[JobRecord]:
         jobs = self._arrived(max_jobs)
         try:
-            jobs += self._sweep(max_jobs - len(jobs))
+            jobs += self._sweep(max_jobs - len(jobs), holding=bool(jobs))
         except StoreUnavailable:
             if jobs:  # started: they go to the hand now; the next take fails if the shards are still down
                 return jobs
@@ -181,20 +181,24 @@ class ShardedStore(QueueStore):
                 log.warning("shard %d: start failed (%s)", index, exc)
         return jobs
 
-    def _sweep(self, max_jobs: int) -> list[JobRecord]:
+    def _sweep(self, max_jobs: int, holding: bool = False) -> list[JobRecord]:
         """One non-blocking take per store: higher priorities first; among equals (shards), starting one
         further along each time (fairness). A store whose last take failed is skipped until its back-off has
-        passed, and then tried only while this sweep holds no job yet: a silent server costs a socket timeout,
-        and jobs already started elsewhere would wait that long to reach the hand (and be given back as not
-        held). With every store failing, the take fails (the pipeline backs off)."""
+        passed, and then tried only while this take holds no job yet (a silent server costs a socket timeout,
+        and jobs already started elsewhere would wait that long to reach the hand, and be given back as not
+        held), or once it is overdue by the longest back-off (a store of a lower priority under a steady
+        trickle of higher-priority jobs is tried again all the same). With every store failing, the take fails
+        (the pipeline backs off)."""
         jobs: list[JobRecord] = []
         all_down, failures = all(t is not None for t in self.retry_at), []
         for index in self._order():
             if len(jobs) >= max_jobs:
                 break
             due = self.retry_at[index]
-            if not all_down and due is not None and (jobs or time.monotonic() < due):
-                continue
+            if not all_down and due is not None:
+                now = time.monotonic()
+                if now < due or ((jobs or holding) and now < due + MAX_BACKOFF_S):
+                    continue
             try:
                 jobs += self._taken(index, self.shards[index].take(max_jobs - len(jobs), 0))
             except StoreUnavailable as exc:
@@ -205,7 +209,7 @@ class ShardedStore(QueueStore):
                 continue
             self.retry_at[index] = None
             self.backoffs[index].reset()
-        if all_down and len(failures) == len(self.shards):
+        if not jobs and len(failures) == len(self.shards):
             raise failures[0]
         return jobs
 

@@ -12,7 +12,7 @@
 -- is not written either.
 -- A job no longer registered as started by this execution (a reaper gave it back meanwhile), or whose
 -- key is no longer a hash, is skipped: nothing of it is written. A job canceled while it ran (RQ's cancel
--- drops its started entry and sets status canceled; this worker's executions set still lists it until this
+-- drops its started entry and sets status canceled; the job's executions still list this one until this
 -- step, so a retried finish is skipped) ends canceled: an RQ failure result and an ok: false
 -- "canceled" result, announced; it stays in RQ's canceled registry.
 -- Keys of the wrong type: refuses (BADTYPE, nothing written) when the started registry or this worker's
@@ -86,10 +86,12 @@ for i = 17, #ARGV, 13 do
   local is_hash = redis.call('TYPE', job_key)['ok'] == 'hash'
   local executions_fit = check(executions_prefix .. job_id, 'zset', bad)
   if redis.call('ZSCORE', wip, member) == false then
-    -- canceled while it ran, and not answered yet: this execution is still this worker's (the first finish of
-    -- it removes that; a finish retried after a lost reply, or a late one after a reap, is skipped)
-    if is_hash and redis.call('HGET', job_key, 'status') == 'canceled'
-        and redis.call('SISMEMBER', worker_executions, member) == 1 then
+    -- canceled while it ran, and not answered yet: the job's executions still list this one (the first finish
+    -- removes it; a finish retried after a lost reply, or a late one after a reap, is skipped). Not this worker's
+    -- executions set: it expires with the worker's key in an outage longer than its TTL; this lives 7 minutes
+    local listed = executions_fit and redis.call('ZSCORE', executions_prefix .. job_id, execution_id)
+    if not executions_fit then listed = redis.call('EXISTS', execution_prefix .. member) == 1 end
+    if is_hash and redis.call('HGET', job_key, 'status') == 'canceled' and listed then
       local results_fit = check(results, 'stream', bad)
       canceled[#canceled + 1] = job_id
       writes[#writes + 1] = function()
