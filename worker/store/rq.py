@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 from uuid import uuid4
 
@@ -103,7 +104,8 @@ class RedisStore(QueueStore):
         if not self.primary:
             return
         if not self._claimed:  # a registration retried after a failed write finds its own name: no wait
-            unavailable(lambda: claim_name(self.connection, self.worker_name, self.worker_ttl_s, self.reap, stop))
+            reap = partial(self.reap, ungated=True)  # once we register, our predecessor's jobs would look alive
+            unavailable(lambda: claim_name(self.connection, self.worker_name, self.worker_ttl_s, reap, stop))
             self._claimed = True
         worker = self.rq_worker
         worker.birth_date = worker.last_heartbeat = datetime.now(timezone.utc)
@@ -274,10 +276,10 @@ class RedisStore(QueueStore):
         groups = unavailable(lambda: feed_groups(self.connection, self.calls.take.stream))
         return {row["name"]: row["lag"] for row in group_rows(groups)}
 
-    def reap(self) -> tuple[list[str], list[str]]:
+    def reap(self, ungated: bool = False) -> tuple[list[str], list[str]]:
         """One reaper pass (atomic): poison jobs are failed, published and fed in it; none for a TTL after an
-        outage of this store's server."""
-        if not self.reap_gate.allows():
+        outage of this store's server (``ungated``: all the same)."""
+        if not ungated and not self.reap_gate.allows():
             return [], []
         requeued, poison, found = unavailable(lambda: self._run(self.calls.reap))
         self.misfits.report(self.calls.reap, misfits_of(found))
