@@ -110,3 +110,22 @@ def test_after_an_outage_a_store_reaps_nothing_for_one_worker_ttl():
         assert wait_for(lambda: reaper.reap()[0] == [job_id], 10)  # after one TTL: it is a dead worker's
     finally:
         server.stop()
+
+
+def test_a_names_takeover_requeues_its_predecessors_jobs_at_once_and_leaves_the_others_to_the_reaper(
+    redis_url, conn
+):
+    predecessor, other = RedisStore(conn, "classify", "ad-gpu-0"), RedisStore(conn, "classify", "other")
+    predecessor.register()
+    other.register()
+    mine, theirs = Producer(redis_url).enqueue_many([image_bytes("cat.jpg")] * 2)
+    assert [j.job_id for j in predecessor.take(1, 1.0)] == [mine]
+    assert [j.job_id for j in other.take(1, 1.0)] == [theirs]
+    conn.delete("rq:worker:ad-gpu-0", "rq:worker:other")  # both keys expired (an outage, or both died)
+    successor = RedisStore(conn, "classify", "ad-gpu-0", reap_deferred=True)  # a worker process just started
+    successor.register()  # takes the name over: its predecessor's job now, ungated
+    assert [i.decode() for i in conn.lrange("rq:queue:classify", 0, -1)] == [mine]
+    assert conn.zcard("rq:wip:classify") == 1  # "other" may be waiting an outage out: its job waits a TTL
+    assert successor.reap() == ([], [])
+    successor.reap_gate.reap_from = 0.0  # the TTL passed, and "other" never came back
+    assert successor.reap() == ([theirs], [])

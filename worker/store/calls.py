@@ -162,6 +162,7 @@ class Reap:
     stream_maxlen: int
     poison_size: int  # the poison result's template
     poison_pairs: bytes
+    only_worker: str = ""  # a name's takeover: only the executions that name this worker (and no stranded id)
 
 
 @dataclass(frozen=True)

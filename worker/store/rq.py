@@ -104,7 +104,7 @@ class RedisStore(QueueStore):
         if not self.primary:
             return
         if not self._claimed:  # a registration retried after a failed write finds its own name: no wait
-            reap = partial(self.reap, ungated=True)  # once we register, our predecessor's jobs would look alive
+            reap = partial(self.reap, takeover=True)  # once we register, our predecessor's jobs would look alive
             unavailable(lambda: claim_name(self.connection, self.worker_name, self.worker_ttl_s, reap, stop))
             self._claimed = True
         worker = self.rq_worker
@@ -276,12 +276,14 @@ class RedisStore(QueueStore):
         groups = unavailable(lambda: feed_groups(self.connection, self.calls.take.stream))
         return {row["name"]: row["lag"] for row in group_rows(groups)}
 
-    def reap(self, ungated: bool = False) -> tuple[list[str], list[str]]:
+    def reap(self, takeover: bool = False) -> tuple[list[str], list[str]]:
         """One reaper pass (atomic): poison jobs are failed, published and fed in it; none for a TTL after an
-        outage of this store's server (``ungated``: all the same)."""
-        if not ungated and not self.reap_gate.allows():
+        outage of this store's server. ``takeover``: at once, only the jobs that name this worker (its name's
+        predecessor's)."""
+        if not takeover and not self.reap_gate.allows():
             return [], []
-        requeued, poison, found = unavailable(lambda: self._run(self.calls.reap))
+        call = replace(self.calls.reap, only_worker=self.worker_name) if takeover else self.calls.reap
+        requeued, poison, found = unavailable(lambda: self._run(call))
         self.misfits.report(self.calls.reap, misfits_of(found))
         if requeued:
             log.warning("re-queued %d job(s) of dead workers: %s", len(requeued), shown_ids(requeued))

@@ -4,7 +4,10 @@
 -- KEYS: wip, queue, intermediate, failed, stream
 -- ARGV: execution_prefix, executions_prefix, worker_prefix, worker_executions_prefix,
 --       worker_executions_suffix, job_prefix, seen_prefix, results_prefix, stranded_s, max_deliveries,
---       poison_exc, failure_ttl_s, channel, stream_maxlen, poison_size, poison_pairs
+--       poison_exc, failure_ttl_s, channel, stream_maxlen, poison_size, poison_pairs, only_worker
+-- only_worker: '' (every dead worker's jobs, and the stranded ids), or a name just taken over: only the started
+-- jobs whose execution names it (they would look alive once its new owner registers; the others wait for a
+-- reaper pass, which a worker defers after an outage)
 -- Keys of the wrong type: refuses (BADTYPE, nothing written) when the started registry, the queue or the
 -- intermediate list is one (every job stays where it is). A job due to fail as poison while the failed
 -- registry or its own result stream is one stays in the started registry for a later pass; the results
@@ -13,7 +16,7 @@
 local wip, queue, intermediate, failed, stream = unpack(KEYS, 1, 5)
 local execution_prefix, executions_prefix, worker_prefix, worker_executions_prefix, worker_executions_suffix,
       job_prefix, seen_prefix, results_prefix, stranded_s, max_deliveries, poison_exc, failure_ttl_s, channel,
-      stream_maxlen, poison_size, poison_pairs = unpack(ARGV, 1, 16)
+      stream_maxlen, poison_size, poison_pairs, only_worker = unpack(ARGV, 1, 17)
 stranded_s, max_deliveries, failure_ttl_s, poison_size =
   tonumber(stranded_s), tonumber(max_deliveries), tonumber(failure_ttl_s), tonumber(poison_size)
 local bad = {}
@@ -59,8 +62,10 @@ for _, member in ipairs(redis.call('ZRANGE', wip, 0, -1)) do
     local execution_key = execution_prefix .. member
     local worker_name = field_of(execution_key, 'worker_name')
     local worker_key = worker_name and worker_prefix .. worker_name
+    local ours = only_worker == '' or worker_name == only_worker
     -- dead: no worker named, its key gone (or not a worker's hash), or its death registered
-    if not worker_name or redis.call('TYPE', worker_key)['ok'] ~= 'hash' or redis.call('HGET', worker_key, 'death') then
+    if ours and (not worker_name or redis.call('TYPE', worker_key)['ok'] ~= 'hash'
+                 or redis.call('HGET', worker_key, 'death')) then
       local job_key = job_prefix .. job_id
       local is_job = redis.call('TYPE', job_key)['ok'] == 'hash'
       local lost = is_job and (tonumber(field_of(job_key, 'lost_deliveries') or '0') or 0) + 1
@@ -82,8 +87,9 @@ for _, member in ipairs(redis.call('ZRANGE', wip, 0, -1)) do
     end
   end
 end
--- ... and the ids stranded in the intermediate list.
-for _, job_id in ipairs(redis.call('LRANGE', intermediate, 0, -1)) do
+-- ... and the ids stranded in the intermediate list (not in a takeover's pass).
+local stranded = only_worker == '' and redis.call('LRANGE', intermediate, 0, -1) or {}
+for _, job_id in ipairs(stranded) do
   local seen = seen_prefix .. job_id
   local first = redis.call('TYPE', seen)['ok'] == 'string' and tonumber(redis.call('GET', seen)) or nil
   if not first then
