@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import yaml
 
+from producer.dashboard import startup_problem
 from worker.config import WorkerSettings, add_arguments, settings_from
 from worker.flags import FLAGS
 
@@ -18,7 +19,11 @@ from ..conftest import ROOT
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 WORKER_COMMAND = ["python", "-m", "worker"]
-WORKERS = {name: s for name, s in SERVICES.items() if s.get("command", [])[:3] == WORKER_COMMAND}
+WORKERS = {
+    name: s
+    for name, s in SERVICES.items()
+    if s.get("command", [])[:3] == WORKER_COMMAND and s["command"][3:4] != ["export"]  # not the one-shot export
+}
 ENV_TWINS = {env for _, env, _, _ in FLAGS} | {"WORKER_BURST", "WORKER_LOG_JSON"}
 
 
@@ -107,9 +112,11 @@ def test_dashboard_service_serves_our_launcher_on_this_host_only():
     assert dashboard["environment"]["REDIS_URL"] == WORKERS["worker-gpu0"]["environment"]["REDIS_URL"]
     port = dashboard["command"][dashboard["command"].index("--port") + 1]
     assert dashboard["ports"] == [f"127.0.0.1:{port}:{port}"] and "--bind" in dashboard["command"]
-    assert dashboard["environment"]["DASHBOARD_PASSWORD"].startswith(
-        "${DASHBOARD_PASSWORD:?"
-    )  # required beyond loopback
+    # from the environment, not required by compose (a `:?` stopped every compose command without it: compose
+    # resolves every service's variables first); the dashboard itself refuses to start beyond loopback without it
+    assert dashboard["environment"]["DASHBOARD_PASSWORD"] == "${DASHBOARD_PASSWORD:-}"
+    bind = dashboard["command"][dashboard["command"].index("--bind") + 1]
+    assert startup_problem(bind, None, "") is not None and startup_problem(bind, None, "s3cret") is None
     assert "dashboard" in (ROOT / "Dockerfile").read_text()  # the image has the dashboard extra
 
 
@@ -120,3 +127,13 @@ def test_the_image_runs_as_the_unprivileged_uid_the_kubernetes_deployment_uses()
     deployment = _yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "deployment.yaml").read_text())
     uid = deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     assert users and users[-1].split(":")[0] == str(uid) != "0"
+
+
+def test_the_model_file_is_built_once_before_any_worker_starts():
+    model = SERVICES["model"]
+    assert model["command"][:4] == ["python", "-m", "worker", "export"] and "--if-missing" in model["command"]
+    out = model["command"][model["command"].index("--out") + 1]
+    assert model["volumes"] == ["./models:/models"] and out.startswith("/models/")  # written here, read-only there
+    for name, worker in WORKERS.items():
+        assert worker["depends_on"]["model"] == {"condition": "service_completed_successfully"}, name
+        assert worker["environment"]["WORKER_MODEL"] == out and "./models:/models:ro" in worker["volumes"], name

@@ -209,6 +209,8 @@ def test_probes_ask_the_health_port_for_healthz_and_readyz(variant):
     assert paths == {"startup": "/healthz", "liveness": "/healthz", "readiness": "/readyz"}
     assert {ports[probe["port"]] for probe in probes.values()} == {settings.health_port}
     assert ports["metrics"] == settings.metrics_port
+    # one port for both: with several children per pod the launcher answers the probes there, for all of them
+    assert settings.health_port == settings.metrics_port
 
 
 def test_metrics_service_and_disruption_budget_select_the_worker_pods(variant):
