@@ -49,6 +49,12 @@ def offer(arrived: queue.Queue | asyncio.Queue, item: Any) -> int:
                 dropped += 1
 
 
+def warn_dropped(before: int, after: int) -> None:
+    """One warning at the first result dropped, then one per ``MAX_BUFFERED`` more."""
+    if before == 0 or before // MAX_BUFFERED != after // MAX_BUFFERED:
+        log.warning("the results reader is behind: %d result(s) dropped (best-effort)", after)
+
+
 def decode_message(message: dict[str, Any] | None) -> dict[str, Any] | None:
     """A pub/sub message's result map; None for anything else (subscribe notices, foreign messages)."""
     if message is None or message.get("type") != "message":
@@ -123,12 +129,10 @@ class MergedSubscription(Subscription):
                 self._count_dropped(offer(self.arrived, result))
 
     def _count_dropped(self, count: int) -> None:
-        if not count:
-            return
-        with self.lock:
-            before, self.dropped = self.dropped, self.dropped + count
-        if before == 0 or before // MAX_BUFFERED != self.dropped // MAX_BUFFERED:
-            log.warning("the results reader is behind: %d result(s) dropped (best-effort)", self.dropped)
+        if count:
+            with self.lock:
+                before, self.dropped = self.dropped, self.dropped + count
+            warn_dropped(before, before + count)
 
     def get(self, timeout: float | None = None) -> dict[str, Any] | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -200,6 +204,5 @@ async def _pump(pubsub: Any, arrived: asyncio.Queue[dict[str, Any]], failures: l
         result = decode_message(message)
         count = offer(arrived, result) if result is not None else 0
         if count:
-            before, dropped = dropped, dropped + count
-            if before == 0 or before // MAX_BUFFERED != dropped // MAX_BUFFERED:
-                log.warning("the results reader is behind: %d result(s) dropped (best-effort)", dropped)
+            warn_dropped(dropped, dropped + count)
+            dropped += count

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -164,36 +165,41 @@ def test_a_cancel_between_the_start_and_the_finish_ends_the_job_canceled_never_o
     assert producer.cancel(job_id) is CancelOutcome.ALREADY_CANCELED
 
 
-def test_a_finish_retried_after_its_reply_was_lost_announces_a_canceled_job_once(redis_url, conn):
+def canceled_while_running(redis_url: str, conn) -> tuple[Producer, RedisStore, str, Any]:
+    """A job started by worker ``w1``, then canceled: the producer, the worker, the id and the job in hand."""
     producer = Producer(redis_url)
     (job_id,) = producer.enqueue_many([b"a"])
     worker = store(conn)
     (job,) = worker.take(1, 1.0)
     producer.cancel(job_id)
+    return producer, worker, job_id, job
+
+
+def fed(conn, job_id: str) -> int:
+    """How many entries the results feed holds for ``job_id``."""
+    return sum(e[b"job_id"] == job_id.encode() for _, e in conn.xrange(keys.results_stream(QUEUE)))
+
+
+def test_a_finish_retried_after_its_reply_was_lost_announces_a_canceled_job_once(redis_url, conn):
+    producer, worker, job_id, job = canceled_while_running(redis_url, conn)
     pubsub = conn.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(keys.results_channel(QUEUE))
     pubsub.get_message(timeout=1)  # the subscription's confirmation
     outcome = Outcome(job, ok(job_id))
     assert worker.finish([outcome]) == []
     assert worker.finish([outcome]) == [job_id]  # the same call again (its reply was lost): skipped
-    fed = [e for _, e in conn.xrange(keys.results_stream(QUEUE)) if e[b"job_id"] == job_id.encode()]
-    assert len(fed) == 1 and len(fetch(conn, job_id).results()) == 1
+    assert fed(conn, job_id) == 1 and len(fetch(conn, job_id).results()) == 1
     heard = [pubsub.get_message(timeout=0.2) for _ in range(3)]
     assert len([m for m in heard if m is not None]) == 1  # one announcement on the channel
     assert_canceled(producer, conn, job_id)
 
 
 def test_a_canceled_job_is_still_answered_after_an_outage_outlasted_the_workers_key(redis_url, conn):
-    producer = Producer(redis_url)
-    (job_id,) = producer.enqueue_many([b"a"])
-    worker = store(conn)
-    (job,) = worker.take(1, 1.0)
-    producer.cancel(job_id)
+    producer, worker, job_id, job = canceled_while_running(redis_url, conn)
     conn.delete(keys.worker("w1"), keys.worker_executions("w1"))  # expired while Redis was away (TTL 20 s)
     assert worker.finish([Outcome(job, ok(job_id))]) == []  # answered: canceled, with its announcement
     assert_canceled(producer, conn, job_id)
-    fed = [e for _, e in conn.xrange(keys.results_stream(QUEUE)) if e[b"job_id"] == job_id.encode()]
-    assert len(fed) == 1
+    assert fed(conn, job_id) == 1
 
 
 def test_a_cancel_after_the_finish_changes_nothing(redis_url, conn):

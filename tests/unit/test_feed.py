@@ -274,3 +274,15 @@ def test_entries_read_just_before_redis_went_away_wait_staged_and_the_callers_ti
     got = feed.get(timeout_s=5)
     assert got["job_id"] == "a" and got["meta"] == {"ad": 7}
     assert conn.sent.count("XREADGROUP") == 1  # the staged entry was not read twice
+
+
+def test_a_result_wait_whose_call_failed_past_its_deadline_times_out_without_another_round_trip():
+    from producer.errors import JobTimeout
+    from producer.results import wait_for_result
+
+    conn = ScriptedRedis([])  # no reply at all: a second command would fail the test (IndexError)
+    conn.down, conn.batch_reply = True, None  # its one read fails: the server is away (a partition, say)
+    conn.pipeline = lambda transaction=False: ScriptedPipeline(conn)
+    with pytest.raises(JobTimeout, match="Redis unavailable"):
+        SyncDriver([conn]).run(wait_for_result(0, "j1", 0.0))
+    assert conn.sent == ["PIPELINE"]  # not one more EXISTS, which a silent server would hold for its timeout
