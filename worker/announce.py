@@ -4,6 +4,7 @@ the worker hash's tag (``producer status``) and the metrics (``adclassify_model_
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from .config import WorkerSettings
@@ -43,11 +44,13 @@ def start_metrics(settings: WorkerSettings, health: Health, warm_up_s: float) ->
 
 
 def announcement(settings: WorkerSettings, tag: str, decode: str) -> dict[str, Any]:
-    """What this worker announces about the results it writes (the result cache's key parts and TTL)."""
+    """What this worker announces about the results it writes (the result cache's key parts and TTL), from now:
+    ``since`` orders announcements (the store never lets an older model's replace a newer one's)."""
     return {
         "tag": tag,
         "precision": settings.precision,
         "decode": decode,
         "topk": settings.topk,
         "ttl_s": settings.cache_ttl_s,
+        "since": time.time(),
     }

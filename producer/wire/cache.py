@@ -41,9 +41,10 @@ def digest(image: bytes) -> str:
     return hashlib.sha256(image).hexdigest()
 
 
-def announcement(tag: str, precision: str, decode: str, topk: int, ttl_s: int) -> bytes:
-    """What a worker announces about the results it writes (msgpack)."""
-    return dumps({"tag": tag, "precision": precision, "decode": decode, "topk": topk, "ttl_s": ttl_s})
+def announcement(tag: str, precision: str, decode: str, topk: int, ttl_s: int, since: float = 0.0) -> bytes:
+    """What a worker announces about the results it writes (msgpack); ``since``: when it began serving the model
+    (Unix seconds), so that a re-announcement of an older model never replaces a newer one's."""
+    return dumps({"tag": tag, "precision": precision, "decode": decode, "topk": topk, "ttl_s": ttl_s, "since": since})
 
 
 def key_for(image_digest: str, announced: dict[str, Any]) -> str:

@@ -29,7 +29,14 @@ def test_the_key_is_the_photos_digest_under_the_cache_prefix_and_ignores_the_ttl
 
 def test_an_announcement_round_trips_and_a_cache_that_is_off_or_foreign_reads_as_none():
     raw = announcement("tiny@1", "fp16", "gpu", 5, 60)
-    assert parse_announcement(raw) == {"tag": "tiny@1", "precision": "fp16", "decode": "gpu", "topk": 5, "ttl_s": 60}
+    assert parse_announcement(raw) == {
+        "tag": "tiny@1",
+        "precision": "fp16",
+        "decode": "gpu",
+        "topk": 5,
+        "ttl_s": 60,
+        "since": 0.0,
+    }
     assert parse_announcement(announcement("tiny@1", "fp16", "gpu", 5, 0)) is None
     assert parse_announcement(b"\xc1 not msgpack") is None
     assert parse_announcement(b"") is None

@@ -204,4 +204,14 @@ class Heartbeat:
     fields: tuple[Value, ...] = tail()
 
 
-CALLS = (Take, Finish, Reap, GiveBack, Register, Heartbeat)
+@dataclass(frozen=True)
+class Announce:
+    """ANNOUNCE: set each queue's announcement to ``value`` unless it names a model begun later than ``since``."""
+
+    script: ClassVar[str] = "announce"
+    keys: tuple[str, ...] = key(many=True)
+    value: bytes
+    since: float
+
+
+CALLS = (Take, Finish, Reap, GiveBack, Register, Heartbeat, Announce)

@@ -23,7 +23,6 @@ import redis
 from rq import Queue
 
 from producer.wire import keys
-from producer.wire.cache import announcement
 from producer.wire.feed import group_rows
 from producer.wire.results import DEFAULT_RESULTS_MAXLEN
 from producer.wire.serializer import MsgpackSerializer
@@ -35,7 +34,7 @@ from .misfits import MisfitReport, misfits_of
 from .names import claim_name
 from .printable import shown
 from .rqbase import BatchWorker, feed_groups, shown_ids, unavailable
-from .rqcalls import QueueCalls, Setting, finish_job
+from .rqcalls import QueueCalls, Setting, announce_call, finish_job
 from .rqdata import RECORD_FIELDS, iso, read_record, sort_take_reply, text
 from .scripts import Scripts
 
@@ -129,8 +128,8 @@ class RedisStore(QueueStore):
         if not self.primary:
             return
         try:
-            for queue in self.queues:
-                unavailable(lambda q=queue: self.connection.set(keys.announcement(q), announcement(**cache)))
+            if unavailable(lambda: self._run(announce_call(self.queues, cache))) < 0:
+                raise StoreFull("redis is nearly full")
             self._announce_due = False
         except StoreFull:  # optional (producers skip cache lookups without it): a full Redis must not stop a start
             if not self._announce_due:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from producer.wire import keys
-from producer.wire.cache import compact, digest
+from producer.wire.cache import announcement, compact, digest
 from producer.wire.cache import key_for as cache_key_for
 from producer.wire.results import (
     CANCELED,
@@ -24,7 +24,7 @@ from producer.wire.results import (
 from producer.wire.serializer import dumps
 
 from .base import JobRecord, Outcome
-from .calls import Finish, FinishJob, GiveBack, Heartbeat, Reap, Take
+from .calls import Announce, Finish, FinishJob, GiveBack, Heartbeat, Reap, Take
 from .printable import shown
 
 log = logging.getLogger(__name__)
@@ -267,3 +267,9 @@ def _without_image(job: JobRecord) -> bytes:
         return b""
     kwargs = {k: v for k, v in job.kwargs.items() if k != "image"}
     return dumps([job.func_name, None, job.args, kwargs])
+
+
+def announce_call(queues: list[str], cache: dict[str, Any]) -> Announce:
+    """ANNOUNCE of what ``cache`` says (``producer.wire.cache.announcement``) on each queue's key."""
+    since = float(cache.get("since") or 0.0)
+    return Announce(keys=tuple(keys.announcement(q) for q in queues), value=announcement(**cache), since=since)

@@ -1,6 +1,6 @@
 """The Lua scripts of the Redis store (``lua/*.lua``, package data), loaded once and called by their typed calls.
 
-Take+start, finish, reap, give back, register and heartbeat are each one atomic step. They write exactly
+Take+start, finish, reap, give back, register, heartbeat and announce are each one atomic step. They write exactly
 the keys and fields that RQ 2.6-3.0's own calls write (``Execution.create``, ``Job.prepare_for_execution``,
 ``Result.create``, ``FailedJobRegistry.add``, ``Job.retry``, ``Job.cleanup``, ``Execution.delete``), so
 RQ's ``Job``/``Queue``/``Worker`` APIs read the same state; tests/contract/test_rq_writes.py compares them
