@@ -23,6 +23,7 @@ _EXPORTS = {
     "QueueFull": ".errors",
     "RedisFull": ".errors",
     "NotReplicated": ".errors",
+    "ShardRefused": ".errors",
     "ShardUnavailable": ".errors",
     "ImageRef": ".wire.jobs",
     "ImageTooLarge": ".wire.jobs",

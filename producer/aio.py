@@ -3,14 +3,15 @@ coroutines, and the same logic (``producer.core``), so the jobs it writes are th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from .cancel import CancelOutcome
-from .channel import subscribe_async
-from .connections import connect_async
+from .channel import AsyncSubscription
+from .connections import close_sentinels, connect_async
 from .core import ProducerCore
 from .drivers import AsyncDriver
 from .feed import AsyncResultFeed
@@ -44,6 +45,7 @@ class AsyncProducer:
         self.queue, self.channel = self.core.queue, self.core.queue.channel
         self.cache = self.core.cache  # hits and misses of enqueue(cache=True): self.cache.hits, .misses
         self._driver = AsyncDriver([shard.connection for shard in self.shards])
+        self._subscriptions: weakref.WeakSet[AsyncSubscription] = weakref.WeakSet()
 
     @property
     def connection(self) -> aioredis.Redis:
@@ -106,10 +108,13 @@ class AsyncProducer:
         """Live workers serving this queue, per shard (see ``Producer.live_workers``)."""
         return await self._driver.run(self.core.live_workers())
 
-    def subscribe(self) -> AsyncIterator[dict[str, Any]]:
-        """Every result published on the channel (of every shard), as it arrives (de-duplicate on ``job_id``);
-        the subscription starts with the first ``anext``."""
-        return subscribe_async([shard.connection for shard in self.shards], self.channel)
+    def subscribe(self) -> AsyncSubscription:
+        """Every result published on the channel (of every shard), as it arrives (de-duplicate on ``job_id``).
+        ``sub = await producer.subscribe()`` subscribes before it returns (then enqueue: nothing is missed);
+        ``async for result in producer.subscribe()`` subscribes at the first read. ``close()`` ends it too."""
+        subscription = AsyncSubscription([shard.connection for shard in self.shards], self.channel)
+        self._subscriptions.add(subscription)
+        return subscription
 
     def results(
         self,
@@ -125,8 +130,11 @@ class AsyncProducer:
         return AsyncResultFeed(self._driver, self.core.cursors(group, consumer, start, claim_idle_s, block_ms))
 
     async def close(self) -> None:
-        """Close the Redis connections."""
+        """End the subscriptions, close the Redis connections (each, whatever another's close raised)."""
+        for subscription in list(self._subscriptions):
+            await subscription.aclose()
         await self._driver.close()
+        await close_sentinels(self.shards)
 
     async def __aenter__(self) -> AsyncProducer:
         return self

@@ -20,7 +20,7 @@ import redis
 from .metrics import cache_lookup
 from .ops import Procedure, call
 from .wire import keys
-from .wire.cache import cached_result, digest, key_for, parse_announcement
+from .wire.cache import cached_result, key_for, parse_announcement
 from .wire.serializer import loads
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,9 @@ class ProducerCache:
         self.max_answers = max_answers
         self.hits = self.misses = self.dropped = 0
 
-    def lookup(self, queue: str, image: bytes, meta: dict | None, shards: int) -> Procedure[str | None]:
-        """A hit's job id (its result kept here for ``result()``), or None (a miss: enqueue as usual)."""
-        image_digest = digest(image)
+    def lookup(self, queue: str, image_digest: str, meta: dict | None, shards: int) -> Procedure[str | None]:
+        """The job id of a hit for the photo of SHA-256 ``image_digest`` (its result kept here for ``result()``), or
+        None (a miss: enqueue as usual)."""
         for shard in range(shards):
             try:
                 announced = parse_announcement((yield call(shard, "GET", keys.announcement(queue))))

@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
@@ -76,11 +76,18 @@ class Subscription:
         self._pubsub.get_message(timeout=5.0, ignore_subscribe_messages=False)
 
     def get(self, timeout: float | None = None) -> dict[str, Any] | None:
-        """The next result, or None when none came within ``timeout`` seconds."""
+        """The next result, or None when none came within ``timeout`` seconds. While the server is away it
+        waits (the next read connects and subscribes again: what was published meanwhile is missed)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            result = decode_message(self._pubsub.get_message(timeout=left))
+            try:
+                result = decode_message(self._pubsub.get_message(timeout=left))
+            except redis.AuthenticationError:
+                raise
+            except (redis.ConnectionError, redis.TimeoutError):
+                result = None
+                time.sleep(min(AWAY_WAIT_S, left))
             if result is not None:
                 return result
             if deadline is not None and time.monotonic() >= deadline:
@@ -164,30 +171,76 @@ def subscribe(connections: Sequence[redis.Redis], channel: str) -> Subscription:
     return subs[0] if len(subs) == 1 else MergedSubscription(subs)
 
 
-async def subscribe_async(connections: Sequence[aioredis.Redis], channel: str) -> AsyncIterator[dict[str, Any]]:
-    """Every result published on the channel of every shard, as it arrives (subscribes on the first ``anext``)."""
-    pubsubs = [conn.pubsub(ignore_subscribe_messages=True) for conn in connections]
-    arrived: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_BUFFERED)
-    failures: list[PumpFailed] = []  # a shard's pump that stopped: raised once the buffer is read
-    pumps: list[asyncio.Task] = []
-    try:
-        for pubsub in pubsubs:
-            await pubsub.subscribe(channel)
-        pumps = [asyncio.create_task(_pump(pubsub, arrived, failures)) for pubsub in pubsubs]
-        while True:
-            if failures and arrived.empty():
-                raise failures[0]
-            try:
-                got = await asyncio.wait_for(arrived.get(), 0.2)
-            except asyncio.TimeoutError:
-                continue
-            yield got
-    finally:
+class AsyncSubscription:
+    """Results published on the channel of every shard (asyncio; one pump task per shard, merged).
+
+    ``sub = await producer.subscribe()`` subscribes before it returns, so nothing published afterwards is
+    missed; ``async for result in sub`` (also straight on ``producer.subscribe()``, which then subscribes at
+    the first read), ``await sub.get(timeout)`` (None when nothing came), ``async with``. ``aclose()``, or the
+    producer's ``close()``, ends it."""
+
+    def __init__(self, connections: Sequence[aioredis.Redis], channel: str) -> None:
+        self._connections, self._channel = list(connections), channel
+        self._pubsubs: list[Any] = []
+        self._pumps: list[asyncio.Task] = []
+        self._arrived: asyncio.Queue[dict[str, Any]] | None = None
+        self._failures: list[PumpFailed] = []  # a shard's pump that stopped: raised once the buffer is read
+        self.closed = False
+
+    async def open(self) -> AsyncSubscription:
+        """Subscribe on every shard and wait for each to confirm (once; a closed subscription stays closed)."""
+        if self._arrived is not None or self.closed:
+            return self
+        self._arrived = asyncio.Queue(MAX_BUFFERED)
+        self._pubsubs = [conn.pubsub(ignore_subscribe_messages=True) for conn in self._connections]
+        for pubsub in self._pubsubs:
+            await pubsub.subscribe(self._channel)
+            await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)  # the confirmation
+        self._pumps = [asyncio.create_task(_pump(p, self._arrived, self._failures)) for p in self._pubsubs]
+        return self
+
+    def __await__(self) -> Any:
+        return self.open().__await__()
+
+    async def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next result, or None when none came within ``timeout`` seconds (or the subscription is closed)."""
+        await self.open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.closed and self._arrived is not None:
+            if self._failures and self._arrived.empty():
+                raise self._failures[0]
+            left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if left <= 0:
+                return None
+            with contextlib.suppress(asyncio.TimeoutError):
+                return await asyncio.wait_for(self._arrived.get(), left)
+        return None
+
+    def __aiter__(self) -> AsyncSubscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        result = await self.get()
+        if result is None:  # closed
+            raise StopAsyncIteration
+        return result
+
+    async def aclose(self) -> None:
+        """Stop the pumps, unsubscribe and give the connections back."""
+        self.closed = True
+        pumps, pubsubs, self._pumps, self._pubsubs = self._pumps, self._pubsubs, [], []
         for pump in pumps:
             pump.cancel()
         await asyncio.gather(*pumps, return_exceptions=True)
         for pubsub in pubsubs:
-            await pubsub.aclose()
+            with contextlib.suppress(redis.RedisError, OSError):
+                await pubsub.aclose()
+
+    async def __aenter__(self) -> AsyncSubscription:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 async def _pump(pubsub: Any, arrived: asyncio.Queue[dict[str, Any]], failures: list[PumpFailed]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -9,6 +10,7 @@ import redis
 
 from .cancel import CancelOutcome
 from .channel import Subscription, subscribe
+from .connections import close_sentinels_sync
 from .connections import connect as connect_sync
 from .core import ProducerCore
 from .drivers import SyncDriver
@@ -48,6 +50,7 @@ class Producer:
         self.queue, self.channel = self.core.queue, self.core.queue.channel
         self.cache = self.core.cache  # hits and misses of enqueue(cache=True): self.cache.hits, .misses
         self._driver = SyncDriver([shard.connection for shard in self.shards])
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
 
     @property
     def connection(self) -> redis.Redis:
@@ -134,7 +137,9 @@ class Producer:
 
     def subscribe(self) -> Subscription:
         """Subscribe to the results channel (of every shard) now; iterate the returned object for results."""
-        return subscribe([shard.connection for shard in self.shards], self.channel)
+        subscription = subscribe([shard.connection for shard in self.shards], self.channel)
+        self._subscriptions.add(subscription)
+        return subscription
 
     def results(
         self,
@@ -155,9 +160,12 @@ class Producer:
         return ResultFeed(self._driver, self.core.cursors(group, consumer, start, claim_idle_s, block_ms)).open()
 
     def close(self) -> None:
-        """Close the Redis connections."""
+        """End the subscriptions, close the Redis connections."""
+        for subscription in list(self._subscriptions):
+            subscription.close()
         for shard in self.shards:
             shard.connection.close()
+        close_sentinels_sync(self.shards)
 
     def __enter__(self) -> Producer:
         return self

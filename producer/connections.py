@@ -7,6 +7,8 @@ forms are ``producer.wire.urls``'s.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -59,3 +61,26 @@ def connect_async(url: str) -> aioredis.Redis:
     sentinel = AsyncSentinel(list(spec.sentinels), sentinel_kwargs=_sentinel_options(spec))
     login = {"username": spec.username, "password": spec.password, "ssl": spec.tls}
     return sentinel.master_for(spec.service, db=spec.db, **login, **_TIMEOUTS)
+
+
+def _sentinel_clients(client: Any) -> list[Any]:
+    """The clients of the sentinels a Sentinel-managed client asks (none for a plain URL's)."""
+    pool = getattr(client, "connection_pool", None)
+    manager = getattr(pool, "sentinel_manager", None) or getattr(getattr(pool, "proxy", None), "sentinel_manager", None)
+    return list(getattr(manager, "sentinels", None) or [])
+
+
+def close_sentinels_sync(shards: Sequence[Any]) -> None:
+    """Close the connections to the sentinels of every Sentinel-managed shard (``Producer.close``)."""
+    for shard in shards:
+        for sentinel in _sentinel_clients(shard.connection):
+            with contextlib.suppress(redis.RedisError, OSError):
+                sentinel.close()
+
+
+async def close_sentinels(shards: Sequence[Any]) -> None:
+    """The asyncio twin of ``close_sentinels_sync``."""
+    for shard in shards:
+        for sentinel in _sentinel_clients(shard.connection):
+            with contextlib.suppress(redis.RedisError, OSError):
+                await sentinel.aclose()

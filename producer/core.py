@@ -9,10 +9,12 @@ are chosen here, before routing (RQ's own format: a UUID4 string).
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import redis
@@ -20,16 +22,19 @@ import redis
 from . import tracing
 from .cache import ProducerCache
 from .cancel import CancelOutcome, cancel_job
-from .errors import NotReplicated, ProducerError, QueueFull, RedisFull, ShardUnavailable
+from .errors import NotReplicated, ProducerError, QueueFull, RedisFull, ShardRefused, ShardUnavailable
 from .groupcursor import GroupCursor, default_consumer
 from .jobdata import ImageInput, JobOptions, JobWriter, read_image
-from .ops import Batch, Command, Commit, Procedure, Watch, call, command
+from .ops import Batch, Command, Commit, Offload, Procedure, Watch, call, command
 from .results import wait_for_result
 from .shards import rendezvous
 from .wire import keys
-from .wire.jobs import ImageRef, image_list, image_source
+from .wire.cache import digest
+from .wire.jobs import ImageRef, check_meta, image_list, image_source
 
 log = logging.getLogger(__name__)
+OFFLOAD_JOBS = 8  # an enqueue of more jobs is built in a thread by the asyncio producer (RQ's job building ~60 µs each)
+OFFLOAD_BYTES = 256 * 1024  # ... or of more image bytes (hashing, packing, copying)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,25 @@ class PlannedJob(NamedTuple):
     id: str
     chosen: bool  # the caller chose the id: the job is created only if absent
     data: Any  # RQ's call data (``Queue.prepare_data``)
+
+
+def heavy(sources: Sequence[Any]) -> bool:
+    """Whether building these jobs may hold an asyncio producer's event loop too long (``Offload``): a file to
+    read, more than a few jobs for RQ to build, or large images to hash or pack."""
+    if len(sources) > OFFLOAD_JOBS:
+        return True
+    size = 0
+    for source in sources:
+        if isinstance(source, str | os.PathLike):
+            return True
+        size += len(source) if isinstance(source, bytes | bytearray) else 0
+    return size > OFFLOAD_BYTES
+
+
+def read_and_digest(source: ImageInput, max_bytes: int) -> tuple[bytes, str]:
+    """An image's bytes (read from disk if a path) and their SHA-256, the result cache's key."""
+    photo = read_image(source, max_bytes)
+    return photo, digest(photo)
 
 
 def cut_off(exc: redis.ResponseError) -> bool:
@@ -94,8 +118,10 @@ class ProducerCore:
         answered without queueing; with ``cache=True`` a job queued asks for its result to be cached."""
         source = image_source(image, image_url)
         if cache and job_id is None and not isinstance(source, ImageRef):
-            photo = read_image(source, self.options.max_image_bytes)
-            hit = yield from self.cache.lookup(self.queue.name, photo, meta, len(self.names))
+            check_meta(meta)  # a hit is answered without the job: its meta is checked as a miss's would be
+            read = partial(read_and_digest, source, self.options.max_image_bytes)
+            source, image_digest = (yield Offload(read)) if heavy([source]) else read()  # a file is read once
+            hit = yield from self.cache.lookup(self.queue.name, image_digest, meta, len(self.names))
             if hit is not None:
                 return hit
         ids = yield from self.enqueue_many([source], job_ids=[job_id], metas=[meta], deadline_s=deadline_s, cache=cache)
@@ -119,19 +145,23 @@ class ProducerCore:
         and which not (``not_enqueued``). After a connection error the shard is asked once more which of its
         jobs exist (a reply lost after Redis ran the transaction): when all do, and no replicas are waited for,
         the call succeeds."""
-        jobs = self.plan(images, image_urls, job_ids, metas, deadline_s, cache)
+        sources = image_list(images, image_urls)
+        plan = partial(self.plan, sources, None, job_ids, metas, deadline_s, cache)
+        jobs = (yield Offload(plan)) if heavy(sources) else plan()
         by_shard: dict[int, list[PlannedJob]] = {}
         for job in jobs:
             by_shard.setdefault(self.shard_of(job.id), []).append(job)
         down: list[tuple[int, Exception]] = []
-        refused: list[QueueFull | NotReplicated] = []
+        refused: list[QueueFull | NotReplicated | ShardRefused] = []
         missing: set[str] = set()  # ids not known to be written
         for shard, shard_jobs in by_shard.items():
             try:
                 yield from self._write(shard, shard_jobs)
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-                if isinstance(exc, redis.ResponseError) and not cut_off(exc):
-                    raise
+                if isinstance(exc, redis.ResponseError) and not cut_off(exc):  # a refusal of that server's own
+                    refused.append(ShardRefused(self.names[shard], str(exc)))
+                    missing |= {job.id for job in shard_jobs}
+                    continue
                 written = yield from self._written(shard, shard_jobs)
                 lost = {job.id for job in shard_jobs if job.id not in written}
                 if self.options.wait_replicas > 0:  # written is not enough: none is known to be on a replica

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aioredis
 
-from .ops import Batch, Call, Commit, Done, Op, Procedure, Sleep, Watch, advance
+from .ops import Batch, Call, Commit, Done, Offload, Op, Procedure, Sleep, Watch, advance
 
 T = TypeVar("T")
 
@@ -36,6 +36,10 @@ class SyncDriver:
                     reply, error = self._perform(op, watching), None
                 except redis.RedisError as exc:
                     reply, error = None, exc
+                except Exception as exc:  # the procedure's own work (Offload) raised: its error, as if run there
+                    if not isinstance(op, Offload):
+                        raise
+                    reply, error = None, exc
                 op = advance(procedure, reply, error)
             return op.value
         finally:
@@ -46,6 +50,8 @@ class SyncDriver:
     def _perform(self, op: Op, watching: dict[int, Any]) -> Any:
         if isinstance(op, Commit):  # the enqueue's one operation, most often
             return self._commit(op, watching)
+        if isinstance(op, Offload):
+            return op.work()
         if isinstance(op, Sleep):
             time.sleep(op.seconds)
             return None
@@ -124,6 +130,10 @@ class AsyncDriver:
                     reply, error = await self._perform(op, watching), None
                 except redis.RedisError as exc:
                     reply, error = None, exc
+                except Exception as exc:  # the procedure's own work (Offload) raised: its error, as if run there
+                    if not isinstance(op, Offload):
+                        raise
+                    reply, error = None, exc
                 op = advance(procedure, reply, error)
             return op.value
         finally:
@@ -132,6 +142,8 @@ class AsyncDriver:
                 await pipe.reset()
 
     async def _perform(self, op: Op, watching: dict[int, Any]) -> Any:
+        if isinstance(op, Offload):
+            return await asyncio.to_thread(op.work)
         if isinstance(op, Sleep):
             await asyncio.sleep(op.seconds)
             return None
@@ -162,9 +174,10 @@ class AsyncDriver:
             await pipe.reset()
 
     async def close(self) -> None:
-        """Close every client."""
-        for conn in self.connections:
-            await conn.aclose()
+        """Close every client (each, whatever another's close raised: the first error is raised after)."""
+        errors = [e for e in await asyncio.gather(*(c.aclose() for c in self.connections), return_exceptions=True) if e]
+        if errors:
+            raise errors[0]
 
 
 async def commit_and_wait_async(pipe: Any, op: Commit) -> int | bool:

@@ -88,6 +88,18 @@ class ShardUnavailable(ProducerError, redis.ConnectionError):
         return f"ShardUnavailable({str(self)!r})"
 
 
+class ShardRefused(ProducerError, redis.ResponseError):
+    """A shard's Redis refused an ``enqueue_many``'s write with an error of its own (``NOPERM`` after an ACL
+    change, ``MISCONF`` when it cannot persist, ``WRONGTYPE`` on the queue's key...): ``reason`` is its message.
+    None of that shard's jobs counts as enqueued (``not_enqueued``; a refusal inside the transaction may have
+    left some of their job hashes written but not queued); the other shards still got theirs (``enqueued``).
+    A ``redis.ResponseError`` too, as the error it stands for."""
+
+    def __init__(self, shard: str, reason: str) -> None:
+        self.shard, self.reason = shard, reason
+        super().__init__(f"shard {shard} refused the jobs: {reason}")
+
+
 class NotReplicated(ProducerError):
     """The jobs were written on the primary, but fewer than ``wanted`` replicas acknowledged them within
     ``JobOptions.wait_timeout_ms`` (``WAIT``): a failover now could lose them. ``job_id`` (the first) and

@@ -90,8 +90,16 @@ class ShardReader:
         if self.cursor.phase == CREATE:
             try:
                 self.cursor.take((yield Call(self.shard, Command(self.cursor.next_command()))))
-            except redis.ResponseError as exc:
-                if str(exc).startswith("WRONGTYPE"):
+            except redis.AuthenticationError:
+                raise
+            except redis.RedisError as exc:
+                if _retried(exc):  # that shard is away: its group is created by its first read
+                    log.warning(
+                        "results feed: shard %d unreachable (%s); its group is created once it answers", self.shard, exc
+                    )
+                elif not isinstance(exc, redis.ResponseError):
+                    raise
+                elif str(exc).startswith("WRONGTYPE"):
                     self.retry.wrong_type(self.cursor.stream, exc)  # the group is created by a later read
                 elif not self.cursor.failed(exc):
                     raise

@@ -8,7 +8,7 @@ throws the Redis error in. So the logic (checks, routing, retries, deadlines) is
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
@@ -77,7 +77,16 @@ class Sleep:
     seconds: float
 
 
-Op = Call | Batch | Watch | Commit | Sleep
+@dataclass(frozen=True)
+class Offload:
+    """Work of the procedure's own that may take a while (reading image files, hashing or packing large images):
+    its return value is sent back, or its exception thrown in. A sync driver runs it in place; the asyncio
+    driver in a thread (``asyncio.to_thread``), so that the event loop serves other requests meanwhile."""
+
+    work: Callable[[], Any]
+
+
+Op = Call | Batch | Watch | Commit | Sleep | Offload
 Procedure = Generator[Op, Any, T]
 
 

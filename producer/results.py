@@ -56,6 +56,8 @@ def wait_for_result(shard: int, job_id: str, timeout_s: float) -> Procedure[dict
                     command("HGET", job_key, "requeued_after"),  # a requeue's earlier results are history
                 ),
             )
+        except redis.AuthenticationError:  # wrong credentials are no outage to wait out
+            raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             if time.monotonic() >= deadline:  # no EXISTS after it: a silent server would hold the caller again
                 raise JobTimeout(job_id, timeout_s, f" (Redis unavailable: {exc})") from exc

@@ -78,9 +78,9 @@ def check_image_url(url: Any) -> str:
     return url
 
 
-def job_kwargs(image: bytes | ImageRef, meta: dict[str, Any] | None, deadline: float | None = None) -> dict[str, Any]:
-    """The keyword arguments of a classify job: ``image`` (bytes) or ``image_url`` (an ``ImageRef``), ``meta``,
-    and ``deadline``, a Unix time after which it is not worth running."""
+def check_meta(meta: Any) -> dict[str, Any]:
+    """A job's ``meta`` (None: an empty map) if it is a map that msgpack can send within ``MAX_META_BYTES``, else
+    ``ProtocolError``."""
     meta = meta or {}
     if not isinstance(meta, dict):
         raise ProtocolError(f"meta must be a map, not {type(meta).__name__}")
@@ -90,6 +90,13 @@ def job_kwargs(image: bytes | ImageRef, meta: dict[str, Any] | None, deadline: f
         raise ProtocolError(f"meta cannot be sent as msgpack: {exc}") from exc
     if size > MAX_META_BYTES:
         raise ProtocolError(f"meta is {size} bytes, over the limit of {MAX_META_BYTES}")
+    return meta
+
+
+def job_kwargs(image: bytes | ImageRef, meta: dict[str, Any] | None, deadline: float | None = None) -> dict[str, Any]:
+    """The keyword arguments of a classify job: ``image`` (bytes) or ``image_url`` (an ``ImageRef``), ``meta``,
+    and ``deadline``, a Unix time after which it is not worth running."""
+    meta = check_meta(meta)
     kwargs: dict[str, Any] = {"image_url": image.url} if isinstance(image, ImageRef) else {"image": image}
     kwargs["meta"] = meta
     if deadline is not None:

@@ -18,7 +18,7 @@ from producer.cancel import CancelCall, CancelOutcome, script
 from producer.core import ProducerCore
 from producer.errors import CannotCancel, JobFailed, JobNotFound, JobTimeout, QueueFull, RedisFull, ShardUnavailable
 from producer.jobdata import JobOptions
-from producer.ops import Batch, Call, Commit, Done, Op, Watch, advance
+from producer.ops import Batch, Call, Commit, Done, Offload, Op, Watch, advance
 from producer.shards import rendezvous
 from producer.wire import keys
 from producer.wire.cache import announcement, compact, digest, key_for
@@ -35,6 +35,9 @@ def run(procedure: Any, answer: Callable[[Op], Any]) -> tuple[Any, list[Op]]:
     sent: list[Op] = []
     op = advance(procedure, None, None)
     while not isinstance(op, Done):
+        if isinstance(op, Offload):  # the procedure's own work, not sent: the sync driver runs it in place
+            op = advance(procedure, op.work(), None)
+            continue
         sent.append(op)
         try:
             reply, error = answer(op), None
@@ -190,8 +193,8 @@ def test_cache_lookups_are_counted_for_the_web_backends_metrics():
     core = ProducerCore(NAMES[:1], "classify", JobOptions())
     numbers = compact(make_result("x", model="tiny@7", worker="w", timings_ms={}, meta={}, topk=[("cat", 0.9)]))
     before = sample("hit"), sample("miss")
-    run(core.cache.lookup("classify", b"photo", None, 1), answer(numbers))
-    run(core.cache.lookup("classify", b"other", None, 1), answer(None))
+    run(core.cache.lookup("classify", digest(b"photo"), None, 1), answer(numbers))
+    run(core.cache.lookup("classify", digest(b"other"), None, 1), answer(None))
     assert (sample("hit") - before[0], sample("miss") - before[1]) == (1.0, 1.0)
 
 
