@@ -37,7 +37,7 @@ def test_a_queued_job_canceled_never_runs_and_result_does_not_hang(redis_url, co
     started = time.monotonic()
     with pytest.raises(JobFailed) as failed:
         producer.result(drop, timeout=60)
-    assert failed.value.error["type"] == "canceled" and time.monotonic() - started < 0.5  # at once
+    assert failed.value.error["type"] == "canceled" and time.monotonic() - started < 5  # at once, not after 60 s
     start_worker()
     assert producer.result(keep, timeout=60)["ok"]
     assert conn.hget(Job.key_for(drop), "status") == b"canceled" and canceled_registry(conn) == [drop]

@@ -3,7 +3,6 @@ status counters, and one clear line (no traceback) for a Redis that is down or a
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import subprocess
@@ -11,6 +10,7 @@ import sys
 import time
 
 from bench.devserver import free_port
+from producer.status import gather
 
 from ..conftest import IMAGES, ROOT, wait_for, wait_for_workers
 
@@ -58,14 +58,12 @@ def test_push_takes_its_options_after_the_command_and_shows_top3_per_image_on_a_
         assert line.count("class") == 3, line
     assert "[##############################] 5/5" in out and "5 sent, 5 ok, 0 failed" in out
 
-    def status() -> dict | None:
-        args = [sys.executable, "-m", "producer", "status", "--json", "--redis-url", redis_url]
-        worker = json.loads(subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60).stdout)
-        (worker,) = worker["workers"]
+    def status() -> dict | None:  # what `python -m producer status --json` prints, read in-process (no start-up)
+        (worker,) = gather(conn, "classify")["workers"]
         return worker if worker["batches"] >= 2 and worker["images_per_s_1m"] > 0 else None
 
     # right after the burst, not a heartbeat (60 s / 3, or 5 s between reaps) later
-    worker = wait_for(status, timeout_s=2.0)
+    worker = wait_for(status, timeout_s=4.0)
     assert worker["jobs_ok"] == 5 and worker["batches"] <= 5
 
 
@@ -87,7 +85,15 @@ def test_a_redis_that_is_down_is_one_line_and_a_non_zero_exit():
 
 def test_a_missing_model_file_says_what_is_missing_and_how_to_build_it(tmp_path):
     missing = tmp_path / "models" / "efficientnet_lite0.pt"
-    args = [sys.executable, "-m", "worker", "--model", str(missing)]
+    args = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--model",
+        str(missing),
+        "--redis-url",
+        f"redis://127.0.0.1:{free_port()}/0",
+    ]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()

@@ -64,7 +64,17 @@ def test_device_specs():
 def test_all_without_a_gpu_says_so(tiny_model_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
-        [sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--devices", "all"],
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "--model",
+            str(tiny_model_path),
+            "--devices",
+            "all",
+            "--redis-url",
+            f"redis://127.0.0.1:{free_port()}/0",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

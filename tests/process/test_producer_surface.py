@@ -236,8 +236,8 @@ def test_cancel_works_on_the_jobs_shard_and_result_does_not_hang(make_producer, 
     assert victim.encode() not in where.lrange(QUEUE_KEY, 0, -1) and sum(queued(conns)) == 5
     started = time.monotonic()
     with pytest.raises(JobFailed) as failed:
-        producer.result(victim, timeout=10)
-    assert failed.value.error["type"] == "canceled" and time.monotonic() - started < 0.5  # at once
+        producer.result(victim, timeout=60)
+    assert failed.value.error["type"] == "canceled" and time.monotonic() - started < 5  # at once, not after 60 s
     with pytest.raises(JobNotFound):
         producer.cancel("no-such-job")
 

@@ -16,7 +16,8 @@ from producer.wire.serializer import MsgpackSerializer
 
 from ..conftest import all_images, image_bytes, wait_for, wait_for_workers
 
-FAST = ("--worker-ttl-s", "2")  # dead workers are noticed within ~3 s
+FAST = ("--worker-ttl-s", "5")  # dead workers are noticed within ~8 s (the TTL, then a reap every 2.5 s); not
+# less: a live worker starved of CPU for a few seconds on busy cores must not be taken for dead
 
 
 def photos() -> list[bytes]:

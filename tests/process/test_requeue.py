@@ -178,17 +178,24 @@ def test_deterministic_failures_are_requeued_only_when_error_names_their_type(co
 
 def test_older_than_and_limit_choose_the_oldest_failures_and_no_more(conn, redis_url, start_worker, failures):
     start_worker("--fetch-allow", f"http://127.0.0.1:{failures.port}/")
-    time.sleep(4.0)
-    recent = set(failures.fail_fetches(2))
+    wait_for_workers(conn)
     oldest = failures.ids["fetch_error"]
-    aged = requeue_cli(redis_url, "--older-than", "3", "--dry-run")
+    ((entry_id, _),) = conn.xrevrange(f"rq:results:{oldest}", count=1)  # requeue's failure time: its result's id
+    failed_at = int(entry_id.split(b"-")[0]) / 1000
+    seconds, micros = conn.time()
+    # Deliberately let time pass: the oldest failure ages past --older-than 10 (Redis's clock, as requeue reads it).
+    # The two failed next are then < 10 s old when the CLI reads them, however slowly it starts.
+    time.sleep(max(0.0, failed_at + 10.5 - (seconds + micros / 1e6)))
+    recent = set(failures.fail_fetches(2))
+    aged = requeue_cli(redis_url, "--older-than", "10", "--dry-run")
     assert [line.split()[2] for line in aged.stdout.splitlines()] == [oldest]
-    assert "skipped 2: failed less than 3 s ago (fetch_error 2)" in aged.stderr
+    assert "skipped 2: failed less than 10 s ago (fetch_error 2)" in aged.stderr
     limited = requeue_cli(redis_url, "--error", "fetch_error,poison", "--limit", "2", "--dry-run")
     assert len(limited.stdout.splitlines()) == 2 and "stopped at --limit 2" in limited.stderr
     one = requeue_cli(redis_url, "--limit", "1")
     assert one.returncode == 0 and [line.split()[1] for line in one.stdout.splitlines()] == [oldest]
-    assert conn.zscore(FAILED, oldest) is None or conn.hget(f"rq:job:{oldest}", "status") == b"failed"
+    for job_id in recent:  # --limit 1 took the oldest alone: the recent failures are still failed, in the registry
+        assert conn.zscore(FAILED, job_id) is not None and conn.hget(f"rq:job:{job_id}", "status") == b"failed"
 
     def feed_entries(job_id: str) -> int:
         return sum(1 for _, fields in conn.xrange(FEED) if fields[b"job_id"] == job_id.encode())

@@ -31,7 +31,8 @@ def shards():
 def worker(urls: list[str], model: object) -> subprocess.Popen:
     flags = [arg for url in urls for arg in ("--redis-url", url)]
     args = [sys.executable, "-m", "worker", "--model", str(model), *flags]
-    args += ["--batch-size", "8", "--worker-ttl-s", "2", "--idle-wait-ms", "200"]
+    # a TTL of 5 s, not less: a live worker starved of CPU on busy cores must not be taken for dead
+    args += ["--batch-size", "8", "--worker-ttl-s", "5", "--idle-wait-ms", "200"]
     return subprocess.Popen(args, cwd=ROOT, env=dict(os.environ))
 
 

@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.devserver import free_port
 from producer import JobFailed, Producer
@@ -25,6 +26,16 @@ pytestmark = pytest.mark.both_redis  # the ACL rules and what 6.2 lets a script 
 
 QUEUE, WIP = "rq:queue:classify", "rq:wip:classify"
 BROKEN = {WIP: "hash", "rq:finished:classify": "hash", "rq:failed:classify": "set", "classify:results:stream": "list"}
+
+
+TTL_S = 5  # the worker's TTL: not less, or a live worker starved of CPU on busy cores could be taken for dead
+
+
+def wip_misfits(port: int) -> float:
+    """``adclassify_wrong_type_keys_total{key="rq:wip:classify"}`` on the worker's metrics page (0: none yet)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = (s for family in text_string_to_metric_families(text) for s in family.samples)
+    return sum(s.value for s in samples if s.name == "adclassify_wrong_type_keys_total" and s.labels["key"] == WIP)
 
 
 def results_of(conn, job_id: str) -> int:
@@ -40,7 +51,7 @@ def test_keys_of_the_wrong_type_written_by_the_producer_user_cost_no_job(redis_u
     hostile.rpush("classify:results:stream", "x")
     port, log = free_port(), tmp_path / "worker.log"
     args = [sys.executable, "-m", "worker", "--model", str(tiny_model_path), "--redis-url", worker_url]
-    args += ["--worker-ttl-s", "2", "--idle-wait-ms", "200", "--metrics-port", str(port)]
+    args += ["--worker-ttl-s", str(TTL_S), "--idle-wait-ms", "200", "--metrics-port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(args, cwd=ROOT, stderr=out)
     try:
@@ -49,12 +60,12 @@ def test_keys_of_the_wrong_type_written_by_the_producer_user_cost_no_job(redis_u
         bad = producer.enqueue_many([b"not an image"] * 2)  # fail for good: the failed registry is needed
         wait_for_workers(conn)
         wait_for(lambda: "rq:wip:classify (wip) is a hash, not a zset" in log.read_text(), 30)
-        time.sleep(2)
+        found = wait_for(lambda: wip_misfits(port), 30)  # the heartbeat has counted the first tries
+        wait_for(lambda: wip_misfits(port) > found, 30)  # and the worker tried again since: still nothing taken
         assert conn.llen(QUEUE) == 14 and {conn.hget(f"rq:job:{i}", "status") for i in good + bad} == {b"queued"}
         status = gather(conn, "classify")
         assert set(status["wrong_type_keys"]) == set(BROKEN) and status["queued"] == 14
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        assert 'adclassify_wrong_type_keys_total{key="rq:wip:classify"}' in metrics
+        assert wip_misfits(port) > found
 
         conn.delete(WIP)  # the operator deletes it: the good jobs are answered, without the optional writes
         for job_id in good:
@@ -73,7 +84,7 @@ def test_keys_of_the_wrong_type_written_by_the_producer_user_cost_no_job(redis_u
         hostile.hset(QUEUE, "x", "y")  # while it is empty: enqueues and takes are refused
         with pytest.raises(redis.ResponseError):
             producer.enqueue(image_bytes("cat.jpg"))
-        time.sleep(3)  # more than a TTL: the worker beats on and stays listed
+        time.sleep(TTL_S + 1)  # deliberately more than a TTL: the worker beats on and stays listed
         assert [w["state"] for w in gather(conn, "classify")["workers"]] in (["idle"], ["busy"])
         conn.delete(QUEUE)
         assert producer.classify(image_bytes("cat.jpg"), timeout=60)["ok"]

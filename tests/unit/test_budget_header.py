@@ -14,10 +14,12 @@ from ..conftest import all_images
 
 
 def pillow_pixels(data: bytes) -> int:
+    """Pillow's width x height; 0 where Pillow cannot read the header (it says so with an OSError, such as
+    UnidentifiedImageError, or refuses a frame too large to be a photo). Any other exception is a test failure."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.size[0] * img.size[1]
-    except Exception:
+    except (OSError, Image.DecompressionBombError):
         return 0
 
 
@@ -51,14 +53,18 @@ def test_an_exif_thumbnail_is_not_taken_for_the_photo():
 def test_fuzzed_jpegs_never_raise_and_never_claim_more_than_the_frame_says():
     rng = random.Random(7)
     base = next(p.read_bytes() for p in all_images() if p.read_bytes()[:2] == b"\xff\xd8")
+    compared = 0
     for _ in range(500):
         data = bytearray(base[:4000])
         for _ in range(rng.randint(1, 8)):
             data[rng.randrange(2, len(data))] = rng.randrange(256)
-        fast = jpeg_pixels(bytes(data))
-        assert fast >= 0
-        if fast and pillow_pixels(bytes(data)):
-            assert fast == pillow_pixels(bytes(data))
+        fast = jpeg_pixels(bytes(data))  # never raises
+        assert isinstance(fast, int) and fast >= 0
+        pillow = pillow_pixels(bytes(data))
+        if fast and pillow:
+            assert fast == pillow
+            compared += 1
+    assert compared >= 400  # most mutations leave a frame both read (477 of 500 with this seed): the check ran
 
 
 def test_the_budget_read_from_the_direct_decodes_scan_agrees_with_its_own_walk_on_photos_and_fuzz():

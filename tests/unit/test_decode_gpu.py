@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import sys
 import threading
-import time
 
 import pytest
 import torch
@@ -262,9 +261,14 @@ def test_limits_fail_the_image_and_never_reach_either_decoder():
 def test_batches_take_what_is_pending_up_to_the_cap():
     batch = PillowBatch()
     decoder = gpu_decoder(batch, max_batch=4)
-    gate = threading.Event()
-    decoder.submit(image_bytes("cat.jpg"), lambda _: gate.wait(10))  # holds the thread while the rest queue up
-    time.sleep(0.1)
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(_: DecodeResult) -> None:  # holds the thread while the rest queue up
+        started.set()
+        gate.wait(10)
+
+    decoder.submit(image_bytes("cat.jpg"), hold)
+    assert started.wait(10)  # the first image went alone, as a batch of one
     results: list[DecodeResult] = []
     for _ in range(9):
         decoder.submit(image_bytes("cat.jpg"), results.append)

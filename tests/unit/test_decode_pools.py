@@ -14,7 +14,7 @@ from worker.decode.cpu import Limits, Preprocess, decode
 from worker.decode.gate import Gate
 from worker.decode.pool import ProcessDecoder, ThreadDecoder
 
-from ..conftest import image_bytes
+from ..conftest import image_bytes, wait_for
 
 SPEC = Preprocess(size=(32, 48), resize="center_crop")
 NAMES = ["cat.jpg", "coffee.jpg", "odd_rgba.png", "odd.webp"]
@@ -185,8 +185,7 @@ def test_a_closed_gate_lets_decodes_share_and_a_forward_pass_run_alone():
     decodes = [threading.Thread(target=decode_job, args=(n,)) for n in ("d1", "d2")]
     for t in decodes:
         t.start()
-    while events.count("d1 in") + events.count("d2 in") < 2:
-        time.sleep(0.001)
+    wait_for(lambda: events.count("d1 in") + events.count("d2 in") == 2, timeout_s=10, interval_s=0.001)
     with gate.forward():  # waits for both running decodes to end
         events.append("forward")
     for t in decodes:
