@@ -71,7 +71,7 @@ class Pipeline(FinishStage):
         self.closed = False
         self.decoding = 0  # images submitted to the decoder and not yet back
         self.fetching: dict[str, Item] = {}  # by execution: URLs submitted to the fetch stage, not yet back
-        self.unfetched = 0  # jobs handed back at a stop before their image was fetched
+        self.unstarted = 0  # jobs handed back at a stop before they started: image not fetched, or a suspect not run
         self.stopping_since: float | None = None
         self.unrecorded = 0  # finished jobs given up on at shutdown (the store stayed unavailable)
         self.lock = threading.Lock()
@@ -124,9 +124,13 @@ class Pipeline(FinishStage):
         """A take's jobs: their images go to the decoder in one hand-off; suspects alone, after the others."""
         pairs = [pair for job in jobs if not job.lost and (pair := self._admit(job)) is not None]
         self._decode(pairs)
-        for job in jobs:
-            if job.lost:
-                self._alone(job)
+        suspects = [job for job in jobs if job.lost]  # one per script call: a sweep of shards or queues brings more
+        for k, job in enumerate(suspects):
+            if not self._alone(job, behind=len(suspects) - k - 1):
+                self.unstarted += len(suspects) - k
+                log.warning("stopping: %d job(s) lost with a worker before go back to the queue", len(suspects) - k)
+                self.hand.release(suspects[k:])
+                return
 
     def _admit(self, job: JobRecord) -> tuple[Item, bytes] | None:
         """Check a job's call; its item and image bytes when they go to the decoder now (a URL goes to the
@@ -162,7 +166,7 @@ class Pipeline(FinishStage):
         with self.lock:
             dropped, self.fetching = list(self.fetching.values()), {}
         if dropped:
-            self.unfetched = len(dropped)
+            self.unstarted += len(dropped)
             log.warning("stopping: %d job(s) whose image was not fetched yet go back to the queue", len(dropped))
             self.hand.release([item.job for item in dropped])
 
@@ -197,13 +201,17 @@ class Pipeline(FinishStage):
         self.done.put(([self._outcome(item, 1)], time.monotonic()))
         return False
 
-    def _alone(self, job: JobRecord) -> None:
-        """A job lost with a worker before runs alone, with nothing else in hand (it may crash us)."""
-        self.hand.wait_until(lambda n: n <= 1)
+    def _alone(self, job: JobRecord, behind: int) -> bool:
+        """A job lost with a worker before runs alone (it may crash us): nothing else in hand but the ``behind``
+        suspects of the same take that wait, unstarted, to run alone after it. False when a stop came first."""
+        self.hand.wait_until(lambda n: n <= behind + 1, self.stop)
+        if self.stop.is_set():
+            return False
         log.warning("job %s was lost with a worker %d time(s) before: running it alone", shown(job.job_id), job.lost)
         pair = self._admit(job)
         self._decode([pair] if pair else [])
-        self.hand.wait_until(lambda n: n == 0)
+        self.hand.wait_until(lambda n: n <= behind)
+        return True
 
     # -- batch and infer ---------------------------------------------------------------------------
     def infer(self) -> None:

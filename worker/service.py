@@ -279,7 +279,7 @@ def serve(
         watchdog.stop()
         heartbeat.stop()
         watchdog.join(5.0)  # as the reloader: no thread left running into the interpreter's exit
-        if pipeline.unfetched and not pipeline.unrecorded:  # jobs dropped unfetched; no take is in flight now
+        if pipeline.unstarted and not pipeline.unrecorded:  # jobs handed back unstarted; no take is in flight now
             with contextlib.suppress(StoreUnavailable):
                 store.give_back(hand.snapshot(), min_age_s=0.0)
         with contextlib.suppress(StoreUnavailable):

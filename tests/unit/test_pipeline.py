@@ -192,6 +192,53 @@ def test_a_job_lost_with_a_worker_before_runs_alone_with_nothing_else_in_hand():
     assert broker.status(suspect) == "finished"
 
 
+class Sweeping(MemoryStore):
+    """A take made of two script calls, as a sweep of two shards (or of ``--queue high,default``) makes: one
+    suspect per call, so two in one take."""
+
+    def _start(self, ids: list[str], max_jobs: int) -> list:
+        first = super()._start(ids, max_jobs)
+        return first + super()._start([], max_jobs - len(first))
+
+
+def test_two_jobs_lost_before_in_one_take_each_run_alone_and_do_not_hang_the_taker():
+    broker = MemoryBroker()
+    suspects = [broker.enqueue({"image": image}) for image in (b"suspect-1", b"suspect-2")]
+    for job_id in suspects:
+        broker.jobs[job_id].lost = 1
+    fill(broker, [b"c", b"d"])
+    hand = InHand()
+    predictor = Recorder(cap=8, hand=hand)
+    thread = threading.Thread(target=run, args=(Sweeping(broker, "w1"), predictor), kwargs={"hand": hand}, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the taker waited for a hand that its own second suspect kept from emptying"
+    for image in (b"suspect-1", b"suspect-2"):
+        alone = predictor.batches.index([image])  # in a batch of its own
+        assert predictor.in_hand_at_batch[alone] <= 2  # with at most the other suspect, waiting unstarted
+    assert all(broker.status(i) == "finished" for i in suspects)
+
+
+def test_a_stop_while_suspects_wait_to_run_alone_hands_them_back_unstarted():
+    broker = MemoryBroker()
+    suspects = [broker.enqueue({"image": image}) for image in (b"suspect-1", b"suspect-2")]
+    for job_id in suspects:
+        broker.jobs[job_id].lost = 1
+    fill(broker, [b"c", b"d"])
+    gate, stop, hand = threading.Event(), threading.Event(), WatchedHand()
+    predictor = Recorder(cap=8, gate=gate, hand=hand)  # the first batch (c, d) blocks: the suspects wait
+    settings = PipelineSettings("w1", max_wait_ms=1.0, idle_wait_ms=20, burst=False)
+    pipeline = Pipeline(Sweeping(broker, "w1"), PassThrough(), predictor, settings, stop, hand=hand)
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+    thread.start()
+    assert hand.full.wait(10)  # the taker waits for the hand to empty before the first suspect
+    stop.set()
+    gate.set()
+    thread.join(30)
+    assert not thread.is_alive() and pipeline.unstarted == 2 and hand.count() == 0
+    assert [b for b in predictor.batches if b[0].startswith(b"suspect")] == []  # neither ran
+
+
 def test_jobs_in_hand_are_bounded_to_a_few_batches():
     broker = MemoryBroker()
     fill(broker, [b"x"] * 100)

@@ -145,7 +145,7 @@ def test_a_stop_waits_only_for_the_fetches_under_way_and_gives_the_others_back()
     with stage.pool._shutdown_lock:  # held while a shutdown drops what is queued: dropped once we get it
         origin.release.set()
     thread.join(10)
-    assert not thread.is_alive() and len(origin.fetched) == 2 and pipeline.unfetched == 8
+    assert not thread.is_alive() and len(origin.fetched) == 2 and pipeline.unstarted == 8
     assert store.give_back(hand.snapshot(), min_age_s=0.0) and hand.count() == 0  # what the service does next
     states = [broker.status(i) for i in ids]
     assert states.count("finished") == 2 and states.count("queued") == 8 and len(broker.queue) == 8
