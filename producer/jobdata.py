@@ -16,7 +16,7 @@ from rq.job import Job
 from .connections import MAX_WAIT_MS
 from .ops import Command
 from .wire.cache import ASKED
-from .wire.jobs import DEFAULT_MAX_IMAGE_BYTES, TASK_NAME, ImageRef, check_image_size, job_kwargs
+from .wire.jobs import DEFAULT_MAX_IMAGE_BYTES, MAX_TTL_S, TASK_NAME, ImageRef, check_image_size, job_kwargs
 from .wire.serializer import MsgpackSerializer
 
 ImageInput = bytes | bytearray | str | os.PathLike | ImageRef  # an ImageRef: a job by reference (image_url)
@@ -42,6 +42,9 @@ class JobOptions:
     wait_timeout_ms: int = 1000
 
     def __post_init__(self) -> None:
+        for name in ("result_ttl_s", "failure_ttl_s"):
+            if not -1 <= getattr(self, name) <= MAX_TTL_S:
+                raise ValueError(f"{name} must be -1 (for ever) .. {MAX_TTL_S} seconds")
         if self.wait_replicas > 0 and not 0 < self.wait_timeout_ms <= MAX_WAIT_MS:
             # 0 is Redis's "for ever"; longer than the socket timeout would be cut off as a lost connection
             raise ValueError(f"wait_timeout_ms must be 1..{MAX_WAIT_MS} with wait_replicas")

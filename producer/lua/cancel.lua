@@ -48,7 +48,9 @@ if status == 'started' then
 end
 -- kept as long as a failed job is (its failure_ttl; RQ's default a year), not for ever with its image: TAKE
 -- removed a running job's TTL, and a queued job has none
-local keep_s = tonumber(redis.call('HGET', job, 'failure_ttl') or '') or 31536000
+local keep_s = tonumber(redis.call('HGET', job, 'failure_ttl') or '')
+-- whole seconds that EXPIRE takes (any client may write the field: a refused EXPIRE would stop the cancel)
+keep_s = (keep_s == nil or keep_s ~= keep_s) and 31536000 or math.min(math.floor(keep_s), 2147483647)
 
 -- The first writes are ones a full Redis allows (EXPIRE, LREM, ZREM), so a script without flags may go on
 -- after them; EXPIRE first, so that a user without it (an ACL from before it was needed) writes nothing.

@@ -18,6 +18,10 @@ ALLOWED_TASKS = frozenset({TASK_NAME})
 # Limits on what a job may carry; the worker enforces them again (never trust the producer).
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_META_BYTES = 16 * 1024
+# The longest TTL a job's hash may ask for (result_ttl, failure_ttl; RQ takes any integer, -1 for ever): ~68 years.
+# Workers keep a longer one this long: Redis refuses an EXPIRE past its clock's range, and a script that meets the
+# refusal halfway would stop every job after it.
+MAX_TTL_S = 2**31 - 1
 MAX_URL_CHARS = 4096
 URL_SCHEMES = ("https", "http", "file")
 
@@ -176,3 +180,8 @@ def meta_of(data: bytes | None, max_bytes: int = 32 << 20) -> dict[str, Any] | N
     kwargs = call[3] if isinstance(call, list | tuple) and len(call) == 4 else None
     meta = kwargs.get("meta") if isinstance(kwargs, dict) else None
     return meta if isinstance(meta, dict) else {} if isinstance(kwargs, dict) else None
+
+
+def clamp_ttl(ttl: int) -> int:
+    """A TTL as the scripts can apply it: -1 (for ever) for any negative, at most ``MAX_TTL_S``."""
+    return max(-1, min(ttl, MAX_TTL_S))

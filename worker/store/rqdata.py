@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from producer.wire.cache import asked
-from producer.wire.jobs import inflate
+from producer.wire.jobs import MAX_TTL_S, clamp_ttl, inflate
 from producer.wire.serializer import SerializationError, loads
 
 from .base import JobRecord
@@ -58,8 +58,8 @@ def read_record(
         values["enqueued_at"] = parse_time(fields.get(b"enqueued_at"))
         values["lost"] = int(fields.get(b"lost_deliveries") or 0)
         values["retries_left"] = int(fields.get(b"retries_left") or 0)
-        values["result_ttl_s"] = _int_or_none(fields.get(b"result_ttl"))
-        values["failure_ttl_s"] = _int_or_none(fields.get(b"failure_ttl"))
+        values["result_ttl_s"] = _ttl_or_none(fields.get(b"result_ttl"))
+        values["failure_ttl_s"] = _ttl_or_none(fields.get(b"failure_ttl"))
         values["cache_asked"] = asked(fields.get(b"meta"))
         call = loads(inflate(fields.get(b"data"), max_data_bytes))
         if not isinstance(call, list | tuple) or len(call) != 4:
@@ -96,3 +96,17 @@ def parse_time(value: bytes | None) -> float | None:
 
 def _int_or_none(value: bytes | None) -> int | None:
     return None if value in (None, b"") else int(value)
+
+
+def _ttl_or_none(value: bytes | None) -> int | None:
+    """A TTL field of the job's hash, as FINISH can apply it (``clamp_ttl``); RQ writes whole seconds, another
+    client may write ``1.5`` (read as 1) or ``1e20`` (kept ``MAX_TTL_S``)."""
+    if value in (None, b""):
+        return None
+    try:
+        return clamp_ttl(int(value))
+    except ValueError:
+        number = float(value)  # ValueError again for what is no number at all: the job's data is unreadable
+        if number != number:
+            raise ValueError(f"a TTL of {value!r}") from None
+        return clamp_ttl(int(max(-1.0, min(number, float(MAX_TTL_S)))))

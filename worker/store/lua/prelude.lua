@@ -26,6 +26,18 @@ local function iso(s, us)
                        math.floor(rem % 3600 / 60), rem % 60, us)
 end
 
+-- A TTL read from a job's hash (any client may write it): whole seconds that EXPIRE takes, -1 for any negative (for
+-- ever), at most 2^31 - 1 (producer.wire.jobs.MAX_TTL_S); default when it is no number. An EXPIRE refused halfway
+-- through a script would leave it half-applied, and refused again at every try.
+local function ttl_of(value, default)
+  local n = tonumber(value or '')
+  if n == nil or n ~= n then return default end
+  n = math.floor(n)
+  if n < -1 then return -1 end
+  if n > 2147483647 then return 2147483647 end
+  return n
+end
+
 -- A msgpack string.
 local function mp_str(s)
   local n = #s

@@ -33,7 +33,7 @@ local function give_back(job_id, lost)
   local job_key = job_prefix .. job_id
   if lost then redis.call('HSET', job_key, 'lost_deliveries', lost) end
   if lost and lost >= max_deliveries then
-    local keep_s = tonumber(redis.call('HGET', job_key, 'failure_ttl') or '') or failure_ttl_s  -- the job's own
+    local keep_s = ttl_of(redis.call('HGET', job_key, 'failure_ttl'), failure_ttl_s)  -- the job's own
     redis.call('HSET', job_key, 'status', 'failed', 'ended_at', now_iso)
     redis.call('ZADD', failed, keep_s < 0 and '+inf' or now_ts + keep_s, job_id)
     add_result(results_prefix .. job_id, '2', '', 'exc_string', poison_exc)
