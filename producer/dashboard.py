@@ -12,8 +12,9 @@ builds its Flask app in this process and:
   what ``resolve_serializer(None)`` returns), so the calls that pass no serializer (``Worker.all``,
   delete, requeue) read msgpack too: nothing here ever unpickles, whatever the page;
 - replaces its two description helpers so no page renders image bytes, even with
-  ``--show-full-args`` (bytes become ``bytes[12345]``), with ``<``, ``>`` and ``&`` escaped because
-  its job page and its workers page insert them as HTML;
+  ``--show-full-args`` (bytes become ``bytes[12345]``);
+- HTML-escapes every string of every JSON answer (``escaped``): its pages insert them as HTML unescaped, and
+  meta, results, errors, ids and queue names come from whoever may enqueue;
 - writes bytes inside results and meta as ``"bytes[N]"`` in its JSON;
 - guards every request (``dashboard_guard``): an allow-listed ``Host``, basic auth with a password
   (required beyond loopback), no state change on ``GET``, and no cross-site state change.
@@ -82,7 +83,33 @@ def job_description(job: Any, show_full_args: bool) -> str:
         text = call_string(job)
     if len(text) > DESCRIPTION_CHARS:
         text = text[: DESCRIPTION_CHARS - 1] + "…"
-    return html.escape(text, quote=False)
+    return text  # escaped with every other string of the JSON it goes into (``escaped``)
+
+
+def escaped(value: Any) -> Any:
+    """Every string of a JSON value, keys too, HTML-escaped. rq-dashboard's pages insert its data routes' values
+    as HTML (underscore's ``<%= %>`` does not escape), and job meta, results, errors, ids and queue names are
+    anyone's to write who may enqueue: unescaped, a meta of ``<img src=x onerror=...>`` would run script in the
+    dashboard's own origin, past its guard."""
+    if isinstance(value, str):
+        return html.escape(value, quote=True)
+    if isinstance(value, dict):
+        return {escaped(k): escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [escaped(v) for v in value]
+    return value
+
+
+def _escape_json(app: Any) -> None:
+    """Escape every JSON answer's strings (``escaped``) before it leaves the app."""
+    from flask import Response
+
+    def escape(response: Response) -> Response:
+        if response.mimetype == "application/json" and not response.direct_passthrough:
+            response.set_data(json.dumps(escaped(json.loads(response.get_data()))))
+        return response
+
+    app.after_request(escape)
 
 
 class _MetaEncoder(json.JSONEncoder):
@@ -112,7 +139,7 @@ def _configure_rq(web: Any) -> None:
             "job_id": job.id,
             "description": format_job_description(job),
             "created_at": web.serialize_date(job.created_at),
-            "call_string": html.escape(call_string(job), quote=False),
+            "call_string": call_string(job),
         }
 
     web.format_job_description = format_job_description
@@ -146,6 +173,7 @@ def create_app(
     # built, never removed) and compares with ``!=``; the guard's auth covers every route instead.
     app = make_flask_app(None, None, None, "")
     install(app, guard)
+    _escape_json(app)
     install_state_routes(app, len(redis_urls))  # requeue by our script; no state change across shards
     app.config.update(
         RQ_DASHBOARD_REDIS_URL=tuple(redis_urls),

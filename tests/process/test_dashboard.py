@@ -75,7 +75,7 @@ def test_dashboard_shows_finished_and_failed_jobs_with_results_and_no_image_byte
     start_worker()
     wait_for_workers(conn)
     producer = Producer(redis_url)
-    ok = producer.enqueue(image_bytes("cat.jpg"), meta={"ad_id": 42})
+    ok = producer.enqueue(image_bytes("cat.jpg"), meta={"ad_id": 42, "title": "<img src=x onerror=alert(1)>"})
     queue = Queue("classify", connection=conn, serializer=MsgpackSerializer)
     coffee = {"image": image_bytes("coffee.jpg"), "meta": {}}
     plain = queue.enqueue("worker.tasks.classify", kwargs=coffee)  # RQ's own description
@@ -90,7 +90,11 @@ def test_dashboard_shows_finished_and_failed_jobs_with_results_and_no_image_byte
     status, body = get(dashboard, f"/0/data/job/{ok}.json")
     job = json.loads(body)
     assert status == 200 and job["status"] == "finished" and job["result"]["ok"] is True
-    assert job["result"]["label"].startswith("class") and job["result"]["meta"] == {"ad_id": 42}
+    assert job["result"]["label"].startswith("class") and "<img" not in body  # pages insert it as HTML
+    assert job["result"]["meta"] == {"ad_id": 42, "title": "&lt;img src=x onerror=alert(1)&gt;"}
+    conn.sadd("rq:queues", "rq:queue:<b onmouseover=alert(1)>x</b>")  # any user that may enqueue may SADD
+    status, body = get(dashboard, "/0/data/queues.json")
+    assert status == 200 and "&lt;b onmouseover=alert(1)&gt;x&lt;/b&gt;" in body and "<b" not in body
     status, body = get(dashboard, "/0/data/jobs/classify/failed/8/asc/1.json")
     assert status == 200 and bad in body and "unsupported_image" in body
     status, body = get(dashboard, f"/0/data/job/{bad}.json")
