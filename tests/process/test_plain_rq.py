@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import pickle
 import subprocess
 import sys
+import threading
 
 import pytest
 from rq import Queue
@@ -55,6 +59,50 @@ def test_the_plain_rq_path_runs_no_function_or_callback_outside_the_allow_list(
             Producer(redis_url).result(evil.id, timeout=5)
         assert failed.value.error["type"] == "forbidden_function"
         assert Producer(redis_url).result(good, timeout=5)["ok"]
+
+
+class _Touch:
+    """Unpickled, it creates ``path``: what a pickled meta could do to a worker that unpickles it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("job_class", [True, False], ids=["allow-listed", "plain-rq-control"])
+def test_the_plain_rq_path_sends_no_webhook_repeats_nothing_and_unpickles_nothing_even_without_s(
+    redis_url, conn, tiny_model_path, tmp_path, job_class
+):
+    hits: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    marker = tmp_path / "unpickled.txt"
+    job_id = Producer(redis_url).enqueue(image_bytes("cat.jpg"))
+    hooks = [{"url": f"http://127.0.0.1:{server.server_port}/{s}", "job_status": s} for s in ("finished", "failed")]
+    fields = {"webhooks": json.dumps(hooks), "repeats_left": "3", "meta": pickle.dumps(_Touch(str(marker)))}
+    conn.hset(Job.key_for(job_id), mapping=fields)  # hash fields whoever may enqueue can write
+    without_s = [a for a in RQ_WORKER if a not in ("-S", "producer.serializer.MsgpackSerializer")]
+    command = without_s if job_class else [a for a in without_s if "job" not in a.lower()]
+    try:
+        run_plain_rq(redis_url, str(tiny_model_path), command)
+    finally:
+        server.shutdown()
+    assert (hits == [] and not marker.exists()) == job_class  # the control shows both can happen
+    if job_class:
+        assert Producer(redis_url).result(job_id, timeout=5)["ok"]
+        assert conn.xlen(f"rq:results:{job_id}") == 1 and conn.llen("rq:queue:classify") == 0  # ran once
 
 
 def test_plain_rq_worker_gives_the_same_results_as_the_batch_worker(redis_url, conn, start_worker, tiny_model_path):
