@@ -127,3 +127,16 @@ class CannotCancel(ProducerError):
     def __init__(self, job_id: str, reason: str) -> None:
         self.job_id, self.reason = job_id, reason
         super().__init__(f"cannot cancel job {job_id}: {reason}")
+
+
+class ScriptNotLoaded(ProducerError):
+    """The Redis server does not hold the producer's script ``name`` (cancel, requeue) and this user may not
+    ``EVAL`` it (the least-privilege producer user of docs/security.md may not run arbitrary Lua). Workers load
+    it when they register: start one, or let an operator run the command. Nothing was written."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name, self.reason = name, reason
+        super().__init__(
+            f"the {name} script is not loaded on this Redis and this user may not EVAL it ({reason}); "
+            "workers load it when they register: start one and try again"
+        )

@@ -7,15 +7,14 @@ same fields, in the same order).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import field, fields
-from functools import cache
-from importlib.resources import files
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoPermissionError, NoScriptError
 
+from .errors import ScriptNotLoaded
 from .ops import Procedure, call
+from .wire.lua import load
 
 
 def key_field() -> Any:
@@ -34,24 +33,21 @@ class ScriptCall:
         return out[True], out[False]
 
 
-@cache
-def load(name: str) -> tuple[str, str]:
-    """Script ``name``'s text, as shipped in the package, and its SHA-1 (what ``EVALSHA`` names)."""
-    text = files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
-    return text, hashlib.sha1(text.encode()).hexdigest()
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def run(shard: int, name: str, script_call: ScriptCall) -> Procedure[tuple[str, str]]:
-    """One run of script ``name`` on ``shard`` (``EVALSHA``; ``EVAL`` when the server does not have it yet, which
-    also caches it there); its ``(outcome, detail)``."""
+    """One run of script ``name`` on ``shard``: ``EVALSHA`` of the copy workers load; when the server has none
+    (no worker has registered since it started), ``EVAL``, for a user allowed to run any Lua, else
+    ``ScriptNotLoaded``. Its ``(outcome, detail)``."""
     text, sha = load(name)
     keys_, argv = script_call.wire()
     try:
         reply = yield call(shard, "EVALSHA", sha, len(keys_), *keys_, *argv)
     except NoScriptError:
-        reply = yield call(shard, "EVAL", text, len(keys_), *keys_, *argv)
+        try:
+            reply = yield call(shard, "EVAL", text, len(keys_), *keys_, *argv)
+        except NoPermissionError as exc:
+            raise ScriptNotLoaded(name, str(exc)) from exc
     return _text(reply[0]), _text(reply[1])

@@ -15,7 +15,7 @@ PRODUCER_ACL_62 = (
     "+rpush +sadd +exists +llen +xread +xrevrange +multi +exec +watch +unwatch +subscribe +unsubscribe "
     "+xreadgroup +xack +xautoclaim +xgroup|create +xinfo|groups "
     "~rq:canceled:classify ~rq:wip:classify ~rq:executions:* ~rq:queue:classify:intermediate "
-    "+evalsha +eval +type +time +lrem +zadd +zrem +zrange +wait +expire "
+    "+evalsha +type +time +lrem +zadd +zrem +zrange +wait +expire "
     "~rq:failed:classify +persist "
     "~rq:adclassify:cache:* ~rq:adclassify:model:* +get"
 )
@@ -33,10 +33,10 @@ PRODUCER_ACL_7 = (
     "(~rq:adclassify:cache:* ~rq:adclassify:model:* +get) "
     "+time +wait "
     "(~rq:job:* ~rq:executions:* ~rq:queue:classify ~rq:queue:classify:intermediate ~rq:wip:classify "
-    "~rq:canceled:classify +evalsha +eval +type) "
+    "~rq:canceled:classify +evalsha +type) "
     "(~rq:queue:classify:intermediate +lrem) (~rq:executions:* +zrange) (~rq:wip:classify +zrem +zrange) "
     "(~rq:canceled:classify +zadd) "
-    "(~rq:failed:classify ~rq:job:* ~rq:results:* ~rq:queue:classify ~rq:queues +evalsha +eval +type) "
+    "(~rq:failed:classify ~rq:job:* ~rq:results:* ~rq:queue:classify ~rq:queues +evalsha +type) "
     "(~rq:failed:classify +zrange +zrem) (~rq:job:* +persist +expire) (~rq:results:* +xrevrange)"
 )
 

@@ -320,6 +320,9 @@ def test_a_producer_acl_from_before_cancel_expired_jobs_refuses_a_cancel_whole_n
     older = producer_acl(conn).replace(" +expire", "")
     producer_url, _ = set_users(conn, redis_url, producer=older)
     try:
+        from worker.store.rq import RedisStore
+
+        RedisStore(conn, "classify", "w1").register()  # loads the cancel script (the producer user may not EVAL)
         producer = Producer(producer_url)
         (queued,) = producer.enqueue_many([image_bytes("cat.jpg")])
         with pytest.raises(redis.ResponseError):
@@ -329,3 +332,21 @@ def test_a_producer_acl_from_before_cancel_expired_jobs_refuses_a_cancel_whole_n
         assert conn.zcard("rq:canceled:classify") == 0
     finally:
         drop_users(conn)
+
+
+def test_the_producer_user_runs_no_lua_of_its_own_and_cancels_with_the_script_workers_load(acl_users, conn):
+    from producer.errors import ScriptNotLoaded
+
+    producer_url, _ = acl_users
+    producer = Producer(producer_url)
+    (queued,) = producer.enqueue_many([image_bytes("cat.jpg")])
+    with pytest.raises(redis.exceptions.NoPermissionError):  # any Lua: `while true do end` after a write
+        producer.shards[0].connection.eval("return redis.call('TYPE', KEYS[1])", 1, f"rq:job:{queued}")
+    conn.script_flush()  # a Redis that no worker has registered with since it started
+    with pytest.raises(ScriptNotLoaded, match="start one"):
+        producer.cancel(queued)
+    assert conn.hget(f"rq:job:{queued}", "status") == b"queued"  # nothing written
+    from worker.store.rq import RedisStore
+
+    RedisStore(conn, "classify", "w1").register()  # a worker registering loads the producer's scripts too
+    assert producer.cancel(queued) is CancelOutcome.CANCELED

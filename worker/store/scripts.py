@@ -21,6 +21,9 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
+from producer.wire.lua import PRODUCER_SCRIPTS
+from producer.wire.lua import load as producer_lua
+
 from .base import Misfit, WrongTypeKeys
 from .calls import CALLS, wire
 
@@ -52,9 +55,12 @@ class Scripts:
         self.flags: str | None = None  # the shebang line on Redis >= 7, '' before
 
     def load(self) -> None:
-        """Load every script now (at start-up), so the first batch pays no extra round trips."""
+        """Load every script now (at start-up, and again after a restart wiped them), so the first batch pays no
+        extra round trips; the producer's scripts too (cancel, requeue), which its user runs by ``EVALSHA`` only."""
         for call in CALLS:
             self._sha(call.script)
+        for name in PRODUCER_SCRIPTS:
+            self.connection.script_load(producer_lua(name)[0])
 
     def _sha(self, name: str) -> str:
         if self.flags is None:
@@ -71,8 +77,9 @@ class Scripts:
         try:
             try:
                 return self.connection.evalsha(self._sha(call.script), len(keys), *keys, *argv)
-            except NoScriptError:
-                self.sha.pop(call.script, None)
+            except NoScriptError:  # a restart (or SCRIPT FLUSH) wiped them all: load them all again
+                self.sha.clear()
+                self.load()
                 return self.connection.evalsha(self._sha(call.script), len(keys), *keys, *argv)
         except redis.ResponseError as exc:
             message = str(exc)
