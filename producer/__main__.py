@@ -16,6 +16,7 @@ from .errors import NotReplicated, ShardUnavailable
 from .jobdata import JobOptions
 from .jsonout import dumps_json
 from .wire.jobs import DEFAULT_QUEUE, ProtocolError
+from .wire.printable import shown
 
 
 def status(producer: Producer, args: argparse.Namespace) -> int:
@@ -51,7 +52,8 @@ def result_line(result: dict) -> str:
     """One line for a result: its labels, or its failure."""
     if result["ok"]:
         return push.format_result(result["job_id"], result)
-    return f"{result['job_id']:<28} FAILED {result['error']['type']}: {result['error']['message']}"
+    error = result["error"]  # ids and messages come from whoever may enqueue: no terminal escapes, one line each
+    return f"{shown(result['job_id']):<28} FAILED {shown(str(error['type']))}: {shown(str(error['message']))}"
 
 
 def listen(producer: Producer, args: argparse.Namespace) -> int:

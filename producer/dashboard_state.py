@@ -18,6 +18,7 @@ from .dashboard_guard import READ_ONLY_METHODS
 from .drivers import SyncDriver
 from .requeue_call import REQUEUED, RequeueCall, run_requeue
 from .wire import keys
+from .wire.printable import shown
 
 log = logging.getLogger(__name__)
 SHARDED_REFUSAL = "state changes need one shard per dashboard: start one with a single --redis-url\n"
@@ -31,7 +32,7 @@ def requeue_one(conn: Any, job_id: str) -> str:
     queue = origin.decode() if isinstance(origin, bytes) else str(origin)
     outcome, detail = SyncDriver([conn]).run(run_requeue(0, RequeueCall.of(job_id, queue)))
     if outcome != REQUEUED:
-        log.warning("dashboard: job %s not requeued: %s %s", job_id, outcome, detail)
+        log.warning("dashboard: job %s not requeued: %s %s", shown(job_id), outcome, shown(detail))
     return outcome
 
 

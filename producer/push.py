@@ -12,6 +12,7 @@ from pathlib import Path
 from .client import Producer
 from .errors import JobFailed, JobTimeout, ShardUnavailable
 from .wire.jobs import ImageRef, ImageTooLarge, ProtocolError, check_image_size
+from .wire.printable import shown
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
@@ -33,8 +34,8 @@ def expand(patterns: list[str]) -> list[Path]:
 
 def format_result(name: str, result: dict) -> str:
     """One line: name, top-3 labels with scores, and the time from enqueue to result."""
-    top = ", ".join(f"{label} {score:.3f}" for label, score in result["topk"][:3])
-    return f"{name:<28} {top}  ({result['timings_ms']['total']:.0f} ms)"
+    top = ", ".join(f"{shown(str(label))} {score:.3f}" for label, score in result["topk"][:3])
+    return f"{shown(name):<28} {top}  ({result['timings_ms']['total']:.0f} ms)"
 
 
 class Progress:

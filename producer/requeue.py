@@ -30,6 +30,7 @@ from .requeue_call import REQUEUED, RequeueCall, run_requeue
 from .results import final_result
 from .wire import keys
 from .wire.jobs import ProtocolError
+from .wire.printable import shown
 
 # The worker's error types that a second run would answer the same way (worker/errors.py, worker/jobs.py,
 # worker/decode/, the store's scripts): bad input, refused by policy, past its deadline, lost with its
@@ -154,7 +155,8 @@ def describe(failure: Failure, now: float) -> str:
     age = (
         f"failed {now - failure.failed_at:.0f} s ago" if failure.failed_at is not None else "failed at an unknown time"
     )
-    return f"{failure.job_id}  {failure.error['type']}: {failure.error['message'][:160]}  ({age})"
+    error = failure.error  # written by whoever may enqueue (an id, a message): escaped, one line each
+    return f"{shown(failure.job_id)}  {shown(str(error['type']))}: {shown(str(error['message'])[:160])}  ({age})"
 
 
 def skipped_text(skipped: Counter[tuple[str, str]]) -> list[str]:
@@ -186,7 +188,7 @@ def requeue(producer: Producer, args: argparse.Namespace) -> int:
             print(f"requeued {describe(failure, now)}")
         else:
             refused += 1
-            print(f"not requeued {failure.job_id}: {outcome}{f' ({detail})' if detail else ''}")
+            print(f"not requeued {shown(failure.job_id)}: {outcome}{f' ({shown(detail)})' if detail else ''}")
     done = "would be re-queued (dry run: nothing changed)" if args.dry_run else "re-queued"
     print(f"{len(chosen) - refused} failed job(s) of queue {queue} {done}", file=sys.stderr)
     if args.limit is not None and len(chosen) >= args.limit:
