@@ -22,7 +22,9 @@ from contextvars import ContextVar
 
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameResolutionError, NewConnectionError
 from urllib3.response import HTTPResponse
+from urllib3.util.connection import allowed_gai_family
 
 from .urls import public_address
 
@@ -142,6 +144,51 @@ def _public_only(sock: socket.socket) -> socket.socket:
     return sock
 
 
+def _connect_public(conn: HTTPConnection) -> socket.socket:
+    """urllib3's ``create_connection`` with each address the name resolves to checked before it is connected to:
+    a refused address is never connected to, so whether a port behind it is open (answered, refused, silent)
+    shows in no job's error. The socket is checked again once connected (``_public_only``)."""
+    refused, error, host = None, None, conn._dns_host.strip("[]")
+    try:
+        host.encode("idna")
+    except UnicodeError:  # as urllib3's: no resolver can be asked about it
+        raise LocationParseError(f"'{host}', label empty or too long") from None
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host, conn.port, allowed_gai_family(), socket.SOCK_STREAM
+    ):
+        if not public_address(address[0]):
+            refused = refused or address[0]
+            continue
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in conn.socket_options or ():
+                sock.setsockopt(*option)
+            if isinstance(conn.timeout, int | float):
+                sock.settimeout(conn.timeout)
+            if conn.source_address:
+                sock.bind(conn.source_address)
+            sock.connect(address)
+            return _public_only(sock)
+        except OSError as exc:
+            error = exc
+            sock.close()
+    if error is None and refused is not None:
+        raise ForbiddenAddress(refused)
+    raise error or OSError(f"{conn.host} resolved to no address")
+
+
+def _new_public_conn(conn: HTTPConnection) -> socket.socket:
+    """``HTTPConnection._new_conn``'s errors, around ``_connect_public``."""
+    try:
+        return _connect_public(conn)
+    except socket.gaierror as exc:
+        raise NameResolutionError(conn.host, conn, exc) from exc
+    except TimeoutError as exc:
+        raise ConnectTimeoutError(conn, f"Connection to {conn.host} timed out ({conn.timeout} s)") from exc
+    except OSError as exc:
+        raise NewConnectionError(conn, f"Failed to establish a new connection: {exc}") from exc
+
+
 class _WatchedHTTPConnection(HTTPConnection):
     def getresponse(self) -> HTTPResponse:  # the request is sent: from here on every read is watched
         _watch_socket(self.sock)
@@ -156,12 +203,12 @@ class _WatchedHTTPSConnection(HTTPSConnection):  # the handshake is bounded by t
 
 class _PublicHTTPConnection(_WatchedHTTPConnection):
     def _new_conn(self) -> socket.socket:
-        return _public_only(super()._new_conn())
+        return _new_public_conn(self)
 
 
 class _PublicHTTPSConnection(_WatchedHTTPSConnection):
     def _new_conn(self) -> socket.socket:  # before the TLS handshake: nothing is sent to a refused peer
-        return _public_only(super()._new_conn())
+        return _new_public_conn(self)
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
