@@ -13,7 +13,14 @@ from PIL import Image, ImageOps
 
 from worker.decode import cpu
 from worker.decode.budget import header_pixels, jpeg_pixels
-from worker.decode.containers import MAX_GIF_EXTENSIONS, MAX_PNG_ANCILLARY, MAX_PNG_CHUNKS, MAX_RLE_BMP_PIXELS
+from worker.decode.containers import (
+    MAX_GIF_EXTENSIONS,
+    MAX_GIF_SUBBLOCKS,
+    MAX_JPEG_SEGMENTS,
+    MAX_PNG_ANCILLARY,
+    MAX_PNG_CHUNKS,
+    MAX_RLE_BMP_PIXELS,
+)
 from worker.decode.cpu import ImageTooLarge, Limits, Preprocess, decode, resize, to_rgb
 
 SPEC, LIMITS = Preprocess(size=(24, 40)), Limits()
@@ -119,3 +126,35 @@ def test_a_gif_with_thousands_of_extension_blocks_before_its_image_is_refused():
         decode(gif_with_comments(MAX_GIF_EXTENSIONS + 1), SPEC, LIMITS)
     assert header_pixels(gif_with_comments(MAX_GIF_EXTENSIONS + 1)) == 0
     assert decode(gif_with_comments(MAX_GIF_EXTENSIONS - 5), SPEC, LIMITS) == bytes([90]) * (24 * 40 * 3)
+
+
+def jpeg_with(extra: bytes, size: tuple[int, int] = (40, 24)) -> bytes:
+    """A small JPEG with ``extra`` bytes (segments, fill bytes) right after its SOI marker."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buf, "JPEG")
+    data = buf.getvalue()
+    return data[:2] + extra + data[2:]
+
+
+@pytest.mark.parametrize(
+    "flood", [b"\xff\xfe\x00\x02", b"\xff\xe5\x00\x02", b"\xff"], ids=["comments", "app5", "fill-bytes"]
+)
+def test_a_jpeg_with_a_flood_of_segments_before_its_scan_is_refused_before_pillow_walks_them(flood):
+    bomb = jpeg_with(flood * (MAX_JPEG_SEGMENTS + 1))
+    with pytest.raises(ImageTooLarge, match=f"over {MAX_JPEG_SEGMENTS:,} segments"):
+        decode(bomb, SPEC, LIMITS)
+    assert jpeg_pixels(bomb) == 0 and header_pixels(bomb) == 0  # the budget's walks stop at the limit too
+    fine = jpeg_with(flood * 20)  # a few dozen, as real photos have: decoded as before
+    assert len(decode(fine, SPEC, LIMITS)) == 24 * 40 * 3
+
+
+def test_a_gif_whose_extension_is_a_flood_of_one_byte_sub_blocks_is_refused():
+    buf = io.BytesIO()
+    Image.new("P", (16, 16), 1).save(buf, "GIF", palette=bytes([0, 0, 0, 90, 90, 90]))
+    data = buf.getvalue()
+    first = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    comment = b"\x21\xfe" + b"\x01x" * (MAX_GIF_SUBBLOCKS + 1) + b"\x00"  # one extension, 1-byte sub-blocks
+    with pytest.raises(ImageTooLarge, match=f"over {MAX_GIF_SUBBLOCKS:,} extension sub-blocks"):
+        decode(data[:first] + comment + data[first:], SPEC, LIMITS)
+    small = b"\x21\xfe" + b"\x01x" * 500 + b"\x00"
+    assert decode(data[:first] + small + data[first:], SPEC, LIMITS) == bytes([90]) * (24 * 40 * 3)

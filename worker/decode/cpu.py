@@ -18,7 +18,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from PIL import __version__ as PIL_VERSION
 
 from . import libjpeg
-from .containers import bmp_rle_refusal, gif_refusal, png_refusal, scan_refusal
+from .containers import bmp_rle_refusal, gif_refusal, jpeg_refusal, png_refusal, scan_refusal
 from .jpegscan import HUFFMAN_DCT, LOSSLESS, UNREAD, JpegHeader, layout, scan_jpeg
 from .spec import (
     ALLOWED_FORMATS,
@@ -61,7 +61,7 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
         raise UnsupportedImage("empty image bytes")
     if len(data) > limits.max_bytes:
         raise ImageTooLarge(f"image is {len(data)} bytes, over the limit of {limits.max_bytes}")
-    if refused := png_refusal(data) or gif_refusal(data):
+    if refused := png_refusal(data) or gif_refusal(data) or jpeg_refusal(data):
         raise ImageTooLarge(refused)
     try:
         with warnings.catch_warnings():

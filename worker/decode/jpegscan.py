@@ -25,6 +25,7 @@ LOSSLESS = frozenset({0xC3, 0xC7, 0xCB, 0xCF})  # libjpeg ignores a DCT scale fo
 HUFFMAN_DCT = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended, progressive: libjpeg decodes them at a DCT scale,
 # fed whole or in pieces alike (its arithmetic decoder cannot suspend: Pillow's 64 KiB pieces fail where one whole
 # buffer does not)
+MAX_SEGMENTS = 1_000  # segments and fill bytes walked before the first scan (containers.MAX_JPEG_SEGMENTS)
 MAX_SCANS = 256  # nvImageCodec's default (NVIMGCODEC_MAX_JPEG_SCANS): each scan is a pass over every block
 _SOS = re.compile(b"\xff\xda")
 ORIENTATION_TAG = 0x0112
@@ -74,10 +75,11 @@ def _segments(data: bytes) -> tuple[tuple[int, memoryview] | None, int, int]:
     are tens of KB, never copied."""
     at, end, view = 2, len(data), memoryview(data)
     frame: tuple[int, memoryview] | None = None
-    orientation, exif, xmp, scan_components = 0, False, False, 0
+    orientation, exif, xmp, scan_components, seen = 0, False, False, 0, 0
     while True:
-        if at + 4 > end:
-            raise _Unsure  # truncated
+        seen += 1
+        if at + 4 > end or seen > MAX_SEGMENTS:
+            raise _Unsure  # truncated, or a flood of segments (Pillow's path refuses it: containers.jpeg_refusal)
         ff, marker, length = SEGMENT_HEAD.unpack_from(data, at)  # one C call, not three reads and a slice
         if ff != 0xFF:
             raise _Unsure  # junk between segments (Pillow skips it)
