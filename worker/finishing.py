@@ -14,7 +14,7 @@ from .backoff import Backoff
 from .errors import JobError
 from .jobs import answer
 from .progress import InHand, Item, Observer, PipelineSettings, Stats
-from .store import Outcome, QueueStore, StoreUnavailable
+from .store import Outcome, PartlyRecorded, QueueStore, StoreUnavailable
 from .tracing import Tracing, trace_fields
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ class FinishStage:
     def finish(self) -> None:
         """Record finished batches (all that are ready, in one store call); keep them through outages."""
         pending: list[tuple[list[Outcome], float]] = []
-        closing, backoff = False, Backoff(max_s=self.settings.finish_backoff_max_s)
+        most = self.settings.finish_backoff_max_s
+        closing, backoff = False, Backoff(min(0.5, most), max_s=most)
         while not (closing and not pending):
             closing = self._collect(pending, block=not pending) or closing
             if not pending:
@@ -62,6 +63,11 @@ class FinishStage:
             try:
                 called_at = time.monotonic()
                 self.store.finish(outcomes)
+            except PartlyRecorded as exc:  # a shard is down: the others' jobs are done, its own wait alone
+                pending = self._partly(pending, exc.recorded)
+                if not self._wait_out(exc, len(outcomes) - len(exc.recorded), backoff, until_more=True):
+                    return
+                continue
             except StoreUnavailable as exc:
                 self.progressed()  # waiting on Redis is not a stall
                 if not self._wait_out(exc, len(outcomes), backoff):
@@ -73,8 +79,9 @@ class FinishStage:
             self._acknowledged(pending)
             pending = []
 
-    def _wait_out(self, exc: StoreUnavailable, count: int, backoff: Backoff) -> bool:
-        """Wait before recording ``count`` finished jobs again; False once stopping has waited long enough."""
+    def _wait_out(self, exc: StoreUnavailable, count: int, backoff: Backoff, until_more: bool = False) -> bool:
+        """Wait before recording ``count`` finished jobs again (``until_more``: or until more are finished, which
+        the store can record elsewhere); False once stopping has waited long enough."""
         left = self._shutdown_left()
         if left <= 0:
             self.unrecorded = count
@@ -87,15 +94,24 @@ class FinishStage:
             return False
         delay_s = min(backoff.next(), left, 1.0 if self.stop.is_set() else float("inf"))
         self.stats.store_error(exc, "finish", f", {count} finished job(s) kept, next try in {delay_s:.1f} s")
-        self._pause(delay_s)
+        self._pause(delay_s, until_more)
         return True
 
-    def _pause(self, delay_s: float) -> None:
-        """The back-off between tries; a stop cuts it short (the shutdown timeout counts from the stop)."""
+    def _pause(self, delay_s: float, until_more: bool = False) -> None:
+        """The back-off between tries; a stop cuts it short (the shutdown timeout counts from the stop), and so do
+        newly finished batches when ``until_more`` (their shards answer: only the one that is down backs off)."""
         if self.stop.is_set():
             time.sleep(delay_s)  # stopping: a try every second at most, until the shutdown timeout
-        elif self.stop.wait(delay_s):
-            self._shutdown_left()  # the shutdown timeout counts from now, not from the next try's failure
+            return
+        deadline = time.monotonic() + delay_s
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stop.is_set():
+                self._shutdown_left()  # the shutdown timeout counts from now, not from the next try's failure
+                return
+            with self.done.not_empty:  # the queue's own condition: woken by the next put
+                if until_more and self.done.queue:
+                    return
+                self.done.not_empty.wait(min(left, 0.2))
 
     def _shutdown_left(self) -> float:
         """Seconds left to record finished jobs: unbounded until stopping, then the shutdown timeout."""
@@ -121,6 +137,20 @@ class FinishStage:
         except queue.Empty:
             pass
         return closed
+
+    def _partly(
+        self, pending: list[tuple[list[Outcome], float]], recorded: set[str]
+    ) -> list[tuple[list[Outcome], float]]:
+        """Acknowledge the outcomes a finish recorded (``recorded``: executions); what stays pending."""
+        done, left = [], []
+        for outcomes, forward_end in pending:
+            ours = [o for o in outcomes if o.job.execution in recorded]
+            rest = [o for o in outcomes if o.job.execution not in recorded]
+            done += [(ours, forward_end)] if ours else []
+            left += [(rest, forward_end)] if rest else []
+        self.progressed()
+        self._acknowledged(done)
+        return left
 
     def _acknowledged(self, pending: list[tuple[list[Outcome], float]]) -> None:
         now = time.monotonic()

@@ -14,7 +14,7 @@ from bench.devserver import RedisServer
 from producer import Producer
 from producer.wire.results import make_result
 from worker.redisconn import connect as worker_connect
-from worker.store import Outcome, StoreUnavailable
+from worker.store import Outcome, PartlyRecorded, StoreUnavailable
 from worker.store.rq import RedisStore
 from worker.store.sharded import ShardedStore
 
@@ -112,3 +112,36 @@ def test_a_silent_shard_costs_one_timeout_per_back_off_not_one_per_take_and_all_
         store.unregister()
         for server in servers:
             server.stop()
+
+
+def test_a_finish_with_one_shard_down_records_the_others_and_says_which():
+    servers = [RedisServer(extra_args=["--appendonly", "yes"]).start() for _ in range(3)]  # shard 1 comes back whole
+    store = ShardedStore([RedisStore(redis.Redis.from_url(s.url), "classify", "w1") for s in servers], block_s=1.0)
+    store.register()
+    try:
+        finish_with_shard_1_down(servers, store)
+    finally:
+        store.unregister()
+        for server in servers:
+            server.stop()
+
+
+def finish_with_shard_1_down(servers: list[RedisServer], store: ShardedStore) -> None:
+    for server in servers:
+        Producer(server.url).enqueue_many([b"img"] * 2)
+    jobs = store.take(6, 0.0)
+    outcomes = [
+        Outcome(j, make_result(j.job_id, model="m", worker="w1", timings_ms={}, meta={}, topk=[("a", 1.0)]))
+        for j in jobs
+    ]
+    down = [o for o in outcomes if store.shard_of(o.job) == 1]
+    servers[1].process.terminate()  # a clean shutdown: its append-only file has the jobs in hand
+    servers[1].process.wait(10)
+    with pytest.raises(PartlyRecorded) as partly:
+        store.finish(outcomes)
+    servers[1].start()
+    assert partly.value.recorded == {o.job.execution for o in outcomes if o not in down}
+    for index in (0, 2):
+        assert redis.Redis.from_url(servers[index].url).zcard("rq:finished:classify") == 2
+    assert store.finish(down) == []  # the rest alone, once the shard answers: nothing skipped, nothing twice
+    assert redis.Redis.from_url(servers[1].url).zcard("rq:finished:classify") == 2

@@ -13,7 +13,7 @@ from worker.decode import DecodeResult
 from worker.errors import JobError
 from worker.infer import Predictor
 from worker.pipeline import InHand, Pipeline, PipelineSettings
-from worker.store import StoreUnavailable
+from worker.store import PartlyRecorded, StoreUnavailable
 from worker.store.memory import MemoryBroker, MemoryStore
 
 from ..conftest import wait_for
@@ -239,6 +239,40 @@ def test_a_stop_while_suspects_wait_to_run_alone_hands_them_back_unstarted():
     assert [b for b in predictor.batches if b[0].startswith(b"suspect")] == []  # neither ran
 
 
+class OneShardDown(MemoryStore):
+    """Jobs whose image starts with ``down`` live on a shard that is down until ``back`` is set: a finish records
+    the others and raises ``PartlyRecorded`` naming them, as ``ShardedStore.finish`` does."""
+
+    def __init__(self, broker: MemoryBroker, name: str, back: threading.Event) -> None:
+        super().__init__(broker, name)
+        self.back = back
+
+    def finish(self, outcomes: list) -> list[str]:
+        if self.back.is_set():
+            return super().finish(outcomes)
+        up = [o for o in outcomes if not o.job.kwargs["image"].startswith(b"down")]
+        skipped = super().finish(up) if up else []
+        if len(up) == len(outcomes):
+            return skipped
+        if not up:
+            raise StoreUnavailable("shard 1 is down")
+        raise PartlyRecorded("shard 1 is down", {o.job.execution for o in up}, skipped)
+
+
+def test_a_shard_that_is_down_holds_back_its_own_jobs_alone():
+    broker = MemoryBroker()
+    (stuck,) = fill(broker, [b"down-1"])
+    others = fill(broker, [f"img{i}".encode() for i in range(60)])  # 5x the jobs a hand holds (3 batches of 4)
+    back = threading.Event()
+    thread = threading.Thread(target=run, args=(OneShardDown(broker, "w1", back), Recorder(cap=4)), daemon=True)
+    thread.start()
+    wait_for(lambda: all(broker.status(i) == "finished" for i in others), timeout_s=30)
+    assert broker.status(stuck) == "started"  # kept, retried: its shard's outage is not the others'
+    back.set()
+    thread.join(30)
+    assert not thread.is_alive() and broker.status(stuck) == "finished"
+
+
 def test_jobs_in_hand_are_bounded_to_a_few_batches():
     broker = MemoryBroker()
     fill(broker, [b"x"] * 100)
@@ -285,12 +319,12 @@ class FlakyStore(MemoryStore):
         return super().finish(outcomes)
 
 
-def test_finished_batches_are_kept_through_an_outage_and_written_once_it_ends(monkeypatch):
-    monkeypatch.setattr(Pipeline, "_pause", lambda self, s: None)  # the back-off, not the behaviour
+def test_finished_batches_are_kept_through_an_outage_and_written_once_it_ends():
     broker = MemoryBroker()
     ids = fill(broker, [b"x"] * 20)
     store = FlakyStore(broker, outage=3)
-    assert run(store, Recorder(cap=4)) == 20
+    settings = PipelineSettings("w1", max_wait_ms=1.0, idle_wait_ms=20, burst=True, finish_backoff_max_s=0.01)
+    assert Pipeline(store, PassThrough(), Recorder(cap=4), settings, threading.Event()).run() == 20
     assert store.calls > 3 and all(broker.status(i) == "finished" for i in ids)
     assert sorted(r["job_id"] for r in broker.published) == sorted(ids)  # each once
 

@@ -22,6 +22,16 @@ class StoreUnavailable(Exception):
     """The store cannot be reached right now (connection lost, timeout); retry later."""
 
 
+class PartlyRecorded(StoreUnavailable):
+    """A finish recorded the outcomes of some shards' jobs (``recorded``: their executions; ``skipped``: the ids of
+    those a reaper re-queued meanwhile) and not the others': their shard is unavailable. The caller keeps only the
+    others, so a shard that is down holds back its own jobs alone."""
+
+    def __init__(self, reason: str, recorded: set[str], skipped: list[str]) -> None:
+        super().__init__(reason)
+        self.recorded, self.skipped = recorded, skipped
+
+
 class StoreFull(StoreUnavailable):
     """The store refuses writes: Redis reached ``maxmemory`` (noeviction). Finishing jobs frees
     memory, so the pipeline keeps its finished batches and retries with back-off."""

@@ -28,7 +28,7 @@ import redis
 from redis.sentinel import SentinelConnectionPool
 
 from ..backoff import MAX_BACKOFF_S, Backoff
-from .base import JobRecord, Outcome, QueueStore, StoreUnavailable, WorkerStats
+from .base import JobRecord, Outcome, PartlyRecorded, QueueStore, StoreUnavailable, WorkerStats
 from .rq import RedisStore
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ class ShardedStore(QueueStore):
         # per store: when a take is due again after it failed (None: its last take answered), and its back-off
         self.retry_at: list[float | None] = [None] * len(shards)
         self.backoffs = [Backoff() for _ in shards]
+        self.finish_at: list[float] = [0.0] * len(shards)  # the same for finishes: when one is due again
+        self.finish_backoffs = [Backoff() for _ in shards]
         for waiter in self.waiters:
             waiter.start()
 
@@ -232,24 +234,34 @@ class ShardedStore(QueueStore):
         return self.homes[job.execution]
 
     def finish(self, outcomes: list[Outcome]) -> list[str]:
-        """One atomic finish per shard; if a shard is down, the others' are kept and the call raises
-        (the pipeline retries the whole list: what was recorded is not recorded again)."""
+        """One atomic finish per shard. If a shard is down, the others' are recorded and the call raises
+        ``PartlyRecorded`` naming them: the caller tries again with the rest only (FINISH would skip a recorded
+        one as re-queued meanwhile)."""
         todo = [o for o in outcomes if o.job.execution not in self.recorded]
-        skipped, failure = [], None
+        skipped, failure, now = [], None, time.monotonic()
+        homes = {self.shard_of(o.job) for o in todo}
         for index, shard in enumerate(self.shards):
             mine = [o for o in todo if self.shard_of(o.job) == index]
             if not mine:
                 continue
+            if now < self.finish_at[index] and homes - {index}:  # failed lately: not before its back-off, while
+                failure = failure or StoreUnavailable(f"shard {index} is backing off")  # others can record theirs
+                continue
             try:
                 skipped += shard.finish(mine)
                 self.recorded.update(o.job.execution for o in mine)
+                self.finish_backoffs[index].reset()
             except StoreUnavailable as exc:
                 failure = exc
-        if failure is not None:
+                self.finish_at[index] = time.monotonic() + self.finish_backoffs[index].next()
+        done = {o.job.execution for o in outcomes if o.job.execution in self.recorded}
+        if failure is not None and not done:
             raise failure
-        for outcome in outcomes:
-            self.recorded.discard(outcome.job.execution)
-            self.homes.pop(outcome.job.execution, None)
+        for execution in done:
+            self.recorded.discard(execution)
+            self.homes.pop(execution, None)
+        if failure is not None:
+            raise PartlyRecorded(str(failure), done, skipped) from failure
         return skipped
 
     def heartbeat(self, stats: WorkerStats) -> int:
