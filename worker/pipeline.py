@@ -26,7 +26,7 @@ from .decode import Decoder, DecodeResult, Fetched, Fetches, NoFetch
 from .errors import JobError
 from .finishing import CLOSED, Answered, FinishStage
 from .jobs import job_inputs
-from .progress import InHand, Item, Observer, PipelineSettings, Predicts, ShutdownIncomplete, Stats
+from .progress import InHand, Item, Observer, PipelineSettings, Predicts, ShutdownIncomplete, StageFailed, Stats
 from .store import JobRecord, QueueStore, StoreUnavailable, shown
 from .tracing import Tracing
 
@@ -75,22 +75,37 @@ class Pipeline(FinishStage):
         self.stopping_since: float | None = None
         self.unrecorded = 0  # finished jobs given up on at shutdown (the store stayed unavailable)
         self.lock = threading.Lock()
+        self.failure: tuple[str, BaseException] | None = None  # a stage that died: its name and error
 
     def run(self) -> int:
         """take -> decode -> batch -> infer -> finish; return the number of jobs finished."""
         stages = [
-            threading.Thread(target=stage, name=stage.__name__, daemon=True)
+            threading.Thread(target=self._guarded, args=(stage,), name=stage.__name__, daemon=True)
             for stage in (self.take, self.infer, self.finish)
         ]
         for stage in stages:
             stage.start()
         for stage in stages:
-            while stage.is_alive():  # wake up now and then: a signal may have landed on another thread, and
-                stage.join(0.2)  # its Python handler runs only when this (the main) thread runs bytecode
+            while stage.is_alive() and self.failure is None:  # wake up now and then: a signal may have landed on
+                stage.join(0.2)  # another thread, and its Python handler runs only when this thread runs bytecode
+        if self.failure is not None:  # the other stages may wait for ever on the one that died: not for them
+            raise StageFailed(f"the {self.failure[0]} stage failed: {self.failure[1]!r}") from self.failure[1]
         log.info("pipeline stopped: %s", self.stats.summary())
         if self.unrecorded:
             raise ShutdownIncomplete(f"{self.unrecorded} finished job(s) not recorded: the queue store was unavailable")
         return self.stats.jobs
+
+    def _guarded(self, stage: Callable[[], None]) -> None:
+        """Run a stage; an error it does not handle ends the worker (the watchdog exits at once, its jobs go back
+        by the reaper) instead of leaving the other stages waiting on it for ever with jobs in hand."""
+        try:
+            stage()
+        except BaseException as exc:
+            log.exception("the %s stage failed: the worker ends (its jobs in hand are re-queued)", stage.__name__)
+            self.failure = (stage.__name__, exc)
+            self.stop.set()
+            if self.health is not None:
+                self.health.break_down(f"the {stage.__name__} stage failed: {exc!r}")
 
     # -- take and decode -------------------------------------------------------------------------
     def take(self) -> None:

@@ -108,6 +108,11 @@ class PipelineSettings:
     finish_backoff_max_s: float = 5.0
 
 
+class StageFailed(RuntimeError):
+    """A pipeline stage's thread ended on an error of the code's own (a bug, or the host out of memory): the
+    worker must end (``BROKEN_EXIT``, its jobs re-queued by the reaper), not hang with jobs in hand."""
+
+
 class ShutdownIncomplete(RuntimeError):
     """Stopping, the store stayed unavailable past the shutdown timeout: finished jobs were not recorded
     (the reaper re-queues them once this worker's key expires)."""

@@ -60,8 +60,9 @@ def serve_one(settings: WorkerSettings) -> int:
     actions = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGHUP: lambda _: reload_requests.set()}
     SignalThread(actions).install()  # acted on off the main thread: worker.signals says why
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the launcher until now
+    from .health import BROKEN_EXIT
     from .model import ModelError
-    from .pipeline import ShutdownIncomplete
+    from .pipeline import ShutdownIncomplete, StageFailed
     from .service import RedisRefused, run  # torch loads here, after argument errors had their chance
     from .store.names import NameTaken
 
@@ -70,6 +71,9 @@ def serve_one(settings: WorkerSettings) -> int:
     except ShutdownIncomplete as exc:
         log.error("exiting 1: %s", exc)
         return 1
+    except StageFailed as exc:
+        log.error("exiting %d: %s", BROKEN_EXIT, exc)
+        return BROKEN_EXIT
     except (NameTaken, ModelError, RedisRefused) as exc:
         log.error("exiting 2: %s", exc)
         return 2

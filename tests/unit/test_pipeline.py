@@ -273,6 +273,39 @@ def test_a_shard_that_is_down_holds_back_its_own_jobs_alone():
     assert not thread.is_alive() and broker.status(stuck) == "finished"
 
 
+class Buggy(Recorder):
+    """A model stand-in whose launch fails with an error no stage expects (a bug, the host out of memory)."""
+
+    def launch(self, pixels: list[bytes]) -> Answered:
+        raise MemoryError("host out of memory while stacking a batch")
+
+
+def test_a_stage_that_dies_ends_the_pipeline_and_marks_the_worker_broken_instead_of_hanging():
+    from worker.health import Health
+    from worker.progress import StageFailed
+
+    broker = MemoryBroker()
+    fill(broker, [b"x"] * 20)
+    health, failed = Health(redis_ttl_s=20.0), []
+    settings = PipelineSettings("w1", max_wait_ms=1.0, idle_wait_ms=20, burst=False)
+    pipeline = Pipeline(
+        MemoryStore(broker, "w1"), PassThrough(), Buggy(cap=4), settings, threading.Event(), health=health
+    )
+
+    def run_it() -> None:
+        try:
+            pipeline.run()
+        except StageFailed as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run_it, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the pipeline waited for ever on its dead infer stage"
+    assert failed and "infer" in str(failed[0]) and "MemoryError" in str(failed[0])
+    assert health.broken is not None and "infer" in health.broken  # the watchdog exits the worker at once
+
+
 def test_jobs_in_hand_are_bounded_to_a_few_batches():
     broker = MemoryBroker()
     fill(broker, [b"x"] * 100)
