@@ -128,21 +128,24 @@ class Predictor:
         return torch.frombuffer(buf, dtype=torch.uint8).view(len(pixels), *self.shape)
 
     def _forward(self, batch: torch.Tensor) -> list[TopK]:
-        """The top-k launched for a batch; on out-of-memory, split it in halves and lower the batch cap for good."""
+        """The top-k launched for a batch; on out-of-memory, split it in halves and, once a half ran, lower the
+        batch cap for good. The halves run after the ``except`` block: inside it, the failed pass's traceback
+        would keep its tensors alive (and the cache could not give them back), making the halves fail too."""
         try:
             return [self.model.start_topk(batch, k=self.topk)]
         except torch.OutOfMemoryError:
-            n = batch.shape[0]
-            if n == 1:
+            if batch.shape[0] == 1:
                 raise
-            half = (n + 1) // 2
-            if half < self.cap:
-                self.cap = half
-                self.model.buckets = [b for b in self.model.buckets if b < half] + [half]
-                log.warning("out of memory at batch %d: batch cap lowered to %d", n, half)
-            if self.model.device.type == "cuda":
-                torch.cuda.empty_cache()
-            return self._forward(batch[:half]) + self._forward(batch[half:])
+        n = batch.shape[0]
+        half = (n + 1) // 2
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        first = self._forward(batch[:half])  # raises (the cap unchanged) when even one image does not fit
+        if half < self.cap:
+            self.cap = half
+            self.model.buckets = [b for b in self.model.buckets if b < half] + [half]
+            log.warning("out of memory at batch %d: batch cap lowered to %d", n, half)
+        return first + self._forward(batch[half:])
 
 
 def model_error(exc: BaseException) -> JobError:

@@ -414,6 +414,13 @@ class OomAbove(Predictor):
         super().__init__(model, cap, topk=1)
 
 
+def test_an_out_of_memory_that_not_even_one_image_survives_fails_the_batch_and_leaves_the_cap():
+    predictor = OomAbove(limit=0, cap=8)  # a moment of no memory at all (a reload's spare copy on a full device)
+    preds, _ = predictor.launch([bytes([i, 0, 0] * 4) for i in range(4)]).result()
+    assert [p.kind for p in preds] == ["model_error"] * 4 and all(p.retryable for p in preds)
+    assert predictor.cap == 8 and predictor.model.buckets == [1, 2, 4, 8]  # not lowered to 1 for good
+
+
 def test_out_of_memory_splits_the_batch_answers_every_job_and_lowers_the_cap():
     broker = MemoryBroker()
     ids = fill(broker, [bytes([i, 0, 0] * 4) for i in range(8)])
