@@ -115,8 +115,9 @@ def classify(
         timings["infer"] = (time.perf_counter() - t0) * 1000 - timings["decode"]
     except JobError as err:
         timings["total"] = timings["queue"] + (time.perf_counter() - t0) * 1000
+        final = job is None or not err.retryable or not job.retries_left  # else RQ runs it again: no answer yet
         _publish(
-            job,
+            job if final else None,
             make_result(
                 job_id,
                 model=model.info.tag,

@@ -16,6 +16,7 @@ from rq.job import Job, JobStatus
 
 from producer import JobFailed, Producer
 from producer.wire.serializer import MsgpackSerializer
+from producer.wire.serializer import loads as msgpack_loads
 
 from ..conftest import ROOT, image_bytes, wait_for_workers
 
@@ -137,3 +138,24 @@ def test_the_plain_rq_path_reads_the_same_settings_as_the_batch_worker(redis_url
     with pytest.raises(JobFailed) as failed:
         producer.result(large, timeout=5)
     assert failed.value.error["type"] == "image_too_large"
+
+
+def test_a_retryable_failure_is_published_once_when_its_retries_are_used_up(redis_url, conn, tiny_model_path):
+    from bench.devserver import free_port
+    from producer import JobOptions
+
+    port = free_port()  # nothing listens: every fetch fails, retryably (fetch_error)
+    producer = Producer(redis_url, options=JobOptions(retries=2))
+    channel = conn.pubsub(ignore_subscribe_messages=True)
+    channel.subscribe("classify:results")
+    channel.get_message(timeout=5.0, ignore_subscribe_messages=False)
+    job_id = producer.enqueue(image_url=f"http://127.0.0.1:{port}/a.jpg")
+    run_plain_rq(redis_url, str(tiny_model_path), env={"WORKER_FETCH_ALLOW": f"http://127.0.0.1:{port}/"})
+    with pytest.raises(JobFailed) as failed:
+        producer.result(job_id, timeout=5)
+    assert failed.value.error["type"] == "fetch_error"
+    published = []
+    while (message := channel.get_message(timeout=0.5)) is not None:
+        published.append(msgpack_loads(message["data"]))
+    assert [r["job_id"] for r in published] == [job_id]  # the last try's failure only, not one per try
+    assert Job.fetch(job_id, connection=conn, serializer=MsgpackSerializer).retries_left == 0  # all three tries ran
