@@ -311,3 +311,25 @@ def test_a_decode_process_that_cannot_be_replaced_fails_its_images_and_its_dispa
         decoder.close()
     assert [r.error.kind for r in results] == ["decode_error", "decode_error"]
     assert "could not replace a decode process" in caplog.text
+
+
+def test_a_decode_process_that_died_idle_is_replaced_and_the_next_image_decoded():
+    decoder = ProcessDecoder(SPEC, Limits(), 1)
+    try:
+        slot = decoder.slots[0]
+        slot.proc.kill()  # the kernel's out-of-memory killer, between two images
+        slot.proc.join(10)
+        (result,) = collect(decoder, [image_bytes("cat.jpg")])
+    finally:
+        decoder.close()
+    assert result.error is None and result.pixels  # not this image's doing: decoded by its replacement
+
+
+def test_a_decoder_killed_under_an_image_is_the_hosts_doing_and_a_crash_the_images():
+    import signal
+
+    from worker.decode.pool import death_error
+
+    killed, crashed = death_error(-signal.SIGKILL), death_error(-signal.SIGSEGV)
+    assert (killed.kind, killed.retryable) == ("decode_error", True)
+    assert (crashed.kind, crashed.retryable) == ("unsupported_image", False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import queue
+import signal
 import threading
 import time
 from collections import deque
@@ -142,6 +143,15 @@ def _child(conn: Connection, shm_name: str, spec: Preprocess, limits: Limits) ->
         shm.close()
 
 
+def death_error(exit_code: int | None) -> JobError:
+    """The error of an image whose decode process died under it: killed (SIGKILL: the kernel's out-of-memory
+    killer, an operator) is the host's doing, retried as ``decode_error``; any other death (a crash in a decoder
+    library) is the image's, ``unsupported_image``, not retried."""
+    if exit_code == -signal.SIGKILL:
+        return JobError("decode_error", "its decoder process was killed (out of memory?)", retryable=True)
+    return JobError("unsupported_image", "the image crashed its decoder process")
+
+
 class _Slot:
     """One decode process, its pipe and its shared block; restarted after a timeout or a crash."""
 
@@ -161,19 +171,28 @@ class _Slot:
     def decode(self, data: bytes, timeout_s: float) -> DecodeResult:
         start = time.monotonic()
         try:
-            self.conn.send_bytes(data)
+            self._send(data)
             if not self.conn.poll(timeout_s):
                 self.restart(f"decode ran past {timeout_s} s")
                 error = JobError("decode_timeout", f"decoding took longer than {timeout_s} s; the decoder was replaced")
                 return DecodeResult(None, error, start, (time.monotonic() - start) * 1000)
             size, kind, message, ms = self.conn.recv()
-        except (EOFError, OSError) as exc:
-            self.restart(f"decode process died: {exc}")
-            error = JobError("unsupported_image", "the image crashed its decoder process")
-            return DecodeResult(None, error, start, (time.monotonic() - start) * 1000)
+        except (EOFError, OSError) as exc:  # it died while decoding this image
+            self.proc.join(1)
+            code = self.proc.exitcode  # before the restart's own kill
+            self.restart(f"decode process died (exit status {code}): {exc}")
+            return DecodeResult(None, death_error(code), start, (time.monotonic() - start) * 1000)
         if kind is not None:
             return DecodeResult(None, JobError(kind, message, retryable=kind == "decode_error"), start, ms)
         return DecodeResult(bytes(self.shm.buf[:size]), None, start, ms)
+
+    def _send(self, data: bytes) -> None:
+        """Send an image; a process that was gone already (it died idle) is replaced first: not this image's doing."""
+        try:
+            self.conn.send_bytes(data)
+        except (EOFError, OSError) as exc:
+            self.restart(f"decode process was gone: {exc}")
+            self.conn.send_bytes(data)
 
     def restart(self, why: str) -> None:
         log.warning("%s: replacing decode process %s", why, self.proc.pid)
