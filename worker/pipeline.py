@@ -275,6 +275,8 @@ class Pipeline(FinishStage):
         if len(unique) == len(batch):
             return self.predictor.launch(unique), None
         self.stats.duplicates += len(batch) - len(unique)
+        if (gate := getattr(self.decoder, "gate", None)) is not None:  # the CPU pools' (decodes vs forward passes)
+            gate.passed_over(len(batch) - len(unique))
         return self.predictor.launch(unique), slots
 
     def _answer(self, batch: list[Item], launched: Any, slots: list[int] | None) -> None:

@@ -602,3 +602,29 @@ def test_only_the_photos_of_jobs_that_ask_reach_the_cache_unless_it_keeps_all(ca
     images = {o.job.job_id: o.image for o in store.outcomes}  # what the store would hash and cache
     assert images[asked] == (b"asked" if cache_on else None)
     assert images[plain] == (b"plain" if cache_on and cache_all else None)
+
+
+def test_repeats_of_a_photo_in_a_batch_do_not_leave_the_decode_gate_counting_them_as_waiting():
+    from worker.decode.cpu import Limits, Preprocess
+    from worker.decode.gate import Gate
+    from worker.decode.pool import ThreadDecoder
+
+    from ..conftest import image_bytes
+
+    gate = Gate(batch=4)
+
+    class Gated(Recorder):  # a forward pass holds the gate, as Predictor.launch does
+        def launch(self, pixels: list[bytes]) -> Answered:
+            with gate.forward(len(pixels)):
+                self.batches.append(pixels)
+                return Answered([[("cat", 1.0)] for _ in pixels])
+
+    broker = MemoryBroker()
+    fill(broker, [image_bytes("cat.jpg")] * 8)  # the same photo: each batch of 4 runs it once
+    decoder = ThreadDecoder(Preprocess(size=(8, 8), resize="stretch"), Limits(), 1, gate=gate)
+    settings = PipelineSettings("w1", max_wait_ms=1.0, idle_wait_ms=20, burst=True)
+    try:
+        assert Pipeline(MemoryStore(broker, "w1"), decoder, Gated(cap=4), settings, threading.Event()).run() == 8
+    finally:
+        decoder.close()
+    assert gate.ahead == 0  # every decoded image went into a batch: none is still counted as waiting

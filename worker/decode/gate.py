@@ -51,6 +51,13 @@ class Gate:
         with self.cond:
             self.ahead += 1
 
+    def passed_over(self, images: int) -> None:
+        """``images`` decoded ones go into no forward pass (repeats of a photo in their batch, which runs once):
+        no longer waiting either (else each repeat would count as waiting for good, and the gate stay shut)."""
+        with self.cond:
+            self.ahead = max(0, self.ahead - images)
+            self.cond.notify_all()
+
     def begin_decode(self) -> float:
         """One image starts decoding (once the gate lets it); when, for ``end_decode``."""
         with self.cond:
@@ -103,6 +110,9 @@ class NoGate(Gate):
     """Decoding overlaps the forward pass (GPUs)."""
 
     def decoded(self) -> None:
+        pass
+
+    def passed_over(self, images: int) -> None:
         pass
 
     def begin_decode(self) -> float:
