@@ -40,6 +40,7 @@ class Health:
         self.broken: str | None = None  # why the model cannot run any batch (``break_down``)
         self.alarm = threading.Event()  # wakes the watchdog at once
         self.redis_ok_at = float("-inf")
+        self.takes_failing: tuple[float, str] | None = None  # since when every take failed, and the last error
         self.progress_at = time.monotonic()
         self.registry: Any = None  # prometheus_client registry when metrics are on
 
@@ -55,11 +56,22 @@ class Health:
     def redis_answered(self) -> None:
         self.redis_ok_at = time.monotonic()
 
+    def take_failed(self, error: Exception) -> None:
+        """A take failed (the heartbeat may still answer: an ACL that lost the take's commands, a queue key of
+        the wrong type)."""
+        self.takes_failing = ((self.takes_failing or (time.monotonic(), ""))[0], str(error))
+
+    def take_answered(self) -> None:
+        self.takes_failing = None
+
     def ready(self) -> tuple[bool, str]:
         if not self.warmed:
             return False, "model warming up"
         if time.monotonic() - self.redis_ok_at > self.redis_ttl_s:
             return False, "redis unreachable"
+        failing = self.takes_failing
+        if failing is not None and time.monotonic() - failing[0] > self.redis_ttl_s:
+            return False, f"every take failed for {time.monotonic() - failing[0]:.0f} s: {failing[1]}"
         return True, "ready"
 
 

@@ -120,7 +120,11 @@ class Pipeline(FinishStage):
                 jobs = self.store.take(min(self.limit - held, self.predictor.cap), self.settings.idle_wait_ms / 1000)
                 backoff.reset()
                 self.stats.outage.answered(called_at)
+                if self.health is not None:
+                    self.health.take_answered()
             except StoreUnavailable as exc:
+                if self.health is not None:  # not ready once every take failed for a TTL (/readyz)
+                    self.health.take_failed(exc)
                 delay_s = backoff.next()
                 self.stats.store_error(exc, "take", f", next try in {delay_s:.1f} s")
                 self.stop.wait(delay_s)

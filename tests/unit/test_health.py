@@ -8,6 +8,8 @@ import urllib.request
 
 from worker.health import STALL_EXIT, Health, ProbeServer, Watchdog
 
+from ..conftest import wait_for
+
 
 def status(port: int, path: str) -> int:
     try:
@@ -66,3 +68,37 @@ def test_probes_answer_readiness_and_liveness():
         assert status(port, "/metrics") == 404 and status(port, "/nope") == 404  # metrics off
     finally:
         server.close()
+
+
+def test_a_worker_whose_every_take_fails_for_a_ttl_is_not_ready_though_its_heartbeat_answers():
+    import threading
+
+    from worker.pipeline import Pipeline, PipelineSettings
+    from worker.store import StoreUnavailable
+    from worker.store.memory import MemoryBroker, MemoryStore
+
+    from .test_pipeline import PassThrough, Recorder
+
+    class Refused(MemoryStore):  # an ACL that lost the take's commands: the heartbeat's still answer
+        def take(self, max_jobs: int, timeout_s: float) -> list:
+            raise StoreUnavailable("redis refused: NOPERM this user has no permissions to run the 'blmove' command")
+
+    health, stop = Health(redis_ttl_s=0.3), threading.Event()
+    health.warmed = True
+    settings = PipelineSettings("w1", max_wait_ms=1.0, idle_wait_ms=20)
+    pipeline = Pipeline(Refused(MemoryBroker(), "w1"), PassThrough(), Recorder(cap=4), settings, stop, health=health)
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+    thread.start()
+
+    def not_ready() -> str | None:
+        health.redis_answered()  # the heartbeat
+        ok, why = health.ready()
+        return None if ok else why
+
+    try:
+        assert "NOPERM" in wait_for(not_ready, timeout_s=10) and "every take failed" in not_ready()
+    finally:
+        stop.set()
+        thread.join(10)
+    health.take_answered()
+    assert health.ready() == (True, "ready")
