@@ -129,3 +129,21 @@ def test_a_names_takeover_requeues_its_predecessors_jobs_at_once_and_leaves_the_
     assert successor.reap() == ([], [])
     successor.reap_gate.reap_from = 0.0  # the TTL passed, and "other" never came back
     assert successor.reap() == ([theirs], [])
+
+
+def test_a_reaper_pass_drops_the_finished_and_failed_registries_expired_entries_as_rqs_workers_do(redis_url, conn):
+    import time
+
+    from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
+    now = time.time()
+    for key in ("rq:finished:classify", "rq:failed:classify"):
+        conn.zadd(key, {f"old-{n}": now - 100 - n for n in range(12_000)})  # more than one chunk of 5,000
+        conn.zadd(key, {"later": now + 3600, "for-ever": float("inf")})
+    store = RedisStore(conn, "classify", "w1")
+    store.register()
+    store.reap()
+    for key in ("rq:finished:classify", "rq:failed:classify"):
+        assert conn.zrange(key, 0, -1) == [b"later", b"for-ever"]  # what RQ's cleanup keeps, nothing else
+    assert FinishedJobRegistry("classify", connection=conn).get_job_ids(cleanup=False) == ["later", "for-ever"]
+    assert FailedJobRegistry("classify", connection=conn).get_job_ids(cleanup=False) == ["later", "for-ever"]

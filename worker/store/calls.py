@@ -146,6 +146,7 @@ class Reap:
     intermediate: str = key()
     failed: str = key()
     stream: str = key()
+    finished: str = key()
     execution_prefix: str
     executions_prefix: str
     worker_prefix: str

@@ -152,6 +152,7 @@ def _reap(s: Setting) -> Reap:
         intermediate=keys.intermediate(s.queue),
         failed=keys.failed(s.queue),
         stream=s.stream,
+        finished=keys.finished(s.queue),
         execution_prefix=keys.EXECUTION_PREFIX,
         executions_prefix=keys.EXECUTIONS_PREFIX,
         worker_prefix=affixes(keys.worker)[0],

@@ -1,7 +1,7 @@
 -- REAP: give back the started jobs of dead workers (counted as lost deliveries) and ids stranded in the
 -- intermediate list between a take's move and its start (not counted); a job lost max_deliveries times
 -- is failed as poison, published and fed here, in the same atomic step.
--- KEYS: wip, queue, intermediate, failed, stream
+-- KEYS: wip, queue, intermediate, failed, stream, finished
 -- ARGV: execution_prefix, executions_prefix, worker_prefix, worker_executions_prefix,
 --       worker_executions_suffix, job_prefix, seen_prefix, results_prefix, stranded_s, max_deliveries,
 --       poison_exc, failure_ttl_s, channel, stream_maxlen, poison_size, poison_pairs, only_worker
@@ -12,8 +12,11 @@
 -- intermediate list is one (every job stays where it is). A job due to fail as poison while the failed
 -- registry or its own result stream is one stays in the started registry for a later pass; the results
 -- feed is optional; clean-ups (a job's executions entry, a dead worker's executions set) skip a key of
--- another type. Returns {requeued ids, poison ids, misfits}; misfits: {key, found, wanted} triples.
-local wip, queue, intermediate, failed, stream = unpack(KEYS, 1, 5)
+-- another type. A full pass (not a takeover's) also drops the finished and failed registries' expired entries,
+-- as RQ's workers do in their maintenance (FinishedJobRegistry/FailedJobRegistry.cleanup: expiry score past),
+-- at most TRIM_CHUNKS x 5,000 a registry per pass. Returns {requeued ids, poison ids, misfits}; misfits: {key,
+-- found, wanted} triples.
+local wip, queue, intermediate, failed, stream, finished = unpack(KEYS, 1, 6)
 local execution_prefix, executions_prefix, worker_prefix, worker_executions_prefix, worker_executions_suffix,
       job_prefix, seen_prefix, results_prefix, stranded_s, max_deliveries, poison_exc, failure_ttl_s, channel,
       stream_maxlen, poison_size, poison_pairs, only_worker = unpack(ARGV, 1, 17)
@@ -108,4 +111,20 @@ end
 
 -- Write.
 run_all(writes)
+
+-- RQ's registry clean-up: entries whose expiry passed (their jobs' keys expired with them), in bounded chunks.
+local TRIM_CHUNKS = 10
+if only_worker == '' then
+  for _, registry in ipairs({finished, failed}) do
+    if registry ~= failed or failed_fits then
+      if check(registry, 'zset', bad) then
+        for _ = 1, TRIM_CHUNKS do
+          local expired = redis.call('ZRANGEBYSCORE', registry, 0, now_ts, 'LIMIT', 0, 5000)
+          if #expired > 0 then redis.call('ZREM', registry, unpack(expired)) end
+          if #expired < 5000 then break end
+        end
+      end
+    end
+  end
+end
 return {requeued, poison, bad}
