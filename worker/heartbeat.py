@@ -55,6 +55,7 @@ class Heartbeat(threading.Thread):
         self.reported: Counter[str] = Counter()  # store errors already reported
         self.misfits: Counter[str] = Counter()  # keys of the wrong type already reported, by key
         self.duplicates = 0  # batch duplicates already reported
+        self.lag_groups: set[str] = set()  # the feed-lag series exported at the last reaper pass
 
     def rate(self, jobs: int, now: float) -> float:
         """Jobs per second over the last minute (since the first beat, in the first minute), ``jobs`` done
@@ -71,7 +72,10 @@ class Heartbeat(threading.Thread):
         jobs, batches = self.stats.jobs, self.stats.batches
         stats = WorkerStats(jobs, batches, self.rate(jobs, time.monotonic()))
         self.beaten_batches, self.beaten_at = batches, time.monotonic()
-        backlog = self.store.heartbeat(stats)
+        try:
+            backlog = self.store.heartbeat(stats)
+        finally:  # the store's errors count while it is down, not once it answers again
+            self.count_store_errors()
         if self.health is not None:
             self.health.redis_answered()
         if self.metrics is not None:
@@ -82,21 +86,30 @@ class Heartbeat(threading.Thread):
             duplicates, self.duplicates = self.stats.duplicates - self.duplicates, self.stats.duplicates
             if duplicates > 0:
                 self.metrics.duplicates.inc(duplicates)
-            for kind, count in self.stats.store_errors.items():
-                self.metrics.store_errors.labels(kind).inc(count - self.reported[kind])
-                self.reported[kind] = count
             for key, count in self.store.wrong_type_counts().items():
                 if count > self.misfits[key]:
                     self.metrics.wrong_types.labels(key).inc(count - self.misfits[key])
                     self.misfits[key] = count
 
+    def count_store_errors(self) -> None:
+        """``adclassify_store_errors_total``: the errors counted since the last beat (a failed one included)."""
+        if self.metrics is None:
+            return
+        for kind, count in list(self.stats.store_errors.items()):
+            if count > self.reported[kind]:
+                self.metrics.store_errors.labels(kind).inc(count - self.reported[kind])
+                self.reported[kind] = count
+
     def feed_lags(self) -> None:
         """The results feed's lag per consumer group, for metrics (read at each reaper pass, not each beat)."""
         if self.metrics is None:
             return
-        for group, lag in self.store.feed_lags().items():
-            if lag is not None:
-                self.metrics.feed_lag.labels(group).set(lag)
+        lags = self.store.feed_lags()
+        for group in self.lag_groups - set(lags):  # a group destroyed (a finished backfill): its series goes
+            self.metrics.feed_lag.remove(group)
+        for group, lag in lags.items():  # None: Redis before 7 does not say
+            self.metrics.feed_lag.labels(group).set(float("nan") if lag is None else lag)
+        self.lag_groups = set(lags)
 
     def run(self) -> None:
         next_reap = time.monotonic()

@@ -145,3 +145,12 @@ def finish_with_shard_1_down(servers: list[RedisServer], store: ShardedStore) ->
         assert redis.Redis.from_url(servers[index].url).zcard("rq:finished:classify") == 2
     assert store.finish(down) == []  # the rest alone, once the shard answers: nothing skipped, nothing twice
     assert redis.Redis.from_url(servers[1].url).zcard("rq:finished:classify") == 2
+
+
+def test_feed_lags_keep_their_servers_labels_when_one_is_down(three):
+    servers, store = three
+    for server in servers:
+        redis.Redis.from_url(server.url).xgroup_create("classify:results:stream", "web", id="$", mkstream=True)
+    servers[1].process.terminate()
+    servers[1].process.wait(10)
+    assert sorted(store.feed_lags()) == ["classify@0:web", "classify@2:web"]  # not server 2's lag under @1

@@ -105,3 +105,49 @@ def test_a_store_that_is_down_is_not_retried_in_a_tight_loop():
     finally:
         heartbeat.stop()
     assert len(store.beats) == 2  # the first beat and the one for the batch, not one per poll
+
+
+def sample(metrics, name: str, labels: dict[str, str]) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_store_errors_are_counted_while_redis_is_down_not_once_it_answers_again():
+    pytest.importorskip("prometheus_client", reason="the metrics extra")
+    from worker.metrics import Metrics
+    from worker.store import StoreUnavailable
+
+    class Down(RecordingStore):
+        def heartbeat(self, stats: WorkerStats) -> int:
+            raise StoreUnavailable("connection refused")
+
+    stats, metrics = Stats(), Metrics("cpu")
+    heartbeat = Heartbeat(Down(), InHand(), stats, ttl_s=60.0, metrics=metrics)
+    stats.store_error(StoreUnavailable("connection refused"), "take")  # the take thread's, meanwhile
+    with pytest.raises(StoreUnavailable):
+        heartbeat.beat()
+    assert sample(metrics, "adclassify_store_errors_total", {"kind": "unavailable"}) == 1.0
+
+
+def test_feed_lag_series_follow_the_groups_that_exist_and_none_reads_as_nan():
+    pytest.importorskip("prometheus_client", reason="the metrics extra")
+    import math
+
+    from worker.metrics import Metrics
+
+    class Lags(RecordingStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lags: dict[str, int | None] = {"web": 3, "backfill-1a2b": 40}
+
+        def feed_lags(self) -> dict[str, int | None]:
+            return dict(self.lags)
+
+    store, metrics = Lags(), Metrics("cpu")
+    heartbeat = Heartbeat(store, InHand(), Stats(), ttl_s=60.0, metrics=metrics)
+    heartbeat.feed_lags()
+    name = "adclassify_results_feed_lag_entries"
+    assert sample(metrics, name, {"group": "backfill-1a2b"}) == 40.0
+    store.lags = {"web": None}  # the backfill finished and destroyed its group; this Redis says no lag
+    heartbeat.feed_lags()
+    assert sample(metrics, name, {"group": "backfill-1a2b"}) is None  # gone, not stuck at 40
+    assert math.isnan(sample(metrics, name, {"group": "web"}))

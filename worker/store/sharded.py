@@ -276,8 +276,15 @@ class ShardedStore(QueueStore):
         return [i for ids in self._each("give_back", lambda s: s.give_back(in_hand, min_age_s)) for i in ids]
 
     def feed_lags(self) -> dict[str, int | None]:
-        """Each shard's results-feed lags, per ``queue@shard:group``."""
+        """Each results feed's lags, per ``queue@server:group`` (``server``: the index of its Redis URL; a server
+        that does not answer is left out, the others keep their labels)."""
+        per_server = max(self.levels) + 1  # the stores are built server by server, one per queue (``build_store``)
         lags: dict[str, int | None] = {}
-        for i, shard_lags in enumerate(self._each("feed lags", lambda s: s.feed_lags())):
-            lags.update({f"{self.shards[i].queue}@{i}:{group}": lag for group, lag in shard_lags.items()})
+        for i, shard in enumerate(self.shards):
+            try:
+                found = shard.feed_lags()
+            except StoreUnavailable as exc:
+                log.warning("shard %d (%s): feed lags unavailable: %s", i, shard.queue, exc)
+                continue
+            lags.update({f"{shard.queue}@{i // per_server}:{group}": lag for group, lag in found.items()})
         return lags
