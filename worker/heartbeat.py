@@ -119,7 +119,9 @@ class Heartbeat(threading.Thread):
                 self.beat()
                 self.stats.outage.answered(called_at)
                 if time.monotonic() >= next_reap:  # (the store defers its reaper after an outage)
-                    self.store.reap()
+                    _, poison = self.store.reap()
+                    if poison and self.metrics is not None:  # failed here, not by a finish: counted here
+                        self.metrics.jobs.labels("poison").inc(len(poison))
                     self.store.give_back(self.hand.snapshot())
                     self.feed_lags()
                     next_reap = time.monotonic() + self.reap_s

@@ -4,7 +4,8 @@
 -- cleared, enqueued_at now, origin the queue, and the id at the tail of the queue. Besides: the job's key
 -- made persistent again (a failure gave it the failure TTL; a queued job must not expire before it runs, or
 -- it would be answered job_gone), and the queue in rq:queues, as an enqueue leaves it. Its data (the image or
--- its URL), meta, retries_left and result history stay as they are. Nothing is written before every key to
+-- its URL), meta, retries_left and result history stay as they are; its lost deliveries start again from 0 (a job
+-- failed as poison, requeued, gets --max-deliveries tries again, not one). Nothing is written before every key to
 -- be written has been checked (type).
 -- Its earlier results stay in its result stream (RQ's history): the job's `requeued_after` field records the
 -- stream's last id now, so that a reader waiting for this run's result skips them (producer.results).
@@ -32,7 +33,7 @@ end
 if redis.call('ZREM', failed, job_id) == 0 then return {'not_failed', status} end
 local last = redis.call('TYPE', results)['ok'] == 'stream' and redis.call('XREVRANGE', results, '+', '-', 'COUNT', 1)[1]
 redis.call('HSET', job, 'status', 'queued', 'origin', queue_name, 'enqueued_at', enqueued_at,
-           'started_at', '', 'ended_at', '', 'requeued_after', last and last[1] or '0-0')
+           'started_at', '', 'ended_at', '', 'requeued_after', last and last[1] or '0-0', 'lost_deliveries', '0')
 redis.call('PERSIST', job)
 redis.call('RPUSH', queue, job_id)
 redis.call('SADD', queues, queue)

@@ -50,6 +50,7 @@ def fail_as_poison(conn: redis.Redis, job_id: str) -> None:
     """Record a queued job failed as ``poison``, in RQ's shapes, as the worker's reaper records one."""
     job = Job.fetch(job_id, connection=conn, serializer=MsgpackSerializer)
     conn.lrem(QUEUE, 0, job_id)
+    conn.hset(f"rq:job:{job_id}", "lost_deliveries", 3)  # the reaper counted its losses
     with conn.pipeline() as pipe:
         job.set_status("failed", pipeline=pipe)
         Result.create_failure(job, 86400, exc_string_for(poison_error(3)), pipeline=pipe)
@@ -174,6 +175,7 @@ def test_deterministic_failures_are_requeued_only_when_error_names_their_type(co
     job = Job.fetch(poison, connection=conn, serializer=MsgpackSerializer)  # RQ reads it as RQ's requeue leaves it
     assert job.get_status() == "queued" and job.origin == "classify" and job.started_at is None
     assert job.ended_at is None and job.kwargs["image"] == image_bytes("cat.jpg")
+    assert conn.hget(f"rq:job:{poison}", "lost_deliveries") == b"0"  # --max-deliveries tries again, not one
 
 
 def test_older_than_and_limit_choose_the_oldest_failures_and_no_more(conn, redis_url, start_worker, failures):

@@ -151,3 +151,20 @@ def test_feed_lag_series_follow_the_groups_that_exist_and_none_reads_as_nan():
     heartbeat.feed_lags()
     assert sample(metrics, name, {"group": "backfill-1a2b"}) is None  # gone, not stuck at 40
     assert math.isnan(sample(metrics, name, {"group": "web"}))
+
+
+def test_jobs_the_reaper_fails_as_poison_are_counted_in_the_jobs_metric():
+    pytest.importorskip("prometheus_client", reason="the metrics extra")
+    from worker.metrics import Metrics
+
+    class Reaping(RecordingStore):
+        def reap(self, takeover: bool = False) -> tuple[list[str], list[str]]:
+            return [], ["lost-three-times-1", "lost-three-times-2"]
+
+    metrics = Metrics("cpu")
+    heartbeat = Heartbeat(Reaping(), InHand(), Stats(), ttl_s=60.0, reap_s=3600.0, metrics=metrics)
+    heartbeat.start()  # a first reaper pass at once
+    try:
+        wait_for(lambda: sample(metrics, "adclassify_jobs_total", {"outcome": "poison"}) == 2.0)
+    finally:
+        heartbeat.stop()
