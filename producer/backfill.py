@@ -110,6 +110,8 @@ def drop_group(producer: Producer, group: str) -> None:
             shard.connection.xgroup_destroy(producer.queue.stream, group)
         except redis.ResponseError as exc:  # NOPERM under the producer's ACL: an admin may remove it
             log.info("backfill: consumer group %s stays on %s (%s)", group, shard.name, exc)
+        except redis.RedisError as exc:  # that shard is away: the backfill is done all the same
+            log.warning("backfill: consumer group %s stays on %s, which did not answer (%s)", group, shard.name, exc)
 
 
 def summary(total: int, outcomes: Counter[str], left: int, settings: BackfillSettings) -> str:
@@ -132,6 +134,13 @@ def answer_lines(
     """Run the loop over the lines the output lacks (``lines``: the manifest's total, and those answered); one
     line on how it went."""
     tag = resolve_tag(producer, settings.model_tag, settings.timeout_s, say)
+    began = out.answered.models
+    if settings.model_tag is None and began and tag not in began:  # a new version since: not a second backfill
+        raise BackfillError(
+            f"{settings.out} holds answers of {', '.join(sorted(began))} and the workers now announce {tag}: pass "
+            f"--model-tag {sorted(began)[0]} to finish this backfill (the lines left are answered by what the "
+            "workers serve, and each record names it), or write to a new --out"
+        )
     identity = BackfillIdentity.of(settings.manifest, settings.out, tag)
     counts = producer.live_workers()
     if counts and all(count == 0 for count in counts.values()):  # None: this user may not tell

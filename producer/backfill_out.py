@@ -63,6 +63,7 @@ class Answered:
         self._state = bytearray()
         self._crc = array("I")
         self.outcomes: Counter[str] = Counter()
+        self.models: set[str] = set()  # the model tags that answered (a resume must not start another backfill)
 
     def _grow(self, number: int) -> None:
         if number >= len(self._state):
@@ -79,6 +80,8 @@ class Answered:
         self._state[number] = OK if record.get("ok") else FAILED
         self._crc[number] = zlib.crc32(str(record.get("url")).encode())
         self.outcomes[outcome(record)] += 1
+        if record.get("ok") and record.get("model"):
+            self.models.add(str(record["model"]))
         return True
 
     def state(self, number: int) -> int:

@@ -211,3 +211,19 @@ def test_a_backfill_fills_the_result_cache_for_web_backends_unless_told_not_to(
     assert done.returncode == 0, done.stderr
     web = Producer(redis_url).classify((root / "ads" / "cat.jpg").read_bytes(), timeout=60, cache=True)
     assert web["cached"] is True and web["label"] == records(tmp_path / "out.jsonl")[0]["label"]
+
+
+def test_a_resume_after_a_new_model_version_is_refused_unless_the_tag_is_named(redis_url, conn, tmp_path, root):
+    from producer.manifest import read_manifest
+    from producer.wire.cache import announcement
+    from producer.wire.keys import announcement as announcement_key
+
+    manifest, out = tmp_path / "catalog.txt", tmp_path / "out.jsonl"
+    manifest.write_text("ads/cat.jpg\nads/coffee.jpg\n")
+    first = next(read_manifest(manifest, root))
+    done = {"line": first.number, "url": first.url, "ok": True, "label": "cat", "model": "tiny@6"}
+    out.write_text(json.dumps(done) + "\n")  # a run killed half-way, when the workers served tiny@6
+    conn.set(announcement_key("classify"), announcement("tiny@7", "fp32", "cpu", 5, 0))  # a rolling update since
+    refused = backfill(redis_url, manifest, out, "--fetch-root", str(root), "--timeout", "5")
+    assert refused.returncode == 2 and "holds answers of tiny@6 and the workers now announce tiny@7" in refused.stderr
+    assert "--model-tag tiny@6" in refused.stderr and backfill_jobs(conn) == 0  # no second backfill begun
