@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.devserver import RedisServer, find_redis_server
 
-from .common import OUT, ROOT, ensure_model, photos, report, small_jpegs, table
+from .common import OUT, ROOT, ensure_model, photos, report, small_jpegs, table, unique_payloads
 from .drain import Drain, drain
 
 HEADERS = [
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         model, sources = str(ensure_model("tiny")), small_jpegs()
     else:
         model, sources = str(ensure_model("pool224")), photos()
-    payloads = [sources[i % len(sources)] for i in range(args.jobs)]
+    payloads = unique_payloads(sources, args.jobs)  # a batch runs a repeated photo once: distinct bytes
     runs: dict[str, list[Drain]] = {"before": [], "after": [], "rq": []}
     with RedisServer(find_redis_server()) as server:
         for _ in range(args.repeats):

@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import re
+import struct
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -86,6 +87,19 @@ def commands_total(conn: redis.Redis) -> int:
 def photos() -> list[bytes]:
     """The real photos in examples/images."""
     return [(ROOT / "examples" / "images" / name).read_bytes() for name in PHOTOS]
+
+
+def unique_payloads(sources: list[bytes], count: int, tag: str = "bench") -> list[bytes]:
+    """``count`` jobs cycling through ``sources``, each made distinct by a JPEG comment after SOI (same pixels,
+    same decode): our worker runs a photo repeated within a batch once, which a peer never does, so a repeated
+    input would measure less work for ours than for the peer."""
+    return [with_note(sources[i % len(sources)], f"{tag} {i}") for i in range(count)]
+
+
+def with_note(jpeg: bytes, note: str) -> bytes:
+    """``jpeg`` with a comment segment (COM) after SOI: other bytes, the same pixels."""
+    text = note.encode()
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + jpeg[2:]
 
 
 def small_jpegs(count: int = 8, size: int = 48) -> list[bytes]:

@@ -81,14 +81,13 @@ def redis_cpu_s(conn: redis.Redis) -> float:
 
 
 def ended_times(conn: redis.Redis, ids: list[str]) -> tuple[list[datetime], int]:
-    """Each finished job's end time, and how many finished ok."""
+    """The end time of each job that finished ok (a failed job is no throughput), and how many did."""
     with conn.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.hmget(rqkeys.job(job_id), "ended_at", "status")
         rows = pipe.execute()
-    ended = [datetime.fromisoformat(e.decode().replace("Z", "+00:00")) for e, _ in rows if e]
-    ok = sum(1 for _, s in rows if s == b"finished")
-    return ended, ok
+    ended = [datetime.fromisoformat(e.decode().replace("Z", "+00:00")) for e, s in rows if e and s == b"finished"]
+    return ended, len(ended)
 
 
 def rate_from_end_times(ended: list[datetime]) -> float:

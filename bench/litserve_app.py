@@ -100,10 +100,11 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=1, help="LitServe max_batch_size (1, 4, 8)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--workers", type=int, default=1, help="LitServe workers_per_device (inference processes)")
     args = parser.parse_args()
     api = ClassifierAPI(args.model, max_batch_size=args.max_batch, batch_timeout=0.010)
     accelerator = "cuda" if args.device.startswith("cuda") else "cpu"
-    server = ls.LitServer(api, accelerator=accelerator, devices=1, workers_per_device=1, timeout=120)
+    server = ls.LitServer(api, accelerator=accelerator, devices=1, workers_per_device=args.workers, timeout=120)
     server.run(port=args.port, generate_client_file=False, log_level="warning")
 
 
