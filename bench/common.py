@@ -167,3 +167,11 @@ def import_sections(source: Path, suffix: str, target: Path = BENCHMARKS) -> lis
 
 if __name__ == "__main__":
     print(import_sections(Path(sys.argv[1]), sys.argv[2]))
+
+
+def exit_on_sigterm() -> None:
+    """A SIGTERM (``timeout`` ending a step of bench/gpu.sh) as ``SystemExit``: the ``finally`` blocks run, so the
+    servers and workers this benchmark started (LitServe's process group, a worker) stop with it."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

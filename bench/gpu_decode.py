@@ -27,7 +27,7 @@ import redis
 
 from producer import Producer
 
-from .common import ROOT, ensure_model, photos, pythonpath, report, table
+from .common import ROOT, ensure_model, exit_on_sigterm, photos, pythonpath, report, table
 from .decode_capacity import capacity as cpu_capacity
 from .decode_capacity import phone_photos
 from .devserver import RedisServer, find_redis_server
@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
+    exit_on_sigterm()
     args = build_parser().parse_args()
     cuda = args.device.startswith("cuda")
     sets = {"photos": photos(), "phone": phone_photos()}

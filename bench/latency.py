@@ -24,7 +24,19 @@ from pathlib import Path
 from bench.devserver import RedisServer, find_redis_server, wait_until
 from producer import Producer
 
-from .common import OUT, ROOT, ensure_model, percentile, photos, pythonpath, report, table, unique_payloads, with_note
+from .common import (
+    OUT,
+    ROOT,
+    ensure_model,
+    exit_on_sigterm,
+    percentile,
+    photos,
+    pythonpath,
+    report,
+    table,
+    unique_payloads,
+    with_note,
+)
 from .plots import latency_plot
 
 LEVELS = (0.25, 0.5, 0.75, 0.9)
@@ -127,6 +139,7 @@ def pipeline_cost(log: Path) -> str:
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", default="4")

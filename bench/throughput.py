@@ -26,7 +26,7 @@ from worker.decode.cpu import Limits
 from worker.model import load_model
 from worker.tasks import decode_image
 
-from .common import ensure_model, photos, report, small_jpegs, table, unique_payloads
+from .common import ensure_model, exit_on_sigterm, photos, report, small_jpegs, table, unique_payloads
 from .drain import Drain, drain
 from .formats import ensure_package
 
@@ -233,6 +233,7 @@ def decode_flags(args: argparse.Namespace) -> list[str]:
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regime", choices=["overhead", "compute", "decode", "all"], default="all")
     parser.add_argument("--device", default="cpu")
