@@ -12,7 +12,27 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# up to 10 minutes: a backfill's or a low-priority queue's jobs wait minutes (past the last bucket, p99 reads 30 s)
+LATENCY_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -112,7 +132,16 @@ class Metrics:
         for result in results:
             self.jobs.labels("ok" if result["ok"] else result["error"]["type"]).inc()
             timings = result["timings_ms"]
-            for stage in ("queue", "decode", "infer"):
+            # a failed job reached no forward pass (its infer is 0), and one failed at a fetch no decode: only the
+            # stages a job ran, or a CDN outage would pull the decode and inference percentiles towards 0
+            stages = (
+                ("queue", "decode", "infer")
+                if result["ok"]
+                else ("queue", "decode")
+                if timings["decode"]
+                else ("queue",)
+            )
+            for stage in stages:
                 self.stage.labels(stage).observe(timings[stage] / 1000)
             self.stage.labels("publish").observe(publish_s)
             self.end_to_end.observe(timings["total"] / 1000 + publish_s)
