@@ -203,3 +203,15 @@ def test_an_id_a_blocking_wait_moved_is_started_first_then_queued_ones_up_to_the
 
 def test_the_store_reports_no_feed_lag_before_any_consumer_group_reads(backend):
     assert backend.store("w1").feed_lags() == {}
+
+
+def test_an_id_queued_again_after_its_job_ended_is_not_run_twice(redis_url, conn):
+    (job_id,) = Producer(redis_url).enqueue_many([b"img"])
+    store = RedisStore(redis.Redis.from_url(redis_url), "classify", "w1")
+    store.register()
+    (job,) = store.take(1, 0.5)
+    store.finish([ok(job)])
+    conn.rpush("rq:queue:classify", job_id)  # anyone who may enqueue may push an id, and rewrite its data
+    assert store.take(1, 0.2) == [] and store.dropped == 1
+    assert conn.hget(f"rq:job:{job_id}", "status") == b"finished" and conn.xlen(f"rq:results:{job_id}") == 1
+    assert conn.llen("rq:queue:classify") == 0 and conn.llen("rq:queue:classify:intermediate") == 0

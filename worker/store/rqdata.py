@@ -20,13 +20,20 @@ log = logging.getLogger(__name__)
 
 def sort_take_reply(reply: list[Any]) -> tuple[list[tuple[str, str]], int, int]:
     """TAKE's reply per id (job_id, state, execution id): the ``(job_id, execution_id)`` of each job started,
-    the ids dropped (not UTF-8) and held (keys of the wrong type); the others are logged here."""
+    the ids dropped (not UTF-8, or their job ended already) and held (keys of the wrong type); the others are
+    logged here."""
     begun, gone, held, dropped = [], [], [], 0
     for i in range(0, len(reply), 3):
         job_id, state, eid = reply[i], reply[i + 1], text(reply[i + 2])
         if state == -1:
             dropped += 1
             log.error("dropped queued id %s: not UTF-8, so no client can name it (never started)", shown(job_id))
+        elif state == 3:
+            dropped += 1
+            log.warning(
+                "dropped queued id %s: its job has ended already (queued again without a requeue): not run twice",
+                shown(job_id),
+            )
         elif state is None:
             gone.append(shown(job_id))
         elif state == 1:

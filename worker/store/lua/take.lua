@@ -11,7 +11,9 @@
 -- another type: answered job_gone here); 0 when sent back (a second suspect) or canceled; -1 when the id
 -- is not UTF-8 (dropped: nothing is written for it); 2 when held: a key of the job's own (its executions,
 -- its result stream) is of the wrong type, so it is not started and goes back to the
--- queue's tail (queued, as it was). misfits: {key, found, wanted} for each key of the wrong type.
+-- queue's tail (queued, as it was); 3 when the job has ended already (finished, failed or stopped: an id queued
+-- again without RQ's requeue, which sets it queued first): dropped, never run twice. misfits: {key, found,
+-- wanted} for each key of the wrong type.
 -- Refuses (BADTYPE, nothing written) when the queue, the intermediate list, the started registry or this
 -- worker's executions set is of the wrong type: every id stays where it is. The results feed and this
 -- worker's hash are optional here (a job_gone answer skips the feed; the hash is only updated while it
@@ -70,11 +72,14 @@ for n, job_id in ipairs(ids) do
     lost = tonumber(fields[1] or '0') or 0
     -- canceled (RQ's cancel) after a blocking move took it off the queue: never started
     if fields[2] == 'canceled' then kind = 'canceled' end
+    if fields[2] == 'finished' or fields[2] == 'failed' or fields[2] == 'stopped' then kind = 'ended' end
   end
   if kind == 'unaddressable' then
     state = -1
   elseif kind == 'canceled' then
     state = 0
+  elseif kind == 'ended' then
+    state = 3
   elseif kind ~= 'hash' then
     state = false
     writes[#writes + 1] = function()
