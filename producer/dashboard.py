@@ -106,7 +106,10 @@ def _escape_json(app: Any) -> None:
 
     def escape(response: Response) -> Response:
         if response.mimetype == "application/json" and not response.direct_passthrough:
-            response.set_data(json.dumps(escaped(json.loads(response.get_data()))))
+            data = json.loads(response.get_data())
+            safe = escaped(data)
+            if safe != data:  # only what needed it is written again (as Flask's jsonify writes it)
+                response.set_data(json.dumps(safe, separators=(",", ":")) + "\n")
         return response
 
     app.after_request(escape)
