@@ -191,12 +191,19 @@ class AsyncSubscription:
         """Subscribe on every shard and wait for each to confirm (once; a closed subscription stays closed)."""
         if self._arrived is not None or self.closed:
             return self
-        self._arrived = asyncio.Queue(MAX_BUFFERED)
-        self._pubsubs = [conn.pubsub(ignore_subscribe_messages=True) for conn in self._connections]
-        for pubsub in self._pubsubs:
-            await pubsub.subscribe(self._channel)
-            await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)  # the confirmation
-        self._pumps = [asyncio.create_task(_pump(p, self._arrived, self._failures)) for p in self._pubsubs]
+        pubsubs = [conn.pubsub(ignore_subscribe_messages=True) for conn in self._connections]
+        try:
+            for pubsub in pubsubs:
+                await pubsub.subscribe(self._channel)
+                await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)  # the confirmation
+        except BaseException:  # a shard away: nothing half-open stays behind; a later open tries again
+            for pubsub in pubsubs:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await pubsub.aclose()
+            raise
+        arrived: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_BUFFERED)
+        self._pumps = [asyncio.create_task(_pump(p, arrived, self._failures)) for p in pubsubs]
+        self._pubsubs, self._arrived = pubsubs, arrived
         return self
 
     def __await__(self) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .dashboard_guard import READ_ONLY_METHODS
 from .drivers import SyncDriver
+from .errors import ScriptNotLoaded
 from .requeue_call import REQUEUED, RequeueCall, run_requeue
 from .wire import keys
 from .wire.printable import shown
@@ -30,7 +31,11 @@ def requeue_one(conn: Any, job_id: str) -> str:
     if not origin:
         return "not_found"
     queue = origin.decode() if isinstance(origin, bytes) else str(origin)
-    outcome, detail = SyncDriver([conn]).run(run_requeue(0, RequeueCall.of(job_id, queue)))
+    try:
+        outcome, detail = SyncDriver([conn]).run(run_requeue(0, RequeueCall.of(job_id, queue)))
+    except ScriptNotLoaded as exc:  # this user may not EVAL, and no worker of this version loaded the script yet
+        log.warning("dashboard: job %s not requeued: %s", shown(job_id), exc)
+        return "script_not_loaded"
     if outcome != REQUEUED:
         log.warning("dashboard: job %s not requeued: %s %s", shown(job_id), outcome, shown(detail))
     return outcome

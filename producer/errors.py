@@ -132,11 +132,13 @@ class CannotCancel(ProducerError):
 class ScriptNotLoaded(ProducerError):
     """The Redis server does not hold the producer's script ``name`` (cancel, requeue) and this user may not
     ``EVAL`` it (the least-privilege producer user of docs/security.md may not run arbitrary Lua). Workers load
-    it when they register: start one, or let an operator run the command. Nothing was written."""
+    it when they register: start one, or let an operator run the command. Nothing was written. A worker loads the
+    text of its own version: while producers and workers of different versions run side by side (a rolling
+    upgrade that changed the script), a least-privilege producer's call waits for a worker of its own version."""
 
     def __init__(self, name: str, reason: str) -> None:
         self.name, self.reason = name, reason
         super().__init__(
             f"the {name} script is not loaded on this Redis and this user may not EVAL it ({reason}); "
-            "workers load it when they register: start one and try again"
+            "workers load it when they register: start one (of this producer's version) and try again"
         )

@@ -24,7 +24,7 @@ import redis
 
 from .client import Producer
 from .drivers import SyncDriver
-from .errors import JobFailed
+from .errors import JobFailed, ScriptNotLoaded
 from .ops import Batch, Procedure, call, command
 from .requeue_call import REQUEUED, RequeueCall, run_requeue
 from .results import final_result
@@ -208,6 +208,9 @@ def main(args: argparse.Namespace) -> int:
         return requeue(producer, args)
     except redis.exceptions.NoPermissionError as exc:
         print(f"python -m producer requeue: {exc} (see docs/security.md for the producer's ACL)", file=sys.stderr)
+        return 2
+    except ScriptNotLoaded as exc:  # no worker of this version has registered since Redis started
+        print(f"python -m producer requeue: {exc}", file=sys.stderr)
         return 2
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         print(f"python -m producer requeue: cannot reach Redis: {exc}", file=sys.stderr)

@@ -65,7 +65,8 @@ class FinishStage:
                 self.store.finish(outcomes)
             except PartlyRecorded as exc:  # a shard is down: the others' jobs are done, its own wait alone
                 pending = self._partly(pending, exc.recorded)
-                if not self._wait_out(exc, len(outcomes) - len(exc.recorded), backoff, until_more=True):
+                cause = exc.__cause__ if isinstance(exc.__cause__, StoreUnavailable) else exc  # (full, unavailable)
+                if not self._wait_out(cause, len(outcomes) - len(exc.recorded), backoff, True, counted=exc.tried):
                     return
                 continue
             except StoreUnavailable as exc:
@@ -79,7 +80,9 @@ class FinishStage:
             self._acknowledged(pending)
             pending = []
 
-    def _wait_out(self, exc: StoreUnavailable, count: int, backoff: Backoff, until_more: bool = False) -> bool:
+    def _wait_out(
+        self, exc: StoreUnavailable, count: int, backoff: Backoff, until_more: bool = False, counted: bool = True
+    ) -> bool:
         """Wait before recording ``count`` finished jobs again (``until_more``: or until more are finished, which
         the store can record elsewhere); False once stopping has waited long enough."""
         left = self._shutdown_left()
@@ -93,7 +96,8 @@ class FinishStage:
             )
             return False
         delay_s = min(backoff.next(), left, 1.0 if self.stop.is_set() else float("inf"))
-        self.stats.store_error(exc, "finish", f", {count} finished job(s) kept, next try in {delay_s:.1f} s")
+        if counted:  # (a shard skipped while it backs off made no new call to count)
+            self.stats.store_error(exc, "finish", f", {count} finished job(s) kept, next try in {delay_s:.1f} s")
         self._pause(delay_s, until_more)
         return True
 

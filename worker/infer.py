@@ -140,10 +140,16 @@ class Predictor:
         half = (n + 1) // 2
         if self.model.device.type == "cuda":
             torch.cuda.empty_cache()
-        first = self._forward(batch[:half])  # raises (the cap unchanged) when even one image does not fit
+        buckets = self.model.buckets
+        if half < self.cap:  # the halves run at their own size, not padded up to a bucket of the old cap
+            self.model.buckets = [b for b in buckets if b < half] + [half]
+        try:
+            first = self._forward(batch[:half])
+        except torch.OutOfMemoryError:  # not even one image fits: the buckets and cap as they were
+            self.model.buckets = buckets
+            raise
         if half < self.cap:
             self.cap = half
-            self.model.buckets = [b for b in self.model.buckets if b < half] + [half]
             log.warning("out of memory at batch %d: batch cap lowered to %d", n, half)
         return first + self._forward(batch[half:])
 

@@ -33,6 +33,7 @@ LATENCY_BUCKETS_S = (
     300.0,
     600.0,
 )
+FETCHED = frozenset({"forbidden_url", "fetch_failed", "fetch_error"})  # failed before any decode: a fetch's time
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -134,12 +135,13 @@ class Metrics:
             timings = result["timings_ms"]
             # a failed job reached no forward pass (its infer is 0), and one failed at a fetch no decode: only the
             # stages a job ran, or a CDN outage would pull the decode and inference percentiles towards 0
+            error = (result.get("error") or {}).get("type")
             stages = (
                 ("queue", "decode", "infer")
                 if result["ok"]
-                else ("queue", "decode")
-                if timings["decode"]
                 else ("queue",)
+                if error in FETCHED
+                else ("queue", "decode")
             )
             for stage in stages:
                 self.stage.labels(stage).observe(timings[stage] / 1000)

@@ -113,6 +113,11 @@ class StageFailed(RuntimeError):
     worker must end (``BROKEN_EXIT``, its jobs re-queued by the reaper), not hang with jobs in hand."""
 
 
+def finish_backoff_max(worker_ttl_s: float) -> float:
+    """The finisher's longest back-off (``PipelineSettings.finish_backoff_max_s``): a quarter of the TTL."""
+    return max(0.5, min(30.0, worker_ttl_s / 4))
+
+
 class ShutdownIncomplete(RuntimeError):
     """Stopping, the store stayed unavailable past the shutdown timeout: finished jobs were not recorded
     (the reaper re-queues them once this worker's key expires)."""
@@ -156,5 +161,5 @@ def pipeline_settings_for(settings: WorkerSettings) -> PipelineSettings:
         shutdown_timeout_s=settings.shutdown_timeout_s,
         hash_images=settings.cache_ttl_s > 0,
         cache_all=settings.cache_for == "all",
-        finish_backoff_max_s=max(0.5, min(30.0, settings.worker_ttl_s / 4)),
+        finish_backoff_max_s=finish_backoff_max(settings.worker_ttl_s),
     )

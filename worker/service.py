@@ -26,7 +26,7 @@ from .infer import Predictor
 from .metrics import Metrics
 from .model import Classifier
 from .pipeline import InHand, Pipeline, Stats
-from .progress import pipeline_settings_for
+from .progress import finish_backoff_max, pipeline_settings_for
 from .redisconn import connect, store_timeouts
 from .reload import Reloader, ReloadTurn, file_identity
 from .startup import load_warm, prepare_model, register
@@ -175,7 +175,12 @@ def build_store(settings: WorkerSettings, cache: dict | None = None) -> QueueSto
             levels.append(level)
     if len(stores) == 1:
         return stores[0]
-    return ShardedStore(stores, block_s=settings.idle_wait_ms / 1000, levels=levels)
+    return ShardedStore(
+        stores,
+        block_s=settings.idle_wait_ms / 1000,
+        levels=levels,
+        finish_backoff_max_s=finish_backoff_max(settings.worker_ttl_s),
+    )
 
 
 def start_probes(settings: WorkerSettings, health: Health) -> list[ProbeServer]:

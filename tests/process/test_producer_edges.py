@@ -106,3 +106,17 @@ def test_wrong_credentials_are_raised_at_once_not_waited_out_as_an_outage():
         producer.close()
     finally:
         server.stop()
+
+
+def test_an_async_subscription_that_could_not_open_raises_again_instead_of_reading_nothing(redis_url):
+    away = f"redis://127.0.0.1:{free_port()}/0"
+
+    async def go() -> None:
+        producer = AsyncProducer([redis_url, away])
+        subscription = producer.subscribe()
+        for _ in range(2):  # each try fails the same way: never a subscription that waits on nothing
+            with pytest.raises(redis.ConnectionError):
+                await subscription.get(timeout=1)
+        await producer.close()
+
+    asyncio.run(asyncio.wait_for(go(), 60))

@@ -395,12 +395,12 @@ class TinyModel(torch.nn.Module):
 class OomAbove(Predictor):
     """A real ``Predictor`` whose model runs out of memory on batches larger than ``limit``."""
 
-    def __init__(self, limit: int, cap: int, fail_all: bool = False) -> None:
+    def __init__(self, limit: int, cap: int, fail_all: bool = False, buckets: tuple[int, ...] = (1, 2, 4, 8)) -> None:
         from worker.decode.cpu import Preprocess
         from worker.model import Classifier, ModelInfo
 
         info = ModelInfo("tiny", "1", ("r", "g", "b"), Preprocess(size=(2, 2), resize="stretch"))
-        model = Classifier(TinyModel().eval(), info, torch.device("cpu"), buckets=[1, 2, 4, 8])
+        model = Classifier(TinyModel().eval(), info, torch.device("cpu"), buckets=list(buckets))
         original = model.start_topk
 
         def start_topk(batch: torch.Tensor, k: int = 5):
@@ -419,6 +419,13 @@ def test_an_out_of_memory_that_not_even_one_image_survives_fails_the_batch_and_l
     preds, _ = predictor.launch([bytes([i, 0, 0] * 4) for i in range(4)]).result()
     assert [p.kind for p in preds] == ["model_error"] * 4 and all(p.retryable for p in preds)
     assert predictor.cap == 8 and predictor.model.buckets == [1, 2, 4, 8]  # not lowered to 1 for good
+
+
+def test_the_halves_of_a_split_run_at_their_own_size_not_padded_to_a_bucket_of_the_old_cap():
+    predictor = OomAbove(limit=24, cap=48, buckets=(32, 48))  # 24 fit; padded up to 32 they would not
+    preds, _ = predictor.launch([bytes([i, 0, 0] * 4) for i in range(48)]).result()
+    assert all(not isinstance(p, JobError) for p in preds) and len(preds) == 48
+    assert predictor.cap == 24 and predictor.model.buckets[-1] == 24
 
 
 def test_out_of_memory_splits_the_batch_answers_every_job_and_lowers_the_cap():

@@ -17,7 +17,7 @@ def test_failed_jobs_observe_only_the_stages_they_ran_and_long_waits_fall_in_a_b
     from worker.metrics import LATENCY_BUCKETS_S, Metrics
 
     metrics = Metrics("cpu")
-    timings = {"queue": 120_000.0, "decode": 0.0, "infer": 0.0, "total": 120_000.0}
+    timings = {"queue": 120_000.0, "decode": 900.0, "infer": 0.0, "total": 120_000.0}  # the fetch's time as decode
     fetch_failed = make_result(
         "a", model="m@1", worker="w", timings_ms=timings, meta={}, error={"type": "fetch_error", "message": "down"}
     )

@@ -171,7 +171,10 @@ class _Slot:
     def decode(self, data: bytes, timeout_s: float) -> DecodeResult:
         start = time.monotonic()
         try:
-            self._send(data)
+            if not self._send(data):
+                self.restart("a new decode process did not take the image either")
+                error = JobError("decode_error", "no decode process took the image; retried", retryable=True)
+                return DecodeResult(None, error, start, (time.monotonic() - start) * 1000)
             if not self.conn.poll(timeout_s):
                 self.restart(f"decode ran past {timeout_s} s")
                 error = JobError("decode_timeout", f"decoding took longer than {timeout_s} s; the decoder was replaced")
@@ -186,13 +189,18 @@ class _Slot:
             return DecodeResult(None, JobError(kind, message, retryable=kind == "decode_error"), start, ms)
         return DecodeResult(bytes(self.shm.buf[:size]), None, start, ms)
 
-    def _send(self, data: bytes) -> None:
-        """Send an image; a process that was gone already (it died idle) is replaced first: not this image's doing."""
+    def _send(self, data: bytes) -> bool:
+        """Send an image; a process that was gone already (it died idle) is replaced first: not this image's doing.
+        False when its replacement would not take it either (the host's trouble, never the image's)."""
         try:
             self.conn.send_bytes(data)
         except (EOFError, OSError) as exc:
             self.restart(f"decode process was gone: {exc}")
-            self.conn.send_bytes(data)
+            try:
+                self.conn.send_bytes(data)
+            except (EOFError, OSError):
+                return False
+        return True
 
     def restart(self, why: str) -> None:
         log.warning("%s: replacing decode process %s", why, self.proc.pid)

@@ -27,9 +27,10 @@ class PartlyRecorded(StoreUnavailable):
     those a reaper re-queued meanwhile) and not the others': their shard is unavailable. The caller keeps only the
     others, so a shard that is down holds back its own jobs alone."""
 
-    def __init__(self, reason: str, recorded: set[str], skipped: list[str]) -> None:
+    def __init__(self, reason: str, recorded: set[str], skipped: list[str], tried: bool = True) -> None:
         super().__init__(reason)
         self.recorded, self.skipped = recorded, skipped
+        self.tried = tried  # False: the down shard was not asked this time (backing off): no new error to count
 
 
 class StoreFull(StoreUnavailable):

@@ -58,17 +58,21 @@ class Scripts:
         """Load every script now (at start-up, and again after a restart wiped them), so the first batch pays no
         extra round trips; the producer's scripts too (cancel, requeue), which its user runs by ``EVALSHA`` only."""
         for call in CALLS:
-            self._sha(call.script)
+            self.sha[call.script] = self._load(call.script)  # (re)loaded: after a restart the cache is empty
         for name in PRODUCER_SCRIPTS:
             self.connection.script_load(producer_lua(name)[0])
 
-    def _sha(self, name: str) -> str:
+    def _load(self, name: str) -> str:
         if self.flags is None:
             version = str(self.connection.info("server").get("redis_version", "0"))
             self.flags = ALLOW_OOM if int(version.split(".")[0]) >= 7 else ""
-        if name not in self.sha:
-            self.sha[name] = self.connection.script_load(self.flags + source(name))
-        return self.sha[name]
+        return self.connection.script_load(self.flags + source(name))
+
+    def _sha(self, name: str) -> str:
+        sha = self.sha.get(name)  # read once: the store's threads share the dict
+        if sha is None:
+            sha = self.sha[name] = self._load(name)
+        return sha
 
     def call(self, call: Any) -> Any:
         """Run ``call``'s script with its ``KEYS`` and ``ARGV`` (one round trip; two after a restart wiped the
@@ -78,7 +82,6 @@ class Scripts:
             try:
                 return self.connection.evalsha(self._sha(call.script), len(keys), *keys, *argv)
             except NoScriptError:  # a restart (or SCRIPT FLUSH) wiped them all: load them all again
-                self.sha.clear()
                 self.load()
                 return self.connection.evalsha(self._sha(call.script), len(keys), *keys, *argv)
         except redis.ResponseError as exc:

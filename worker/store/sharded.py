@@ -76,7 +76,13 @@ class _Waiter(threading.Thread):
 class ShardedStore(QueueStore):
     """``RedisStore``s, one per shard, behind the one store interface the pipeline uses."""
 
-    def __init__(self, shards: list[RedisStore], block_s: float = 1.0, levels: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        shards: list[RedisStore],
+        block_s: float = 1.0,
+        levels: list[int] | None = None,
+        finish_backoff_max_s: float = 5.0,
+    ) -> None:
         self.shards, self.worker_name = shards, shards[0].worker_name
         self.homes: dict[str, int] = {}  # execution -> the shard it was taken from, until it is recorded
         self.levels = levels or [0] * len(shards)  # priority of each store: 0 first (``--queue high,default``)
@@ -87,8 +93,12 @@ class ShardedStore(QueueStore):
         # per store: when a take is due again after it failed (None: its last take answered), and its back-off
         self.retry_at: list[float | None] = [None] * len(shards)
         self.backoffs = [Backoff() for _ in shards]
-        self.finish_at: list[float] = [0.0] * len(shards)  # the same for finishes: when one is due again
-        self.finish_backoffs = [Backoff() for _ in shards]
+        # the same for finishes: when one is due again, its back-off (capped as the finisher's own: its jobs must
+        # be recorded before any reaper's deferral ends), and its last error (what a skip stands for)
+        self.finish_at: list[float] = [0.0] * len(shards)
+        most = finish_backoff_max_s
+        self.finish_backoffs = [Backoff(min(0.5, most), max_s=most) for _ in shards]
+        self.finish_errors: list[StoreUnavailable | None] = [None] * len(shards)
         for waiter in self.waiters:
             waiter.start()
 
@@ -238,21 +248,21 @@ class ShardedStore(QueueStore):
         ``PartlyRecorded`` naming them: the caller tries again with the rest only (FINISH would skip a recorded
         one as re-queued meanwhile)."""
         todo = [o for o in outcomes if o.job.execution not in self.recorded]
-        skipped, failure, now = [], None, time.monotonic()
+        skipped, failure, tried, now = [], None, False, time.monotonic()
         homes = {self.shard_of(o.job) for o in todo}
         for index, shard in enumerate(self.shards):
             mine = [o for o in todo if self.shard_of(o.job) == index]
             if not mine:
                 continue
             if now < self.finish_at[index] and homes - {index}:  # failed lately: not before its back-off, while
-                failure = failure or StoreUnavailable(f"shard {index} is backing off")  # others can record theirs
+                failure = failure or self.finish_errors[index]  # the others can record theirs
                 continue
             try:
                 skipped += shard.finish(mine)
                 self.recorded.update(o.job.execution for o in mine)
                 self.finish_backoffs[index].reset()
             except StoreUnavailable as exc:
-                failure = exc
+                failure, tried, self.finish_errors[index] = exc, True, exc
                 self.finish_at[index] = time.monotonic() + self.finish_backoffs[index].next()
         done = {o.job.execution for o in outcomes if o.job.execution in self.recorded}
         if failure is not None and not done:
@@ -261,7 +271,7 @@ class ShardedStore(QueueStore):
             self.recorded.discard(execution)
             self.homes.pop(execution, None)
         if failure is not None:
-            raise PartlyRecorded(str(failure), done, skipped) from failure
+            raise PartlyRecorded(str(failure), done, skipped, tried) from failure
         return skipped
 
     def heartbeat(self, stats: WorkerStats) -> int:
