@@ -68,6 +68,7 @@ class Flight:
     line: ManifestLine
     job_id: str
     sent: bool = False
+    sent_at: float = 0.0  # monotonic, once sent
 
 
 class Backfill:
@@ -191,8 +192,10 @@ class Backfill:
         self._sent(ids)
 
     def _sent(self, ids: list[str]) -> None:
+        now = time.monotonic()
         for job_id in ids:
-            self.waiting[job_id].sent = True
+            flight = self.waiting[job_id]
+            flight.sent, flight.sent_at = True, now
 
     def _later(self, ids: list[str], kind: str, message: str) -> None:
         self.unsent += ids
@@ -217,9 +220,15 @@ class Backfill:
             self.progress.update(self.out.answered.count, outcomes["ok"], self.out.answered.count - outcomes["ok"])
 
     def _check(self) -> None:
-        """When the feed brought none of our results for a while: the jobs that ended, from RQ's records."""
+        """When the feed brought none of our results for a while, or a job has waited half its result's TTL (the
+        feed may have lost its result: trimmed while the group lagged, or fed while a shard's group was re-made):
+        the jobs that ended, from RQ's records, while they are still there."""
         now = time.monotonic()
-        if now < self.next_check or now - self.last_fed < self.settings.check_every_s:
+        if now < self.next_check:
+            return
+        oldest = next((f for f in self.waiting.values() if f.sent), None)  # the dict keeps the order they were sent
+        overdue = oldest is not None and now - oldest.sent_at > self.settings.result_ttl_s / 2
+        if now - self.last_fed < self.settings.check_every_s and not overdue:
             return
         sent = [job_id for job_id, flight in self.waiting.items() if flight.sent]
         try:
@@ -233,4 +242,6 @@ class Backfill:
             for job_id in found.missing:
                 self._take(make_result(job_id, model="", worker="", timings_ms={}, meta=None, error=dict(GONE)))
         answered = found.results or (self.caught_up and found.missing)
-        self.next_check = time.monotonic() + (FAST_CHECK_S if answered else self.settings.check_every_s)
+        # not longer than a quarter of a result's TTL between two checks: a job the feed lost is found before it expires
+        later_s = min(self.settings.check_every_s, self.settings.result_ttl_s / 4)
+        self.next_check = time.monotonic() + (FAST_CHECK_S if answered else later_s)

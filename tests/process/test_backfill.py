@@ -227,3 +227,18 @@ def test_a_resume_after_a_new_model_version_is_refused_unless_the_tag_is_named(r
     refused = backfill(redis_url, manifest, out, "--fetch-root", str(root), "--timeout", "5")
     assert refused.returncode == 2 and "holds answers of tiny@6 and the workers now announce tiny@7" in refused.stderr
     assert "--model-tag tiny@6" in refused.stderr and backfill_jobs(conn) == 0  # no second backfill begun
+
+
+def test_a_result_the_feed_lost_is_found_in_rqs_records_while_the_feed_stays_busy(
+    redis_url, conn, start_worker, tmp_path, root
+):
+    manifest, out = tmp_path / "catalog.txt", tmp_path / "out.jsonl"
+    manifest.write_text("ads/cat.jpg\n" * 24)
+    start_worker("--fetch-root", str(root))  # feeds its results: the feed never goes quiet for long
+    start_worker("--fetch-root", str(root), "--results-maxlen", "0")  # feeds none: only RQ's records tell
+    args = command(redis_url, manifest, out, "--fetch-root", str(root), "--max-in-flight", "4")
+    # a quiet feed is checked only after 60 s: the lost results must be looked up sooner, within their TTL
+    args += ["--model-tag", "tiny@7", "--check-every-s", "60", "--result-ttl-s", "6"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(records(out)) == 24 and all(r["ok"] for r in records(out))  # none written as job_gone
