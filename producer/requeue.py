@@ -129,14 +129,15 @@ def read_failures(shard: int, queue: str, start: int) -> Procedure[list[Failure]
 def select(
     driver: SyncDriver, shards: int, queue: str, selection: Selection, limit: int | None
 ) -> tuple[list[Failure], Counter[tuple[str, str]]]:
-    """The failures to re-queue, every shard's registry in turn (at most ``limit``), and how many were skipped,
-    by (reason, type)."""
+    """The failures to re-queue, oldest first over every shard (at most ``limit``: each shard's oldest ``limit``
+    by its registry's order, merged by when each failed), and how many were skipped, by (reason, type)."""
     chosen: list[Failure] = []
     skipped: Counter[tuple[str, str]] = Counter()
     now = time.time()
     for shard in range(shards):
+        mine: list[Failure] = []
         start = 0
-        while limit is None or len(chosen) < limit:
+        while limit is None or len(mine) < limit:
             page = driver.run(read_failures(shard, queue, start))
             if not page:
                 break
@@ -145,9 +146,11 @@ def select(
                 reason = selection.skip_reason(failure, now)
                 if reason is not None:
                     skipped[(reason, failure.error["type"])] += 1
-                elif limit is None or len(chosen) < limit:
-                    chosen.append(failure)
-    return chosen, skipped
+                elif limit is None or len(mine) < limit:
+                    mine.append(failure)
+        chosen += mine
+    chosen.sort(key=lambda f: (f.failed_at is None, f.failed_at or 0.0))  # unknown times last
+    return (chosen if limit is None else chosen[:limit]), skipped
 
 
 def describe(failure: Failure, now: float) -> str:

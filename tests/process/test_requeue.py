@@ -250,3 +250,40 @@ def test_result_of_a_requeued_job_waits_for_its_new_run(conn, redis_url):
     ok = make_result(job_id, model="m@1", worker="w1", timings_ms={}, meta={}, topk=[("a", 1.0)])
     Result.create(job, Result.Type.SUCCESSFUL, ttl=500, return_value=ok)
     assert producer.result(job_id, timeout=5)["ok"]
+
+
+def test_limit_takes_the_oldest_failures_first_over_every_shard(tmp_path):
+    from bench.devserver import RedisServer
+
+    servers = [RedisServer().start() for _ in range(2)]
+    try:
+        urls = [s.url for s in servers]
+        producer = Producer(urls)
+        ids = producer.enqueue_many([image_bytes("cat.jpg")] * 8)
+        by_shard = {i: [j for j in ids if producer.shard_for(j).url == url] for i, url in enumerate(urls)}
+        assert by_shard[0] and by_shard[1]
+        # shard 1's failures are older than shard 0's: with --limit 1, the oldest is on the shard read second
+        for shard, failed_ms in ((0, 2_000_000_000_000), (1, 1_000_000_000_000)):
+            conn = redis.Redis.from_url(urls[shard])
+            for n, job_id in enumerate(by_shard[shard]):
+                fail_with_time(conn, job_id, failed_ms + n)
+        oldest = by_shard[1][0]
+        dry = requeue_cli(",".join(urls), "--error", "fetch_error", "--limit", "1", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert [line.split()[2] for line in dry.stdout.splitlines()] == [oldest], dry.stderr
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def fail_with_time(conn: redis.Redis, job_id: str, failed_ms: int) -> None:
+    """Record a queued job failed as ``fetch_error`` at ``failed_ms`` (its RQ result's stream id), in RQ's shapes."""
+    import zlib
+    from base64 import b64encode
+
+    conn.lrem(QUEUE, 0, job_id)
+    error = {"type": "fetch_error", "message": "the origin refused"}
+    conn.hset(f"rq:job:{job_id}", mapping={"status": "failed", "origin": "classify"})
+    exc = b64encode(zlib.compress(exc_string_for(error).encode())).decode()  # as RQ's Result.serialize writes it
+    conn.xadd(f"rq:results:{job_id}", {"type": "2", "worker_name": "w", "exc_string": exc}, id=f"{failed_ms}-0")
+    conn.zadd(FAILED, {job_id: failed_ms / 1000 + 86400})
