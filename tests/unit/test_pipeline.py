@@ -201,12 +201,18 @@ class Sweeping(MemoryStore):
         return first + super()._start([], max_jobs - len(first))
 
 
-def test_two_jobs_lost_before_in_one_take_each_run_alone_and_do_not_hang_the_taker():
+def two_suspects_and_two_others() -> tuple[MemoryBroker, list[str]]:
+    """A queue of two jobs lost with a worker before, then two others; the suspects' ids."""
     broker = MemoryBroker()
     suspects = [broker.enqueue({"image": image}) for image in (b"suspect-1", b"suspect-2")]
     for job_id in suspects:
         broker.jobs[job_id].lost = 1
     fill(broker, [b"c", b"d"])
+    return broker, suspects
+
+
+def test_two_jobs_lost_before_in_one_take_each_run_alone_and_do_not_hang_the_taker():
+    broker, suspects = two_suspects_and_two_others()
     hand = InHand()
     predictor = Recorder(cap=8, hand=hand)
     thread = threading.Thread(target=run, args=(Sweeping(broker, "w1"), predictor), kwargs={"hand": hand}, daemon=True)
@@ -220,11 +226,7 @@ def test_two_jobs_lost_before_in_one_take_each_run_alone_and_do_not_hang_the_tak
 
 
 def test_a_stop_while_suspects_wait_to_run_alone_hands_them_back_unstarted():
-    broker = MemoryBroker()
-    suspects = [broker.enqueue({"image": image}) for image in (b"suspect-1", b"suspect-2")]
-    for job_id in suspects:
-        broker.jobs[job_id].lost = 1
-    fill(broker, [b"c", b"d"])
+    broker, _ = two_suspects_and_two_others()
     gate, stop, hand = threading.Event(), threading.Event(), WatchedHand()
     predictor = Recorder(cap=8, gate=gate, hand=hand)  # the first batch (c, d) blocks: the suspects wait
     settings = PipelineSettings("w1", max_wait_ms=1.0, idle_wait_ms=20, burst=False)
